@@ -1,0 +1,220 @@
+"""The ``tngraph`` command line: ``validate``, ``compile``, ``expand``, ``templates``.
+
+``main(argv) -> int`` never raises: user errors print ``FILE:LINE:COL: error: ...`` to stderr and
+return 2; internal errors return 1 (with a traceback only under ``--debug``).
+
+Examples
+--------
+>>> main(["validate", "models/mps.yaml"])            # doctest: +SKIP
+models/mps.yaml: ok (mps: 16 nodes, 15 edges, 0 inputs, 256 parameters)
+0
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tngraph.errors import Problem, SpecError, TNGraphError
+
+EXIT_OK, EXIT_INTERNAL, EXIT_USER = 0, 1, 2
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("spec", help="spec file (YAML)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="KEY=VALUE", help="override a parameter (repeatable)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+def _add_plan_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("planning (override the spec's plan: block)")
+    group.add_argument("--optimize", help="auto (default), hyper, greedy, optimal, ...")
+    group.add_argument("--max-time", type=float, help="seconds for the plan search")
+    group.add_argument("--max-repeats", type=int, help="trials of the hyper-optimizer")
+    group.add_argument("--minimize", choices=["flops", "size", "write", "combo"])
+    group.add_argument("--memory-limit", help="e.g. 4GiB, 512MB (intermediates and parameters)")
+    group.add_argument("--batch-size", type=int, help="batch size the plan and costs are for")
+    group.add_argument("--dtype", choices=["float32", "float64", "float16", "bfloat16"])
+    group.add_argument("--no-cache", action="store_true", help="search again, ignore the cache")
+    group.add_argument("--cache-dir", help="plan cache directory")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tngraph",
+        description="Declare tensor networks in YAML, plan them with cotengra, run them in torch.")
+    parser.add_argument("--version", action="version", version=f"tngraph {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser("validate", help="check a spec; list every problem at once")
+    _add_common(p)
+
+    p = sub.add_parser("compile", help="plan a spec and print its cost report")
+    _add_common(p)
+    p.add_argument("--format", choices=["text", "json"], default="text")
+    p.add_argument("--save", metavar="FILE", help="write initial weights (.safetensors)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the weight initialisation")
+    _add_plan_options(p)
+
+    p = sub.add_parser("expand", help="print the raw canonical YAML of a spec")
+    _add_common(p)
+
+    p = sub.add_parser("templates", help="list the registered templates")
+    p.add_argument("--debug", action="store_true")
+    return parser
+
+
+def _version() -> str:
+    from tngraph import __version__
+
+    return __version__
+
+
+def _overrides(items: Sequence[str]) -> dict[str, Any]:
+    from tngraph.spec import parse_override
+
+    return dict(parse_override(item) for item in items)
+
+
+def _plan_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "optimize": args.optimize, "max_time": args.max_time, "max_repeats": args.max_repeats,
+        "minimize": args.minimize, "memory_limit": args.memory_limit,
+        "batch_size": args.batch_size, "dtype": args.dtype,
+        "cache": False if args.no_cache else None,
+    }
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from tngraph.graph import parameter_count
+    from tngraph.spec import load_spec
+
+    spec = load_spec(Path(args.spec), _overrides(args.overrides))
+    net = spec.network
+    kind = (spec.template or {}).get("template", "raw")
+    print(f"{args.spec}: ok ({spec.name}, {kind}: {len(net.nodes)} nodes, {len(net.edges)} "
+          f"edges, {len(net.inputs)} inputs, {parameter_count(spec):,} parameters)")
+    return EXIT_OK
+
+
+def _cmd_compile(args: argparse.Namespace) -> int:
+    from tngraph.plan import plan_spec
+    from tngraph.report import format_report
+    from tngraph.spec import load_spec
+
+    spec = load_spec(Path(args.spec), _overrides(args.overrides))
+    plan = plan_spec(spec, cache_dir=args.cache_dir, **_plan_kwargs(args))
+    print(format_report(plan, spec, fmt=args.format), end="")
+    if plan.over_limit:
+        for reason in plan.over_limit:
+            print(f"{args.spec}: error: {reason}\n  hint: raise --memory-limit, shrink the "
+                  "network, or lower --batch-size", file=sys.stderr)
+        return EXIT_USER
+    if args.save:
+        from tngraph.compiler import TNModule
+
+        module = TNModule(spec, plan, seed=args.seed)
+        save_weights(module, args.save)
+        print(f"weights written to {args.save}", file=sys.stderr)
+    return EXIT_OK
+
+
+def save_weights(module: Any, path: str | Path) -> None:
+    """Write ``module.state_dict()`` as safetensors, atomically, with the expanded spec."""
+    from safetensors.torch import save_file
+
+    from tngraph.yamlio import dump_yaml
+
+    path = Path(path)
+    if path.parent and not path.parent.exists():
+        raise TNGraphError(f"cannot write {path}: folder {path.parent} does not exist")
+    tensors = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+    fd, tmp = tempfile.mkstemp(dir=path.parent or ".", prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata={"tngraph_spec": dump_yaml(module.spec.to_raw())})
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _cmd_expand(args: argparse.Namespace) -> int:
+    from tngraph.spec import load_spec
+    from tngraph.yamlio import dump_yaml
+
+    spec = load_spec(Path(args.spec), _overrides(args.overrides))
+    print(dump_yaml(spec.to_raw()), end="")
+    return EXIT_OK
+
+
+def _cmd_templates(args: argparse.Namespace) -> int:
+    from tngraph.templates import TEMPLATES
+
+    for info in TEMPLATES.info():
+        if info.error:
+            print(f"{info.name:12s} BROKEN ({info.distribution}): {info.error}")
+        else:
+            template = TEMPLATES.get(info.name)
+            print(f"{info.name:12s} {template.description}  "
+                  f"[options: {', '.join(template.options.model_fields)}]")
+    return EXIT_OK
+
+
+_COMMANDS = {"validate": _cmd_validate, "compile": _cmd_compile, "expand": _cmd_expand,
+             "templates": _cmd_templates}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI with ``argv`` (default ``sys.argv[1:]``); return the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse: --help (0) or usage errors (2)
+        return int(exc.code or 0)
+    debug = getattr(args, "debug", False)
+    try:
+        return _COMMANDS[args.command](args)
+    except SpecError as exc:
+        print(exc.format(), file=sys.stderr)
+        return EXIT_USER
+    except TNGraphError as exc:
+        report = getattr(exc, "report", None)
+        if report:
+            print(report, end="")
+        where = f"{args.spec}: " if getattr(args, "spec", None) else ""
+        print(Problem(f"{where}{exc}").format() if not where else f"{where}error: {exc}",
+              file=sys.stderr)
+        if debug:
+            traceback.print_exc()
+        return EXIT_USER
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return EXIT_OK
+    except Exception as exc:  # noqa: BLE001 - internal error: exit 1, no traceback by default
+        print(f"tngraph: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        if debug:
+            traceback.print_exc()
+        else:
+            print("  (run again with --debug for the traceback, and please report it)",
+                  file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+def main_entry() -> None:
+    """Console-script entry point."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main_entry()

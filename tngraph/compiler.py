@@ -1,0 +1,310 @@
+"""Planned networks as ``torch.nn.Module`` objects (the only core module that imports torch).
+
+``compile(spec)`` loads and validates a spec, plans it (:mod:`tngraph.plan`) and returns a
+:class:`TNModule`: one ``nn.Parameter`` per node (``module.tensors["A3"]``, legs in declared
+order), a forward pass that runs the plan's pairwise steps, autograd, ``.to(device)``,
+``.double()`` and ``state_dict()`` like any torch module.
+
+Examples
+--------
+>>> import tngraph
+>>> module = tngraph.compile("tngraph: 1\\nname: t\\nnetwork: {template: mps, sites: 4, "
+...                          "phys_dim: 2, bond_dim: 3}\\n", cache=False)
+>>> tuple(module().shape)
+(2, 2, 2, 2)
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from tngraph.errors import CompileError, PlanError
+from tngraph.featuremaps import get_feature_map
+from tngraph.graph import parameter_count
+from tngraph.initializers import get_initializer
+from tngraph.plan import Plan, plan_spec
+from tngraph.spec import ParamValue, Spec, load_spec
+
+_DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16,
+           "bfloat16": torch.bfloat16}
+_ALPHABET = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+def _equation(operands: Sequence[Sequence[str]], out: Sequence[str]) -> str:
+    letters: dict[str, str] = {}
+    for i in itertools.chain(*operands, out):
+        if i not in letters:
+            if len(letters) == len(_ALPHABET):
+                raise CompileError("a contraction step has more than 52 distinct indices")
+            letters[i] = _ALPHABET[len(letters)]
+    terms = ["".join(letters[i] for i in op) for op in operands]
+    return ",".join(terms) + "->" + "".join(letters[i] for i in out)
+
+
+class _Program:
+    """The plan turned into torch operations (einsum equations per step)."""
+
+    def __init__(self, plan: Plan):
+        problem = plan.problem
+        removed = set(plan.sliced_inds)
+        self.n_terms = len(problem.terms)
+        # leaf preparation: take traces, drop nothing else (sliced indices are selected later)
+        self.leaf_equations: list[str | None] = []
+        for raw, leaf in zip(problem.inputs, plan.leaf_inds):
+            self.leaf_equations.append(None if tuple(raw) == tuple(leaf)
+                                       else _equation([raw], leaf))
+        self.steps = [(s.left, s.right, s.out, _equation([s.left_inds, s.right_inds],
+                                                          s.out_inds)) for s in plan.steps]
+        final = [i for i in plan.final_inds if i not in removed]
+        output = list(problem.output)
+        self.final_perm: tuple[int, ...] | None = None
+        if final != output:
+            if sorted(final) != sorted(output):  # pragma: no cover - guarded by the planner
+                raise CompileError(f"internal: result indices {final} != output {output}")
+            self.final_perm = tuple(final.index(i) for i in output)
+        self.single_leaf = not plan.steps
+        # slicing: for each sliced index, (leaf position, axis) pairs where it must be selected
+        self.sliced: list[tuple[int, list[tuple[int, int]]]] = []
+        for index in plan.sliced_inds:
+            where = [(k, leaf.index(index)) for k, leaf in enumerate(plan.leaf_inds)
+                     if index in leaf]
+            self.sliced.append((problem.size_dict[index], where))
+
+    def run(self, leaves: list[torch.Tensor]) -> torch.Tensor:
+        leaves = [t if eq is None else torch.einsum(eq, t)
+                  for t, eq in zip(leaves, self.leaf_equations)]
+        if not self.sliced:
+            return self._contract(leaves)
+        total = None
+        for choice in itertools.product(*(range(n) for n, _ in self.sliced)):
+            picked: dict[int, list[tuple[int, int]]] = {}
+            for value, (_, where) in zip(choice, self.sliced):
+                for leaf, axis in where:
+                    picked.setdefault(leaf, []).append((axis, value))
+            sliced = list(leaves)
+            for leaf, selections in picked.items():
+                tensor = sliced[leaf]
+                for axis, value in sorted(selections, reverse=True):  # high axes first
+                    tensor = tensor.select(axis, value)
+                sliced[leaf] = tensor
+            part = self._contract(sliced)
+            total = part if total is None else total + part
+        assert total is not None
+        return total
+
+    def _contract(self, leaves: list[torch.Tensor]) -> torch.Tensor:
+        slots: list[torch.Tensor | None] = list(leaves)
+        slots.extend([None] * len(self.steps))
+        result = slots[0]
+        for left, right, out, eq in self.steps:
+            result = torch.einsum(eq, slots[left], slots[right])
+            slots[left] = slots[right] = None  # free memory early
+            slots[out] = result
+        if self.final_perm is not None:
+            result = result.permute(self.final_perm)
+        return result
+
+
+class TNModule(nn.Module):
+    """A compiled tensor network.
+
+    Attributes
+    ----------
+    spec : Spec
+        The expanded, validated spec.
+    plan : Plan
+        The contraction plan (``plan.tree`` is cotengra's ContractionTree).
+    tensors : nn.ParameterDict
+        Node name -> parameter, axes in the node's declared leg order.
+    bias : nn.Parameter or None
+        Added to the result when the network declares ``bias: true``.
+    """
+
+    def __init__(self, spec: Spec, plan: Plan, *, seed: int | None = None):
+        super().__init__()
+        self.spec = spec
+        self.plan = plan
+        dtype = _DTYPES[plan.options.dtype]
+        generator = torch.Generator().manual_seed(seed if seed is not None else 0)
+        params = {}
+        for name, node in spec.network.nodes.items():
+            init = node.init
+            fn = get_initializer(init.name if init is not None else "normal")
+            value = fn(node.shape, tuple(node.legs), init.options if init else {}, generator)
+            params[name] = nn.Parameter(value.to(dtype))
+        self.tensors = nn.ParameterDict(params)
+        problem = plan.problem
+        self._out_legs_shape = tuple(problem.size_dict[i] for i in problem.output
+                                     if i != problem.batch)
+        if spec.network.bias:
+            self.bias = nn.Parameter(torch.zeros(self._out_legs_shape, dtype=dtype))
+        else:
+            self.register_parameter("bias", None)
+        self._program = _Program(plan)
+        self._tensor_names = [t.name for t in problem.terms if t.kind == "tensor"]
+        self._ports = list(spec.network.inputs.items())
+
+    # -- call ------------------------------------------------------------------------------
+    @property
+    def input_names(self) -> list[str]:
+        """Names of the data ports, in the order ``forward`` takes them positionally."""
+        return [name for name, _ in self._ports]
+
+    def _gather_inputs(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+        names = self.input_names
+        if len(args) > len(names):
+            raise CompileError(f"network '{self.spec.name}' takes {len(names)} input(s) "
+                               f"({', '.join(names) or 'none'}), got {len(args)} positional")
+        given = dict(zip(names, args))
+        for key, value in kwargs.items():
+            if key not in names:
+                raise CompileError(f"network '{self.spec.name}' has no input '{key}'; "
+                                   f"inputs: {', '.join(names) or 'none'}")
+            if key in given:
+                raise CompileError(f"input '{key}' given twice")
+            given[key] = value
+        missing = [n for n in names if n not in given]
+        if missing:
+            raise CompileError(f"missing input(s) {', '.join(missing)} for network "
+                               f"'{self.spec.name}'")
+        return given
+
+    def _port_leaves(self, name: str, port: Any, x: Any) -> list[torch.Tensor]:
+        ref = next(iter(self.tensors.values()), None)
+        dtype = ref.dtype if ref is not None else _DTYPES[self.plan.options.dtype]
+        if not isinstance(x, torch.Tensor):
+            x = torch.as_tensor(x)
+        if ref is not None and x.device != ref.device:
+            raise CompileError(f"input '{name}' is on {x.device} but the network is on "
+                               f"{ref.device}; move one with .to(...)")
+        x = x.to(dtype)
+        legs = port.shape
+        n = port.stack
+        if x.dim() < 1:
+            raise CompileError(f"input '{name}' needs a leading batch axis, got a scalar")
+        batch = x.shape[0]
+        per_copy = 1 if port.feature_map is not None else math.prod(legs)
+        expected = per_copy * (n or 1)
+        if math.prod(x.shape[1:]) != expected:
+            want = (["batch"] + ([str(n)] if n else [])
+                    + ([] if port.feature_map is not None else [str(d) for d in legs]))
+            raise CompileError(
+                f"input '{name}' expects shape ({', '.join(want)}) or any shape with "
+                f"{expected} entries per sample, got {tuple(x.shape)}")
+        if port.feature_map is not None:
+            fmap = get_feature_map(port.feature_map.name)
+            x = x.reshape(batch, n) if n else x.reshape(batch)
+            x = fmap.apply(x, port.feature_map.options)     # (batch, [n,] dim)
+        else:
+            x = x.reshape(batch, *((n,) if n else ()), *legs)
+        return list(x.unbind(1)) if n else [x]
+
+    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """Contract the network.
+
+        Without data ports: ``module()`` returns the tensor with axes in ``outputs`` order. With
+        data ports: ``module(x)`` / ``module(x=..., y=...)`` returns ``(batch, *outputs)``
+        (``(batch, prod(outputs))`` when the network flattens its outputs).
+        """
+        given = self._gather_inputs(args, kwargs)
+        leaves: list[torch.Tensor] = [self.tensors[n] for n in self._tensor_names]
+        batch = None
+        for name, port in self._ports:
+            port_leaves = self._port_leaves(name, port, given[name])
+            if batch is None:
+                batch = port_leaves[0].shape[0]
+            elif port_leaves[0].shape[0] != batch:
+                raise CompileError(f"inputs have different batch sizes ({batch} and "
+                                   f"{port_leaves[0].shape[0]} for '{name}')")
+            leaves.extend(port_leaves)
+        result = self._program.run(leaves)
+        if self.bias is not None:
+            result = result + self.bias
+        if self.spec.network.flatten_outputs:
+            result = result.reshape(result.shape[0], -1) if batch is not None \
+                else result.reshape(-1)
+        return result
+
+    # -- information -------------------------------------------------------------------------
+    def report(self, fmt: str = "text") -> str:
+        """The cost report (see :func:`tngraph.report.format_report`)."""
+        from tngraph.report import format_report
+
+        return format_report(self.plan, self.spec, fmt=fmt)
+
+    def dense(self) -> torch.Tensor:
+        """The whole network contracted to one tensor, data ports left open (testing aid).
+
+        Axes: every data-port leg (copies in order), then the outputs. Exponential in size:
+        only for small networks.
+        """
+        problem = self.plan.problem
+        operands: list[Any] = []
+        for name, t, inds in zip([t.name for t in problem.terms], problem.terms, problem.inputs):
+            if t.kind == "tensor":
+                operands += [self.tensors[name], list(inds)]
+        port_inds = [i for t, inds in zip(problem.terms, problem.inputs) if t.kind == "input"
+                     for i in inds if i != problem.batch]
+        out = port_inds + [i for i in problem.output if i != problem.batch]
+        return _einsum_named(operands, out, problem.size_dict)
+
+    def extra_repr(self) -> str:
+        return (f"name={self.spec.name!r}, nodes={len(self.spec.network.nodes)}, "
+                f"params={parameter_count(self.spec):,}, flops={self.plan.flops:.3g}")
+
+
+def _einsum_named(operands: list[Any], out: list[str], sizes: Mapping[str, int]) -> torch.Tensor:
+    tensors = operands[0::2]
+    index_lists = operands[1::2]
+    eq = _equation(index_lists, out)
+    return torch.einsum(eq, *tensors)
+
+
+def compile(source: str | Path | Spec, overrides: Mapping[str, ParamValue] | None = None, *,
+            cache_dir: str | Path | None = None, seed: int | None = None,
+            **plan_options: Any) -> TNModule:
+    """Load (if needed), plan and compile a spec into a :class:`TNModule`.
+
+    Parameters
+    ----------
+    source
+        A spec file path, YAML text, or a loaded :class:`Spec`.
+    overrides
+        Parameter values (``--set``); only with a path or text.
+    cache_dir
+        Plan cache directory (default ``$TNGRAPH_CACHE_DIR`` or ``~/.cache/tngraph/plans``).
+    seed
+        Seed of the parameter initialisation (default 0: reproducible).
+    **plan_options
+        Overrides of the spec's ``plan:`` block, e.g. ``optimize="greedy"``, ``batch_size=64``,
+        ``memory_limit="1GiB"``, ``cache=False``.
+
+    Raises
+    ------
+    SpecError
+        The spec is invalid (every problem, located).
+    PlanError
+        The plan exceeds the memory limit (``error.report`` holds the cost report).
+
+    Examples
+    --------
+    >>> module = compile("models/tt_linear.yaml")              # doctest: +SKIP
+    >>> module(torch.randn(32, 4096)).shape                    # doctest: +SKIP
+    torch.Size([32, 16])
+    """
+    spec = source if isinstance(source, Spec) else load_spec(source, overrides)
+    plan = plan_spec(spec, cache_dir=cache_dir, **plan_options)
+    if plan.over_limit:
+        from tngraph.report import format_report
+
+        raise PlanError("; ".join(plan.over_limit)
+                        + " (raise it with --memory-limit / plan.memory_limit, or shrink the "
+                        "network)", report=format_report(plan, spec))
+    return TNModule(spec, plan, seed=seed)

@@ -1,0 +1,96 @@
+"""Error types of tngraph.
+
+Every error a user can cause derives from :class:`TNGraphError`; the CLI maps those to exit
+code 2 and prints them without a traceback. Anything else is an internal error (exit code 1).
+
+A :class:`SpecError` carries one or more :class:`Problem` objects, each with a location in the
+spec file, so that all mistakes of a spec are reported at once, compiler style::
+
+    models/mps.yaml:14:7: error: edge joins A3.r (dim 16) to A4.l (dim 8); dimensions must match
+      hint: set both to ${bond_dim}
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Location:
+    """A position in a source file (1-based line and column)."""
+
+    filename: str
+    line: int
+    column: int
+
+    def __str__(self) -> str:
+        return f"{self.filename}:{self.line}:{self.column}"
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One user mistake: where, what, and how to fix it."""
+
+    message: str
+    location: Location | None = None
+    hint: str | None = None
+
+    def format(self) -> str:
+        """Render as ``FILE:LINE:COL: error: message`` plus an indented hint line."""
+        where = f"{self.location}: " if self.location else ""
+        text = f"{where}error: {self.message}"
+        if self.hint:
+            text += f"\n  hint: {self.hint}"
+        return text
+
+
+class TNGraphError(Exception):
+    """Base class of all errors caused by user input (CLI exit code 2)."""
+
+
+class SpecError(TNGraphError):
+    """A spec file is malformed or inconsistent; holds every problem found."""
+
+    def __init__(self, problems: Sequence[Problem] | Problem):
+        if isinstance(problems, Problem):
+            problems = [problems]
+        self.problems: tuple[Problem, ...] = tuple(problems)
+        super().__init__(self.format())
+
+    def format(self) -> str:
+        return "\n".join(p.format() for p in self.problems)
+
+
+class PlanError(TNGraphError):
+    """A contraction plan cannot be made or exceeds a limit (e.g. the memory limit)."""
+
+    def __init__(self, message: str, report: str | None = None):
+        super().__init__(message)
+        #: a cost report to show beside the error, when one could be made
+        self.report = report
+
+
+class CompileError(TNGraphError):
+    """A planned network cannot be turned into a module, or is called with wrong inputs."""
+
+
+class PluginError(TNGraphError):
+    """A plugin is unknown, broken, or registered twice."""
+
+
+def did_you_mean(name: str, valid: Iterable[str]) -> str:
+    """Return a hint naming the closest valid option(s) and listing all of them.
+
+    Examples
+    --------
+    >>> did_you_mean("bond", ["bond_dim", "phys_dim"])
+    "did you mean 'bond_dim'? valid: bond_dim, phys_dim"
+    """
+    valid = sorted(set(valid))
+    close = difflib.get_close_matches(name, valid, n=1, cutoff=0.6)
+    listing = ", ".join(valid) if len(valid) <= 12 else ", ".join(valid[:12]) + ", ..."
+    if close:
+        return f"did you mean '{close[0]}'? valid: {listing}"
+    return f"valid: {listing}" if valid else "there are none"

@@ -1,0 +1,195 @@
+"""Spec -> networkx graph -> an einsum problem (``inputs, output, size_dict``) for the planner.
+
+Graph nodes are tensors and data-port copies; graph edges are bonds (a self-loop is a trace);
+open legs and the batch leg are graph attributes. ``einsum_problem`` numbers every index and keeps
+a human name for each (``A3.r``, ``batch``), used in step tables and error messages.
+
+The batch leg of data ports is one *hyperedge*: the same index appears on every data port and on
+the output. The planner sees it as such, so contraction orders are chosen for the batch size of
+the plan, and cost reports are per batch.
+
+Examples
+--------
+>>> from tngraph.spec import load_spec
+>>> spec = load_spec("tngraph: 1\\nname: t\\nnetwork: {template: mps, sites: 3, phys_dim: 2, "
+...                  "bond_dim: 4}\\n")
+>>> problem = einsum_problem(spec)
+>>> problem.terms, problem.named_equation()
+(('A0', 'A1', 'A2'), 'A0[p,r],A1[l,p,r],A2[l,p]->[A0.p,A1.p,A2.p]')
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import networkx as nx
+
+from tngraph.spec import LEG_REF_RE, Spec
+from tngraph.validate import leg_table
+
+BATCH = "batch"
+
+
+@dataclass(frozen=True)
+class Term:
+    """One tensor of the einsum: a parameter node or a copy of a data port."""
+
+    name: str                 # graph-node name: "A3" or "x[3]"
+    kind: str                 # "tensor" | "input"
+    legs: tuple[str, ...]     # leg names in axis order (without the batch leg)
+    shape: tuple[int, ...]
+    port: str | None = None   # data-port name for inputs
+    copy: int | None = None   # index of the copy of a stacked port
+
+
+@dataclass(frozen=True)
+class EinsumProblem:
+    """What the planner needs, plus names to explain it.
+
+    ``inputs[k]`` lists the index symbols of ``terms[k]`` (a symbol repeats on a trace; data ports
+    carry the batch symbol first). ``output`` is the batch symbol (if any data port exists) followed
+    by the ``outputs`` legs in order.
+    """
+
+    terms: tuple[Term, ...]
+    inputs: tuple[tuple[str, ...], ...]
+    output: tuple[str, ...]
+    size_dict: dict[str, int]
+    index_names: dict[str, str]
+    batch: str | None
+
+    @property
+    def n_tensors(self) -> int:
+        return sum(t.kind == "tensor" for t in self.terms)
+
+    def term_index(self, name: str) -> int:
+        return next(k for k, t in enumerate(self.terms) if t.name == name)
+
+    def named_equation(self) -> str:
+        """The whole contraction in the spec's own names."""
+        parts = [f"{t.name}[{','.join(((BATCH,) if t.kind == 'input' else ()) + t.legs)}]"
+                 for t in self.terms]
+        return ",".join(parts) + "->[" + ",".join(self.index_names[s] for s in self.output) + "]"
+
+    def with_batch_size(self, batch_size: int) -> EinsumProblem:
+        """The same problem with another batch size (no-op without data ports)."""
+        if self.batch is None:
+            return self
+        sizes = {**self.size_dict, self.batch: batch_size}
+        return EinsumProblem(self.terms, self.inputs, self.output, sizes, self.index_names,
+                             self.batch)
+
+
+def build_graph(spec: Spec) -> nx.MultiGraph:
+    """The network as a networkx MultiGraph.
+
+    Nodes carry ``kind`` ("tensor"/"input"), ``legs`` ({leg: dim}) and for data-port copies
+    ``port`` and ``copy``. Edges carry ``legs`` (the two leg references) and ``dim``; a trace is
+    a self-loop. ``graph.graph["outputs"]`` lists the open legs as (node, leg) pairs in order.
+    """
+    net = spec.network
+    graph = nx.MultiGraph(name=spec.name)
+    for name, node in net.nodes.items():
+        graph.add_node(name, kind="tensor", legs=dict(node.legs))
+    for port_name, port in net.inputs.items():
+        for k, copy in enumerate(port.copies(port_name)):
+            graph.add_node(copy, kind="input", legs=dict(port.legs), port=port_name,
+                           copy=k if port.stack is not None else None)
+    for first, second in net.edges:
+        (u, leg_u), (v, leg_v) = _split(first), _split(second)
+        graph.add_edge(u, v, legs=((u, leg_u), (v, leg_v)), dim=graph.nodes[u]["legs"][leg_u])
+    graph.graph["outputs"] = [_split(ref) for ref in net.outputs]
+    graph.graph["has_inputs"] = bool(net.inputs)
+    return graph
+
+
+def _split(ref: str) -> tuple[str, str]:
+    match = LEG_REF_RE.match(ref)
+    assert match, ref  # validated before
+    return match.group(1), match.group(2)
+
+
+def _symbol(k: int) -> str:
+    # Any hashable works for cotengra; readable, stable and unicode-free symbols help debugging.
+    return f"i{k}"
+
+
+def einsum_problem(spec: Spec, batch_size: int | None = None) -> EinsumProblem:
+    """Number the indices of ``spec``'s network for the planner.
+
+    Parameters
+    ----------
+    spec
+        A validated spec.
+    batch_size
+        Size of the batch index (default: the spec's ``plan.batch_size``); ignored without
+        data ports.
+    """
+    graph = build_graph(spec)
+    leg_symbol: dict[tuple[str, str], str] = {}
+    names: dict[str, str] = {}
+    sizes: dict[str, int] = {}
+    counter = 0
+
+    def new_symbol(name: str, dim: int) -> str:
+        nonlocal counter
+        symbol = _symbol(counter)
+        counter += 1
+        names[symbol] = name
+        sizes[symbol] = dim
+        return symbol
+
+    for _, _, data in graph.edges(data=True):
+        (a, leg_a), (b, leg_b) = data["legs"]
+        symbol = new_symbol(f"{a}.{leg_a}", data["dim"])
+        leg_symbol[(a, leg_a)] = symbol
+        leg_symbol[(b, leg_b)] = symbol
+    output: list[str] = []
+    batch = None
+    if graph.graph["has_inputs"]:
+        batch = new_symbol(BATCH, batch_size or spec.plan.batch_size)
+        output.append(batch)
+    for node, leg in graph.graph["outputs"]:
+        symbol = new_symbol(f"{node}.{leg}", graph.nodes[node]["legs"][leg])
+        leg_symbol[(node, leg)] = symbol
+        output.append(symbol)
+
+    terms: list[Term] = []
+    inputs: list[tuple[str, ...]] = []
+    for name, data in graph.nodes(data=True):
+        legs = tuple(data["legs"])
+        symbols = tuple(leg_symbol[(name, leg)] for leg in legs)
+        if data["kind"] == "input":
+            symbols = (batch, *symbols)  # data arrive as (batch, *legs)
+        terms.append(Term(name, data["kind"], legs, tuple(data["legs"].values()),
+                          data.get("port"), data.get("copy")))
+        inputs.append(symbols)
+    return EinsumProblem(tuple(terms), tuple(inputs), tuple(output), sizes, names, batch)
+
+
+def parameter_count(spec: Spec) -> int:
+    """Number of trainable entries (all node tensors, plus the bias if any)."""
+    count = sum(math.prod(node.shape) for node in spec.network.nodes.values())
+    if spec.network.bias:
+        count += output_size(spec)
+    return count
+
+
+def output_size(spec: Spec) -> int:
+    """Number of entries of one result (without the batch axis)."""
+    legs = leg_table(spec.network)
+    return math.prod(legs[n][leg] for n, leg in map(_split, spec.network.outputs))
+
+
+def input_size(spec: Spec) -> int:
+    """Number of entries of one sample of all data ports together (after feature maps)."""
+    return math.prod(
+        math.prod(port.shape) ** (port.stack or 1) for port in spec.network.inputs.values()
+    )
+
+
+def dense_size(spec: Spec) -> int:
+    """Entries of the dense tensor the network represents: the map from every data-port entry
+    to every output entry (for a network without data ports, the full output tensor)."""
+    return input_size(spec) * output_size(spec)

@@ -1,0 +1,108 @@
+"""Initialisers of network tensors (registry ``initializer``), chosen per node by ``init:``.
+
+An initialiser is ``fn(shape, legs, options, generator) -> torch.Tensor`` (float64 on the CPU;
+the module casts it). Built-ins:
+
+* ``normal`` (the default): zero-mean Gaussian, ``std`` option, default
+  ``1/sqrt(largest leg dimension)`` so that contracting chains neither explodes nor vanishes
+  quickly;
+* ``uniform``: ``U(-a, a)``, ``a`` option (default as ``normal``'s std times sqrt(3));
+* ``zeros``, ``ones``;
+* ``identity``: for MPS-like cores with legs ``l`` and ``r``: identity from l to r on every
+  other index value ... plus ``std`` noise (default 1e-2); the first entry of the remaining legs
+  carries the identity, so a chain of such cores starts as a near-identity map.
+
+This module does not import torch at import time.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from tngraph.plugins import Registry
+
+Initializer = Callable[[Sequence[int], Sequence[str], Mapping[str, Any], Any], Any]
+
+
+def _default_std(shape: Sequence[int]) -> float:
+    return 1.0 / math.sqrt(max(shape)) if shape else 1.0
+
+
+def _normal(shape: Sequence[int], legs: Sequence[str], options: Mapping[str, Any],
+            generator: Any) -> Any:
+    import torch
+
+    std = float(options.get("std", _default_std(shape)))
+    mean = float(options.get("mean", 0.0))
+    return torch.randn(tuple(shape), generator=generator, dtype=torch.float64) * std + mean
+
+
+def _uniform(shape: Sequence[int], legs: Sequence[str], options: Mapping[str, Any],
+             generator: Any) -> Any:
+    import torch
+
+    a = float(options.get("a", _default_std(shape) * math.sqrt(3)))
+    return (torch.rand(tuple(shape), generator=generator, dtype=torch.float64) * 2 - 1) * a
+
+
+def _zeros(shape: Sequence[int], legs: Sequence[str], options: Mapping[str, Any],
+           generator: Any) -> Any:
+    import torch
+
+    return torch.zeros(tuple(shape), dtype=torch.float64)
+
+
+def _ones(shape: Sequence[int], legs: Sequence[str], options: Mapping[str, Any],
+          generator: Any) -> Any:
+    import torch
+
+    return torch.ones(tuple(shape), dtype=torch.float64)
+
+
+def _identity(shape: Sequence[int], legs: Sequence[str], options: Mapping[str, Any],
+              generator: Any) -> Any:
+    """Near-identity core: ``T[l, ..., r] = delta(l, r) * [other legs at index 0] + noise``."""
+    import torch
+
+    std = float(options.get("std", 1e-2))
+    tensor = torch.randn(tuple(shape), generator=generator, dtype=torch.float64) * std
+    legs = list(legs)
+    left = legs.index("l") if "l" in legs else None
+    right = legs.index("r") if "r" in legs else None
+    index: list[Any] = [0] * len(shape)
+    if left is not None and right is not None:
+        n = min(shape[left], shape[right])
+        diag = torch.arange(n)
+        index[left] = diag
+        index[right] = diag
+    elif left is not None:
+        index[left] = 0
+    elif right is not None:
+        index[right] = 0
+    tensor[tuple(index)] += 1.0
+    return tensor
+
+
+def _builtins() -> dict[str, Initializer]:
+    return {"normal": _normal, "uniform": _uniform, "zeros": _zeros, "ones": _ones,
+            "identity": _identity}
+
+
+INITIALIZERS: Registry[Initializer] = Registry("initializer", "tngraph.initializers", _builtins)
+
+
+def register_initializer(name: str, fn: Initializer, **kwargs: Any) -> None:
+    """Register ``fn`` as the initialiser ``name``."""
+    INITIALIZERS.register(name, fn, **kwargs)
+
+
+def get_initializer(name: str) -> Initializer:
+    """The initialiser called ``name`` (PluginError listing valid names if unknown)."""
+    return INITIALIZERS.get(name)
+
+
+def list_initializers() -> list[str]:
+    """Names of all registered initialisers."""
+    return INITIALIZERS.list()

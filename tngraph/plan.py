@@ -1,0 +1,527 @@
+"""Contraction planning with cotengra: order, named steps, costs, memory limit, disk cache.
+
+This is the only module that imports cotengra. ``make_plan(problem, options)`` returns a frozen
+:class:`Plan`: the cotengra ``ContractionTree``, the pairwise steps (each with its indices, FLOPs
+and output size), totals, the naive single-einsum cost, slicing, and whether the memory limit is
+respected. Plans are cached on disk, keyed by the network's structure, sizes and the search
+options, so re-planning a spec never searches twice.
+
+FLOP convention (as opt_einsum's): a pairwise step costs the product of the sizes of all indices
+it touches, times 2 when it sums over at least one index (a multiply and an add).
+
+Examples
+--------
+>>> from tngraph.spec import load_spec, PlanOptions
+>>> from tngraph.graph import einsum_problem
+>>> spec = load_spec("tngraph: 1\\nname: t\\nnetwork: {template: mps, sites: 4, phys_dim: 2, "
+...                  "bond_dim: 3}\\n")
+>>> plan = make_plan(einsum_problem(spec), PlanOptions(cache=False))
+>>> len(plan.steps), plan.optimizer
+(3, 'optimal')
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import re
+import sys
+import tempfile
+import threading
+import time
+import warnings
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from tngraph.errors import PlanError, did_you_mean
+from tngraph.graph import EinsumProblem, einsum_problem, parameter_count
+from tngraph.spec import PlanOptions, Spec
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")  # "couldn't import kahypar/optuna": optional extras
+    import cotengra as ctg
+    from cotengra.interface import _PRESETS_PATH
+    from cotengra.presets import estimate_optimal_hardness
+
+CACHE_VERSION = 1
+#: networks whose exact search is estimated this easy are planned exactly by ``auto``
+OPTIMAL_HARDNESS_CUTOFF = 250
+ITEMSIZE = {"float32": 4, "float64": 8, "float16": 2, "bfloat16": 2}
+_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9,
+          "gb": 10**9, "t": 10**12, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30,
+          "tib": 2**40}
+
+
+@dataclass(frozen=True)
+class Step:
+    """One pairwise contraction ``slots[out] = slots[left] * slots[right]``.
+
+    Slots ``0 .. n_terms-1`` hold the leaves (after traces are taken), higher slots the
+    intermediates, numbered in execution order.
+    """
+
+    left: int
+    right: int
+    out: int
+    left_inds: tuple[str, ...]
+    right_inds: tuple[str, ...]
+    out_inds: tuple[str, ...]
+    flops: int
+    size: int
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A contraction plan of an :class:`EinsumProblem` and its costs (per batch)."""
+
+    problem: EinsumProblem
+    options: PlanOptions
+    tree: Any                                   # cotengra.ContractionTree
+    leaf_inds: tuple[tuple[str, ...], ...]      # each term's indices after taking traces
+    steps: tuple[Step, ...]
+    final_inds: tuple[str, ...]                 # indices of the last slot (before permuting)
+    flops: int
+    naive_flops: int
+    largest_intermediate: int                   # elements, per slice
+    sliced_inds: tuple[str, ...]
+    n_slices: int
+    optimizer: str
+    search_time: float
+    cache_hit: bool
+    memory_limit: int                           # bytes
+    itemsize: int
+    param_count: int
+    over_limit: tuple[str, ...] = ()            # reasons the plan exceeds the memory limit
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def batch_size(self) -> int | None:
+        b = self.problem.batch
+        return self.problem.size_dict[b] if b is not None else None
+
+    @property
+    def speedup(self) -> float:
+        return self.naive_flops / max(self.flops, 1)
+
+    def step_equation(self, step: Step, named: bool = False) -> str:
+        """``ab,bc->ac`` in letters, or in the spec's names with ``named=True``."""
+        if named:
+            names = self.problem.index_names
+            fmt = lambda inds: "[" + ",".join(names[i] for i in inds) + "]"  # noqa: E731
+        else:
+            letters = _letters(step.left_inds + step.right_inds + step.out_inds)
+            fmt = lambda inds: "".join(letters[i] for i in inds)  # noqa: E731
+        return f"{fmt(step.left_inds)},{fmt(step.right_inds)}->{fmt(step.out_inds)}"
+
+    def slot_name(self, slot: int) -> str:
+        """A leaf's graph name (``A3``, ``x[3]``) or ``T<k>`` for the k-th intermediate."""
+        n = len(self.problem.terms)
+        return self.problem.terms[slot].name if slot < n else f"T{slot - n + 1}"
+
+
+def _letters(inds: Sequence[str]) -> dict[str, str]:
+    letters: dict[str, str] = {}
+    alphabet = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+    for i in inds:
+        if i not in letters:
+            letters[i] = alphabet[len(letters)]
+    return letters
+
+
+# ---------------------------------------------------------------------------------------------
+# options
+
+
+def parse_memory(value: int | str) -> int:
+    """Bytes from ``2GiB``, ``512MB``, ``1e9`` or an int.
+
+    Examples
+    --------
+    >>> parse_memory("2GiB"), parse_memory("512 MB"), parse_memory(1000)
+    (2147483648, 512000000, 1000)
+    """
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value <= 0:
+            raise PlanError(f"memory limit must be positive, got {value}")
+        return value
+    match = re.fullmatch(r"\s*([0-9.eE+]+)\s*([A-Za-z]*)\s*", str(value))
+    if not match or match.group(2).lower() not in _UNITS:
+        raise PlanError(f"cannot read memory limit {value!r}; write e.g. 4GiB, 512MB or 1e9")
+    try:
+        number = float(match.group(1))
+    except ValueError:
+        raise PlanError(f"cannot read memory limit {value!r}; write e.g. 4GiB, 512MB or 1e9") \
+            from None
+    if number <= 0:
+        raise PlanError(f"memory limit must be positive, got {value!r}")
+    return int(number * _UNITS[match.group(2).lower()])
+
+
+def list_optimizers() -> list[str]:
+    """Names accepted by ``optimize`` (``auto``, ``hyper`` and cotengra's presets)."""
+    return sorted({"auto", "hyper", *_PRESETS_PATH})
+
+
+# ---------------------------------------------------------------------------------------------
+# costs
+
+
+def step_flops(left: Sequence[str], right: Sequence[str], out: Sequence[str],
+               sizes: dict[str, int]) -> int:
+    """FLOPs of one pairwise contraction (opt_einsum convention)."""
+    involved = set(left) | set(right)
+    summed = involved - set(out)
+    return math.prod(sizes[i] for i in involved) * (2 if summed else 1)
+
+
+def naive_flops(inputs: Sequence[Sequence[str]], output: Sequence[str],
+                sizes: dict[str, int]) -> int:
+    """FLOPs of one einsum over all terms at once (opt_einsum's ``naive_cost``)."""
+    involved = set().union(*map(set, inputs)) if inputs else set()
+    inner = bool(involved - set(output))
+    return math.prod(sizes[i] for i in involved) * (max(len(inputs) - 1, 1) + int(inner)) \
+        if len(inputs) > 1 else math.prod(sizes[i] for i in involved)
+
+
+def leaf_indices(problem: EinsumProblem) -> tuple[tuple[str, ...], ...]:
+    """Each term's indices after taking its traces (an index repeated within one term and found
+    nowhere else is summed away before any pairwise step)."""
+    counts = Counter(i for term in problem.inputs for i in term)
+    out = set(problem.output)
+    leaves = []
+    for term in problem.inputs:
+        local = Counter(term)
+        kept: list[str] = []
+        for i in term:
+            if i in kept:
+                continue
+            if local[i] == counts[i] and i not in out:
+                continue  # traced (or summed) within this term alone
+            kept.append(i)
+        leaves.append(tuple(kept))
+    return tuple(leaves)
+
+
+def steps_from_path(leaves: Sequence[tuple[str, ...]], output: Sequence[str],
+                    sizes: dict[str, int], ssa_path: Sequence[Sequence[int]],
+                    removed: frozenset[str] = frozenset()) -> tuple[tuple[Step, ...],
+                                                                    tuple[str, ...]]:
+    """Pairwise steps of an SSA path; ``removed`` indices (sliced) are dropped everywhere.
+
+    An intermediate keeps the indices that appear in the output or in a tensor not yet
+    contracted into it; kept indices are ordered left-operand first, then right, which lets the
+    executor write the result of a matmul without a final transpose.
+    """
+    slots: list[tuple[str, ...]] = [tuple(i for i in leaf if i not in removed)
+                                    for leaf in leaves]
+    remaining = Counter(i for leaf in slots for i in set(leaf))
+    out = set(output)
+    steps: list[Step] = []
+    alive = set(range(len(slots)))
+    for pair in ssa_path:
+        if len(pair) != 2:
+            raise PlanError(f"internal: non-pairwise contraction {pair} in path")
+        a, b = pair
+        left, right = slots[a], slots[b]
+        for i in set(left):
+            remaining[i] -= 1
+        for i in set(right):
+            remaining[i] -= 1
+        kept = [i for i in left if i in out or remaining[i] > 0]
+        kept += [i for i in right if (i in out or remaining[i] > 0) and i not in kept]
+        result = tuple(kept)
+        for i in result:
+            remaining[i] += 1
+        slot = len(slots)
+        slots.append(result)
+        alive -= {a, b}
+        alive.add(slot)
+        steps.append(Step(a, b, slot, left, right, result, step_flops(left, right, result, sizes),
+                          math.prod(sizes[i] for i in result)))
+    if len(alive) != 1:
+        raise PlanError(f"internal: path leaves {len(alive)} tensors uncontracted")
+    return tuple(steps), slots[alive.pop()]
+
+
+# ---------------------------------------------------------------------------------------------
+# cache
+
+
+def default_cache_dir() -> Path:
+    """``$TNGRAPH_CACHE_DIR``, else ``$XDG_CACHE_HOME/tngraph/plans`` (``~/.cache/...``)."""
+    env = os.environ.get("TNGRAPH_CACHE_DIR")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "tngraph" / "plans"
+
+
+def cache_key(leaves: Sequence[tuple[str, ...]], output: Sequence[str], sizes: dict[str, int],
+              options: PlanOptions, target_size: int | None) -> str:
+    """Hash of everything that determines a search's result."""
+    payload = {
+        "version": CACHE_VERSION,
+        "cotengra": getattr(ctg, "__version__", "?"),
+        "inputs": [list(t) for t in leaves],
+        "output": list(output),
+        "sizes": sorted(sizes.items()),
+        "optimize": options.optimize,
+        "minimize": options.minimize,
+        "max_repeats": options.max_repeats,
+        "max_time": options.max_time,
+        "seed": options.seed,
+        "target_size": target_size,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def _cache_read(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text())
+        if data.get("version") != CACHE_VERSION:
+            return None
+        return data
+    except (OSError, ValueError):
+        return None  # absent or corrupt: search again
+
+
+def _cache_write(path: Path, data: dict[str, Any]) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".plan-", suffix=".tmp")
+        with os.fdopen(fd, "w") as fh:
+            json.dump(data, fh)
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a read-only cache must not break planning
+
+
+# ---------------------------------------------------------------------------------------------
+# search
+
+
+def _resolve_optimizer(options: PlanOptions, leaves: Sequence[tuple[str, ...]]) -> str:
+    name = options.optimize
+    if name not in list_optimizers():
+        raise PlanError(f"unknown optimizer '{name}'; {did_you_mean(name, list_optimizers())}")
+    if name == "auto":
+        easy = len(leaves) <= 2 or estimate_optimal_hardness(leaves) < OPTIMAL_HARDNESS_CUTOFF
+        return "optimal" if easy else "hyper"
+    return name
+
+
+@contextlib.contextmanager
+def _progress(label: str, total: int, poll: Any) -> Iterator[None]:
+    """A rich progress bar on stderr while the body runs, if stderr is a terminal."""
+    if not sys.stderr.isatty() or os.environ.get("TNGRAPH_NO_PROGRESS"):
+        yield
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    stop = threading.Event()
+    progress = Progress(TextColumn("{task.description}"), BarColumn(),
+                        TextColumn("{task.completed}/{task.total} trials"),
+                        TextColumn("{task.fields[best]}"), TimeElapsedColumn(),
+                        console=Console(stderr=True), transient=True)
+
+    def update() -> None:
+        task = None
+        start = time.perf_counter()
+        while not stop.wait(0.1):
+            if task is None and time.perf_counter() - start > 0.5:  # only if it takes a while
+                progress.start()
+                task = progress.add_task(label, total=total, best="")
+            if task is not None:
+                done, best = poll()
+                progress.update(task, completed=done, best=best)
+        if task is not None:
+            progress.stop()
+
+    thread = threading.Thread(target=update, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def _search(leaves: Sequence[tuple[str, ...]], output: tuple[str, ...], sizes: dict[str, int],
+            method: str, options: PlanOptions) -> Any:
+    leaves = [tuple(t) for t in leaves]
+    if method != "hyper":
+        return ctg.array_contract_tree(leaves, output, sizes, optimize=method)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        opt = ctg.HyperOptimizer(
+            minimize=options.minimize, max_repeats=options.max_repeats,
+            max_time=options.max_time, parallel=False, progbar=False,
+            on_trial_error="ignore",
+        )
+
+        def poll() -> tuple[int, str]:
+            scores = list(getattr(opt, "costs_flops", []) or [])
+            best = f"best 10^{min(scores):.2f}" if scores else ""
+            return len(scores), best
+
+        with _progress("planning", options.max_repeats, poll):
+            if options.seed is not None:
+                import random
+
+                import numpy as np
+
+                state = random.getstate(), np.random.get_state()
+                random.seed(options.seed)
+                np.random.seed(options.seed)
+                try:
+                    return opt.search(leaves, output, sizes)
+                finally:
+                    random.setstate(state[0])
+                    np.random.set_state(state[1])
+            return opt.search(leaves, output, sizes)
+
+
+def make_plan(problem: EinsumProblem, options: PlanOptions | None = None, *,
+              cache_dir: str | Path | None = None, param_count: int | None = None) -> Plan:
+    """Find (or read from the cache) a contraction plan for ``problem``.
+
+    Parameters
+    ----------
+    problem
+        From :func:`tngraph.graph.einsum_problem` (its batch index has the plan's batch size).
+    options
+        Search options (the spec's ``plan:`` block, overridden by the CLI).
+    cache_dir
+        Where plans are cached (default :func:`default_cache_dir`); ignored when
+        ``options.cache`` is false.
+    param_count
+        Number of parameters, checked against the memory limit.
+
+    Returns
+    -------
+    Plan
+        With ``over_limit`` listing why it exceeds the memory limit (empty when it fits).
+    """
+    options = options or PlanOptions()
+    itemsize = ITEMSIZE[options.dtype]
+    limit = parse_memory(options.memory_limit)
+    leaves = leaf_indices(problem)
+    output = problem.output
+    sizes = problem.size_dict
+    params = param_count if param_count is not None else sum(
+        math.prod(t.shape) for t in problem.terms if t.kind == "tensor")
+
+    method = _resolve_optimizer(options, leaves)
+    target = limit // itemsize
+    key = cache_key(leaves, output, sizes, options, target)
+    path = Path(cache_dir or default_cache_dir()) / f"{key}.json"
+    cached = _cache_read(path) if options.cache else None
+
+    notes: list[str] = []
+    if cached is not None:
+        start = time.perf_counter()
+        ssa_path = [tuple(p) for p in cached["ssa_path"]]
+        tree = _tree_from_path(leaves, output, sizes, ssa_path)
+        sliced = tuple(cached.get("sliced_inds", ()))
+        search_time = float(cached.get("search_time", 0.0))
+        method = cached.get("optimizer", method)
+        cache_hit = True
+        replan_time = time.perf_counter() - start
+        notes.append(f"plan read from cache in {replan_time * 1e3:.1f} ms")
+    else:
+        start = time.perf_counter()
+        tree = _search(leaves, output, sizes, method, options) if len(leaves) > 1 else None
+        ssa_path = [tuple(p) for p in tree.get_ssa_path()] if tree is not None else []
+        sliced = ()
+        search_time = time.perf_counter() - start
+        cache_hit = False
+        if tree is not None and tree.max_size() > target:
+            sliced = _find_slices(tree, target, output)
+        if options.cache:
+            _cache_write(path, {"version": CACHE_VERSION, "ssa_path": ssa_path,
+                                "sliced_inds": list(sliced), "search_time": search_time,
+                                "optimizer": method})
+
+    removed = frozenset(sliced)
+    steps, final = steps_from_path(leaves, output, sizes, ssa_path, removed)
+    n_slices = math.prod(sizes[i] for i in sliced)
+    flops = sum(s.flops for s in steps) * n_slices
+    if sliced:
+        flops += math.prod(sizes[i] for i in output) * (n_slices - 1)  # summing the slices
+    sizes_seen = [math.prod(sizes[i] for i in leaf if i not in removed) for leaf in leaves]
+    largest = max([s.size for s in steps] + sizes_seen + [1])
+    over: list[str] = []
+    if params * itemsize > limit:
+        over.append(f"parameters need {format_bytes(params * itemsize)} ({params:,} entries), "
+                    f"over the memory limit of {format_bytes(limit)}")
+    if largest * itemsize > limit:
+        over.append(f"largest intermediate needs {format_bytes(largest * itemsize)} "
+                    f"({largest:,} entries), over the memory limit of {format_bytes(limit)}"
+                    + ("" if sliced else "; slicing cannot reduce it"))
+    if sliced:
+        names = ", ".join(problem.index_names[i] for i in sliced)
+        notes.append(f"sliced over {names} into {n_slices} slices to fit the memory limit")
+    return Plan(problem=problem, options=options, tree=tree, leaf_inds=leaves, steps=steps,
+                final_inds=final, flops=flops,
+                naive_flops=naive_flops(problem.inputs, output, sizes),
+                largest_intermediate=largest, sliced_inds=tuple(sliced), n_slices=n_slices,
+                optimizer=method, search_time=search_time, cache_hit=cache_hit,
+                memory_limit=limit, itemsize=itemsize, param_count=params,
+                over_limit=tuple(over), notes=tuple(notes))
+
+
+def _tree_from_path(leaves: Sequence[tuple[str, ...]], output: tuple[str, ...],
+                    sizes: dict[str, int], ssa_path: list[tuple[int, ...]]) -> Any:
+    if len(leaves) <= 1:
+        return None
+    return ctg.ContractionTree.from_path([tuple(t) for t in leaves], output, sizes,
+                                         ssa_path=ssa_path)
+
+
+def _find_slices(tree: Any, target: int, output: Sequence[str]) -> tuple[str, ...]:
+    """Indices to slice so that every intermediate fits ``target`` elements, or ``()``."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            sliced_tree = tree.slice(target_size=target, allow_outer=False, seed=0)
+    except Exception:  # noqa: BLE001 - cotengra cannot slice this one: report over limit
+        return ()
+    sliced = tuple(i for i in sliced_tree.sliced_inds if i not in output)
+    if not sliced or sliced_tree.max_size() > target:
+        return ()
+    return sliced
+
+
+def format_bytes(n: int) -> str:
+    """``1.5 GiB`` style size.
+
+    Examples
+    --------
+    >>> format_bytes(3 * 2**20)
+    '3.0 MiB'
+    """
+    for unit, scale in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} B"
+
+
+def plan_spec(spec: Spec, *, cache_dir: str | Path | None = None, **plan_options: Any) -> Plan:
+    """Plan ``spec`` with its ``plan:`` block updated by ``plan_options`` (None values ignored)."""
+    changes = {k: v for k, v in plan_options.items() if v is not None}
+    try:
+        options = PlanOptions.model_validate({**spec.plan.model_dump(), **changes})
+    except ValidationError as exc:
+        bad = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise PlanError(f"invalid plan option: {bad}") from None
+    problem = einsum_problem(spec, options.batch_size)
+    return make_plan(problem, options, cache_dir=cache_dir, param_count=parameter_count(spec))

@@ -1,0 +1,179 @@
+"""Cost reports of a plan: a text table for people, JSON for scripts.
+
+``format_report(plan, spec, fmt="text"|"json")``. The JSON object carries (documented in
+``docs/spec.md``): ``name``, ``nodes``, ``edges``, ``inputs``, ``batch_size``, ``params``,
+``dense_size``, ``compression``, ``flops``, ``naive_flops``, ``speedup``,
+``largest_intermediate`` (``elements``, ``bytes``), ``memory_limit``, ``over_limit``,
+``sliced`` (``indices``, ``slices``), ``optimizer``, ``search_time``, ``cache_hit`` and
+``steps`` (each ``left``, ``right``, ``result``, ``contracted``, ``legs``, ``equation``,
+``flops``, ``size``).
+
+Examples
+--------
+>>> import tngraph, json
+>>> module = tngraph.compile("tngraph: 1\\nname: t\\nnetwork: {template: mps, sites: 3, "
+...                          "phys_dim: 2, bond_dim: 2}\\n", cache=False)
+>>> json.loads(module.report("json"))["params"]
+24
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from typing import Any
+
+from tngraph.graph import dense_size, parameter_count
+from tngraph.plan import Plan, format_bytes
+from tngraph.spec import Spec
+
+FORMATS = ("text", "json")
+
+
+def _sci(x: float) -> str:
+    if x == 0:
+        return "0"
+    if abs(x) < 1e5:
+        return f"{x:,.0f}" if float(x).is_integer() else f"{x:.3g}"
+    return f"{x:.3e} (10^{math.log10(x):.2f})"
+
+
+def report_data(plan: Plan, spec: Spec) -> dict[str, Any]:
+    """The report as plain data (what ``fmt="json"`` prints)."""
+    problem = plan.problem
+    names = problem.index_names
+    params = parameter_count(spec)
+    dense = dense_size(spec)
+    steps = []
+    for k, step in enumerate(plan.steps):
+        contracted = [names[i] for i in dict.fromkeys(step.left_inds + step.right_inds)
+                      if i not in step.out_inds]
+        steps.append({
+            "step": k + 1,
+            "left": plan.slot_name(step.left),
+            "right": plan.slot_name(step.right),
+            "result": plan.slot_name(step.out),
+            "contracted": contracted,
+            "legs": [names[i] for i in step.out_inds],
+            "equation": plan.step_equation(step),
+            "flops": step.flops,
+            "size": step.size,
+        })
+    return {
+        "name": spec.name,
+        "template": (spec.template or {}).get("template"),
+        "nodes": len(spec.network.nodes),
+        "edges": len(spec.network.edges),
+        "inputs": {name: {"legs": dict(p.legs), "stack": p.stack,
+                          "feature_map": p.feature_map.name if p.feature_map else None}
+                   for name, p in spec.network.inputs.items()},
+        "outputs": list(spec.network.outputs),
+        "batch_size": plan.batch_size,
+        "params": params,
+        "dense_size": dense,
+        "compression": dense / params if params else None,
+        "flops": plan.flops,
+        "naive_flops": plan.naive_flops,
+        "speedup": plan.speedup,
+        "largest_intermediate": {"elements": plan.largest_intermediate,
+                                 "bytes": plan.largest_intermediate * plan.itemsize},
+        "dtype": plan.options.dtype,
+        "memory_limit": plan.memory_limit,
+        "over_limit": list(plan.over_limit),
+        "sliced": {"indices": [names[i] for i in plan.sliced_inds], "slices": plan.n_slices},
+        "optimizer": plan.optimizer,
+        "search_time": plan.search_time,
+        "cache_hit": plan.cache_hit,
+        "notes": list(plan.notes),
+        "steps": steps,
+    }
+
+
+def format_report(plan: Plan, spec: Spec, fmt: str = "text", *, width: int = 110) -> str:
+    """Render the cost report of ``plan`` as ``text`` (tables) or ``json``.
+
+    Parameters
+    ----------
+    plan, spec
+        The plan and the spec it was made for.
+    fmt
+        ``"text"`` or ``"json"``.
+    width
+        Text width of the tables.
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown report format {fmt!r}; valid: {', '.join(FORMATS)}")
+    data = report_data(plan, spec)
+    if fmt == "json":
+        return json.dumps(data, indent=2)
+    return _text(data, width)
+
+
+def _text(d: dict[str, Any], width: int) -> str:
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    buf = io.StringIO()
+    console = Console(file=buf, width=width, no_color=True, highlight=False,
+                      color_system=None, emoji=False)
+    title = f"tngraph cost report: {d['name']}"
+    if d["template"]:
+        title += f" (template {d['template']})"
+    summary = Table(title=title, box=box.SIMPLE, show_header=False, title_justify="left")
+    summary.add_column("what", style="bold")
+    summary.add_column("value")
+    limit = format_bytes(d["memory_limit"])
+    li = d["largest_intermediate"]
+    over = " OVER LIMIT" if any("intermediate" in r for r in d["over_limit"]) else ""
+    over_params = " OVER LIMIT" if any("parameters" in r for r in d["over_limit"]) else ""
+    ports = ", ".join(
+        f"{n}{'[' + str(p['stack']) + ']' if p['stack'] else ''}"
+        f"({', '.join(f'{k}={v}' for k, v in p['legs'].items())}"
+        f"{', ' + p['feature_map'] if p['feature_map'] else ''})"
+        for n, p in d["inputs"].items()) or "none"
+    rows = [
+        ("nodes / edges", f"{d['nodes']} / {d['edges']}"),
+        ("data inputs", ports),
+        ("batch size (costs are per batch)", str(d["batch_size"]) if d["batch_size"] else "-"),
+        ("parameters", f"{d['params']:,}{over_params}"),
+        ("dense-equivalent size", _sci(d["dense_size"])),
+        ("compression", _sci(d["compression"]) + "x" if d["compression"] else "-"),
+        ("FLOPs (planned)", _sci(d["flops"])),
+        ("FLOPs (naive single einsum)", _sci(d["naive_flops"])),
+        ("speed-up over naive", _sci(d["speedup"]) + "x"),
+        ("largest intermediate",
+         f"{li['elements']:,} elements, {format_bytes(li['bytes'])} ({d['dtype']}){over}"),
+        ("memory limit", limit),
+        ("slicing", (f"{d['sliced']['slices']} slices over {', '.join(d['sliced']['indices'])}"
+                     if d["sliced"]["indices"] else "none")),
+        ("optimizer", d["optimizer"]),
+        ("plan search time", f"{d['search_time']:.3f} s"),
+        ("plan cache", "hit" if d["cache_hit"] else "miss"),
+    ]
+    for what, value in rows:
+        summary.add_row(what, value)
+    console.print(summary)
+    if d["steps"]:
+        table = Table(title="contraction steps", box=box.SIMPLE, title_justify="left")
+        for col, justify in (("#", "right"), ("result", "left"), ("left", "left"),
+                             ("right", "left"), ("contracts", "left"), ("result legs", "left"),
+                             ("FLOPs", "right"), ("size", "right")):
+            table.add_column(col, justify=justify, overflow="fold")
+        for s in d["steps"]:
+            table.add_row(str(s["step"]), s["result"], s["left"], s["right"],
+                          ", ".join(s["contracted"]) or "-", _short(s["legs"]),
+                          f"{s['flops']:.3g}", f"{s['size']:,}")
+        console.print(table)
+    for reason in d["over_limit"]:
+        console.print(f"OVER LIMIT: {reason}")
+    for note in d["notes"]:
+        console.print(f"note: {note}")
+    return "\n".join(line.rstrip() for line in buf.getvalue().rstrip().splitlines()) + "\n"
+
+
+def _short(legs: list[str], limit: int = 6) -> str:
+    if len(legs) <= limit:
+        return ", ".join(legs) or "(scalar)"
+    return ", ".join(legs[:limit]) + f", ... ({len(legs)} legs)"

@@ -1,0 +1,420 @@
+"""The spec schema (format version 1): parameters, templates, and the raw network form.
+
+``load_spec`` is the front door::
+
+    YAML text -> Document (values + positions) -> ${param} substitution -> template expansion
+              -> pydantic models -> semantic validation (tngraph.validate) -> Spec
+
+Every template expands into the *raw* form (nodes, edges, inputs, outputs), which is what the rest
+of tngraph sees and what ``tngraph expand`` prints.
+
+Examples
+--------
+>>> spec = load_spec('''
+... tngraph: 1
+... name: pair
+... params: {chi: 3}
+... network:
+...   nodes:
+...     A: {legs: {i: 2, a: "${chi}"}}
+...     B: {legs: {a: "${chi}", j: 4}}
+...   edges: [[A.a, B.a]]
+...   outputs: [A.i, B.j]
+... ''')
+>>> spec.network.nodes["A"].legs
+{'i': 2, 'a': 3}
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, ValidationError
+
+from tngraph.errors import Problem, SpecError, did_you_mean
+from tngraph.yamlio import DocPath, Document, load_document, read_document
+
+FORMAT_VERSION = 1
+#: Largest dimension of a single leg.
+MAX_DIM = 2**31 - 1
+
+Dim = Annotated[int, Strict(), Field(gt=0, le=MAX_DIM)]
+Count = Annotated[int, Strict(), Field(gt=0)]
+ParamValue = int | float | str | bool
+
+_PARAM_RE = re.compile(r"\$\{([^}]*)\}")
+IDENTIFIER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+#: ``node.leg`` or ``port[k].leg`` (a copy of a stacked input)
+LEG_REF_RE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*(?:\[\d+\])?)\.([A-Za-z_][A-Za-z0-9_]*)$")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NamedOptions(_Model):
+    """A registered name with its options, written ``name`` or ``{name: ..., opt: ...}``."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    name: str
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+    def to_data(self) -> str | dict[str, Any]:
+        return self.name if not self.options else {"name": self.name, **self.options}
+
+
+def _named(value: Any) -> Any:
+    return {"name": value} if isinstance(value, str) else value
+
+
+Named = Annotated[NamedOptions, BeforeValidator(_named)]
+
+
+class NodeSpec(_Model):
+    """A tensor of the network: its legs (name -> dimension, in axis order) and initialiser."""
+
+    legs: dict[str, Dim]
+    init: Named | None = None
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.legs.values())
+
+
+class InputSpec(_Model):
+    """A data port: a tensor fed at call time, with a leading batch axis.
+
+    With ``stack: N`` the port is N independent copies (``x[0]`` ... ``x[N-1]``), fed together by
+    one tensor of shape ``(batch, N, *legs)``: a product state, as in an MPS classifier. With a
+    ``feature_map`` the port takes raw values (``(batch,)`` or ``(batch, N)``) and maps each
+    value to a vector of the single leg's dimension.
+    """
+
+    legs: dict[str, Dim]
+    stack: Count | None = None
+    feature_map: Named | None = None
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.legs.values())
+
+    def copies(self, name: str) -> list[str]:
+        """Graph-node names of this port: ``[name]`` or ``[name[0], ..., name[N-1]]``."""
+        if self.stack is None:
+            return [name]
+        return [f"{name}[{k}]" for k in range(self.stack)]
+
+
+class NetworkSpec(_Model):
+    """The raw network: what every template expands into."""
+
+    nodes: dict[str, NodeSpec]
+    edges: list[tuple[str, str]] = []
+    inputs: dict[str, InputSpec] = {}
+    outputs: list[str] = []
+    bias: bool = False
+    flatten_outputs: bool = False
+
+
+Optimize = str
+
+
+class PlanOptions(_Model):
+    """How to search for a contraction order (the spec's ``plan:`` block).
+
+    ``optimize`` is ``auto`` (exact for small networks, cotengra's HyperOptimizer otherwise),
+    ``hyper``, ``greedy``, ``optimal``, or any other cotengra / opt_einsum path optimizer name.
+    """
+
+    optimize: Optimize = "auto"
+    max_repeats: Count = 128
+    max_time: float | None = Field(default=30.0, gt=0)
+    minimize: Literal["flops", "size", "write", "combo"] = "flops"
+    batch_size: Count = 256
+    memory_limit: int | str = "4GiB"
+    dtype: Literal["float32", "float64", "float16", "bfloat16"] = "float32"
+    cache: bool = True
+    seed: int | None = 0
+
+
+class Spec(_Model):
+    """A loaded, substituted, expanded and validated spec."""
+
+    tngraph: Literal[1]
+    name: str
+    description: str = ""
+    params: dict[str, ParamValue] = {}
+    network: NetworkSpec
+    plan: PlanOptions = PlanOptions()
+    #: ``None`` for a raw network; else the template call as written (after substitution)
+    template: dict[str, Any] | None = None
+    #: where the spec came from, for error locations (not part of the model's equality)
+    source: Any = Field(default=None, exclude=True, repr=False)
+
+    def to_raw(self) -> dict[str, Any]:
+        """The canonical raw form: no params, no template, all values written out."""
+        net = self.network
+        network: dict[str, Any] = {"nodes": {}}
+        for name, node in net.nodes.items():
+            entry: dict[str, Any] = {"legs": dict(node.legs)}
+            if node.init is not None:
+                entry["init"] = node.init.to_data()
+            network["nodes"][name] = entry
+        if net.inputs:
+            network["inputs"] = {}
+            for name, port in net.inputs.items():
+                entry = {"legs": dict(port.legs)}
+                if port.stack is not None:
+                    entry["stack"] = port.stack
+                if port.feature_map is not None:
+                    entry["feature_map"] = port.feature_map.to_data()
+                network["inputs"][name] = entry
+        network["edges"] = [list(e) for e in net.edges]
+        network["outputs"] = list(net.outputs)
+        if net.bias:
+            network["bias"] = True
+        if net.flatten_outputs:
+            network["flatten_outputs"] = True
+        out: dict[str, Any] = {"tngraph": FORMAT_VERSION, "name": self.name}
+        if self.description:
+            out["description"] = self.description
+        out["network"] = network
+        plan = self.plan.model_dump(exclude_defaults=True)
+        if plan:
+            out["plan"] = plan
+        return out
+
+
+# ---------------------------------------------------------------------------------------------
+# parameters
+
+
+def parse_override(text: str) -> tuple[str, ParamValue]:
+    """Parse a ``--set key=value`` argument; the value is read as a YAML scalar.
+
+    Examples
+    --------
+    >>> parse_override("bond_dim=8")
+    ('bond_dim', 8)
+    """
+    if "=" not in text:
+        raise SpecError(Problem(f"--set expects key=value, got {text!r}", None,
+                                "for example: --set bond_dim=8"))
+    key, _, raw = text.partition("=")
+    key = key.strip()
+    try:
+        value = load_document(f"v: {raw}").data["v"] if raw.strip() else ""
+    except SpecError:
+        value = raw
+    if isinstance(value, (dict, list)) or value is None:
+        value = raw
+    return key, value
+
+
+def _substitute(value: Any, params: Mapping[str, ParamValue], path: DocPath,
+                doc: Document, problems: list[Problem]) -> Any:
+    if isinstance(value, dict):
+        return {k: _substitute(v, params, path + (k,), doc, problems) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_substitute(v, params, path + (i,), doc, problems) for i, v in enumerate(value)]
+    if not isinstance(value, str) or "${" not in value:
+        return value
+
+    def lookup(name: str) -> ParamValue | None:
+        name = name.strip()
+        if name in params:
+            return params[name]
+        problems.append(Problem(
+            f"unresolved parameter '${{{name}}}'", doc.locate(path),
+            f"define it under 'params:' or pass --set {name}=VALUE; "
+            + did_you_mean(name, params),
+        ))
+        return None
+
+    whole = _PARAM_RE.fullmatch(value)
+    if whole:
+        return lookup(whole.group(1))
+    return _PARAM_RE.sub(lambda m: str(lookup(m.group(1))), value)
+
+
+# ---------------------------------------------------------------------------------------------
+# pydantic errors -> located problems
+
+
+def _model_fields(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """Field names of the (nested) model that ``loc`` points into, for did-you-mean hints."""
+    current: Any = model
+    for part in loc:
+        fields = getattr(current, "model_fields", None)
+        if fields is None:
+            return []
+        if part in fields:
+            annotation = fields[part].annotation
+            args = getattr(annotation, "__args__", ()) or ()
+            nested = [a for a in (annotation, *args)
+                      if isinstance(a, type) and issubclass(a, BaseModel)]
+            dict_values = [a for a in args if isinstance(a, type) and issubclass(a, BaseModel)]
+            current = nested[0] if nested else (dict_values[0] if dict_values else None)
+        # a dict key (node name): stay on the value model
+    fields = getattr(current, "model_fields", None)
+    return list(fields) if fields else []
+
+
+def pydantic_problems(exc: ValidationError, model: type[BaseModel], doc: Document,
+                      prefix: DocPath = (), what: str = "") -> list[Problem]:
+    """Turn a pydantic ValidationError into located :class:`Problem` objects."""
+    problems = []
+    for err in exc.errors():
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function")))
+        kind = err["type"]
+        dotted = ".".join(str(p) for p in (*prefix, *loc))
+        if kind == "extra_forbidden":
+            key = str(loc[-1])
+            valid = _model_fields(model, loc[:-1])
+            where = ".".join(str(p) for p in (*prefix, *loc[:-1])) or what or "the spec"
+            problems.append(Problem(f"unknown key '{key}' in {where}",
+                                    doc.locate(prefix + loc, key=True), did_you_mean(key, valid)))
+        elif kind == "missing":
+            where = ".".join(str(p) for p in (*prefix, *loc[:-1])) or "the spec"
+            if what:
+                where = f"{where} ({what})"
+            problems.append(Problem(f"missing required key '{loc[-1]}' in {where}",
+                                    doc.locate(prefix + loc[:-1])))
+        elif kind == "literal_error" and loc == ("tngraph",):
+            problems.append(Problem(
+                f"unsupported format version {err.get('input')!r}", doc.locate(prefix + loc),
+                f"this tngraph reads format version {FORMAT_VERSION}: write 'tngraph: 1'"))
+        else:
+            value = err.get("input")
+            shown = repr(value) if not isinstance(value, (dict, list)) else type(value).__name__
+            message = err["msg"]
+            hint = None
+            if loc and loc[-1] != "legs" and "legs" in loc and kind in (
+                    "greater_than", "int_type", "less_than_equal"):
+                message = f"dimension of leg must be a positive integer (up to {MAX_DIM})"
+                hint = "dimensions are whole numbers such as 2 or ${bond_dim}"
+            problems.append(Problem(f"{dotted}: {message}, got {shown}",
+                                    doc.locate(prefix + loc), hint))
+    return problems
+
+
+# ---------------------------------------------------------------------------------------------
+# loading
+
+
+def _source_document(source: str | Path | Document) -> Document:
+    if isinstance(source, Document):
+        return source
+    if isinstance(source, Path):
+        return read_document(source)
+    if "\n" not in source and (source.endswith((".yaml", ".yml")) or Path(source).is_file()):
+        return read_document(source)
+    return load_document(source)
+
+
+_TOP_KEYS = ("tngraph", "name", "description", "params", "network", "plan")
+
+
+def load_spec(source: str | Path | Document,
+              overrides: Mapping[str, ParamValue] | None = None) -> Spec:
+    """Load, substitute, expand and validate a spec.
+
+    Parameters
+    ----------
+    source
+        A path to a YAML file, YAML text, or an already parsed :class:`Document`.
+    overrides
+        Parameter values that replace those under ``params:`` (the CLI's ``--set``).
+
+    Raises
+    ------
+    SpecError
+        Listing every problem, each with ``file:line:col``.
+
+    Examples
+    --------
+    >>> spec = load_spec("models/mps.yaml", {"bond_dim": 4})   # doctest: +SKIP
+    """
+    from tngraph.templates import expand_template
+    from tngraph.validate import validate_network
+
+    doc = _source_document(source)
+    data = doc.data
+    problems: list[Problem] = []
+
+    version = data.get("tngraph")
+    if "tngraph" not in data:
+        raise SpecError(Problem("missing 'tngraph: 1' (the format version)", doc.locate(()),
+                                "start the spec with the line 'tngraph: 1'"))
+    if version != FORMAT_VERSION or isinstance(version, bool):
+        raise SpecError(Problem(f"unsupported format version {version!r}",
+                                doc.locate(("tngraph",)),
+                                f"this tngraph reads format version {FORMAT_VERSION}: "
+                                "write 'tngraph: 1'"))
+    for key in data:
+        if key not in _TOP_KEYS:
+            problems.append(Problem(f"unknown key '{key}' at the top of the spec",
+                                    doc.locate((key,), key=True), did_you_mean(key, _TOP_KEYS)))
+
+    # -- params ---------------------------------------------------------------------------
+    raw_params = data.get("params") or {}
+    params: dict[str, ParamValue] = {}
+    if not isinstance(raw_params, dict):
+        problems.append(Problem("'params' must be a mapping of names to values",
+                                doc.locate(("params",)), "for example: params: {bond_dim: 8}"))
+        raw_params = {}
+    for key, value in raw_params.items():
+        if not IDENTIFIER_RE.match(key):
+            problems.append(Problem(f"parameter name '{key}' is not an identifier",
+                                    doc.locate(("params", key), key=True)))
+        elif isinstance(value, (dict, list)) or value is None:
+            problems.append(Problem(f"parameter '{key}' must be a number, string or boolean",
+                                    doc.locate(("params", key))))
+        elif isinstance(value, str) and "${" in value:
+            problems.append(Problem(f"parameter '{key}' refers to another parameter",
+                                    doc.locate(("params", key)), "write the value out"))
+        else:
+            params[key] = value
+    for key, value in (overrides or {}).items():
+        if key not in raw_params:
+            problems.append(Problem(f"--set {key}: the spec has no parameter '{key}'", None,
+                                    did_you_mean(key, raw_params)))
+        else:
+            params[key] = value
+    if problems:
+        raise SpecError(problems)
+
+    body = {k: v for k, v in data.items() if k != "params"}
+    body = _substitute(body, params, (), doc, problems)
+    if problems:
+        raise SpecError(problems)
+
+    # -- network: raw or template -------------------------------------------------------------
+    network_data = body.get("network")
+    template_call: dict[str, Any] | None = None
+    if isinstance(network_data, dict) and "template" in network_data:
+        template_call = network_data
+        network_data = expand_template(network_data, doc)   # raises located SpecError
+        body = {**body, "network": network_data}
+    elif network_data is None and "network" not in body:
+        problems.append(Problem("missing required key 'network'", doc.locate(()),
+                                "add 'network:' with nodes/edges/outputs, or a 'template:'"))
+        raise SpecError(problems)
+
+    try:
+        spec = Spec.model_validate({**body, "params": params, "template": template_call})
+    except ValidationError as exc:
+        raise SpecError(pydantic_problems(exc, Spec, doc)) from None
+    spec = spec.model_copy(update={"source": doc})
+
+    where = ("network", "template") if template_call is not None else None
+    problems = validate_network(spec.network, doc, fixed_path=where)
+    if problems:
+        raise SpecError(problems)
+    return spec

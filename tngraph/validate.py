@@ -1,0 +1,185 @@
+"""Semantic checks of a raw network: every leg, every edge, every dimension.
+
+``validate_network`` returns the list of every problem found (it never stops at the first), each
+located in the spec file; :func:`tngraph.spec.load_spec` raises them together as one SpecError.
+
+Rules (format version 1): names are identifiers; every leg is joined by exactly one edge or
+listed in ``outputs``; both ends of an edge exist and have equal dimensions; an edge may join two
+legs of one node (a trace) but not a leg to itself; data ports' legs follow the same rules;
+feature maps and initialisers are registered names with valid options.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from tngraph.errors import Location, PluginError, Problem, did_you_mean
+from tngraph.featuremaps import get_feature_map
+from tngraph.initializers import list_initializers
+from tngraph.spec import IDENTIFIER_RE, LEG_REF_RE, NetworkSpec
+from tngraph.yamlio import DocPath, Document
+
+
+def leg_table(network: NetworkSpec) -> dict[str, dict[str, int]]:
+    """Graph-node name -> {leg: dim} for tensors and (every copy of) data ports."""
+    table: dict[str, dict[str, int]] = {name: dict(node.legs) for name, node in
+                                        network.nodes.items()}
+    for name, port in network.inputs.items():
+        for copy in port.copies(name):
+            table[copy] = dict(port.legs)
+    return table
+
+
+def validate_network(network: NetworkSpec, doc: Document | None = None,
+                     fixed_path: DocPath | None = None) -> list[Problem]:
+    """Every semantic problem of ``network``, located via ``doc``.
+
+    Parameters
+    ----------
+    network
+        The raw network (after template expansion).
+    doc
+        The source document, for locations; ``None`` gives unlocated problems.
+    fixed_path
+        Locate every problem at this path (used for template-generated networks, whose
+        problems belong to the template call).
+
+    Examples
+    --------
+    >>> from tngraph.spec import NetworkSpec
+    >>> net = NetworkSpec(nodes={"A": {"legs": {"i": 2}}}, outputs=[])
+    >>> [p.message for p in validate_network(net)]
+    ["leg A.i is not joined by an edge and not listed in outputs"]
+    """
+    problems: list[Problem] = []
+
+    def at(path: DocPath, key: bool = False) -> Location | None:
+        if doc is None:
+            return None
+        return doc.locate(fixed_path if fixed_path is not None else path, key=key)
+
+    def add(message: str, path: DocPath, hint: str | None = None, key: bool = False) -> None:
+        problems.append(Problem(message, at(path, key), hint))
+
+    nodes_path = ("network", "nodes")
+    inputs_path = ("network", "inputs")
+    if not network.nodes:
+        add("network has no nodes", nodes_path, "declare at least one tensor under 'nodes:'")
+
+    # -- names ----------------------------------------------------------------------------
+    for name, node in network.nodes.items():
+        if not IDENTIFIER_RE.match(name):
+            add(f"node name '{name}' is not an identifier", nodes_path + (name,),
+                "use letters, digits and '_', not starting with a digit", key=True)
+        for leg in node.legs:
+            if not IDENTIFIER_RE.match(leg):
+                add(f"leg name '{leg}' of node {name} is not an identifier",
+                    nodes_path + (name, "legs", leg), "use letters, digits and '_'", key=True)
+        if node.init is not None and node.init.name not in list_initializers():
+            add(f"unknown initializer '{node.init.name}' for node {name}",
+                nodes_path + (name, "init"), did_you_mean(node.init.name, list_initializers()))
+    for name, port in network.inputs.items():
+        if not IDENTIFIER_RE.match(name):
+            add(f"input name '{name}' is not an identifier", inputs_path + (name,),
+                "use letters, digits and '_'", key=True)
+        if name in network.nodes:
+            add(f"input '{name}' has the same name as a node", inputs_path + (name,),
+                "node and input names share one namespace; rename one", key=True)
+        for leg in port.legs:
+            if not IDENTIFIER_RE.match(leg):
+                add(f"leg name '{leg}' of input {name} is not an identifier",
+                    inputs_path + (name, "legs", leg), key=True)
+        if not port.legs:
+            add(f"input '{name}' has no legs", inputs_path + (name, "legs"),
+                "a data port needs at least one leg to join the network")
+        if port.feature_map is not None:
+            _check_feature_map(name, port, inputs_path + (name, "feature_map"), add)
+
+    # -- edges ----------------------------------------------------------------------------
+    table = leg_table(network)
+    used: dict[tuple[str, str], str] = {}
+
+    def resolve(ref: str, path: DocPath) -> tuple[str, str] | None:
+        match = LEG_REF_RE.match(ref) if isinstance(ref, str) else None
+        if not match:
+            add(f"'{ref}' is not a leg reference", path,
+                "write NODE.LEG, e.g. A.r, or PORT[k].LEG for a copy of a stacked input")
+            return None
+        node, leg = match.groups()
+        if node not in table:
+            add(f"unknown node '{node}' in '{ref}'", path, did_you_mean(node, table))
+            return None
+        if leg not in table[node]:
+            add(f"node {node} has no leg '{leg}'", path, did_you_mean(leg, table[node]))
+            return None
+        return node, leg
+
+    edges_path = ("network", "edges")
+    for k, (first, second) in enumerate(network.edges):
+        path = edges_path + (k,)
+        a = resolve(first, path + (0,))
+        b = resolve(second, path + (1,))
+        for end, ref, sub in ((a, first, 0), (b, second, 1)):
+            if end is None:
+                continue
+            if end in used:
+                add(f"leg {ref} is joined twice (also {used[end]})", path + (sub,),
+                    "each leg is joined by exactly one edge or listed once in outputs")
+        if a is not None and b is not None:
+            if a == b:
+                add(f"edge joins leg {first} to itself", path,
+                    "an edge joins two different legs; to trace, join two legs of one node")
+            elif table[a[0]][a[1]] != table[b[0]][b[1]]:
+                add(f"edge joins {first} (dim {table[a[0]][a[1]]}) to {second} "
+                    f"(dim {table[b[0]][b[1]]}); dimensions must match", path,
+                    "give both legs the same dimension, e.g. the same ${param}")
+        for end in (a, b):
+            if end is not None:
+                used.setdefault(end, f"edge {k + 1} [{first}, {second}]")
+
+    outputs_path = ("network", "outputs")
+    for k, ref in enumerate(network.outputs):
+        end = resolve(ref, outputs_path + (k,))
+        if end is None:
+            continue
+        if end in used:
+            add(f"output {ref} is already {'used by ' + used[end]}", outputs_path + (k,),
+                "a leg is either joined by an edge or open (in outputs), not both")
+            continue
+        used[end] = "outputs"
+
+    # -- dangling legs --------------------------------------------------------------------
+    for name, node in network.nodes.items():
+        for leg in node.legs:
+            if (name, leg) not in used:
+                add(f"leg {name}.{leg} is not joined by an edge and not listed in outputs",
+                    nodes_path + (name, "legs", leg),
+                    f"join it with an edge, or add {name}.{leg} to outputs", key=True)
+    for name, port in network.inputs.items():
+        for copy in port.copies(name):
+            for leg in port.legs:
+                if (copy, leg) not in used:
+                    add(f"leg {copy}.{leg} of input '{name}' is not joined by an edge and not "
+                        "listed in outputs", inputs_path + (name, "legs", leg),
+                        f"join it with an edge to a node's leg, e.g. [{copy}.{leg}, NODE.LEG]",
+                        key=True)
+    return problems
+
+
+def _check_feature_map(name: str, port, path: DocPath,
+                       add: Callable[..., None]) -> None:
+    try:
+        fmap = get_feature_map(port.feature_map.name)
+        fmap.check_options(port.feature_map.options)
+        dim = fmap.dim(port.feature_map.options)
+    except PluginError as exc:
+        add(str(exc), path)
+        return
+    if len(port.legs) != 1:
+        add(f"input '{name}' has a feature map, so it must have exactly one leg "
+            f"(found {len(port.legs)})", path, f"write legs: {{p: {dim}}}")
+        return
+    (leg, leg_dim), = port.legs.items()
+    if leg_dim != dim:
+        add(f"feature map '{fmap.name}' makes vectors of dim {dim}, but leg {name}.{leg} has "
+            f"dim {leg_dim}", path, f"set the leg's dimension to {dim}")
