@@ -16,9 +16,8 @@ Examples
 
 from __future__ import annotations
 
-import itertools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ import torch
 from torch import nn
 
 from tngraph.errors import CompileError, PlanError
+from tngraph.executor import build_program, equation
 from tngraph.featuremaps import get_feature_map
 from tngraph.graph import parameter_count
 from tngraph.initializers import get_initializer
@@ -34,82 +34,6 @@ from tngraph.spec import ParamValue, Spec, load_spec
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16,
            "bfloat16": torch.bfloat16}
-_ALPHABET = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
-
-
-def _equation(operands: Sequence[Sequence[str]], out: Sequence[str]) -> str:
-    letters: dict[str, str] = {}
-    for i in itertools.chain(*operands, out):
-        if i not in letters:
-            if len(letters) == len(_ALPHABET):
-                raise CompileError("a contraction step has more than 52 distinct indices")
-            letters[i] = _ALPHABET[len(letters)]
-    terms = ["".join(letters[i] for i in op) for op in operands]
-    return ",".join(terms) + "->" + "".join(letters[i] for i in out)
-
-
-class _Program:
-    """The plan turned into torch operations (einsum equations per step)."""
-
-    def __init__(self, plan: Plan):
-        problem = plan.problem
-        removed = set(plan.sliced_inds)
-        self.n_terms = len(problem.terms)
-        # leaf preparation: take traces, drop nothing else (sliced indices are selected later)
-        self.leaf_equations: list[str | None] = []
-        for raw, leaf in zip(problem.inputs, plan.leaf_inds):
-            self.leaf_equations.append(None if tuple(raw) == tuple(leaf)
-                                       else _equation([raw], leaf))
-        self.steps = [(s.left, s.right, s.out, _equation([s.left_inds, s.right_inds],
-                                                          s.out_inds)) for s in plan.steps]
-        final = [i for i in plan.final_inds if i not in removed]
-        output = list(problem.output)
-        self.final_perm: tuple[int, ...] | None = None
-        if final != output:
-            if sorted(final) != sorted(output):  # pragma: no cover - guarded by the planner
-                raise CompileError(f"internal: result indices {final} != output {output}")
-            self.final_perm = tuple(final.index(i) for i in output)
-        self.single_leaf = not plan.steps
-        # slicing: for each sliced index, (leaf position, axis) pairs where it must be selected
-        self.sliced: list[tuple[int, list[tuple[int, int]]]] = []
-        for index in plan.sliced_inds:
-            where = [(k, leaf.index(index)) for k, leaf in enumerate(plan.leaf_inds)
-                     if index in leaf]
-            self.sliced.append((problem.size_dict[index], where))
-
-    def run(self, leaves: list[torch.Tensor]) -> torch.Tensor:
-        leaves = [t if eq is None else torch.einsum(eq, t)
-                  for t, eq in zip(leaves, self.leaf_equations)]
-        if not self.sliced:
-            return self._contract(leaves)
-        total = None
-        for choice in itertools.product(*(range(n) for n, _ in self.sliced)):
-            picked: dict[int, list[tuple[int, int]]] = {}
-            for value, (_, where) in zip(choice, self.sliced):
-                for leaf, axis in where:
-                    picked.setdefault(leaf, []).append((axis, value))
-            sliced = list(leaves)
-            for leaf, selections in picked.items():
-                tensor = sliced[leaf]
-                for axis, value in sorted(selections, reverse=True):  # high axes first
-                    tensor = tensor.select(axis, value)
-                sliced[leaf] = tensor
-            part = self._contract(sliced)
-            total = part if total is None else total + part
-        assert total is not None
-        return total
-
-    def _contract(self, leaves: list[torch.Tensor]) -> torch.Tensor:
-        slots: list[torch.Tensor | None] = list(leaves)
-        slots.extend([None] * len(self.steps))
-        result = slots[0]
-        for left, right, out, eq in self.steps:
-            result = torch.einsum(eq, slots[left], slots[right])
-            slots[left] = slots[right] = None  # free memory early
-            slots[out] = result
-        if self.final_perm is not None:
-            result = result.permute(self.final_perm)
-        return result
 
 
 class TNModule(nn.Module):
@@ -147,11 +71,27 @@ class TNModule(nn.Module):
             self.bias = nn.Parameter(torch.zeros(self._out_legs_shape, dtype=dtype))
         else:
             self.register_parameter("bias", None)
-        self._program = _Program(plan)
+        ones = set()
+        for k, term in enumerate(problem.terms):
+            port = spec.network.inputs.get(term.port) if term.kind == "input" else None
+            if port is not None and port.feature_map is not None and \
+                    get_feature_map(port.feature_map.name).leading_one:
+                ones.add(k)
+        self._ones = ones
+        self._programs: dict[int | None, Any] = {}
         self._tensor_names = [t.name for t in problem.terms if t.kind == "tensor"]
         self._ports = list(spec.network.inputs.items())
 
     # -- call ------------------------------------------------------------------------------
+    def _program(self, batch: int | None) -> Any:
+        """The executable program for this batch size (built once per size, a few kept)."""
+        program = self._programs.get(batch)
+        if program is None:
+            if len(self._programs) >= 8:
+                self._programs.pop(next(iter(self._programs)))
+            program = self._programs[batch] = build_program(self.plan, self._ones, batch)
+        return program
+
     @property
     def input_names(self) -> list[str]:
         """Names of the data ports, in the order ``forward`` takes them positionally."""
@@ -180,7 +120,7 @@ class TNModule(nn.Module):
         ref = next(iter(self.tensors.values()), None)
         dtype = ref.dtype if ref is not None else _DTYPES[self.plan.options.dtype]
         if not isinstance(x, torch.Tensor):
-            x = torch.as_tensor(x)
+            x = torch.as_tensor(x, dtype=dtype)
         if ref is not None and x.device != ref.device:
             raise CompileError(f"input '{name}' is on {x.device} but the network is on "
                                f"{ref.device}; move one with .to(...)")
@@ -224,7 +164,7 @@ class TNModule(nn.Module):
                 raise CompileError(f"inputs have different batch sizes ({batch} and "
                                    f"{port_leaves[0].shape[0]} for '{name}')")
             leaves.extend(port_leaves)
-        result = self._program.run(leaves)
+        result = self._program(batch).run(leaves)
         if self.bias is not None:
             result = result + self.bias
         if self.spec.network.flatten_outputs:
@@ -263,8 +203,7 @@ class TNModule(nn.Module):
 def _einsum_named(operands: list[Any], out: list[str], sizes: Mapping[str, int]) -> torch.Tensor:
     tensors = operands[0::2]
     index_lists = operands[1::2]
-    eq = _equation(index_lists, out)
-    return torch.einsum(eq, *tensors)
+    return torch.einsum(equation(index_lists, out), *tensors)
 
 
 def compile(source: str | Path | Spec, overrides: Mapping[str, ParamValue] | None = None, *,

@@ -37,6 +37,8 @@ class FeatureMap:
     apply: Callable[[Any, Mapping[str, Any]], Any]
     options: tuple[str, ...] = ("scale",)
     description: str = ""
+    #: the first component is the constant 1 (lets the executor skip that multiply)
+    leading_one: bool = False
 
     def check_options(self, options: Mapping[str, Any]) -> None:
         unknown = sorted(set(options) - set(self.options))
@@ -83,11 +85,12 @@ def _poly(x: Any, options: Mapping[str, Any]) -> Any:
 def _builtins() -> dict[str, FeatureMap]:
     return {
         "multilinear": FeatureMap("multilinear", lambda o: 2, _multilinear,
-                                  description="[1, x]"),
+                                  description="[1, x]", leading_one=True),
         "trig": FeatureMap("trig", lambda o: 2, _trig,
                            description="[cos(pi x/2), sin(pi x/2)]"),
         "poly": FeatureMap("poly", lambda o: _poly_degree(o) + 1, _poly,
-                           options=("scale", "degree"), description="[1, x, ..., x^degree]"),
+                           options=("scale", "degree"), description="[1, x, ..., x^degree]",
+                           leading_one=True),
     }
 
 

@@ -51,7 +51,7 @@ with warnings.catch_warnings():
     from cotengra.interface import _PRESETS_PATH
     from cotengra.presets import estimate_optimal_hardness
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 #: networks whose exact search is estimated this easy are planned exactly by ``auto``
 OPTIMAL_HARDNESS_CUTOFF = 250
 ITEMSIZE = {"float32": 4, "float64": 8, "float16": 2, "bfloat16": 2}
@@ -160,9 +160,12 @@ def parse_memory(value: int | str) -> int:
     except ValueError:
         raise PlanError(f"cannot read memory limit {value!r}; write e.g. 4GiB, 512MB or 1e9") \
             from None
-    if number <= 0:
+    if not math.isfinite(number):
+        raise PlanError(f"cannot read memory limit {value!r}; write e.g. 4GiB, 512MB or 1e9")
+    limit = int(number * _UNITS[match.group(2).lower()])
+    if limit <= 0:  # also "0.5": less than one byte
         raise PlanError(f"memory limit must be positive, got {value!r}")
-    return int(number * _UNITS[match.group(2).lower()])
+    return limit
 
 
 def list_optimizers() -> list[str]:
@@ -249,6 +252,148 @@ def steps_from_path(leaves: Sequence[tuple[str, ...]], output: Sequence[str],
     if len(alive) != 1:
         raise PlanError(f"internal: path leaves {len(alive)} tensors uncontracted")
     return tuple(steps), slots[alive.pop()]
+
+
+@dataclass(frozen=True)
+class Absorption:
+    """Data-port copies folded into the one tensor each feeds, for the planner's eyes.
+
+    ``merged[m]`` are the indices of the m-th term the planner sees; ``members[m]`` the leaves it
+    stands for: ``(node,)`` or ``(node, port, ...)`` for a node with absorbed data ports.
+    """
+
+    merged: tuple[tuple[str, ...], ...]
+    members: tuple[tuple[int, ...], ...]
+
+
+def absorb_ports(problem: EinsumProblem, leaves: Sequence[tuple[str, ...]]) -> Absorption:
+    """Fold each data-port copy whose legs all join one tensor into that tensor.
+
+    The planner then sees, e.g., an MPS classifier as a chain of batched matrices instead of a
+    chain of cores plus 64 loose ``(batch, 2)`` vectors tied by the batch hyperedge, which
+    misleads greedy searches and slows hyper-searches. :func:`expand_path` turns the plan back
+    into steps over the real leaves, fusing each port into the step that first touches its
+    tensor.
+    """
+    batch = problem.batch
+    identity = Absorption(tuple(tuple(t) for t in leaves), tuple((k,) for k in range(len(leaves))))
+    if batch is None:
+        return identity
+    holders: dict[str, list[int]] = {}
+    for k, leaf in enumerate(leaves):
+        for i in leaf:
+            holders.setdefault(i, []).append(k)
+    out = set(problem.output)
+    host: dict[int, int] = {}
+    for k, term in enumerate(problem.terms):
+        legs = [i for i in leaves[k] if i != batch]
+        if term.kind != "input" or not legs or any(i in out for i in legs):
+            continue
+        owners = {j for i in legs for j in holders[i] if j != k}
+        if len(owners) == 1:
+            (j,) = owners
+            if problem.terms[j].kind == "tensor" and batch not in leaves[j]:
+                host[k] = j
+    if not host:
+        return identity
+    merged: list[tuple[str, ...]] = []
+    members: list[tuple[int, ...]] = []
+    for j, leaf in enumerate(leaves):
+        if j in host:
+            continue
+        ports = tuple(k for k, h in host.items() if h == j)
+        if not ports:
+            merged.append(tuple(leaf))
+            members.append((j,))
+            continue
+        gone = {i for k in ports for i in leaves[k] if i != batch}
+        merged.append(tuple(i for i in leaf if i not in gone) + (batch,))
+        members.append((j, *ports))
+    return Absorption(tuple(merged), tuple(members))
+
+
+def expand_path(absorption: Absorption, merged_path: Sequence[Sequence[int]],
+                leaves: Sequence[tuple[str, ...]], output: Sequence[str],
+                sizes: dict[str, int]) -> list[tuple[int, int]]:
+    """An SSA path over the real leaves from one over ``absorption.merged``.
+
+    A tensor with absorbed ports is either *materialised* (tensor x ports first) or *fused*
+    (the other operand x tensor, then x each port): whichever of the two costs fewer FLOPs.
+    Fusing is what turns an MPS step into ``v A0 + x (v A1)``.
+    """
+    n = len(leaves)
+    inds: dict[int, tuple[str, ...]] = dict(enumerate(tuple(t) for t in leaves))
+    subtree: dict[int, frozenset[int]] = {k: frozenset([k]) for k in range(n)}
+    holders: dict[str, set[int]] = {}
+    for k, leaf in enumerate(leaves):
+        for i in leaf:
+            holders.setdefault(i, set()).add(k)
+    out = set(output)
+    path: list[tuple[int, int]] = []
+
+    def result(a: int, b: int) -> tuple[frozenset[int], tuple[str, ...]]:
+        members = subtree[a] | subtree[b]
+        kept = [i for i in dict.fromkeys(inds[a] + inds[b])
+                if i in out or holders[i] - members]
+        return members, tuple(kept)
+
+    def emit(a: int, b: int) -> int:
+        members, kept = result(a, b)
+        new = n + len(path)
+        path.append((a, b))
+        inds[new], subtree[new] = kept, members
+        return new
+
+    def cost(pairs: Sequence[tuple[int, int]]) -> int:
+        """FLOPs of a chain of steps; ``-1 - t`` names the result of step ``t``."""
+        local_inds: dict[int, tuple[str, ...]] = {}
+        local_sub: dict[int, frozenset[int]] = {}
+        total = 0
+        for t, (a, b) in enumerate(pairs):
+            ia = local_inds[a] if a < 0 else inds[a]
+            ib = local_inds[b] if b < 0 else inds[b]
+            members = (local_sub[a] if a < 0 else subtree[a]) | (
+                local_sub[b] if b < 0 else subtree[b])
+            kept = tuple(i for i in dict.fromkeys(ia + ib) if i in out or holders[i] - members)
+            total += step_flops(ia, ib, kept, sizes)
+            local_inds[-1 - t], local_sub[-1 - t] = kept, members
+        return total
+
+    def materialise(group: tuple[int, ...]) -> int:
+        current = group[0]
+        for port in group[1:]:
+            current = emit(current, port)
+        return current
+
+    state: dict[int, int | tuple[int, ...]] = {}
+    for m, group in enumerate(absorption.members):
+        state[m] = group[0] if len(group) == 1 else group
+    next_merged = len(absorption.members)
+    for a, b in merged_path:
+        sa, sb = state.pop(a), state.pop(b)
+        if isinstance(sa, tuple) and isinstance(sb, tuple):
+            r = emit(materialise(sa), materialise(sb))
+        elif isinstance(sa, tuple) or isinstance(sb, tuple):
+            group, other = (sa, sb) if isinstance(sa, tuple) else (sb, sa)
+            ports = group[1:]
+            fused = [(other, group[0])] + [(-1 - t, p) for t, p in enumerate(ports)]
+            staged = [(group[0], ports[0])] + [(-1 - t, p) for t, p in enumerate(ports[1:])]
+            staged.append((-len(staged), other))
+            if cost(fused) <= cost(staged):
+                r = emit(other, group[0])
+                for port in ports:
+                    r = emit(r, port)
+            else:
+                r = emit(materialise(group), other)
+        else:
+            r = emit(sa, sb)
+        state[next_merged] = r
+        next_merged += 1
+    if len(state) == 1:
+        (last,) = state.values()
+        if isinstance(last, tuple):
+            materialise(last)
+    return path
 
 
 # ---------------------------------------------------------------------------------------------
@@ -359,7 +504,9 @@ def _search(leaves: Sequence[tuple[str, ...]], output: tuple[str, ...], sizes: d
             method: str, options: PlanOptions) -> Any:
     leaves = [tuple(t) for t in leaves]
     if method != "hyper":
-        return ctg.array_contract_tree(leaves, output, sizes, optimize=method)
+        # canonicalize=False: keep our index names in the tree (slicing reports them)
+        return ctg.array_contract_tree(leaves, output, sizes, optimize=method,
+                                       canonicalize=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         opt = ctg.HyperOptimizer(
@@ -420,9 +567,11 @@ def make_plan(problem: EinsumProblem, options: PlanOptions | None = None, *,
     params = param_count if param_count is not None else sum(
         math.prod(t.shape) for t in problem.terms if t.kind == "tensor")
 
-    method = _resolve_optimizer(options, leaves)
+    absorption = absorb_ports(problem, leaves)
+    merged = absorption.merged
+    method = _resolve_optimizer(options, merged)
     target = limit // itemsize
-    key = cache_key(leaves, output, sizes, options, target)
+    key = cache_key(merged, output, sizes, options, target)
     path = Path(cache_dir or default_cache_dir()) / f"{key}.json"
     cached = _cache_read(path) if options.cache else None
 
@@ -430,7 +579,8 @@ def make_plan(problem: EinsumProblem, options: PlanOptions | None = None, *,
     if cached is not None:
         start = time.perf_counter()
         ssa_path = [tuple(p) for p in cached["ssa_path"]]
-        tree = _tree_from_path(leaves, output, sizes, ssa_path)
+        full_path = expand_path(absorption, ssa_path, leaves, output, sizes)
+        tree = _tree_from_path(leaves, output, sizes, full_path)
         sliced = tuple(cached.get("sliced_inds", ()))
         search_time = float(cached.get("search_time", 0.0))
         method = cached.get("optimizer", method)
@@ -439,8 +589,11 @@ def make_plan(problem: EinsumProblem, options: PlanOptions | None = None, *,
         notes.append(f"plan read from cache in {replan_time * 1e3:.1f} ms")
     else:
         start = time.perf_counter()
-        tree = _search(leaves, output, sizes, method, options) if len(leaves) > 1 else None
-        ssa_path = [tuple(p) for p in tree.get_ssa_path()] if tree is not None else []
+        found = _search(merged, output, sizes, method, options) if len(merged) > 1 else None
+        ssa_path = [tuple(p) for p in found.get_ssa_path()] if found is not None else []
+        # the tree over the real leaves (data ports fused back in) is what runs and is sliced
+        full_path = expand_path(absorption, ssa_path, leaves, output, sizes)
+        tree = _tree_from_path(leaves, output, sizes, full_path)
         sliced = ()
         search_time = time.perf_counter() - start
         cache_hit = False
@@ -452,7 +605,7 @@ def make_plan(problem: EinsumProblem, options: PlanOptions | None = None, *,
                                 "optimizer": method})
 
     removed = frozenset(sliced)
-    steps, final = steps_from_path(leaves, output, sizes, ssa_path, removed)
+    steps, final = steps_from_path(leaves, output, sizes, full_path, removed)
     n_slices = math.prod(sizes[i] for i in sliced)
     flops = sum(s.flops for s in steps) * n_slices
     if sliced:

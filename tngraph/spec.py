@@ -157,6 +157,14 @@ class Spec(_Model):
     #: where the spec came from, for error locations (not part of the model's equality)
     source: Any = Field(default=None, exclude=True, repr=False)
 
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Spec):
+            return NotImplemented
+        return all(getattr(self, k) == getattr(other, k)
+                   for k in type(self).model_fields if k != "source")
+
+    __hash__ = None  # type: ignore[assignment]  # holds dicts
+
     def to_raw(self) -> dict[str, Any]:
         """The canonical raw form: no params, no template, all values written out."""
         net = self.network
@@ -280,6 +288,11 @@ def pydantic_problems(exc: ValidationError, model: type[BaseModel], doc: Documen
             where = ".".join(str(p) for p in (*prefix, *loc[:-1])) or what or "the spec"
             problems.append(Problem(f"unknown key '{key}' in {where}",
                                     doc.locate(prefix + loc, key=True), did_you_mean(key, valid)))
+        elif kind == "missing" and isinstance(loc[-1], int):   # a too short pair (an edge)
+            where = ".".join(str(p) for p in (*prefix, *loc[:-1]))
+            problems.append(Problem(f"{where}: an edge joins exactly two legs",
+                                    doc.locate(prefix + loc[:-1]),
+                                    "write it as [NODE.LEG, NODE.LEG], e.g. [A.r, B.l]"))
         elif kind == "missing":
             where = ".".join(str(p) for p in (*prefix, *loc[:-1])) or "the spec"
             if what:
@@ -313,8 +326,13 @@ def _source_document(source: str | Path | Document) -> Document:
         return source
     if isinstance(source, Path):
         return read_document(source)
-    if "\n" not in source and (source.endswith((".yaml", ".yml")) or Path(source).is_file()):
-        return read_document(source)
+    if "\n" not in source:
+        try:
+            is_path = source.endswith((".yaml", ".yml")) or Path(source).is_file()
+        except (OSError, ValueError):   # e.g. one line of YAML too long for a file name
+            is_path = False
+        if is_path:
+            return read_document(source)
     return load_document(source)
 
 
@@ -352,7 +370,7 @@ def load_spec(source: str | Path | Document,
     if "tngraph" not in data:
         raise SpecError(Problem("missing 'tngraph: 1' (the format version)", doc.locate(()),
                                 "start the spec with the line 'tngraph: 1'"))
-    if version != FORMAT_VERSION or isinstance(version, bool):
+    if type(version) is not int or version != FORMAT_VERSION:
         raise SpecError(Problem(f"unsupported format version {version!r}",
                                 doc.locate(("tngraph",)),
                                 f"this tngraph reads format version {FORMAT_VERSION}: "
@@ -361,6 +379,8 @@ def load_spec(source: str | Path | Document,
         if key not in _TOP_KEYS:
             problems.append(Problem(f"unknown key '{key}' at the top of the spec",
                                     doc.locate((key,), key=True), did_you_mean(key, _TOP_KEYS)))
+    # Unknown top-level keys are left out and reported together with every later problem.
+    n_unknown = len(problems)
 
     # -- params ---------------------------------------------------------------------------
     raw_params = data.get("params") or {}
@@ -383,16 +403,17 @@ def load_spec(source: str | Path | Document,
             params[key] = value
     for key, value in (overrides or {}).items():
         if key not in raw_params:
-            problems.append(Problem(f"--set {key}: the spec has no parameter '{key}'", None,
+            where = doc.locate(("params",), key=True) if "params" in data else doc.locate(())
+            problems.append(Problem(f"--set {key}: the spec has no parameter '{key}'", where,
                                     did_you_mean(key, raw_params)))
         else:
             params[key] = value
-    if problems:
+    if len(problems) > n_unknown:
         raise SpecError(problems)
 
-    body = {k: v for k, v in data.items() if k != "params"}
+    body = {k: v for k, v in data.items() if k != "params" and k in _TOP_KEYS}
     body = _substitute(body, params, (), doc, problems)
-    if problems:
+    if len(problems) > n_unknown:
         raise SpecError(problems)
 
     # -- network: raw or template -------------------------------------------------------------
@@ -400,7 +421,10 @@ def load_spec(source: str | Path | Document,
     template_call: dict[str, Any] | None = None
     if isinstance(network_data, dict) and "template" in network_data:
         template_call = network_data
-        network_data = expand_template(network_data, doc)   # raises located SpecError
+        try:
+            network_data = expand_template(network_data, doc)
+        except SpecError as exc:
+            raise SpecError([*problems, *exc.problems]) from None
         body = {**body, "network": network_data}
     elif network_data is None and "network" not in body:
         problems.append(Problem("missing required key 'network'", doc.locate(()),
@@ -410,11 +434,11 @@ def load_spec(source: str | Path | Document,
     try:
         spec = Spec.model_validate({**body, "params": params, "template": template_call})
     except ValidationError as exc:
-        raise SpecError(pydantic_problems(exc, Spec, doc)) from None
+        raise SpecError([*problems, *pydantic_problems(exc, Spec, doc)]) from None
     spec = spec.model_copy(update={"source": doc})
 
     where = ("network", "template") if template_call is not None else None
-    problems = validate_network(spec.network, doc, fixed_path=where)
+    problems += validate_network(spec.network, doc, fixed_path=where)
     if problems:
         raise SpecError(problems)
     return spec

@@ -49,7 +49,7 @@ def validate_network(network: NetworkSpec, doc: Document | None = None,
     >>> from tngraph.spec import NetworkSpec
     >>> net = NetworkSpec(nodes={"A": {"legs": {"i": 2}}}, outputs=[])
     >>> [p.message for p in validate_network(net)]
-    ["leg A.i is not joined by an edge and not listed in outputs"]
+    ['leg A.i is not joined by an edge and not listed in outputs']
     """
     problems: list[Problem] = []
 

@@ -74,6 +74,54 @@ def _mark(node: yaml.Node) -> tuple[int, int]:
     return node.start_mark.line + 1, node.start_mark.column + 1
 
 
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
+
+
+def _check_expansion(root: yaml.Node, filename: str) -> None:
+    """Refuse alias bombs and self-referencing aliases *before* expanding anything.
+
+    Aliases share nodes in the composed graph, so the expanded size of every node is counted
+    once per distinct node (memoised): linear in the file's size, whatever it expands to.
+    """
+    sizes: dict[int, int] = {}
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    active: set[int] = set()
+    while stack:
+        node, done = stack.pop()
+        if done:
+            active.discard(id(node))
+            sizes[id(node)] = min(1 + sum(sizes[id(c)] for c in _children(node)), MAX_VALUES + 1)
+            continue
+        if id(node) in sizes:
+            continue
+        if id(node) in active:
+            line, col = _mark(node)
+            raise SpecError(Problem("an alias refers to the value that contains it",
+                                    Location(filename, line, col),
+                                    "anchors may only be used after their value is complete"))
+        active.add(id(node))
+        stack.append((node, True))
+        stack.extend((c, False) for c in _children(node) if id(c) not in sizes)
+    if sizes[id(root)] <= MAX_VALUES:
+        return
+    node = root   # report the smallest value that is too big: usually an anchored one
+    while True:
+        big = [c for c in _children(node) if sizes[id(c)] > MAX_VALUES]
+        if not big:
+            break
+        node = big[0]
+    line, col = _mark(node)
+    raise SpecError(Problem(f"document expands to more than {MAX_VALUES} values",
+                            Location(filename, line, col),
+                            "anchors/aliases nest too deeply (an 'alias bomb'?); "
+                            "write the values out"))
+
+
 class _Builder:
     def __init__(self, filename: str):
         self.filename = filename
@@ -242,6 +290,7 @@ def load_document(source: str | bytes, filename: str = "<string>") -> Document:
             Problem(f"spec must be a mapping of keys to values, found {kind}", builder.loc(root),
                     "a spec starts with 'tngraph: 1' followed by 'name:' and 'network:'")
         )
+    _check_expansion(root, filename)
     try:
         data = builder.build(root, ())
     except RecursionError:

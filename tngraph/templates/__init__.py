@@ -33,9 +33,13 @@ from tngraph.yamlio import Document
 
 
 class TemplateOptions(BaseModel):
-    """Base class of template option models (unknown options are errors)."""
+    """Base class of template option models (unknown options are errors).
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    Strict like the raw form's dimensions: ``sites: "4"`` or ``phys_dim: true`` are mistakes,
+    not 4 and 1.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,24 @@
+"""Test-wide settings: a private plan cache and no progress bars."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+
+import pytest
+
+# Set at import time so that even collection-time code never touches ~/.cache.
+_CACHE = tempfile.mkdtemp(prefix="tngraph-test-cache-")
+os.environ["TNGRAPH_CACHE_DIR"] = _CACHE
+os.environ["TNGRAPH_NO_PROGRESS"] = "1"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_plan_cache() -> Iterator[str]:
+    """Every test plans into a fresh temporary cache directory, removed at the end."""
+    os.environ["TNGRAPH_CACHE_DIR"] = _CACHE
+    os.environ["TNGRAPH_NO_PROGRESS"] = "1"
+    yield _CACHE
+    shutil.rmtree(_CACHE, ignore_errors=True)

@@ -1,0 +1,206 @@
+"""The command line, in-process through ``tngraph.cli.main(argv) -> int``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tngraph import cli
+from tngraph.spec import load_spec
+
+ROOT = Path(__file__).parent.parent
+MODELS = sorted((ROOT / "models").glob("*.yaml"))
+RING3 = str(ROOT / "models" / "ring3.yaml")
+Capture = pytest.CaptureFixture[str]
+
+
+def run(capsys: Capture, *argv: str) -> tuple[int, str, str]:
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err
+    return code, out, err
+
+
+def compile_args(tmp_path: Path, *extra: str, spec: str = RING3) -> list[str]:
+    return ["compile", spec, "--optimize", "greedy", "--cache-dir", str(tmp_path / "cache"),
+            *extra]
+
+
+# -- validate ----------------------------------------------------------------------------------
+
+def test_validate_ok(capsys: Capture) -> None:
+    code, out, err = run(capsys, "validate", RING3)
+    assert code == 0 and err == ""
+    assert out == (f"{RING3}: ok (ring3, raw: 3 nodes, 3 edges, 0 inputs, 186 parameters)\n")
+
+
+def test_validate_template_with_set(capsys: Capture) -> None:
+    path = str(ROOT / "models" / "mps.yaml")
+    code, out, _ = run(capsys, "validate", path, "--set", "sites=3", "--set", "bond_dim=2")
+    assert code == 0
+    assert "ok (mps, mps: 3 nodes, 2 edges, 0 inputs, 16 parameters)" in out
+
+
+@pytest.mark.parametrize("argv,expected", [
+    (["validate", "no/such/spec.yaml"], "error: no such file: no/such/spec.yaml"),
+    (["validate", RING3, "--set", "chi"], "error: --set expects key=value, got 'chi'"),
+    (["validate", RING3, "--set", "chj=3"], ":5:1: error: --set chj: the spec has no parameter"),
+    (["validate", RING3, "--set", "chi=0"], ":8:25: error: network.nodes.A.legs.a: dimension"),
+])
+def test_validate_user_errors(capsys: Capture, argv: list[str], expected: str) -> None:
+    code, out, err = run(capsys, *argv)
+    assert code == 2 and out == ""
+    assert expected in err
+
+
+def test_directory_is_a_user_error(capsys: Capture, tmp_path: Path) -> None:
+    code, _, err = run(capsys, "validate", str(tmp_path))
+    assert code == 2 and "is a directory" in err
+
+
+@pytest.mark.parametrize("argv", [[], ["frobnicate"], ["validate"], ["compile", RING3,
+                                                                     "--format", "xml"]])
+def test_usage_errors_exit_2(capsys: Capture, argv: list[str]) -> None:
+    code, _, err = run(capsys, *argv)
+    assert code == 2 and "usage:" in err
+
+
+def test_help_exits_0(capsys: Capture) -> None:
+    code, out, _ = run(capsys, "--help")
+    assert code == 0 and "validate" in out and "compile" in out
+
+
+# -- compile -----------------------------------------------------------------------------------
+
+def test_compile_text_report_and_plan_cache(capsys: Capture, tmp_path: Path) -> None:
+    code, first, err = run(capsys, *compile_args(tmp_path))
+    assert code == 0 and err == ""
+    for row in ("parameters", "FLOPs (planned)", "FLOPs (naive single einsum)",
+                "largest intermediate", "compression", "contraction steps"):
+        assert row in first, row
+    assert "186" in first
+    assert [line.split()[-1] for line in first.splitlines() if "plan cache" in line] == ["miss"]
+    code, second, _ = run(capsys, *compile_args(tmp_path))
+    assert code == 0
+    assert [line.split()[-1] for line in second.splitlines() if "plan cache" in line] == ["hit"]
+    assert any(p.suffix == ".json" for p in (tmp_path / "cache").iterdir())
+
+
+def test_no_cache_searches_again(capsys: Capture, tmp_path: Path) -> None:
+    run(capsys, *compile_args(tmp_path))
+    code, out, _ = run(capsys, *compile_args(tmp_path, "--no-cache"))
+    assert code == 0
+    assert [line.split()[-1] for line in out.splitlines() if "plan cache" in line] == ["miss"]
+
+
+def test_compile_json(capsys: Capture, tmp_path: Path) -> None:
+    code, out, _ = run(capsys, *compile_args(tmp_path, "--format", "json"))
+    assert code == 0
+    data = json.loads(out)
+    assert {"params", "flops", "naive_flops", "largest_intermediate", "steps"} <= set(data)
+    assert data["params"] == 186
+    assert data["flops"] <= data["naive_flops"]
+    assert len(data["steps"]) == 2      # three tensors: two pairwise contractions
+    assert data["largest_intermediate"]["elements"] > 0
+
+
+def test_compile_with_overrides_changes_costs(capsys: Capture, tmp_path: Path) -> None:
+    _, out, _ = run(capsys, *compile_args(tmp_path, "--format", "json", "--set", "chi=2"))
+    assert json.loads(out)["params"] == 3 * 2 * 2 + 2 * 4 * 6 + 6 * 3 * 2
+
+
+def test_compile_save_safetensors(capsys: Capture, tmp_path: Path) -> None:
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    target = tmp_path / "out.safetensors"
+    code, _, err = run(capsys, *compile_args(tmp_path, "--save", str(target)))
+    assert code == 0 and f"weights written to {target}" in err
+    tensors = load_file(str(target))
+    assert set(tensors) == {"tensors.A", "tensors.B", "tensors.C"}
+    assert tuple(tensors["tensors.A"].shape) == (3, 5, 2)
+    with safe_open(str(target), "pt") as handle:
+        metadata = handle.metadata()
+    assert load_spec(metadata["tngraph_spec"]).network == load_spec(RING3).network
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_compile_save_into_missing_folder(capsys: Capture, tmp_path: Path) -> None:
+    target = tmp_path / "missing" / "out.safetensors"
+    code, _, err = run(capsys, *compile_args(tmp_path, "--save", str(target)))
+    assert code == 2 and "does not exist" in err
+    assert not target.parent.exists()
+
+
+def test_memory_limit_exceeded(capsys: Capture, tmp_path: Path) -> None:
+    code, out, err = run(capsys, *compile_args(tmp_path, "--memory-limit", "100B"))
+    assert code == 2
+    assert "FLOPs (planned)" in out                 # the report is still printed
+    assert "OVER LIMIT" in out
+    assert f"{RING3}: error: " in err and "over the memory limit of 100 B" in err
+
+
+@pytest.mark.parametrize("argv,expected", [
+    (["--memory-limit", "foo"], "cannot read memory limit 'foo'"),
+    (["--memory-limit=-5MB"], "cannot read memory limit"),
+    (["--optimize", "foo"], "unknown optimizer 'foo'; valid: auto"),
+    (["--batch-size", "0"], "invalid plan option"),
+])
+def test_bad_plan_options(capsys: Capture, tmp_path: Path, argv: list[str],
+                          expected: str) -> None:
+    code, out, err = run(capsys, *compile_args(tmp_path, *argv))
+    assert code == 2
+    assert expected in err
+    if "optimizer" in expected:
+        assert "greedy" in err
+
+
+def test_compile_bad_spec_is_exit_2(capsys: Capture, tmp_path: Path) -> None:
+    bad = ROOT / "tests" / "specs" / "bad" / "edge_dim_mismatch.yaml"
+    code, out, err = run(capsys, *compile_args(tmp_path, spec=str(bad)))
+    assert code == 2 and out == ""
+    assert f"{bad}:9:7: error: edge joins A.a (dim 3) to B.a (dim 4)" in err
+
+
+# -- expand, templates -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("path", MODELS, ids=[p.name for p in MODELS])
+def test_expand_round_trip(capsys: Capture, tmp_path: Path, path: Path) -> None:
+    code, text, err = run(capsys, "expand", str(path))
+    assert code == 0 and err == ""
+    assert "${" not in text and "template:" not in text
+    again = load_spec(text)
+    assert again.network == load_spec(path).network
+    raw = tmp_path / path.name
+    raw.write_text(text)
+    code, text2, _ = run(capsys, "expand", str(raw))
+    assert code == 0 and text2 == text
+
+
+def test_expand_applies_overrides(capsys: Capture) -> None:
+    code, text, _ = run(capsys, "expand", RING3, "--set", "chi=7")
+    assert code == 0
+    assert load_spec(text).network.nodes["A"].legs["a"] == 7
+
+
+def test_templates_command(capsys: Capture) -> None:
+    code, out, _ = run(capsys, "templates")
+    assert code == 0
+    names = [line.split()[0] for line in out.splitlines()]
+    assert {"mps", "mpo", "tt_linear", "peps"} <= set(names)
+    assert "bond_dim" in out
+
+
+def test_internal_error_is_exit_1(capsys: Capture, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr("tngraph.spec.load_spec", broken)
+    code, _, err = run(capsys, "validate", RING3)
+    assert code == 1
+    assert "internal error: RuntimeError: boom" in err and "--debug" in err
+    code = cli.main(["validate", RING3, "--debug"])
+    assert code == 1
+    assert "Traceback" in capsys.readouterr().err

@@ -1,0 +1,295 @@
+"""Planning: optimizer choice, costs, disk cache, memory limit, slicing, options."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from helpers import MODELS, ROOT, TETRA, assert_matches, dense_oracle, rand_network, random_inputs
+
+import tngraph
+import tngraph.plan as plan_mod
+from tngraph.errors import PlanError
+from tngraph.graph import einsum_problem
+from tngraph.plan import list_optimizers, make_plan, parse_memory, plan_spec, step_flops
+from tngraph.spec import PlanOptions, load_spec
+
+SMALL_CLASSIFIER = """
+tngraph: 1
+name: small_classifier
+network: {template: mps, sites: 6, phys_dim: 2, bond_dim: 3, input: x,
+          feature_map: multilinear, output_dim: 4}
+"""
+
+
+def _spec(text: str) -> tngraph.Spec:
+    return load_spec(text)
+
+
+def _yaml_network(network: dict) -> str:
+    return yaml.safe_dump({"tngraph": 1, "name": "net", "network": network}, sort_keys=False)
+
+
+# -- optimizer choice and costs ------------------------------------------------------------
+
+
+TINY = [pytest.param(TETRA, id="tetra"), pytest.param(str(ROOT / "models/ring3.yaml"), id="ring3")]
+TINY += [pytest.param(_yaml_network(rand_network(n, seed, data=False)), id=f"rand{n}-{seed}")
+         for n in range(2, 7) for seed in range(3)]
+
+
+@pytest.mark.parametrize("source", TINY)
+def test_auto_plans_tiny_networks_exactly(source: str) -> None:
+    spec = _spec(source)
+    plan = plan_spec(spec, cache=False)
+    assert len(plan.problem.terms) <= 6
+    assert plan.optimizer == "optimal"
+
+
+@pytest.mark.parametrize("source", [pytest.param(TETRA, id="tetra")]
+                         + [pytest.param(str(p), id=p.stem) for p in MODELS
+                            if p.stem in ("ring3", "mps", "mpo", "tt_linear")])
+def test_planned_flops_at_most_naive(source: str) -> None:
+    plan = plan_spec(_spec(source), optimize="greedy", cache=False)
+    assert 0 < plan.flops <= plan.naive_flops
+    assert plan.speedup == pytest.approx(plan.naive_flops / plan.flops)
+
+
+def test_costs_of_a_known_chain() -> None:
+    """A[i,a] B[a,b] C[b,j], dims 2,3,4,5: the optimal order and its FLOPs, by hand."""
+    text = _yaml_network({
+        "nodes": {"A": {"legs": {"i": 2, "a": 3}}, "B": {"legs": {"a": 3, "b": 4}},
+                  "C": {"legs": {"b": 4, "j": 5}}},
+        "edges": [["A.a", "B.a"], ["B.b", "C.b"]], "outputs": ["A.i", "C.j"]})
+    plan = plan_spec(_spec(text), cache=False)
+    # (AB) first: 2*3*4*2 = 48 then (AB)C: 2*4*5*2 = 80; the other order costs 3*4*5*2+2*3*5*2
+    assert plan.flops == 48 + 80
+    assert plan.naive_flops == 2 * 3 * 4 * 5 * 3   # all indices, (3 - 1) products + 1 sum
+    assert plan.largest_intermediate == 20          # C itself; AB has 8 entries
+    assert [plan.slot_name(s.out) for s in plan.steps] == ["T1", "T2"]
+    assert step_flops(("i", "a"), ("a", "b"), ("i", "b"), {"i": 2, "a": 3, "b": 4}) == 48
+    assert step_flops(("i",), ("j",), ("i", "j"), {"i": 2, "j": 3}) == 6  # no sum: no factor 2
+
+
+def test_single_tensor_has_no_steps() -> None:
+    text = _yaml_network({"nodes": {"A": {"legs": {"i": 3, "t": 2, "u": 2}}},
+                          "edges": [["A.t", "A.u"]], "outputs": ["A.i"]})
+    plan = plan_spec(_spec(text), cache=False)
+    assert plan.steps == () and plan.tree is None
+    assert plan.leaf_inds == ((plan.problem.output[0],),)
+    module = tngraph.compile(text, dtype="float64", cache=False)
+    assert_matches(module(), dense_oracle(module))
+
+
+@pytest.mark.parametrize("optimizer", ["greedy", "optimal", "auto", "hyper"])
+def test_each_optimizer_gives_a_correct_plan(optimizer: str) -> None:
+    module = tngraph.compile(str(ROOT / "models/ring3.yaml"), dtype="float64", cache=False,
+                             optimize=optimizer, max_repeats=4, max_time=5)
+    assert_matches(module(), dense_oracle(module))
+
+
+def test_unknown_optimizer_lists_valid_names() -> None:
+    with pytest.raises(PlanError) as info:
+        plan_spec(_spec(TETRA), optimize="gredy", cache=False)
+    message = str(info.value)
+    assert "gredy" in message and "did you mean 'greedy'" in message
+    assert "auto" in list_optimizers() and "greedy" in list_optimizers()
+
+
+def test_invalid_plan_option_is_a_plan_error() -> None:
+    with pytest.raises(PlanError, match="batch_size"):
+        plan_spec(_spec(TETRA), batch_size=0)
+
+
+def test_batch_size_changes_costs_not_results() -> None:
+    spec = _spec(SMALL_CLASSIFIER)
+    small = plan_spec(spec, batch_size=8, cache=False)
+    large = plan_spec(spec, batch_size=64, cache=False)
+    assert (small.batch_size, large.batch_size) == (8, 64)
+    assert large.problem.size_dict[large.problem.batch] == 64
+    assert small.flops < large.flops <= 8 * small.flops
+    assert small.naive_flops * 8 == large.naive_flops
+    # the small plan's own steps, re-costed at batch 64, scale by at most 8 and at least 1
+    sizes = large.problem.size_dict
+    recost = sum(step_flops(s.left_inds, s.right_inds, s.out_inds, sizes) for s in small.steps)
+    assert small.flops < recost <= 8 * small.flops
+    assert large.flops <= recost  # both plans are optimal for their own batch size
+    modules = [tngraph.compile(SMALL_CLASSIFIER, dtype="float64", batch_size=b, cache=False)
+               for b in (8, 64)]
+    inputs = random_inputs(modules[0], 5)
+    assert_matches(modules[0](**inputs), modules[1](**inputs).detach(), rtol=1e-12)
+
+
+# -- cache -----------------------------------------------------------------------------------
+
+
+def _fail(*args: object, **kwargs: object) -> None:
+    raise AssertionError("searched although the plan is cached")
+
+
+@pytest.mark.parametrize("optimize", ["optimal", "greedy"])
+def test_cached_replan_does_not_search(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                       optimize: str) -> None:
+    spec = _spec(TETRA)
+    first = plan_spec(spec, cache_dir=tmp_path, optimize=optimize, dtype="float64")
+    assert not first.cache_hit
+    assert len(list(tmp_path.glob("*.json"))) == 1
+    monkeypatch.setattr(plan_mod, "_search", _fail)
+    second = plan_spec(spec, cache_dir=tmp_path, optimize=optimize, dtype="float64")
+    assert second.cache_hit
+    assert second.steps == first.steps
+    assert (second.flops, second.naive_flops, second.largest_intermediate) == \
+        (first.flops, first.naive_flops, first.largest_intermediate)
+    assert second.optimizer == first.optimizer
+    module = tngraph.compile(spec, cache_dir=tmp_path, optimize=optimize, dtype="float64")
+    assert module.plan.cache_hit
+    assert_matches(module(), dense_oracle(module))
+
+
+def test_cache_uses_env_dir_by_default(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("TNGRAPH_CACHE_DIR", str(tmp_path))
+    assert plan_mod.default_cache_dir() == tmp_path
+    plan_spec(_spec(TETRA))
+    assert len(list(tmp_path.glob("*.json"))) == 1
+    assert plan_spec(_spec(TETRA)).cache_hit
+
+
+def test_cache_false_bypasses(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = _spec(TETRA)
+    plan_spec(spec, cache_dir=tmp_path)
+    calls: list[str] = []
+    search = plan_mod._search
+
+    def counting(*args: object, **kwargs: object) -> object:
+        calls.append("search")
+        return search(*args, **kwargs)
+
+    monkeypatch.setattr(plan_mod, "_search", counting)
+    plan = plan_spec(spec, cache_dir=tmp_path, cache=False)
+    assert not plan.cache_hit and calls == ["search"]
+    empty = tmp_path / "empty"
+    plan_spec(spec, cache_dir=empty, cache=False)
+    assert not empty.exists(), "cache=False must not write"
+
+
+@pytest.mark.parametrize("content", ["{not json", "", '{"version": 999, "ssa_path": []}'])
+def test_corrupt_cache_file_is_ignored(tmp_path: Path, content: str) -> None:
+    spec = _spec(TETRA)
+    first = plan_spec(spec, cache_dir=tmp_path)
+    (path,) = tmp_path.glob("*.json")
+    path.write_text(content)
+    again = plan_spec(spec, cache_dir=tmp_path)
+    assert not again.cache_hit
+    assert again.steps == first.steps
+    assert json.loads(path.read_text())["ssa_path"], "the cache entry is rewritten"
+    assert plan_spec(spec, cache_dir=tmp_path).cache_hit
+
+
+@pytest.mark.parametrize("change", [{"batch_size": 32}, {"memory_limit": "1GiB"},
+                                    {"optimize": "greedy"}, {"minimize": "size"}])
+def test_cache_key_depends_on_what_changes_the_search(tmp_path: Path, change: dict) -> None:
+    spec = _spec(SMALL_CLASSIFIER)
+    plan_spec(spec, cache_dir=tmp_path)
+    assert not plan_spec(spec, cache_dir=tmp_path, **change).cache_hit
+    assert plan_spec(spec, cache_dir=tmp_path, **change).cache_hit
+
+
+def test_cache_in_unwritable_place_does_not_break_planning(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    plan = plan_spec(_spec(TETRA), cache_dir=blocker / "sub")
+    assert plan.steps and not plan.cache_hit
+
+
+# -- memory limit and slicing --------------------------------------------------------------
+
+
+def test_parameters_over_limit() -> None:
+    spec = _spec(TETRA)
+    plan = plan_spec(spec, memory_limit="1KiB", cache=False)
+    assert any("parameters" in reason for reason in plan.over_limit)
+    with pytest.raises(PlanError) as info:
+        tngraph.compile(spec, memory_limit="1KiB", cache=False)
+    assert "memory limit" in str(info.value)
+    assert info.value.report is not None and "OVER LIMIT" in info.value.report
+    assert "tetra" in info.value.report
+
+
+def test_within_limit_has_no_complaint() -> None:
+    plan = plan_spec(_spec(TETRA), dtype="float64", cache=False)
+    assert plan.over_limit == () and plan.sliced_inds == () and plan.n_slices == 1
+    assert plan.largest_intermediate == 4096
+    assert plan.memory_limit == 4 * 2**30 and plan.itemsize == 8
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_slicing_fixes_an_intermediate_over_limit(dtype: str) -> None:
+    itemsize = {"float64": 8, "float32": 4}[dtype]
+    limit = 2048 * itemsize  # the parameters fit exactly; the 4096-entry intermediate does not
+    spec = _spec(TETRA)
+    plan = plan_spec(spec, dtype=dtype, memory_limit=limit, cache=False)
+    assert plan.over_limit == ()
+    assert plan.sliced_inds and plan.n_slices > 1
+    assert set(plan.sliced_inds) <= set(plan.problem.size_dict)
+    assert all(i not in step.left_inds + step.right_inds + step.out_inds
+               for step in plan.steps for i in plan.sliced_inds)
+    assert plan.largest_intermediate * plan.itemsize <= limit
+    unsliced = plan_spec(spec, dtype=dtype, cache=False)
+    assert plan.flops >= unsliced.flops
+    assert any("sliced" in note for note in plan.notes)
+    module = tngraph.compile(spec, dtype=dtype, memory_limit=limit, cache=False, seed=3)
+    assert module.plan.n_slices > 1
+    assert_matches(module(), dense_oracle(module), rtol=1e-10 if dtype == "float64" else 1e-5)
+
+
+def test_sliced_plan_with_data_and_open_legs() -> None:
+    """Slicing with a batch hyperedge and open legs: the slices are summed correctly."""
+    text = TETRA.replace("D: {legs: {c:", "D: {legs: {o: 3, c:").replace(
+        "[C.f, D.f]]", "[C.f, D.f], [x.p, A.q]]\n  outputs: [D.o]\n  inputs: {x: {legs: {p: 2}}}"
+    ).replace("A: {legs: {a:", "A: {legs: {q: 2, a:")
+    free = plan_spec(_spec(text), dtype="float64", batch_size=4, cache=False)
+    limit = 8 * max(free.param_count, max(s.size for s in free.steps) // 2)
+    module = tngraph.compile(text, dtype="float64", batch_size=4, memory_limit=limit,
+                             cache=False)
+    assert module.plan.n_slices > 1
+    inputs = random_inputs(module, 4)
+    assert_matches(module(**inputs), dense_oracle(module, inputs))
+
+
+def test_sliced_plan_is_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = _spec(TETRA)
+    first = plan_spec(spec, dtype="float64", memory_limit="16KiB", cache_dir=tmp_path)
+    monkeypatch.setattr(plan_mod, "_search", _fail)
+    second = plan_spec(spec, dtype="float64", memory_limit="16KiB", cache_dir=tmp_path)
+    assert second.cache_hit and second.sliced_inds == first.sliced_inds
+    assert second.n_slices == first.n_slices > 1 and second.flops == first.flops
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("4GiB", 4 * 2**30), ("512MB", 512 * 10**6), ("1e9", 10**9), (1000, 1000),
+    ("512 MiB", 512 * 2**20), ("2kb", 2000), ("1.5KiB", 1536), ("7", 7), ("3 B", 3),
+])
+def test_parse_memory_accepts(text: int | str, expected: int) -> None:
+    assert parse_memory(text) == expected
+
+
+@pytest.mark.parametrize("junk", ["lots", "", "GiB", "4 GiBs", "-1GiB", "0", 0, -5, "1e400",
+                                  "0.5", "1.2.3MB", "e", True, "4 Gi B"])
+def test_parse_memory_rejects(junk: int | str) -> None:
+    with pytest.raises(PlanError):
+        parse_memory(junk)
+
+
+def test_bad_memory_limit_from_spec_is_a_plan_error() -> None:
+    with pytest.raises(PlanError, match="memory limit"):
+        tngraph.compile(TETRA, memory_limit="plenty", cache=False)
+
+
+def test_make_plan_defaults() -> None:
+    problem = einsum_problem(_spec(TETRA))
+    plan = make_plan(problem, PlanOptions(cache=False))
+    assert plan.param_count == 4 * 8**3
+    assert plan.batch_size is None
+    assert plan.itemsize == 4

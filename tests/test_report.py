@@ -1,0 +1,124 @@
+"""Cost reports: text rows and JSON fields, consistent with the plan."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from helpers import ROOT, TETRA
+
+import tngraph
+from tngraph.plan import plan_spec
+from tngraph.report import format_report, report_data
+from tngraph.spec import load_spec
+
+TT = ROOT / "models/tt_linear.yaml"
+
+
+@pytest.fixture(scope="module")
+def tt() -> tuple[tngraph.Spec, object]:
+    spec = load_spec(TT, {"rank": 3})
+    return spec, plan_spec(spec, batch_size=32, optimize="greedy", cache=False)
+
+
+def test_json_fields_consistent_with_plan(tt: tuple) -> None:
+    spec, plan = tt
+    data = json.loads(format_report(plan, spec, fmt="json"))
+    assert data == json.loads(json.dumps(report_data(plan, spec)))
+    assert data["name"] == "tt_linear" and data["template"] == "tt_linear"
+    assert data["params"] == 8 * 2 * 3 + 2 * (3 * 8 * 2 * 3) + 3 * 8 * 2 + 16
+    assert data["flops"] == plan.flops == sum(s["flops"] for s in data["steps"])
+    assert data["naive_flops"] == plan.naive_flops
+    assert data["speedup"] == pytest.approx(plan.naive_flops / plan.flops)
+    assert data["batch_size"] == 32
+    assert data["dense_size"] == 4096 * 16
+    assert data["compression"] == pytest.approx(4096 * 16 / data["params"])
+    li = data["largest_intermediate"]
+    assert li["elements"] == plan.largest_intermediate
+    assert li["bytes"] == plan.largest_intermediate * 4
+    assert li["elements"] >= max(s["size"] for s in data["steps"])
+    assert data["optimizer"] == "greedy" and data["cache_hit"] is False
+    assert data["over_limit"] == [] and data["sliced"] == {"indices": [], "slices": 1}
+    assert data["inputs"] == {"x": {"legs": {"i0": 8, "i1": 8, "i2": 8, "i3": 8},
+                                    "stack": None, "feature_map": None}}
+    assert data["outputs"] == ["G0.o", "G1.o", "G2.o", "G3.o"]
+    assert data["nodes"] == 4 and data["edges"] == 3 + 4
+
+
+def test_json_steps(tt: tuple) -> None:
+    spec, plan = tt
+    steps = json.loads(format_report(plan, spec, fmt="json"))["steps"]
+    assert len(steps) == len(plan.steps) == len(plan.problem.terms) - 1
+    assert [s["step"] for s in steps] == list(range(1, len(steps) + 1))
+    names = {t.name for t in plan.problem.terms}
+    made: set[str] = set()
+    for s, step in zip(steps, plan.steps, strict=True):
+        assert {s["left"], s["right"]} <= names | made        # operands exist before use
+        made.add(s["result"])
+        assert s["result"] == f"T{s['step']}"
+        assert s["flops"] == step.flops and s["size"] == step.size
+        assert s["equation"] == plan.step_equation(step)
+        lhs, rhs = s["equation"].split("->")
+        left, right = lhs.split(",")
+        assert (len(left), len(right), len(rhs)) == (len(step.left_inds),
+                                                       len(step.right_inds),
+                                                       len(step.out_inds))
+        assert len(s["legs"]) == len(rhs)
+        assert not set(s["contracted"]) & set(s["legs"])
+    assert set(steps[-1]["legs"]) == {"batch", "G0.o", "G1.o", "G2.o", "G3.o"}
+    contracted = {c for s in steps for c in s["contracted"]}
+    assert {"G0.r", "G1.r", "G2.r", "x.i0", "x.i3"} <= contracted
+
+
+def test_text_report_rows(tt: tuple) -> None:
+    spec, plan = tt
+    text = format_report(plan, spec)
+    for row in ("tngraph cost report: tt_linear (template tt_linear)", "nodes / edges",
+                "4 / 7", "parameters", f"{plan.param_count:,}", "FLOPs (planned)",
+                "FLOPs (naive single einsum)", "speed-up over naive", "largest intermediate",
+                "memory limit", "4.0 GiB", "slicing", "none", "optimizer", "greedy",
+                "plan cache", "miss", "contraction steps", "x(i0=8, i1=8, i2=8, i3=8)",
+                "batch size (costs are per batch)"):
+        assert row in text, row
+    assert "OVER LIMIT" not in text
+    step_rows = [line for line in text.splitlines() if line.strip().startswith(("1 ", "2 "))]
+    assert len(step_rows) >= 2
+    assert all(line == line.rstrip() for line in text.splitlines())
+
+
+def test_text_report_of_sliced_and_over_limit_plans() -> None:
+    spec = load_spec(TETRA)
+    sliced = plan_spec(spec, dtype="float64", memory_limit="16KiB", cache=False)
+    text = format_report(sliced, spec)
+    assert f"{sliced.n_slices} slices over" in text and "note: sliced over" in text
+    data = report_data(sliced, spec)
+    assert data["sliced"]["slices"] == sliced.n_slices > 1
+    names = [sliced.problem.index_names[i] for i in sliced.sliced_inds]
+    assert data["sliced"]["indices"] == names and all("." in name for name in names)
+    over = plan_spec(spec, memory_limit="1KiB", cache=False)
+    text = format_report(over, spec)
+    assert "OVER LIMIT" in text and "parameters" in text
+    assert report_data(over, spec)["over_limit"] == list(over.over_limit)
+
+
+def test_scalar_network_report() -> None:
+    spec = load_spec(TETRA)
+    text = format_report(plan_spec(spec, cache=False), spec)
+    assert "(scalar)" in text and "data inputs" in text and "none" in text
+
+
+def test_module_report_and_unknown_format() -> None:
+    module = tngraph.compile(ROOT / "models/ring3.yaml", cache=False)
+    assert json.loads(module.report("json"))["params"] == module.plan.param_count == 186
+    assert "ring3" in module.report()
+    with pytest.raises(ValueError, match="json"):
+        format_report(module.plan, module.spec, fmt="xml")
+
+
+def test_cache_hit_shows_in_report(tmp_path: Path) -> None:
+    spec = load_spec(TETRA)
+    plan_spec(spec, cache_dir=tmp_path)
+    again = plan_spec(spec, cache_dir=tmp_path)
+    assert report_data(again, spec)["cache_hit"] is True
+    assert "hit" in format_report(again, spec)
