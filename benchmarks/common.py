@@ -161,7 +161,9 @@ def fmt_s(seconds: float) -> str:
 def fmt_ratio(x: float) -> str:
     if not math.isfinite(x):
         return "-"
-    return f"{x:.2f}x" if x < 100 else f"{x:.0f}x"
+    if x < 100:
+        return f"{x:.2f}x"
+    return f"{x:.0f}x" if x < 1e5 else f"{x:.1e}x"
 
 
 def fmt_log10(x: float) -> str:

@@ -116,7 +116,10 @@ class TNModule(nn.Module):
                                f"'{self.spec.name}'")
         return given
 
-    def _port_leaves(self, name: str, port: Any, x: Any) -> list[torch.Tensor]:
+    def _port_data(self, name: str, port: Any, x: Any) -> torch.Tensor:
+        """Check, cast and shape one data port's value, applying its feature map: a stacked port
+        becomes ``(N, batch, *legs)`` (copy-major, as the executor gathers copies), another
+        ``(batch, *legs)``."""
         ref = next(iter(self.tensors.values()), None)
         dtype = ref.dtype if ref is not None else _DTYPES[self.plan.options.dtype]
         if not isinstance(x, torch.Tensor):
@@ -140,11 +143,12 @@ class TNModule(nn.Module):
                 f"{expected} entries per sample, got {tuple(x.shape)}")
         if port.feature_map is not None:
             fmap = get_feature_map(port.feature_map.name)
-            x = x.reshape(batch, n) if n else x.reshape(batch)
-            x = fmap.apply(x, port.feature_map.options)     # (batch, [n,] dim)
-        else:
-            x = x.reshape(batch, *((n,) if n else ()), *legs)
-        return list(x.unbind(1)) if n else [x]
+            # copy-major: map (n, batch) values to (n, batch, dim) in one contiguous tensor
+            x = x.reshape(batch, n).t() if n else x.reshape(batch)
+            return fmap.apply(x, port.feature_map.options)
+        if n:
+            return x.reshape(batch, n, *legs).transpose(0, 1)
+        return x.reshape(batch, *legs)
 
     def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
         """Contract the network.
@@ -154,17 +158,19 @@ class TNModule(nn.Module):
         (``(batch, prod(outputs))`` when the network flattens its outputs).
         """
         given = self._gather_inputs(args, kwargs)
-        leaves: list[torch.Tensor] = [self.tensors[n] for n in self._tensor_names]
+        tensors = [self.tensors[n] for n in self._tensor_names]
+        ports: list[torch.Tensor] = []
         batch = None
         for name, port in self._ports:
-            port_leaves = self._port_leaves(name, port, given[name])
+            data = self._port_data(name, port, given[name])
+            size = data.shape[1] if port.stack else data.shape[0]
             if batch is None:
-                batch = port_leaves[0].shape[0]
-            elif port_leaves[0].shape[0] != batch:
+                batch = size
+            elif size != batch:
                 raise CompileError(f"inputs have different batch sizes ({batch} and "
-                                   f"{port_leaves[0].shape[0]} for '{name}')")
-            leaves.extend(port_leaves)
-        result = self._program(batch).run(leaves)
+                                   f"{size} for '{name}')")
+            ports.append(data)
+        result = self._program(batch).run(tensors, ports)
         if self.bias is not None:
             result = result + self.bias
         if self.spec.network.flatten_outputs:

@@ -104,11 +104,13 @@ def _operand(layout: Sequence[str], first: Sequence[str], second: Sequence[str],
 
 def design_kernel(left: int, right: int, out: int, left_layout: Sequence[str],
                   right_layout: Sequence[str], kept: set[str], sizes: dict[str, int],
-                  ones: set[int] = frozenset()) -> Kernel:
+                  ones: set[int] = frozenset(), lead: str | None = None) -> Kernel:
     """Choose roles, index orders and kernel of one pairwise step with the fewest copies.
 
     ``kept`` holds the indices the result must keep; ``ones`` holds the slots whose first
-    entry along their (single) inner index is known to be all ones.
+    entry along their (single) inner index is known to be all ones. A result that holds the
+    ``lead`` index (the data batch) anywhere but first is charged its size, as the next step
+    would have to copy it (batched matmuls want the batch outermost).
     """
     in_right = set(right_layout)
     in_left = set(left_layout)
@@ -143,7 +145,10 @@ def design_kernel(left: int, right: int, out: int, left_layout: Sequence[str],
                             layouts=(tuple(la), tuple(lb)))
             # among equally cheap layouts prefer rows >= cols: a canonical orientation lets
             # mirror-image steps (e.g. the two half-chains of an MPS) share one signature
-            score = (cost_a + cost_b, int(m < n), 2 * swap + rank)
+            out_layout = (*bt, *fa, *fb)
+            misplaced = lead is not None and lead in out_layout and out_layout[0] != lead
+            penalty = math.prod(sizes[i] for i in out_layout) if misplaced else 0
+            score = (cost_a + cost_b + penalty, int(m < n), 2 * swap + rank)
             if best is None or score < best[:3]:
                 best = (*score, kernel)
     assert best is not None
@@ -177,7 +182,9 @@ def conform(kernel: Kernel, target: Kernel, sizes: dict[str, int]) -> Kernel:
 
 def _as3(t: torch.Tensor, op: Operand) -> torch.Tensor:
     if op.perm is not None:
-        t = t.permute(op.perm)
+        # copy: a permuted view that happens to reshape without one can leave the batch
+        # with stride 1, which batched matmuls handle very slowly
+        t = t.permute(op.perm).contiguous()
     t = t.reshape(op.shape3)
     return t.transpose(1, 2) if op.transposed else t
 
@@ -223,6 +230,9 @@ class Group:
     reuse_b: int | None = None
     keep_stacked: bool = False   # a later group reuses this group's stacked output
     need_parts: bool = True      # some consumer needs the members' results one by one
+    fold: tuple[int, int, int] = (0, 0, 0)   # stacked result viewed as (G * nb, m, n)
+    prefetch_a: bool = False     # operand gathered for all groups at once at the start
+    prefetch_b: bool = False
 
 
 #: stack independent equal kernels only while their operands are this small (elements):
@@ -244,6 +254,16 @@ def build_program(plan: Any, ones: set[int] = frozenset(), batch_size: int | Non
     """
     problem = plan.problem
     removed = set(plan.sliced_inds)
+    # where each leaf comes from: ("tensor", i) or ("port", port index, copy index or None)
+    port_index: dict[str, int] = {}
+    sources: dict[int, tuple[Any, ...]] = {}
+    n_tensors = 0
+    for k, term in enumerate(problem.terms):
+        if term.kind == "tensor":
+            sources[k] = ("tensor", n_tensors)
+            n_tensors += 1
+        else:
+            sources[k] = ("port", port_index.setdefault(term.port, len(port_index)), term.copy)
     sizes = dict(problem.size_dict)
     if problem.batch is not None and batch_size is not None:
         sizes[problem.batch] = batch_size
@@ -255,7 +275,6 @@ def build_program(plan: Any, ones: set[int] = frozenset(), batch_size: int | Non
     steps = list(plan.steps)
     n_leaves = len(problem.inputs)
     consumers: dict[int, int] = {}
-    waiting = {s.out: 2 for s in steps}
     for pos, s in enumerate(steps):
         consumers[s.left] = pos
         consumers[s.right] = pos
@@ -263,8 +282,7 @@ def build_program(plan: Any, ones: set[int] = frozenset(), batch_size: int | Non
     for s in steps:
         depth[s.out] = 1 + max(depth[s.left], depth[s.right])
     ready = [pos for pos, s in enumerate(steps) if s.left < n_leaves and s.right < n_leaves]
-    for pos in ready:
-        waiting[steps[pos].out] = 0
+    grouping = not plan.sliced_inds   # sliced runs select on single leaves: keep them apart
     groups: list[Group] = []
     produced_by: dict[int, tuple[int, int]] = {}   # slot -> (group index, member index)
     while ready:
@@ -272,21 +290,30 @@ def build_program(plan: Any, ones: set[int] = frozenset(), batch_size: int | Non
         for pos in ready:
             s = steps[pos]
             designed[pos] = design_kernel(s.left, s.right, s.out, layouts[s.left],
-                                          layouts[s.right], set(s.out_inds), sizes, ones)
+                                          layouts[s.right], set(s.out_inds), sizes, ones,
+                                          problem.batch)
         classes: dict[tuple[Any, ...], list[int]] = {}
         for pos in sorted(ready):
             kernel = designed[pos]
-            key = kernel.signature if kernel.stack_size <= STACK_LIMIT else ("solo", pos)
+            key = kernel.signature if grouping and kernel.stack_size <= STACK_LIMIT \
+                else ("solo", pos)
             classes.setdefault(key, []).append(pos)
         # largest class first; then the shallowest (so that parallel chains stay level)
         chosen = max(classes.values(), key=lambda members: (
             len(members), -min(depth[steps[p].out] for p in members), -members[0]))
         kernels = [designed[pos] for pos in chosen]
         kernels = [kernels[0]] + [conform(k, kernels[0], sizes) for k in kernels[1:]]
-        group = Group(kernels)
+        _, nb, m, _, n = kernels[0].signature[:5]
+        group = Group(kernels, fold=(len(kernels) * nb, m, n))
         if len(kernels) > 1:
             group.reuse_a = _reusable(kernels, "a", produced_by, groups)
             group.reuse_b = _reusable(kernels, "b", produced_by, groups)
+            group.prefetch_a = group.reuse_a is None and all(
+                _role_slot(k, "a") in sources and leaf_equations[_role_slot(k, "a")] is None
+                for k in kernels)
+            group.prefetch_b = group.reuse_b is None and all(
+                _role_slot(k, "b") in sources and leaf_equations[_role_slot(k, "b")] is None
+                for k in kernels)
         g = len(groups)
         groups.append(group)
         for member, (pos, kernel) in enumerate(zip(chosen, kernels)):
@@ -296,7 +323,7 @@ def build_program(plan: Any, ones: set[int] = frozenset(), batch_size: int | Non
             if kernel.out in consumers:
                 nxt = consumers[kernel.out]
                 other = steps[nxt].left if steps[nxt].right == kernel.out else steps[nxt].right
-                if other < n_leaves or other in layouts:
+                if other in layouts:
                     ready.append(nxt)
     result_slot = steps[-1].out if steps else 0
     stacked_only = set()
@@ -315,7 +342,7 @@ def build_program(plan: Any, ones: set[int] = frozenset(), batch_size: int | Non
         where = [(k, leaf.index(index)) for k, leaf in enumerate(plan.leaf_inds)
                  if index in leaf]
         sliced.append((sizes[index], where))
-    return Program(n_leaves, leaf_equations, groups, final_perm, result_slot, sliced)
+    return Program(n_leaves, leaf_equations, groups, final_perm, result_slot, sliced, sources)
 
 
 def _role_slot(kernel: Kernel, role: str) -> int:
@@ -357,9 +384,51 @@ def equation(operands: Sequence[Sequence[str]], out: Sequence[str]) -> str:
         letters[i] for i in out)
 
 
+def _gather_params(tensors: Sequence[torch.Tensor], members: list[tuple[int, Operand]]
+                   ) -> torch.Tensor:
+    """Stack parameters ``tensors[i]`` viewed through their operands as ``(n, nb, x, y)``.
+
+    Members that share an operand layout are stacked raw and permuted once, so the cost is a
+    few tensor ops per layout, not per member; mixed layouts are re-interleaved with one
+    ``index_select``.
+    """
+    by_layout: dict[tuple[Operand, tuple[int, ...]], list[int]] = {}
+    for position, (index, op) in enumerate(members):
+        by_layout.setdefault((op, tuple(tensors[index].shape)), []).append(position)
+    parts = []
+    order: list[int] = []
+    for (op, _), positions in by_layout.items():
+        stacked = torch.stack([tensors[members[p][0]] for p in positions])
+        if op.perm is not None:
+            stacked = stacked.permute(0, *(d + 1 for d in op.perm))
+        stacked = stacked.reshape(len(positions), *op.shape3)
+        parts.append(stacked.transpose(2, 3) if op.transposed else stacked)
+        order += positions
+    if len(parts) == 1:
+        return parts[0]
+    q = len(parts)
+    if len(members) % q == 0 and all(
+            order[j * (len(members) // q) + i] == i * q + j
+            for j in range(q) for i in range(len(members) // q)):
+        # layouts alternate (e.g. left / right half-chain): interleave with one stack
+        return torch.stack(parts, dim=1).reshape(len(members), *parts[0].shape[1:])
+    joined = torch.cat(parts)
+    inverse = [0] * len(order)
+    for place, position in enumerate(order):
+        inverse[position] = place
+    return joined.index_select(0, torch.tensor(inverse, device=joined.device))
+
+
 @dataclass
 class Program:
-    """The plan as a list of kernel groups over numbered slots."""
+    """The plan as a list of kernel groups over numbered slots.
+
+    ``run(tensors, ports)`` takes the parameter tensors (in term order) and the data ports, each
+    ``(N, batch, *legs)`` for a stacked port (copy-major) or ``(batch, *legs)``; leaves are cut
+    from them only
+    where a kernel needs one alone, while operands of stacked groups are gathered for all groups
+    at once (one ``stack`` of parameters per shape, one ``index_select`` per port).
+    """
 
     n_leaves: int
     leaf_equations: list[str | None]
@@ -367,13 +436,115 @@ class Program:
     final_perm: tuple[int, ...] | None
     result_slot: int
     sliced: list[tuple[int, list[tuple[int, int]]]] = field(default_factory=list)
+    sources: dict[int, tuple[Any, ...]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # gather classes: operands of stacked groups fetched for all groups at once, keyed by
+        # everything that lets their chunks come out of one tensor by a single unbind
+        self._param_gathers: dict[tuple[Any, ...], list[tuple[int, str]]] = {}
+        self._port_gathers: dict[tuple[Any, ...], list[tuple[int, str]]] = {}
+        for g, group in enumerate(self.groups):
+            for role, flag in (("a", group.prefetch_a), ("b", group.prefetch_b)):
+                if not flag:
+                    continue
+                slots = [_role_slot(k, role) for k in group.kernels]
+                kinds = {self.sources[slot][0] for slot in slots}
+                ports = {self.sources[slot][1] for slot in slots}
+                ops = [getattr(k, role) for k in group.kernels]
+                size = len(group.kernels)
+                if kinds == {"port"} and len(ports) == 1 and len(set(ops)) == 1 and all(
+                        self.sources[slot][2] is not None for slot in slots) \
+                        and ops[0].perm is None:
+                    key = (ports.pop(), size, ops[0])
+                    self._port_gathers.setdefault(key, []).append((g, role))
+                elif kinds == {"tensor"}:
+                    key = (size, _logical(ops[0]))
+                    self._param_gathers.setdefault(key, []).append((g, role))
+                else:
+                    setattr(group, f"prefetch_{role}", False)
+        self._port_idx = {key: [self.sources[_role_slot(k, role)][2] for g, role in reqs
+                                for k in self.groups[g].kernels]
+                          for key, reqs in self._port_gathers.items()}
+        self._port_idx_tensor: dict[tuple[Any, ...], torch.Tensor] = {}
+        self._param_cache: tuple[Any, dict[tuple[int, str], torch.Tensor]] | None = None
+        # per group, what to do, decided once: ("solo", kernel) or
+        # ("stack", kernels, (a source, b source), mode, ones_a, ones_b, keep, need_parts)
+        self._ops: list[tuple[Any, ...]] = []
+        for g, group in enumerate(self.groups):
+            kernels = group.kernels
+            if len(kernels) == 1:
+                self._ops.append(("solo", kernels[0]))
+                continue
+            first = kernels[0]
+            sources = []
+            for role, reuse, fetch in (("a", group.reuse_a, group.prefetch_a),
+                                       ("b", group.reuse_b, group.prefetch_b)):
+                op = getattr(first, role)
+                if reuse is not None:
+                    size = (len(kernels) * op.shape3[0], op.shape3[1], op.shape3[2])
+                    stride = (size[1] * size[2], size[2], 1)
+                    if op.transposed:
+                        size, stride = (size[0], size[2], size[1]), (stride[0], 1, size[2])
+                    sources.append(("reuse", reuse, size, stride))
+                elif fetch:
+                    sources.append(("fetch", (g, role)))
+                else:
+                    sources.append(("stack", [(_role_slot(k, role), getattr(k, role))
+                                              for k in kernels]))
+            self._ops.append(("stack", kernels, tuple(sources), first.mode, first.ones_a,
+                              first.ones_b, group.keep_stacked, group.need_parts))
+
+    # -- leaves -----------------------------------------------------------------------------
+    def _leaf(self, slot: int, tensors: Sequence[torch.Tensor],
+              ports: Sequence[torch.Tensor]) -> torch.Tensor:
+        source = self.sources[slot]
+        if source[0] == "tensor":
+            t = tensors[source[1]]
+        else:
+            t = ports[source[1]] if source[2] is None else ports[source[1]].select(0, source[2])
+        eq = self.leaf_equations[slot]
+        return t if eq is None else torch.einsum(eq, t)
+
+    def _prefetch(self, tensors: Sequence[torch.Tensor], ports: Sequence[torch.Tensor]
+                  ) -> dict[tuple[int, str], torch.Tensor]:
+        out: dict[tuple[int, str], torch.Tensor] = {}
+        # Without autograd, parameters gathered once are reused until any of them changes
+        # (an optimizer step or load_state_dict bumps their version counters).
+        cacheable = not torch.is_grad_enabled()
+        version = tuple((id(t), t._version) for t in tensors) if cacheable else None
+        if cacheable and self._param_cache is not None and self._param_cache[0] == version:
+            out.update(self._param_cache[1])
+        else:
+            for (size, (nb, x, y)), reqs in self._param_gathers.items():
+                members = [(self.sources[_role_slot(k, role)][1], getattr(k, role))
+                           for g, role in reqs for k in self.groups[g].kernels]
+                gathered = _gather_params(tensors, members)          # (n * size, nb, x, y)
+                chunks = gathered.view(len(reqs), size * nb, x, y).unbind(0)
+                out.update(zip(reqs, chunks))
+            self._param_cache = (version, dict(out)) if cacheable else None
+        for key, reqs in self._port_gathers.items():
+            p, size, op = key
+            data = ports[p]
+            cache_key = (key, data.device)
+            idx = self._port_idx_tensor.get(cache_key)
+            if idx is None:
+                idx = self._port_idx_tensor[cache_key] = torch.tensor(self._port_idx[key],
+                                                                      device=data.device)
+            gathered = data.index_select(0, idx)   # (n * size, batch, *legs)
+            nb, x, y = op.shape3
+            gathered = gathered.view(len(reqs), size * nb, x, y)
+            if op.transposed:
+                gathered = gathered.transpose(2, 3)
+            out.update(zip(reqs, gathered.unbind(0)))
+        return out
 
     # -- running ----------------------------------------------------------------------------
-    def run(self, leaves: list[torch.Tensor]) -> torch.Tensor:
-        leaves = [t if eq is None else torch.einsum(eq, t)
-                  for t, eq in zip(leaves, self.leaf_equations)]
+    def run(self, tensors: Sequence[torch.Tensor], ports: Sequence[torch.Tensor]
+            ) -> torch.Tensor:
+        """Contract the network for these parameters and data ports."""
         if not self.sliced:
-            return self._contract(leaves)
+            return self._contract(tensors, ports, None)
+        leaves = [self._leaf(k, tensors, ports) for k in range(self.n_leaves)]
         total = None
         for choice in itertools.product(*(range(n) for n, _ in self.sliced)):
             picked: dict[int, list[tuple[int, int]]] = {}
@@ -386,55 +557,49 @@ class Program:
                 for axis, value in sorted(selections, reverse=True):  # high axes first
                     tensor = tensor.select(axis, value)
                 parts[leaf] = tensor
-            part = self._contract(parts)
+            part = self._contract(tensors, ports, parts)
             total = part if total is None else total + part
         assert total is not None
         return total
 
-    def _contract(self, leaves: list[torch.Tensor]) -> torch.Tensor:
-        slots: dict[int, torch.Tensor] = dict(enumerate(leaves))
+    def _contract(self, tensors: Sequence[torch.Tensor], ports: Sequence[torch.Tensor],
+                  leaves: list[torch.Tensor] | None) -> torch.Tensor:
+        slots: dict[int, torch.Tensor] = dict(enumerate(leaves)) if leaves is not None else {}
+
+        def take(slot: int) -> torch.Tensor:
+            t = slots.pop(slot, None)
+            return self._leaf(slot, tensors, ports) if t is None else t
+
+        fetched = self._prefetch(tensors, ports) if leaves is None else {}
         stacked: dict[int, torch.Tensor] = {}
-        for g, group in enumerate(self.groups):
-            kernels = group.kernels
-            if len(kernels) == 1:
-                k = kernels[0]
-                slots[k.out] = run_kernel(k, slots.pop(k.left), slots.pop(k.right))
+        for g, op in enumerate(self._ops):
+            if op[0] == "solo":
+                k = op[1]
+                slots[k.out] = run_kernel(k, take(k.left), take(k.right))
                 continue
-            first = kernels[0]
-            if group.reuse_a is not None:
-                a = self._stacked(group.reuse_a, first.a, stacked)
+            _, kernels, sources, mode, ones_a, ones_b, keep, need_parts = op
+            operands = []
+            for source in sources:
+                if source[0] == "reuse":
+                    operands.append(stacked[source[1]].as_strided(source[2], source[3]))
+                elif source[0] == "fetch":
+                    operands.append(fetched[source[1]])
+                else:
+                    st = torch.stack([_as3(take(slot), view) for slot, view in source[1]])
+                    operands.append(st.view(-1, st.shape[2], st.shape[3]))
+            a, b = operands
+            if mode == "small":
+                res = _small(a, b, ones_a, ones_b)
+            elif mode == "outer":
+                res = a * b
             else:
-                a = torch.stack([_as3(slots.pop(k.right if k.swap else k.left), k.a)
-                                 for k in kernels])
-            if group.reuse_b is not None:
-                b = self._stacked(group.reuse_b, first.b, stacked)
-            else:
-                b = torch.stack([_as3(slots.pop(k.left if k.swap else k.right), k.b)
-                                 for k in kernels])
-            # a: (G, nb, m, k), b: (G, nb, k, n) -> fold G into the batch
-            size, nb = a.shape[0], a.shape[1]
-            a2 = a.reshape(size * nb, a.shape[2], a.shape[3])
-            b2 = b.reshape(size * nb, b.shape[2], b.shape[3])
-            if first.mode in ("bmm", "mm"):
-                res = torch.bmm(a2, b2)
-            elif first.mode == "outer":
-                res = a2 * b2
-            else:
-                res = _small(a2, b2, first.ones_a, first.ones_b)
-            res = res.reshape(size, nb, -1)
-            if group.keep_stacked:
-                stacked[g] = res
-            if group.need_parts:
-                for k, part in zip(kernels, res.unbind(0)):
+                res = torch.bmm(a, b)
+            if keep:
+                stacked[g] = res if res.is_contiguous() else res.contiguous()
+            if need_parts:
+                for k, part in zip(kernels, res.reshape(len(kernels), -1).unbind(0)):
                     slots[k.out] = part.reshape(k.out_shape)
-        result = slots[self.result_slot]
+        result = slots[self.result_slot] if self.groups else take(0)
         if self.final_perm is not None:
             result = result.permute(self.final_perm)
         return result
-
-    @staticmethod
-    def _stacked(g: int, op: Operand, stacked: dict[int, torch.Tensor]) -> torch.Tensor:
-        """An earlier group's stacked output viewed as this group's stacked operand."""
-        res = stacked[g]
-        view = res.view(res.shape[0], *op.shape3)
-        return view.transpose(2, 3) if op.transposed else view

@@ -266,6 +266,36 @@ class Absorption:
     members: tuple[tuple[int, ...], ...]
 
 
+def _combine_pairs(kind: str, g: tuple[int, ...], h: int | tuple[int, ...]
+                   ) -> list[tuple[int, int]]:
+    """Steps of combining node-with-ports ``g`` with ``h`` (``-1 - t``: result of step t).
+
+    ``fuse``: h (materialised if it has ports) x g's node, then x each of g's ports;
+    ``stage``: g materialised, then x h; ``both``: both materialised, then joined.
+    """
+    pairs: list[tuple[int, int]] = []
+
+    def materialise(group: int | tuple[int, ...]) -> int:
+        if not isinstance(group, tuple):
+            return group
+        current = group[0]
+        for port in group[1:]:
+            pairs.append((current, port))
+            current = -len(pairs)
+        return current
+
+    if kind == "fuse":
+        current = materialise(h)
+        pairs.append((current, g[0]))
+        for port in g[1:]:
+            pairs.append((-len(pairs), port))
+    else:
+        left = materialise(g)
+        right = materialise(h)
+        pairs.append((left, right))
+    return pairs
+
+
 def absorb_ports(problem: EinsumProblem, leaves: Sequence[tuple[str, ...]]) -> Absorption:
     """Fold each data-port copy whose legs all join one tensor into that tensor.
 
@@ -371,20 +401,23 @@ def expand_path(absorption: Absorption, merged_path: Sequence[Sequence[int]],
     next_merged = len(absorption.members)
     for a, b in merged_path:
         sa, sb = state.pop(a), state.pop(b)
-        if isinstance(sa, tuple) and isinstance(sb, tuple):
-            r = emit(materialise(sa), materialise(sb))
-        elif isinstance(sa, tuple) or isinstance(sb, tuple):
-            group, other = (sa, sb) if isinstance(sa, tuple) else (sb, sa)
-            ports = group[1:]
-            fused = [(other, group[0])] + [(-1 - t, p) for t, p in enumerate(ports)]
-            staged = [(group[0], ports[0])] + [(-1 - t, p) for t, p in enumerate(ports[1:])]
-            staged.append((-len(staged), other))
-            if cost(fused) <= cost(staged):
-                r = emit(other, group[0])
-                for port in ports:
-                    r = emit(r, port)
+        if isinstance(sa, tuple) or isinstance(sb, tuple):
+            options = []
+            if isinstance(sa, tuple) and isinstance(sb, tuple):
+                options = [("fuse", sb, sa), ("fuse", sa, sb), ("both", sa, sb)]
             else:
-                r = emit(materialise(group), other)
+                group, other = (sa, sb) if isinstance(sa, tuple) else (sb, sa)
+                options = [("fuse", group, other), ("stage", group, other)]
+            kind, g, h = min(options, key=lambda o: cost(_combine_pairs(*o)))
+            if kind == "both":
+                r = emit(materialise(g), materialise(h))
+            elif kind == "stage":
+                r = emit(materialise(g), h)
+            else:   # fuse g into h (h materialised first if it has ports of its own)
+                r = materialise(h) if isinstance(h, tuple) else h
+                r = emit(r, g[0])
+                for port in g[1:]:
+                    r = emit(r, port)
         else:
             r = emit(sa, sb)
         state[next_merged] = r
