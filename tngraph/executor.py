@@ -9,6 +9,7 @@ and which kernel runs it:
 ``mm``      no shared batch index: one GEMM;
 ``bmm``     batched GEMM over the indices both operands keep (e.g. the data batch);
 ``outer``   nothing contracted: a broadcast multiply;
+``matvec``  a larger matrix-vector product per batch entry: broadcast multiply and sum;
 ``small``   a tiny contraction (inner size <= 4) of a vector per batch entry, e.g. the
             ``[1, x]`` feature of one pixel against a ``(batch, 2, bond)`` environment: an
             unrolled chain of fused multiply-adds (``addcmul``); a factor known to be all ones
@@ -38,6 +39,9 @@ import torch
 from tngraph.errors import CompileError
 
 SMALL_INNER = 4
+#: batched matrix-vector products at least this large run as multiply + sum: batched GEMM
+#: kernels are slow on them (measured 2-3x on this CPU for 10x40 and larger per batch entry)
+MATVEC_MIN = 400
 
 
 @dataclass(frozen=True)
@@ -134,6 +138,8 @@ def design_kernel(left: int, right: int, out: int, left_layout: Sequence[str],
                 mode = "outer"
             elif k <= SMALL_INNER and nb > 1 and (m == 1 or n == 1):
                 mode = "small"
+            elif nb > 1 and (m == 1 or n == 1) and max(m, n) * k >= MATVEC_MIN:
+                mode = "matvec"
             else:
                 mode = "bmm" if nb > 1 else "mm"
             slot_a, slot_b = (right, left) if swap else (left, right)
@@ -200,9 +206,18 @@ def run_kernel(kernel: Kernel, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor
         result = torch.mm(a[0], b[0])
     elif mode == "outer":
         result = a * b                     # (nb, m, 1) * (nb, 1, n)
+    elif mode == "matvec":
+        result = _matvec(a, b)
     else:
         result = _small(a, b, kernel.ones_a, kernel.ones_b)
     return result.reshape(kernel.out_shape)
+
+
+def _matvec(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Batched matrix-vector product as one broadcast multiply and a sum over the inner axis."""
+    if b.shape[2] == 1:                              # (nb, m, k) x (nb, k, 1) -> (nb, m)
+        return (a * b.transpose(1, 2)).sum(-1)
+    return (a.transpose(1, 2) * b).sum(1)            # (nb, 1, k) x (nb, k, n) -> (nb, n)
 
 
 def _small(a: torch.Tensor, b: torch.Tensor, ones_a: bool, ones_b: bool) -> torch.Tensor:
@@ -292,15 +307,45 @@ def build_program(plan: Any, ones: set[int] = frozenset(), batch_size: int | Non
             designed[pos] = design_kernel(s.left, s.right, s.out, layouts[s.left],
                                           layouts[s.right], set(s.out_inds), sizes, ones,
                                           problem.batch)
+        def key_of(kernel: Kernel, pos: int) -> tuple[Any, ...]:
+            if grouping and kernel.stack_size <= STACK_LIMIT:
+                return kernel.signature
+            return ("solo", pos)
+
         classes: dict[tuple[Any, ...], list[int]] = {}
         for pos in sorted(ready):
+            classes.setdefault(key_of(designed[pos], pos), []).append(pos)
+
+        def lookahead(members: list[int], designed: dict[int, Kernel] = designed,
+                      classes: dict[tuple[Any, ...], list[int]] = classes) -> int:
+            """Size of the largest class ready after running a lone step (chains that are
+            out of step fall back in step when the lagging one moves first)."""
+            if len(members) > 1 or len(classes) == 1 or not grouping:
+                return 0
+            (pos,) = members
             kernel = designed[pos]
-            key = kernel.signature if grouping and kernel.stack_size <= STACK_LIMIT \
-                else ("solo", pos)
-            classes.setdefault(key, []).append(pos)
-        # largest class first; then the shallowest (so that parallel chains stay level)
+            counts: dict[tuple[Any, ...], int] = {}
+            for other_pos in ready:
+                if other_pos != pos:
+                    k = key_of(designed[other_pos], other_pos)
+                    counts[k] = counts.get(k, 0) + 1
+            nxt = consumers.get(kernel.out)
+            if nxt is not None:
+                s = steps[nxt]
+                other = s.left if s.right == kernel.out else s.right
+                if other in layouts:
+                    trial = {**layouts, kernel.out: kernel.out_layout}
+                    k = key_of(design_kernel(s.left, s.right, s.out, trial[s.left],
+                                             trial[s.right], set(s.out_inds), sizes, ones,
+                                             problem.batch), nxt)
+                    counts[k] = counts.get(k, 0) + 1
+            return max(counts.values(), default=0)
+
+        # largest class first; then the one that lets the next wave group best; then the
+        # shallowest (so that parallel chains stay level); then plan order
         chosen = max(classes.values(), key=lambda members: (
-            len(members), -min(depth[steps[p].out] for p in members), -members[0]))
+            len(members), lookahead(members),
+            -min(depth[steps[p].out] for p in members), -members[0]))
         kernels = [designed[pos] for pos in chosen]
         kernels = [kernels[0]] + [conform(k, kernels[0], sizes) for k in kernels[1:]]
         _, nb, m, _, n = kernels[0].signature[:5]
@@ -590,6 +635,8 @@ class Program:
             a, b = operands
             if mode == "small":
                 res = _small(a, b, ones_a, ones_b)
+            elif mode == "matvec":
+                res = _matvec(a, b)
             elif mode == "outer":
                 res = a * b
             else:
