@@ -42,6 +42,8 @@ def _add_plan_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--memory-limit", help="e.g. 4GiB, 512MB (intermediates and parameters)")
     group.add_argument("--batch-size", type=int, help="batch size the plan and costs are for")
     group.add_argument("--dtype", choices=["float32", "float64", "float16", "bfloat16"])
+    group.add_argument("--strategy", choices=["auto", "network", "dense"],
+                       help="execution of one-port networks (default auto: timed per batch)")
     group.add_argument("--no-cache", action="store_true", help="search again, ignore the cache")
     group.add_argument("--cache-dir", help="plan cache directory")
 
@@ -88,7 +90,7 @@ def _plan_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "optimize": args.optimize, "max_time": args.max_time, "max_repeats": args.max_repeats,
         "minimize": args.minimize, "memory_limit": args.memory_limit,
-        "batch_size": args.batch_size, "dtype": args.dtype,
+        "batch_size": args.batch_size, "dtype": args.dtype, "strategy": args.strategy,
         "cache": False if args.no_cache else None,
     }
 

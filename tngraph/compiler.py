@@ -17,6 +17,8 @@ Examples
 from __future__ import annotations
 
 import math
+import time
+from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -27,13 +29,77 @@ from torch import nn
 from tngraph.errors import CompileError, PlanError
 from tngraph.executor import build_program, equation
 from tngraph.featuremaps import get_feature_map
-from tngraph.graph import parameter_count
+from tngraph.graph import EinsumProblem, parameter_count
 from tngraph.initializers import get_initializer
-from tngraph.plan import Plan, plan_spec
+from tngraph.plan import Plan, make_plan, plan_spec
 from tngraph.spec import ParamValue, Spec, load_spec
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16,
            "bfloat16": torch.bfloat16}
+
+
+#: largest dense weight (entries) the ``dense`` strategy may build
+DENSE_MAX_ENTRIES = 1 << 26
+
+
+class _DenseWeight:
+    """Strategy ``dense``: contract every parameter into one weight ``W`` (data legs x output
+    legs), then run one matmul with the data. For a TT-layer that is "rebuild W, then x @ W".
+
+    Under ``torch.no_grad`` the weight is kept until a parameter changes (their version
+    counters), so inference costs one matmul.
+    """
+
+    def __init__(self, plan: Plan, cache_dir: str | Path | None):
+        problem = plan.problem
+        n = sum(t.kind == "tensor" for t in problem.terms)
+        (port_inds,) = [tuple(i for i in inds if i != problem.batch)
+                        for t, inds in zip(problem.terms, problem.inputs) if t.kind == "input"]
+        out_inds = tuple(i for i in problem.output if i != problem.batch)
+        weight_problem = EinsumProblem(problem.terms[:n], problem.inputs[:n],
+                                       port_inds + out_inds, problem.size_dict,
+                                       problem.index_names, None)
+        options = plan.options.model_copy(update={"optimize": "auto"})
+        self.plan = make_plan(weight_problem, options, cache_dir=cache_dir)
+        self.program = build_program(self.plan)
+        self.rows = math.prod(problem.size_dict[i] for i in port_inds)
+        self.cols = math.prod(problem.size_dict[i] for i in out_inds)
+        self.out_shape = tuple(problem.size_dict[i] for i in out_inds)
+        self._cached: tuple[Any, torch.Tensor] | None = None
+
+    @staticmethod
+    def applies(plan: Plan) -> bool:
+        problem = plan.problem
+        ports = [(t, inds) for t, inds in zip(problem.terms, problem.inputs)
+                 if t.kind == "input"]
+        if len(ports) != 1 or ports[0][0].copy is not None:
+            return False
+        legs = [i for i in ports[0][1] if i != problem.batch]
+        if len(set(legs)) != len(legs) or set(legs) & set(problem.output):
+            return False
+        entries = math.prod(problem.size_dict[i] for i in problem.output if i != problem.batch)
+        entries *= math.prod(problem.size_dict[i] for i in legs)
+        return entries <= min(DENSE_MAX_ENTRIES, plan.memory_limit // plan.itemsize)
+
+    def weight(self, tensors: list[torch.Tensor]) -> torch.Tensor:
+        if torch.is_grad_enabled():
+            self._cached = None
+            return self.program.run(tensors, []).reshape(self.rows, self.cols)
+        version = tuple((id(t), t._version) for t in tensors)
+        if self._cached is None or self._cached[0] != version:
+            self._cached = (version, self.program.run(tensors, []).reshape(self.rows,
+                                                                           self.cols))
+        return self._cached[1]
+
+    def __call__(self, tensors: list[torch.Tensor], data: torch.Tensor,
+                 bias: torch.Tensor | None) -> torch.Tensor:
+        batch = data.shape[0]
+        x = data.reshape(batch, self.rows)
+        if bias is None:
+            y = torch.mm(x, self.weight(tensors))
+        else:
+            y = torch.addmm(bias.reshape(1, self.cols), x, self.weight(tensors))
+        return y.reshape(batch, *self.out_shape)
 
 
 class TNModule(nn.Module):
@@ -51,7 +117,8 @@ class TNModule(nn.Module):
         Added to the result when the network declares ``bias: true``.
     """
 
-    def __init__(self, spec: Spec, plan: Plan, *, seed: int | None = None):
+    def __init__(self, spec: Spec, plan: Plan, *, seed: int | None = None,
+                 cache_dir: str | Path | None = None):
         super().__init__()
         self.spec = spec
         self.plan = plan
@@ -63,7 +130,8 @@ class TNModule(nn.Module):
             fn = get_initializer(init.name if init is not None else "normal")
             value = fn(node.shape, tuple(node.legs), init.options if init else {}, generator)
             params[name] = nn.Parameter(value.to(dtype))
-        self.tensors = nn.ParameterDict(params)
+        # an OrderedDict keeps the declared node order (a plain dict would be sorted by name)
+        self.tensors = nn.ParameterDict(OrderedDict(params))
         problem = plan.problem
         self._out_legs_shape = tuple(problem.size_dict[i] for i in problem.output
                                      if i != problem.batch)
@@ -79,6 +147,10 @@ class TNModule(nn.Module):
                 ones.add(k)
         self._ones = ones
         self._programs: dict[int | None, Any] = {}
+        self._cache_dir = cache_dir
+        self._dense: _DenseWeight | None = None
+        #: (batch size, grad enabled) -> "network" | "dense", decided at the first such call
+        self.strategy_choice: dict[tuple[int | None, bool], str] = {}
         self._tensor_names = [t.name for t in problem.terms if t.kind == "tensor"]
         self._ports = list(spec.network.inputs.items())
 
@@ -91,6 +163,46 @@ class TNModule(nn.Module):
                 self._programs.pop(next(iter(self._programs)))
             program = self._programs[batch] = build_program(self.plan, self._ones, batch)
         return program
+
+    def _network(self, tensors: list[torch.Tensor], ports: list[torch.Tensor],
+                 batch: int | None) -> torch.Tensor:
+        result = self._program(batch).run(tensors, ports)
+        return result if self.bias is None else result + self.bias
+
+    def _execute(self, tensors: list[torch.Tensor], ports: list[torch.Tensor],
+                 batch: int | None) -> torch.Tensor:
+        """Run the chosen strategy (bias included); under ``auto``, time both (forward, and
+        backward when training) the first time a batch size is seen, keep the faster."""
+        strategy = self.plan.options.strategy
+        if strategy == "network" or batch is None or (
+                strategy == "auto" and not _DenseWeight.applies(self.plan)):
+            return self._network(tensors, ports, batch)
+        if self._dense is None:
+            if not _DenseWeight.applies(self.plan):
+                raise CompileError("strategy 'dense' needs exactly one data port (not stacked) "
+                                   "and a dense weight within the memory limit")
+            self._dense = _DenseWeight(self.plan, self._cache_dir)
+        if strategy == "dense":
+            return self._dense(tensors, ports[0], self.bias)
+        key = (batch, torch.is_grad_enabled())
+        choice = self.strategy_choice.get(key)
+        if choice is None:
+            runs = {"network": lambda: self._network(tensors, ports, batch),
+                    "dense": lambda: self._dense(tensors, ports[0], self.bias)}
+            timings = {}
+            trainable = [t for t in tensors if t.requires_grad]
+            for name, run in runs.items():
+                for repeat in range(4):   # the first run warms up (builds programs, caches)
+                    start = time.perf_counter()
+                    out = run()
+                    if out.requires_grad and trainable:   # training: time the backward too
+                        torch.autograd.grad(out.sum(), trainable, allow_unused=True)
+                    if repeat:
+                        timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
+            choice = self.strategy_choice[key] = min(timings, key=timings.get)
+        if choice == "dense":
+            return self._dense(tensors, ports[0], self.bias)
+        return self._network(tensors, ports, batch)
 
     @property
     def input_names(self) -> list[str]:
@@ -170,9 +282,7 @@ class TNModule(nn.Module):
                 raise CompileError(f"inputs have different batch sizes ({batch} and "
                                    f"{size} for '{name}')")
             ports.append(data)
-        result = self._program(batch).run(tensors, ports)
-        if self.bias is not None:
-            result = result + self.bias
+        result = self._execute(tensors, ports, batch)
         if self.spec.network.flatten_outputs:
             result = result.reshape(result.shape[0], -1) if batch is not None \
                 else result.reshape(-1)
@@ -252,4 +362,4 @@ def compile(source: str | Path | Spec, overrides: Mapping[str, ParamValue] | Non
         raise PlanError("; ".join(plan.over_limit)
                         + " (raise it with --memory-limit / plan.memory_limit, or shrink the "
                         "network)", report=format_report(plan, spec))
-    return TNModule(spec, plan, seed=seed)
+    return TNModule(spec, plan, seed=seed, cache_dir=cache_dir)

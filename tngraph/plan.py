@@ -634,7 +634,10 @@ def make_plan(problem: EinsumProblem, options: PlanOptions | None = None, *,
     merged = absorption.merged
     method = _resolve_optimizer(options, merged)
     target = limit // itemsize
-    key = cache_key(merged, output, sizes, options, target)
+    # keyed by the real leaves and which of them are data: the merged view alone can be the
+    # same for different networks
+    kinds = "".join("d" if t.kind == "input" else "t" for t in problem.terms)
+    key = cache_key([(kinds,), *leaves], output, sizes, options, target)
     path = Path(cache_dir or default_cache_dir()) / f"{key}.json"
     cached = _cache_read(path) if options.cache else None
 

@@ -83,6 +83,7 @@ def report_data(plan: Plan, spec: Spec) -> dict[str, Any]:
         "over_limit": list(plan.over_limit),
         "sliced": {"indices": [names[i] for i in plan.sliced_inds], "slices": plan.n_slices},
         "optimizer": plan.optimizer,
+        "strategy": plan.options.strategy,
         "search_time": plan.search_time,
         "cache_hit": plan.cache_hit,
         "notes": list(plan.notes),
@@ -149,6 +150,7 @@ def _text(d: dict[str, Any], width: int) -> str:
         ("slicing", (f"{d['sliced']['slices']} slices over {', '.join(d['sliced']['indices'])}"
                      if d["sliced"]["indices"] else "none")),
         ("optimizer", d["optimizer"]),
+        ("execution strategy", d["strategy"]),
         ("plan search time", f"{d['search_time']:.3f} s"),
         ("plan cache", "hit" if d["cache_hit"] else "miss"),
     ]

@@ -141,6 +141,10 @@ class PlanOptions(_Model):
     dtype: Literal["float32", "float64", "float16", "bfloat16"] = "float32"
     cache: bool = True
     seed: int | None = 0
+    #: how a network with one data port runs: ``network`` (the planned steps), ``dense``
+    #: (contract the parameters into one weight, then one matmul with the data), or ``auto``
+    #: (time both at the first call of each batch size and keep the faster)
+    strategy: Literal["auto", "network", "dense"] = "auto"
 
 
 class Spec(_Model):

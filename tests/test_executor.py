@@ -1,0 +1,191 @@
+"""The executor: kernel design, stacked lockstep groups, strategies, gradients through groups."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import ROOT, assert_matches, dense_oracle, random_inputs, randomize
+
+import tngraph
+from tngraph.executor import SMALL_INNER, design_kernel
+
+MPS_CLASSIFIER = str(ROOT / "models/mps_classifier.yaml")
+TT_LINEAR = str(ROOT / "models/tt_linear.yaml")
+
+
+def _classifier(bond: int, sites: int = 16, **options: object) -> tngraph.TNModule:
+    text = (f"tngraph: 1\nname: c\nnetwork: {{template: mps, sites: {sites}, phys_dim: 2, "
+            f"bond_dim: {bond}, input: x, feature_map: multilinear, output_dim: 3}}\n")
+    return tngraph.compile(text, dtype="float64", cache=False, **options)
+
+
+@pytest.mark.parametrize(("left", "right", "kept", "mode"), [
+    (("b", "l"), ("l", "p", "r"), {"b", "p", "r"}, "mm"),          # environment x core
+    (("b", "p", "r"), ("b", "p"), {"b", "r"}, "small"),            # fused [1, x] feature
+    (("b", "l"), ("b", "p"), {"b", "l", "p"}, "outer"),            # nothing contracted
+    (("b", "o", "r"), ("b", "r"), {"b", "o"}, "matvec"),           # label site, large
+    (("b", "i", "k"), ("b", "k", "j"), {"b", "i", "j"}, "bmm"),
+])
+def test_kernel_modes(left: tuple[str, ...], right: tuple[str, ...], kept: set[str],
+                      mode: str) -> None:
+    sizes = {"b": 64, "l": 20, "p": 2, "r": 20, "o": 30, "i": 6, "k": 7, "j": 5}
+    kernel = design_kernel(0, 1, 2, left, right, kept, sizes, lead="b")
+    assert kernel.mode == mode
+    assert set(kernel.out_layout) == kept
+    if "b" in kept:
+        assert kernel.out_layout[0] == "b"          # batch outermost
+    # and the kernel computes the contraction
+    a = torch.randn(*(sizes[i] for i in left), dtype=torch.float64)
+    b = torch.randn(*(sizes[i] for i in right), dtype=torch.float64)
+    from tngraph.executor import equation, run_kernel
+
+    expected = torch.einsum(equation([left, right], kernel.out_layout), a, b)
+    torch.testing.assert_close(run_kernel(kernel, a, b), expected)
+
+
+def test_small_inner_is_unrolled_only_for_tiny_contractions() -> None:
+    sizes = {"b": 8, "p": SMALL_INNER + 1, "r": 3}
+    kernel = design_kernel(0, 1, 2, ("b", "p", "r"), ("b", "p"), {"b", "r"}, sizes)
+    assert kernel.mode != "small"
+
+
+def test_mps_half_chains_run_in_lockstep() -> None:
+    module = _classifier(bond=6, sites=32)
+    program = module._program(16)
+    stacked = [g for g in program.groups if len(g.kernels) > 1]
+    steps = len(module.plan.steps)
+    # most steps run two at a time (left and right half-chain together)
+    assert sum(len(g.kernels) for g in stacked) >= 0.7 * steps
+    assert any(g.reuse_a is not None or g.reuse_b is not None for g in stacked)
+
+
+@pytest.mark.parametrize("bond", [2, 5])
+def test_stacked_groups_match_oracle_and_gradcheck(bond: int) -> None:
+    module = _classifier(bond=bond, sites=10)
+    randomize(module, seed=bond, scale=0.5)
+    x = random_inputs(module, 4, seed=1)["x"]
+    assert_matches(module(x), dense_oracle(module, {"x": x}))
+    names = list(module.tensors)
+
+    def f(*tensors: torch.Tensor) -> torch.Tensor:
+        state = {f"tensors.{n}": t for n, t in zip(names, tensors)}
+        return torch.func.functional_call(module, state, (x,))
+
+    inputs = tuple(t.detach().clone().requires_grad_() for t in module.tensors.values())
+    assert torch.autograd.gradcheck(f, inputs, fast_mode=True)
+
+
+def test_gradients_through_groups_match_unstacked() -> None:
+    """The same network run with and without stacking gives the same gradients."""
+    grouped = _classifier(bond=3, sites=12)
+    sliced = _classifier(bond=3, sites=12)
+    sliced.load_state_dict(grouped.state_dict())
+    x = random_inputs(grouped, 5, seed=3)["x"]
+    from tngraph.executor import build_program
+
+    lone = build_program(sliced.plan, sliced._ones, 5)
+    for group in lone.groups:                       # force every step to run alone
+        assert group.kernels
+    unstacked = type(lone)(lone.n_leaves, lone.leaf_equations,
+                           [type(g)([k]) for g in lone.groups for k in g.kernels],
+                           lone.final_perm, lone.result_slot, lone.sliced, lone.sources)
+    tensors = [sliced.tensors[n] for n in sliced._tensor_names]
+    port = sliced._port_data("x", sliced.spec.network.inputs["x"], x)
+    out_lone = unstacked.run(tensors, [port])
+    out_grouped = grouped(x)
+    torch.testing.assert_close(out_lone, out_grouped)
+    g1 = torch.autograd.grad(out_lone.sum(), tensors)
+    g2 = torch.autograd.grad(out_grouped.sum(), list(grouped.tensors.values()))
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b)
+
+
+def test_no_grad_weight_cache_follows_parameter_updates() -> None:
+    module = _classifier(bond=3, sites=8)
+    x = random_inputs(module, 4, seed=0)["x"]
+    with torch.no_grad():
+        first = module(x)
+        module.tensors["A3"].mul_(2.0)              # in-place update bumps the version
+        second = module(x)
+    assert not torch.allclose(first, second)
+    assert_matches(second, dense_oracle(module, {"x": x}))
+
+
+@pytest.mark.parametrize("strategy", ["network", "dense", "auto"])
+@pytest.mark.parametrize("grad", [True, False])
+def test_strategies_agree(strategy: str, grad: bool) -> None:
+    module = tngraph.compile(TT_LINEAR, {"rank": 3}, dtype="float64", cache=False,
+                             strategy=strategy)
+    with torch.no_grad():
+        module.bias.normal_()
+    x = torch.randn(7, 4096, dtype=torch.float64)
+    with torch.set_grad_enabled(grad):
+        out = module(x)
+        again = module(x)                          # cached weight / chosen strategy
+    weight = module.dense().reshape(4096, 16)
+    expected = x @ weight + module.bias.reshape(16)
+    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(again, expected)
+    if strategy == "auto":
+        assert module.strategy_choice[(7, grad)] in ("network", "dense")
+
+
+def test_dense_strategy_gradients_match_network() -> None:
+    dense = tngraph.compile(TT_LINEAR, {"rank": 2}, dtype="float64", cache=False,
+                            strategy="dense")
+    network = tngraph.compile(TT_LINEAR, {"rank": 2}, dtype="float64", cache=False,
+                              strategy="network")
+    network.load_state_dict(dense.state_dict())
+    x = torch.randn(3, 4096, dtype=torch.float64)
+    g_dense = torch.autograd.grad(dense(x).square().sum(), list(dense.parameters()))
+    g_net = torch.autograd.grad(network(x).square().sum(), list(network.parameters()))
+    for a, b in zip(g_dense, g_net):
+        torch.testing.assert_close(a, b)
+
+
+def test_dense_strategy_refused_for_stacked_ports() -> None:
+    module = _classifier(bond=2, sites=4, strategy="dense")
+    x = random_inputs(module, 2)["x"]
+    with pytest.raises(tngraph.CompileError, match="strategy 'dense'"):
+        module(x)
+
+
+def test_plan_cache_tells_apart_networks_with_the_same_merged_view(tmp_path) -> None:
+    """One 2-leg port vs a stacked port of two copies: same shape once ports are folded in."""
+    one = """
+tngraph: 1
+name: one
+network:
+  nodes:
+    A: {legs: {p: 2, r: 3}}
+    B: {legs: {l: 3, q: 2, o: 4}}
+  inputs:
+    x: {legs: {p: 2, q: 2}}
+  edges: [[A.r, B.l], [x.p, A.p], [x.q, B.q]]
+  outputs: [B.o]
+"""
+    two = """
+tngraph: 1
+name: two
+network:
+  nodes:
+    A: {legs: {p: 2, r: 3}}
+    B: {legs: {l: 3, p: 2, o: 4}}
+  inputs:
+    x: {legs: {p: 2}, stack: 2}
+  edges: [[A.r, B.l], ["x[0].p", A.p], ["x[1].p", B.p]]
+  outputs: [B.o]
+"""
+    first = tngraph.compile(one, cache_dir=tmp_path, dtype="float64")
+    second = tngraph.compile(two, cache_dir=tmp_path, dtype="float64")
+    assert not second.plan.cache_hit
+    for module in (first, second):
+        x = random_inputs(module, 3)["x"]
+        assert_matches(module(x), dense_oracle(module, {"x": x}))
+
+
+def test_parameters_keep_the_declared_node_order() -> None:
+    module = _classifier(bond=2, sites=12)
+    declared = list(module.spec.network.nodes)
+    assert list(module.tensors) == declared        # A0, A1, A2, ..., not A0, A1, A10, ...
+    assert [k.removeprefix("tensors.") for k in module.state_dict()] == declared
