@@ -293,3 +293,26 @@ def test_make_plan_defaults() -> None:
     assert plan.param_count == 4 * 8**3
     assert plan.batch_size is None
     assert plan.itemsize == 4
+
+
+@pytest.mark.parametrize(("block", "message", "column"), [
+    ("{optimize: gredy}", "unknown optimizer 'gredy'", 18),
+    ("{memory_limit: 4GiBs}", "cannot read memory limit '4GiBs'", 22),
+])
+def test_bad_plan_options_are_located(block: str, message: str, column: int) -> None:
+    from tngraph.errors import SpecError
+    from tngraph.plan import check_plan_options
+
+    spec = tngraph.load_spec("tngraph: 1\nname: t\nnetwork: {template: mps, sites: 3, "
+                             f"phys_dim: 2, bond_dim: 2}}\nplan: {block}\n")
+    (problem,) = check_plan_options(spec)
+    assert message in problem.message
+    assert (problem.location.line, problem.location.column) == (4, column)
+    with pytest.raises(SpecError):
+        tngraph.compile(spec)
+
+
+def test_overrides_with_a_loaded_spec_are_refused() -> None:
+    spec = tngraph.load_spec(str(ROOT / "models/mps.yaml"))
+    with pytest.raises(tngraph.CompileError, match="overrides are applied when a spec is loaded"):
+        tngraph.compile(spec, {"bond_dim": 9})

@@ -148,3 +148,27 @@ network:
         (8, 7, "edge joins A.a (dim 5) to B.a (dim 6); dimensions must match"),
         (6, 22, "leg B.j is not joined by an edge and not listed in outputs"),
     ]
+
+
+def test_unknown_initializer_option_is_located() -> None:
+    from tngraph.errors import SpecError
+    from tngraph.spec import load_spec
+
+    text = ("tngraph: 1\nname: t\nnetwork:\n  nodes:\n"
+            "    A: {legs: {i: 2}, init: {name: normal, sd: 0.1}}\n  outputs: [A.i]\n")
+    with pytest.raises(SpecError) as exc:
+        load_spec(text)
+    (problem,) = exc.value.problems
+    assert "initializer 'normal' has no option 'sd'" in problem.message
+    assert (problem.location.line, problem.location.column) == (5, 44)
+    assert "std" in (problem.hint or "")
+
+
+@pytest.mark.parametrize(("name", "valid", "expected"), [
+    ("bond", ["boundary", "bond_dim", "phys_dim"], "did you mean 'bond_dim'?"),
+    ("sits", ["sites", "phys_dim"], "did you mean 'sites'?"),
+])
+def test_did_you_mean_prefers_prefixes(name: str, valid: list[str], expected: str) -> None:
+    from tngraph.errors import did_you_mean
+
+    assert did_you_mean(name, valid).startswith(expected)

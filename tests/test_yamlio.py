@@ -58,11 +58,19 @@ def test_python_tags_are_never_constructed(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("text", ["a: !custom 1\n", "a: !!set {x: null}\n", "a: !!binary aGk=\n",
-                                  "a: 2020-01-01\n", "? [x, y]\n: 1\n"],
-                         ids=["local-tag", "set", "binary", "timestamp", "complex-key"])
+                                  "? [x, y]\n: 1\n"],
+                         ids=["local-tag", "set", "binary", "complex-key"])
 def test_non_plain_values_are_rejected(text: str) -> None:
     with pytest.raises(SpecError):
         load_document(text)
+
+
+def test_dates_are_read_as_text() -> None:
+    assert load_document("name: 2020-01-01\n").data == {"name": "2020-01-01"}
+
+
+def test_a_trailing_document_separator_is_not_a_second_document() -> None:
+    assert load_document("a: 1\n---\n").data == {"a": 1}
 
 
 def test_duplicate_keys_are_all_reported() -> None:

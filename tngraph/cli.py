@@ -6,7 +6,7 @@ return 2; internal errors return 1 (with a traceback only under ``--debug``).
 Examples
 --------
 >>> main(["validate", "models/mps.yaml"])            # doctest: +SKIP
-models/mps.yaml: ok (mps: 16 nodes, 15 edges, 0 inputs, 256 parameters)
+models/mps.yaml: ok (mps, mps: 10 nodes, 9 edges, 0 inputs, 272 parameters)
 0
 """
 
@@ -97,9 +97,13 @@ def _plan_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 def _cmd_validate(args: argparse.Namespace) -> int:
     from tngraph.graph import parameter_count
+    from tngraph.plan import check_plan_options
     from tngraph.spec import load_spec
 
     spec = load_spec(Path(args.spec), _overrides(args.overrides))
+    problems = check_plan_options(spec)
+    if problems:
+        raise SpecError(problems)
     net = spec.network
     kind = (spec.template or {}).get("template", "raw")
     print(f"{args.spec}: ok ({spec.name}, {kind}: {len(net.nodes)} nodes, {len(net.edges)} "

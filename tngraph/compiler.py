@@ -354,6 +354,9 @@ def compile(source: str | Path | Spec, overrides: Mapping[str, ParamValue] | Non
     >>> module(torch.randn(32, 4096)).shape                    # doctest: +SKIP
     torch.Size([32, 16])
     """
+    if isinstance(source, Spec) and overrides:
+        raise CompileError("overrides are applied when a spec is loaded; pass the path or text "
+                           "with them, or call load_spec(path, overrides) first")
     spec = source if isinstance(source, Spec) else load_spec(source, overrides)
     plan = plan_spec(spec, cache_dir=cache_dir, **plan_options)
     if plan.over_limit:

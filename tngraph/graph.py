@@ -14,8 +14,8 @@ Examples
 >>> spec = load_spec("tngraph: 1\\nname: t\\nnetwork: {template: mps, sites: 3, phys_dim: 2, "
 ...                  "bond_dim: 4}\\n")
 >>> problem = einsum_problem(spec)
->>> problem.terms, problem.named_equation()
-(('A0', 'A1', 'A2'), 'A0[p,r],A1[l,p,r],A2[l,p]->[A0.p,A1.p,A2.p]')
+>>> [t.name for t in problem.terms], problem.named_equation()
+(['A0', 'A1', 'A2'], 'A0[p,r],A1[l,p,r],A2[l,p]->[A0.p,A1.p,A2.p]')
 """
 
 from __future__ import annotations

@@ -85,6 +85,14 @@ def _identity(shape: Sequence[int], legs: Sequence[str], options: Mapping[str, A
     return tensor
 
 
+# the options each built-in reads (validation rejects others); a plugin may set ``.options``
+_normal.options = ("std", "mean")        # type: ignore[attr-defined]
+_uniform.options = ("a",)                # type: ignore[attr-defined]
+_zeros.options = ()                      # type: ignore[attr-defined]
+_ones.options = ()                       # type: ignore[attr-defined]
+_identity.options = ("std",)             # type: ignore[attr-defined]
+
+
 def _builtins() -> dict[str, Initializer]:
     return {"normal": _normal, "uniform": _uniform, "zeros": _zeros, "ones": _ones,
             "identity": _identity}

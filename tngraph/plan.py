@@ -41,7 +41,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from tngraph.errors import PlanError, did_you_mean
+from tngraph.errors import PlanError, Problem, SpecError, did_you_mean
 from tngraph.graph import EinsumProblem, einsum_problem, parameter_count
 from tngraph.spec import PlanOptions, Spec
 
@@ -679,7 +679,10 @@ def make_plan(problem: EinsumProblem, options: PlanOptions | None = None, *,
     removed = frozenset(sliced)
     steps, final = steps_from_path(leaves, output, sizes, full_path, removed)
     n_slices = math.prod(sizes[i] for i in sliced)
-    flops = sum(s.flops for s in steps) * n_slices
+    # traces taken within single tensors before any pairwise step: one pass over each
+    trace_flops = sum(math.prod(sizes[i] for i in set(raw))
+                      for raw, leaf in zip(problem.inputs, leaves) if tuple(raw) != leaf)
+    flops = (sum(s.flops for s in steps) + trace_flops) * n_slices
     if sliced:
         flops += math.prod(sizes[i] for i in output) * (n_slices - 1)  # summing the slices
     sizes_seen = [math.prod(sizes[i] for i in leaf if i not in removed) for leaf in leaves]
@@ -753,8 +756,30 @@ def format_bytes(n: int) -> str:
     return f"{n} B"
 
 
+def check_plan_options(spec: Spec) -> list[Problem]:
+    """Problems of the spec's ``plan:`` block that the schema cannot see (optimizer names,
+    memory sizes), located in the spec file."""
+    doc = spec.source
+    problems = []
+
+    def at(key: str) -> Any:
+        return doc.locate(("plan", key)) if doc is not None else None
+
+    if spec.plan.optimize not in list_optimizers():
+        problems.append(Problem(f"unknown optimizer '{spec.plan.optimize}'", at("optimize"),
+                                did_you_mean(spec.plan.optimize, list_optimizers())))
+    try:
+        parse_memory(spec.plan.memory_limit)
+    except PlanError as exc:
+        problems.append(Problem(str(exc), at("memory_limit")))
+    return problems
+
+
 def plan_spec(spec: Spec, *, cache_dir: str | Path | None = None, **plan_options: Any) -> Plan:
     """Plan ``spec`` with its ``plan:`` block updated by ``plan_options`` (None values ignored)."""
+    problems = check_plan_options(spec)
+    if problems:
+        raise SpecError(problems)
     changes = {k: v for k, v in plan_options.items() if v is not None}
     try:
         options = PlanOptions.model_validate({**spec.plan.model_dump(), **changes})

@@ -27,7 +27,7 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class PluginInfo:
-    """Where a registry entry came from (for ``tngraph plugins list``)."""
+    """Where a registry entry came from (name, kind, distribution, version, load error)."""
 
     name: str
     kind: str

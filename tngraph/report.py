@@ -1,12 +1,12 @@
 """Cost reports of a plan: a text table for people, JSON for scripts.
 
 ``format_report(plan, spec, fmt="text"|"json")``. The JSON object carries (documented in
-``docs/spec.md``): ``name``, ``nodes``, ``edges``, ``inputs``, ``batch_size``, ``params``,
-``dense_size``, ``compression``, ``flops``, ``naive_flops``, ``speedup``,
-``largest_intermediate`` (``elements``, ``bytes``), ``memory_limit``, ``over_limit``,
-``sliced`` (``indices``, ``slices``), ``optimizer``, ``search_time``, ``cache_hit`` and
-``steps`` (each ``left``, ``right``, ``result``, ``contracted``, ``legs``, ``equation``,
-``flops``, ``size``).
+``docs/spec.md``): ``name``, ``template``, ``nodes``, ``edges``, ``inputs``, ``outputs``,
+``batch_size``, ``params``, ``dense_size``, ``compression``, ``flops``, ``naive_flops``,
+``speedup``, ``largest_intermediate`` (``elements``, ``bytes``), ``dtype``, ``memory_limit``,
+``over_limit``, ``sliced`` (``indices``, ``slices``), ``optimizer``, ``strategy``,
+``search_time``, ``cache_hit``, ``notes`` and ``steps`` (each ``step``, ``left``, ``right``,
+``result``, ``contracted``, ``legs``, ``equation``, ``flops``, ``size``).
 
 Examples
 --------
@@ -14,7 +14,7 @@ Examples
 >>> module = tngraph.compile("tngraph: 1\\nname: t\\nnetwork: {template: mps, sites: 3, "
 ...                          "phys_dim: 2, bond_dim: 2}\\n", cache=False)
 >>> json.loads(module.report("json"))["params"]
-24
+16
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from tngraph.errors import Location, PluginError, Problem, did_you_mean
 from tngraph.featuremaps import get_feature_map
-from tngraph.initializers import list_initializers
+from tngraph.initializers import get_initializer, list_initializers
 from tngraph.spec import IDENTIFIER_RE, LEG_REF_RE, NetworkSpec
 from tngraph.yamlio import DocPath, Document
 
@@ -78,6 +78,13 @@ def validate_network(network: NetworkSpec, doc: Document | None = None,
         if node.init is not None and node.init.name not in list_initializers():
             add(f"unknown initializer '{node.init.name}' for node {name}",
                 nodes_path + (name, "init"), did_you_mean(node.init.name, list_initializers()))
+        elif node.init is not None:
+            allowed = getattr(get_initializer(node.init.name), "options", None)
+            for option in node.init.options:
+                if allowed is not None and option not in allowed:
+                    add(f"initializer '{node.init.name}' has no option '{option}'",
+                        nodes_path + (name, "init", option), did_you_mean(option, allowed),
+                        key=True)
     for name, port in network.inputs.items():
         if not IDENTIFIER_RE.match(name):
             add(f"input name '{name}' is not an identifier", inputs_path + (name,),

@@ -38,6 +38,7 @@ _SCALAR_TAGS = {
     "tag:yaml.org,2002:null",
 }
 _MAP_TAG = "tag:yaml.org,2002:map"
+_TIMESTAMP_TAG = "tag:yaml.org,2002:timestamp"
 _SEQ_TAG = "tag:yaml.org,2002:seq"
 
 
@@ -180,6 +181,8 @@ class _Builder:
             if node.tag != _SEQ_TAG:
                 return self._bad_tag(node)
             return [self.build(item, path + (i,)) for i, item in enumerate(node.value)]
+        if node.tag == _TIMESTAMP_TAG:
+            return str(node.value)   # a date such as a name or version stays its text
         if node.tag not in _SCALAR_TAGS:
             return self._bad_tag(node)
         return self._scalar(node)
@@ -270,7 +273,9 @@ def load_document(source: str | bytes, filename: str = "<string>") -> Document:
     except RecursionError:
         raise SpecError(Problem("document is nested too deeply", Location(filename, 1, 1))) \
             from None
-    nodes = [n for n in nodes if n is not None]
+    # a document that is only a '---' (e.g. a trailing separator) holds nothing: skip it
+    nodes = [n for n in nodes if n is not None and not (
+        isinstance(n, yaml.ScalarNode) and n.tag == "tag:yaml.org,2002:null" and n.value == "")]
     if not nodes:
         raise SpecError(
             Problem("spec file is empty", Location(filename, 1, 1),
