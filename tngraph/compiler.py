@@ -149,6 +149,7 @@ class TNModule(nn.Module):
         self._programs: dict[int | None, Any] = {}
         self._cache_dir = cache_dir
         self._dense: _DenseWeight | None = None
+        self._dense_applies = _DenseWeight.applies(plan)
         #: (batch size, grad enabled) -> "network" | "dense", decided at the first such call
         self.strategy_choice: dict[tuple[int | None, bool], str] = {}
         self._tensor_names = [t.name for t in problem.terms if t.kind == "tensor"]
@@ -175,10 +176,10 @@ class TNModule(nn.Module):
         backward when training) the first time a batch size is seen, keep the faster."""
         strategy = self.plan.options.strategy
         if strategy == "network" or batch is None or (
-                strategy == "auto" and not _DenseWeight.applies(self.plan)):
+                strategy == "auto" and not self._dense_applies):
             return self._network(tensors, ports, batch)
         if self._dense is None:
-            if not _DenseWeight.applies(self.plan):
+            if not self._dense_applies:
                 raise CompileError("strategy 'dense' needs exactly one data port (not stacked) "
                                    "and a dense weight within the memory limit")
             self._dense = _DenseWeight(self.plan, self._cache_dir)
@@ -270,7 +271,9 @@ class TNModule(nn.Module):
         (``(batch, prod(outputs))`` when the network flattens its outputs).
         """
         given = self._gather_inputs(args, kwargs)
-        tensors = [self.tensors[n] for n in self._tensor_names]
+        # ParameterDict's own lookup costs microseconds per entry: read its storage directly
+        # (declared order, see __init__), which also sees parameters replaced by assignment
+        tensors = list(self.tensors._parameters.values())
         ports: list[torch.Tensor] = []
         batch = None
         for name, port in self._ports:

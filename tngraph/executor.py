@@ -28,8 +28,10 @@ half-chains of an MPS advance together in one ``bmm`` per site).
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -211,6 +213,27 @@ def run_kernel(kernel: Kernel, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor
     else:
         result = _small(a, b, kernel.ones_a, kernel.ones_b)
     return result.reshape(kernel.out_shape)
+
+
+def _kernel_function(kernel: Kernel) -> Any:
+    """The function that runs ``kernel``'s mode on 3-d operands ``(a, b)``."""
+    if kernel.mode == "small":
+        return functools.partial(_small, ones_a=kernel.ones_a, ones_b=kernel.ones_b)
+    if kernel.mode == "matvec":
+        return _matvec
+    if kernel.mode == "outer":
+        return operator.mul
+    return torch.bmm
+
+
+def _small_weighted(a: torch.Tensor, weights: Sequence[torch.Tensor], skip_first: bool
+                    ) -> torch.Tensor:
+    """``_small`` with the weights (one ``(nb, 1)`` column per inner index) already split."""
+    terms = a.unbind(2)
+    acc = terms[0] if skip_first else terms[0] * weights[0]
+    for term, weight in zip(terms[1:], weights[1:]):
+        acc = torch.addcmul(acc, term, weight)
+    return acc
 
 
 def _matvec(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -500,7 +523,10 @@ class Program:
                 if kinds == {"port"} and len(ports) == 1 and len(set(ops)) == 1 and all(
                         self.sources[slot][2] is not None for slot in slots) \
                         and ops[0].perm is None:
-                    key = (ports.pop(), size, ops[0])
+                    # the weights of a 'small' kernel are handed over already split
+                    weights = (role == "b" and group.kernels[0].mode == "small"
+                               and _logical(group.kernels[0].a)[1] > 1)
+                    key = (ports.pop(), size, ops[0], weights)
                     self._port_gathers.setdefault(key, []).append((g, role))
                 elif kinds == {"tensor"}:
                     key = (size, _logical(ops[0]))
@@ -512,13 +538,14 @@ class Program:
                           for key, reqs in self._port_gathers.items()}
         self._port_idx_tensor: dict[tuple[Any, ...], torch.Tensor] = {}
         self._param_cache: tuple[Any, dict[tuple[int, str], torch.Tensor]] | None = None
-        # per group, what to do, decided once: ("solo", kernel) or
-        # ("stack", kernels, (a source, b source), mode, ones_a, ones_b, keep, need_parts)
+        # per group, what to do, decided once: (None, kernel) for a lone kernel, else
+        # (kernels, a source, b source, kernel function, keep stacked, need parts) where a
+        # source is (0, group, size, stride) reuse | (1, key, -, -) gathered | (2, members, -, -)
         self._ops: list[tuple[Any, ...]] = []
         for g, group in enumerate(self.groups):
             kernels = group.kernels
             if len(kernels) == 1:
-                self._ops.append(("solo", kernels[0]))
+                self._ops.append((None, kernels[0]))
                 continue
             first = kernels[0]
             sources = []
@@ -530,14 +557,18 @@ class Program:
                     stride = (size[1] * size[2], size[2], 1)
                     if op.transposed:
                         size, stride = (size[0], size[2], size[1]), (stride[0], 1, size[2])
-                    sources.append(("reuse", reuse, size, stride))
+                    sources.append((0, reuse, size, stride))
                 elif fetch:
-                    sources.append(("fetch", (g, role)))
+                    sources.append((1, (g, role), None, None))
                 else:
-                    sources.append(("stack", [(_role_slot(k, role), getattr(k, role))
-                                              for k in kernels]))
-            self._ops.append(("stack", kernels, tuple(sources), first.mode, first.ones_a,
-                              first.ones_b, group.keep_stacked, group.need_parts))
+                    sources.append((2, [(_role_slot(k, role), getattr(k, role))
+                                        for k in kernels], None, None))
+            kernel_fn = _kernel_function(first)
+            if group.prefetch_b and any(key[3] and (g, "b") in reqs
+                                        for key, reqs in self._port_gathers.items()):
+                kernel_fn = functools.partial(_small_weighted, skip_first=first.ones_b)
+            self._ops.append((kernels, sources[0], sources[1], kernel_fn,
+                              group.keep_stacked, group.need_parts))
 
     # -- leaves -----------------------------------------------------------------------------
     def _leaf(self, slot: int, tensors: Sequence[torch.Tensor],
@@ -568,7 +599,7 @@ class Program:
                 out.update(zip(reqs, chunks))
             self._param_cache = (version, dict(out)) if cacheable else None
         for key, reqs in self._port_gathers.items():
-            p, size, op = key
+            p, size, op, weights = key
             data = ports[p]
             cache_key = (key, data.device)
             idx = self._port_idx_tensor.get(cache_key)
@@ -578,6 +609,10 @@ class Program:
             gathered = data.index_select(0, idx)   # (n * size, batch, *legs)
             nb, x, y = op.shape3
             gathered = gathered.view(len(reqs), size * nb, x, y)
+            if weights:       # (n, G*nb, k, 1) -> per group the k weights (G*nb, 1)
+                parts = [w.unbind(0) for w in gathered.unbind(2)]
+                out.update((req, tuple(w[i] for w in parts)) for i, req in enumerate(reqs))
+                continue
             if op.transposed:
                 gathered = gathered.transpose(2, 3)
             out.update(zip(reqs, gathered.unbind(0)))
@@ -618,29 +653,21 @@ class Program:
         fetched = self._prefetch(tensors, ports) if leaves is None else {}
         stacked: dict[int, torch.Tensor] = {}
         for g, op in enumerate(self._ops):
-            if op[0] == "solo":
+            if op[0] is None:    # a lone kernel
                 k = op[1]
                 slots[k.out] = run_kernel(k, take(k.left), take(k.right))
                 continue
-            _, kernels, sources, mode, ones_a, ones_b, keep, need_parts = op
+            kernels, a_source, b_source, kernel_fn, keep, need_parts = op
             operands = []
-            for source in sources:
-                if source[0] == "reuse":
-                    operands.append(stacked[source[1]].as_strided(source[2], source[3]))
-                elif source[0] == "fetch":
-                    operands.append(fetched[source[1]])
-                else:
-                    st = torch.stack([_as3(take(slot), view) for slot, view in source[1]])
+            for kind, key, size, stride in (a_source, b_source):
+                if kind == 0:        # an earlier group's stacked result, viewed
+                    operands.append(stacked[key].as_strided(size, stride))
+                elif kind == 1:      # gathered for all groups at the start
+                    operands.append(fetched[key])
+                else:                # stacked here
+                    st = torch.stack([_as3(take(slot), view) for slot, view in key])
                     operands.append(st.view(-1, st.shape[2], st.shape[3]))
-            a, b = operands
-            if mode == "small":
-                res = _small(a, b, ones_a, ones_b)
-            elif mode == "matvec":
-                res = _matvec(a, b)
-            elif mode == "outer":
-                res = a * b
-            else:
-                res = torch.bmm(a, b)
+            res = kernel_fn(*operands)
             if keep:
                 stacked[g] = res if res.is_contiguous() else res.contiguous()
             if need_parts:
