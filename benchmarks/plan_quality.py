@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import random
 import statistics
+import sys
 import tempfile
 import time
 import warnings
@@ -30,30 +31,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-try:
-    from benchmarks.common import (
-        ROOT,
-        fmt_log10,
-        fmt_ratio,
-        fmt_s,
-        print_environment,
-        progress,
-        show,
-        verdict,
-    )
-except ImportError:  # run as a script: benchmarks/ itself is on sys.path
-    from common import (
-        ROOT,
-        fmt_log10,
-        fmt_ratio,
-        fmt_s,
-        print_environment,
-        progress,
-        show,
-        verdict,
-    )
-
 import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script or imported
+from common import (  # noqa: E402
+    ROOT,
+    fmt_log10,
+    fmt_ratio,
+    fmt_s,
+    print_environment,
+    progress,
+    show,
+    verdict,
+)
 
 #: tngraph's FLOPs may exceed the cotengra-128 reference by at most this factor
 FLOPS_TARGET = 1.10

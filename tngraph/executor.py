@@ -540,7 +540,8 @@ class Program:
         self._param_cache: tuple[Any, dict[tuple[int, str], torch.Tensor]] | None = None
         # per group, what to do, decided once: (None, kernel) for a lone kernel, else
         # (kernels, a source, b source, kernel function, keep stacked, need parts) where a
-        # source is (0, group, size, stride) reuse | (1, key, -, -) gathered | (2, members, -, -)
+        # source is (0, group, size, transposed) reuse | (1, key, -, -) gathered |
+        # (2, members, -, -) stacked here
         self._ops: list[tuple[Any, ...]] = []
         for g, group in enumerate(self.groups):
             kernels = group.kernels
@@ -553,11 +554,9 @@ class Program:
                                        ("b", group.reuse_b, group.prefetch_b)):
                 op = getattr(first, role)
                 if reuse is not None:
+                    # a view (and a transpose): unlike as_strided, cheap in the backward pass
                     size = (len(kernels) * op.shape3[0], op.shape3[1], op.shape3[2])
-                    stride = (size[1] * size[2], size[2], 1)
-                    if op.transposed:
-                        size, stride = (size[0], size[2], size[1]), (stride[0], 1, size[2])
-                    sources.append((0, reuse, size, stride))
+                    sources.append((0, reuse, size, op.transposed))
                 elif fetch:
                     sources.append((1, (g, role), None, None))
                 else:
@@ -569,6 +568,80 @@ class Program:
                 kernel_fn = functools.partial(_small_weighted, skip_first=first.ones_b)
             self._ops.append((kernels, sources[0], sources[1], kernel_fn,
                               group.keep_stacked, group.need_parts))
+
+        self.source_code = self._generate_source()
+        namespace = {"torch": torch, "run_kernel": run_kernel, "_as3": _as3, **self._constants}
+        exec(compile(self.source_code, "<tngraph program>", "exec"), namespace)  # noqa: S102
+        self._generated = namespace["contract"]
+
+    # -- code generation ----------------------------------------------------------------------
+    def _generate_source(self) -> str:
+        """Straight-line Python for the whole contraction (one line per tensor operation).
+
+        Interpreting the group list costs a few microseconds of Python per group, which is
+        what a 64-site chain spends most of its time on at small bond dimensions; generated
+        code leaves only the torch calls. Constants (kernels, operand layouts, functions) are
+        bound by name; the text is kept in ``self.source_code`` for inspection.
+        """
+        constants: dict[str, Any] = {}
+
+        def const(value: Any, prefix: str) -> str:
+            name = f"{prefix}{len(constants)}"
+            constants[name] = value
+            return name
+
+        lines = ["def contract(tensors, ports, fetched):"]
+        names: dict[int, str] = {}
+
+        def use(slot: int) -> str:
+            if slot in names:
+                return names.pop(slot)
+            source = self.sources[slot]
+            if source[0] == "tensor":
+                expr = f"tensors[{source[1]}]"
+            elif source[2] is None:
+                expr = f"ports[{source[1]}]"
+            else:
+                expr = f"ports[{source[1]}].select(0, {source[2]})"
+            eq = self.leaf_equations[slot]
+            return expr if eq is None else f"torch.einsum({eq!r}, {expr})"
+
+        for g, op in enumerate(self._ops):
+            if op[0] is None:
+                k = op[1]
+                lines.append(f"    s{k.out} = run_kernel({const(k, 'K')}, {use(k.left)}, "
+                             f"{use(k.right)})")
+                names[k.out] = f"s{k.out}"
+                continue
+            kernels, a_source, b_source, kernel_fn, keep, need_parts = op
+            operands = []
+            for role, (kind, key, size, transposed) in zip("ab", (a_source, b_source)):
+                if kind == 0:
+                    expr = f"g{key}.view({size})" + (".transpose(1, 2)" if transposed else "")
+                elif kind == 1:
+                    expr = f"fetched[{key!r}]"
+                else:
+                    parts = ", ".join(f"_as3({use(slot)}, {const(view, 'O')})"
+                                      for slot, view in key)
+                    _, x, y = _logical(getattr(kernels[0], role))
+                    expr = f"torch.stack([{parts}]).view(-1, {x}, {y})"
+                operands.append(expr)
+            call = ("torch.bmm" if kernel_fn is torch.bmm else const(kernel_fn, "F"))
+            lines.append(f"    r{g} = {call}({operands[0]}, {operands[1]})")
+            if keep:
+                lines.append(f"    g{g} = r{g}" if kernel_fn is torch.bmm else
+                             f"    g{g} = r{g} if r{g}.is_contiguous() else r{g}.contiguous()")
+            if need_parts:
+                lines.append(f"    p{g} = r{g}.reshape({len(kernels)}, -1).unbind(0)")
+                for i, k in enumerate(kernels):
+                    lines.append(f"    s{k.out} = p{g}[{i}].reshape({k.out_shape})")
+                    names[k.out] = f"s{k.out}"
+        result = names.get(self.result_slot) if self.groups else use(0)
+        if self.final_perm is not None:
+            result = f"{result}.permute({self.final_perm})"
+        lines.append(f"    return {result}")
+        self._constants = constants
+        return "\n".join(lines) + "\n"
 
     # -- leaves -----------------------------------------------------------------------------
     def _leaf(self, slot: int, tensors: Sequence[torch.Tensor],
@@ -609,8 +682,10 @@ class Program:
             gathered = data.index_select(0, idx)   # (n * size, batch, *legs)
             nb, x, y = op.shape3
             gathered = gathered.view(len(reqs), size * nb, x, y)
-            if weights:       # (n, G*nb, k, 1) -> per group the k weights (G*nb, 1)
-                parts = [w.unbind(0) for w in gathered.unbind(2)]
+            if weights:       # (n, G*nb, k, 1) -> per group the k weights (G*nb, 1), each
+                # contiguous (strided weights slow the multiply-adds down): one copy for all
+                columns = gathered.permute(2, 0, 1, 3).contiguous()          # (k, n, G*nb, 1)
+                parts = [w.unbind(0) for w in columns.unbind(0)]
                 out.update((req, tuple(w[i] for w in parts)) for i, req in enumerate(reqs))
                 continue
             if op.transposed:
@@ -623,7 +698,7 @@ class Program:
             ) -> torch.Tensor:
         """Contract the network for these parameters and data ports."""
         if not self.sliced:
-            return self._contract(tensors, ports, None)
+            return self._generated(tensors, ports, self._prefetch(tensors, ports))
         leaves = [self._leaf(k, tensors, ports) for k in range(self.n_leaves)]
         total = None
         for choice in itertools.product(*(range(n) for n, _ in self.sliced)):
@@ -659,9 +734,10 @@ class Program:
                 continue
             kernels, a_source, b_source, kernel_fn, keep, need_parts = op
             operands = []
-            for kind, key, size, stride in (a_source, b_source):
+            for kind, key, size, transposed in (a_source, b_source):
                 if kind == 0:        # an earlier group's stacked result, viewed
-                    operands.append(stacked[key].as_strided(size, stride))
+                    view = stacked[key].view(size)
+                    operands.append(view.transpose(1, 2) if transposed else view)
                 elif kind == 1:      # gathered for all groups at the start
                     operands.append(fetched[key])
                 else:                # stacked here
