@@ -580,7 +580,7 @@ def _search(leaves: Sequence[tuple[str, ...]], output: tuple[str, ...], sizes: d
 
         def poll() -> tuple[int, str]:
             scores = list(getattr(opt, "costs_flops", []) or [])
-            best = f"best 10^{min(scores):.2f}" if scores else ""
+            best = f"best 10^{math.log10(max(min(scores), 1)):.2f}" if scores else ""
             return len(scores), best
 
         with _progress("planning", options.max_repeats, poll):
