@@ -614,6 +614,8 @@ class Program:
                 names[k.out] = f"s{k.out}"
                 continue
             kernels, a_source, b_source, kernel_fn, keep, need_parts = op
+            if self._inline_small(g, op, lines):
+                continue
             operands = []
             for role, (kind, key, size, transposed) in zip("ab", (a_source, b_source)):
                 if kind == 0:
@@ -642,6 +644,30 @@ class Program:
         lines.append(f"    return {result}")
         self._constants = constants
         return "\n".join(lines) + "\n"
+
+    def _inline_small(self, g: int, op: tuple[Any, ...], lines: list[str]) -> bool:
+        """Write a 'small' group whose weights come split from the gather, and whose other
+        operand is an earlier stacked result, as plain multiply-adds (the hot step of a fused
+        feature map). Returns False for any other group."""
+        kernels, a_source, b_source, kernel_fn, keep, need_parts = op
+        first = kernels[0]
+        if not (isinstance(kernel_fn, functools.partial) and kernel_fn.func is _small_weighted
+                and a_source[0] == 0 and not need_parts):
+            return False
+        _, key, size, transposed = a_source
+        k = _logical(first.a)[2]
+        if transposed:       # (G*nb, k, m) stored: its rows are the terms
+            lines.append(f"    t{g} = g{key}.view({size}).unbind(1)")
+        else:
+            lines.append(f"    t{g} = g{key}.view({size}).unbind(2)")
+        lines.append(f"    w{g} = fetched[{b_source[1]!r}]")
+        lines.append(f"    r{g} = t{g}[0]" if first.ones_b else f"    r{g} = t{g}[0] * w{g}[0]")
+        for j in range(1, k):
+            lines.append(f"    r{g} = torch.addcmul(r{g}, t{g}[{j}], w{g}[{j}])")
+        if keep:
+            contiguous = ".contiguous()" if k == 1 and first.ones_b else ""
+            lines.append(f"    g{g} = r{g}{contiguous}")
+        return True
 
     # -- leaves -----------------------------------------------------------------------------
     def _leaf(self, slot: int, tensors: Sequence[torch.Tensor],
