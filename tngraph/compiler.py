@@ -43,8 +43,9 @@ DENSE_MAX_ENTRIES = 1 << 26
 
 
 class _DenseWeight:
-    """Strategy ``dense``: contract every parameter into one weight ``W`` (data legs x output
-    legs), then run one matmul with the data. For a TT-layer that is "rebuild W, then x @ W".
+    """Strategy ``dense``: contract every parameter into one weight ``W`` (output legs x data
+    legs, as ``nn.Linear`` stores it), then run one ``F.linear`` with the data. For a TT-layer
+    that is "rebuild W, then x @ W.T + b".
 
     Under ``torch.no_grad`` the weight is kept until a parameter changes (their version
     counters), so inference costs one matmul.
@@ -57,7 +58,7 @@ class _DenseWeight:
                         for t, inds in zip(problem.terms, problem.inputs) if t.kind == "input"]
         out_inds = tuple(i for i in problem.output if i != problem.batch)
         weight_problem = EinsumProblem(problem.terms[:n], problem.inputs[:n],
-                                       port_inds + out_inds, problem.size_dict,
+                                       out_inds + port_inds, problem.size_dict,
                                        problem.index_names, None)
         options = plan.options.model_copy(update={"optimize": "auto"})
         self.plan = make_plan(weight_problem, options, cache_dir=cache_dir)
@@ -84,21 +85,18 @@ class _DenseWeight:
     def weight(self, tensors: list[torch.Tensor]) -> torch.Tensor:
         if torch.is_grad_enabled():
             self._cached = None
-            return self.program.run(tensors, []).reshape(self.rows, self.cols)
+            return self.program.run(tensors, []).reshape(self.cols, self.rows)
         version = tuple((id(t), t._version) for t in tensors)
         if self._cached is None or self._cached[0] != version:
-            self._cached = (version, self.program.run(tensors, []).reshape(self.rows,
-                                                                           self.cols))
+            self._cached = (version, self.program.run(tensors, []).reshape(self.cols,
+                                                                           self.rows))
         return self._cached[1]
 
     def __call__(self, tensors: list[torch.Tensor], data: torch.Tensor,
                  bias: torch.Tensor | None) -> torch.Tensor:
         batch = data.shape[0]
-        x = data.reshape(batch, self.rows)
-        if bias is None:
-            y = torch.mm(x, self.weight(tensors))
-        else:
-            y = torch.addmm(bias.reshape(1, self.cols), x, self.weight(tensors))
+        y = torch.nn.functional.linear(data.reshape(batch, self.rows), self.weight(tensors),
+                                       None if bias is None else bias.reshape(self.cols))
         return y.reshape(batch, *self.out_shape)
 
 

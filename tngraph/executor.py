@@ -86,6 +86,17 @@ class Kernel:
         return math.prod(self.a.shape3) + math.prod(self.b.shape3)
 
 
+def _by_target(free: list[str], target: dict[str, int]) -> list[str]:
+    """``free`` sorted by final output position (indices not in the output last, in order)."""
+    return sorted(free, key=lambda index: (target.get(index, len(target)), free.index(index)))
+
+
+def _runs(layout: Sequence[str], target: dict[str, int]) -> int:
+    """Number of runs of consecutive target positions among the output indices of ``layout``."""
+    positions = [target[i] for i in layout if i in target]
+    return 1 + sum(b != a + 1 for a, b in zip(positions, positions[1:])) if positions else 1
+
+
 def _logical(op: Operand) -> tuple[int, int, int]:
     """(batch, rows, cols) of the operand as the kernel sees it (after any transpose)."""
     nb, x, y = op.shape3
@@ -93,8 +104,15 @@ def _logical(op: Operand) -> tuple[int, int, int]:
 
 
 def _operand(layout: Sequence[str], first: Sequence[str], second: Sequence[str],
-             batch: Sequence[str], sizes: dict[str, int]) -> tuple[Operand, int]:
-    """View ``layout`` as (batch, first, second); returns the operand and the copy cost."""
+             batch: Sequence[str], sizes: dict[str, int], copy_transposed: bool = False
+             ) -> tuple[Operand, int]:
+    """View ``layout`` as (batch, first, second); returns the operand and the copy cost.
+
+    When no view fits, the operand is copied: as (batch, first, second), or with
+    ``copy_transposed`` as (batch, second, first) and used transposed. The right operand is
+    copied that way (inner index last, like ``nn.Linear``'s weight), which keeps the GEMMs of
+    its backward pass in their fast orientation.
+    """
     nb = math.prod(sizes[i] for i in batch)
     n1 = math.prod(sizes[i] for i in first)
     n2 = math.prod(sizes[i] for i in second)
@@ -103,20 +121,29 @@ def _operand(layout: Sequence[str], first: Sequence[str], second: Sequence[str],
         return Operand(None, (nb, n1, n2), False), 0
     if layout == [*batch, *second, *first]:
         return Operand(None, (nb, n2, n1), True), 0
-    target = [*batch, *first, *second]
-    perm = tuple(layout.index(i) for i in target)
+    if copy_transposed:
+        perm = tuple(layout.index(i) for i in (*batch, *second, *first))
+        return Operand(perm, (nb, n2, n1), True), nb * n1 * n2
+    perm = tuple(layout.index(i) for i in (*batch, *first, *second))
     return Operand(perm, (nb, n1, n2), False), nb * n1 * n2
 
 
 def design_kernel(left: int, right: int, out: int, left_layout: Sequence[str],
                   right_layout: Sequence[str], kept: set[str], sizes: dict[str, int],
-                  ones: set[int] = frozenset(), lead: str | None = None) -> Kernel:
+                  ones: set[int] = frozenset(), lead: str | None = None,
+                  target: dict[str, int] | None = None) -> Kernel:
     """Choose roles, index orders and kernel of one pairwise step with the fewest copies.
 
     ``kept`` holds the indices the result must keep; ``ones`` holds the slots whose first
     entry along their (single) inner index is known to be all ones. A result that holds the
     ``lead`` index (the data batch) anywhere but first is charged its size, as the next step
     would have to copy it (batched matmuls want the batch outermost).
+
+    ``target`` gives each output index its position in the final result. A result whose output
+    indices lie in many separate runs (relative to that order) will have to be permuted in
+    small pieces later, which is slow; it is charged a quarter of its size per extra run, and
+    an operand may be copied with its free indices sorted into target order when that is
+    cheaper (e.g. rebuilding a TT-matrix: in- and out-legs come out grouped, not interleaved).
     """
     in_right = set(right_layout)
     in_left = set(left_layout)
@@ -129,11 +156,16 @@ def design_kernel(left: int, right: int, out: int, left_layout: Sequence[str],
     for swap in (False, True):
         la, lb = (right_layout, left_layout) if swap else (left_layout, right_layout)
         fa, fb = (free_right, free_left) if swap else (free_left, free_right)
-        for rank, source in enumerate((la, lb)):
+        orders = [(fa, fb)]
+        if target:
+            sorted_orders = (_by_target(fa, target), _by_target(fb, target))
+            if sorted_orders != (fa, fb):
+                orders.append(sorted_orders)
+        for rank, (source, (fa, fb)) in enumerate(itertools.product((la, lb), orders)):
             bt = [i for i in source if i in batch]
             ct = [i for i in source if i in inner]
             a, cost_a = _operand(la, fa, ct, bt, sizes)
-            b, cost_b = _operand(lb, ct, fb, bt, sizes)
+            b, cost_b = _operand(lb, ct, fb, bt, sizes, copy_transposed=True)
             nb, m, k = _logical(a)
             n = _logical(b)[2]
             if not ct:
@@ -155,7 +187,10 @@ def design_kernel(left: int, right: int, out: int, left_layout: Sequence[str],
             # mirror-image steps (e.g. the two half-chains of an MPS) share one signature
             out_layout = (*bt, *fa, *fb)
             misplaced = lead is not None and lead in out_layout and out_layout[0] != lead
-            penalty = math.prod(sizes[i] for i in out_layout) if misplaced else 0
+            out_size = math.prod(sizes[i] for i in out_layout)
+            penalty = out_size if misplaced else 0
+            if target:
+                penalty += out_size * (_runs(out_layout, target) - 1) // 4
             score = (cost_a + cost_b + penalty, int(m < n), 2 * swap + rank)
             if best is None or score < best[:3]:
                 best = (*score, kernel)
@@ -181,7 +216,7 @@ def conform(kernel: Kernel, target: Kernel, sizes: dict[str, int]) -> Kernel:
             layout = (*bt, *pa, *pb)
             if tuple(sizes[i] for i in layout) == target.out_shape:
                 a, _ = _operand(kernel.layouts[0], pa, ct, bt, sizes)
-                b, _ = _operand(kernel.layouts[1], ct, pb, bt, sizes)
+                b, _ = _operand(kernel.layouts[1], ct, pb, bt, sizes, copy_transposed=True)
                 return Kernel(kernel.left, kernel.right, kernel.out, kernel.swap, kernel.mode,
                               a, b, target.out_shape, layout, kernel.ones_a, kernel.ones_b,
                               (bt, ct, pa, pb), kernel.layouts)
@@ -312,6 +347,7 @@ def build_program(plan: Any, ones: set[int] = frozenset(), batch_size: int | Non
         layouts[k] = tuple(i for i in leaf if i not in removed)
     steps = list(plan.steps)
     n_leaves = len(problem.inputs)
+    target = {i: k for k, i in enumerate(problem.output)}
     consumers: dict[int, int] = {}
     for pos, s in enumerate(steps):
         consumers[s.left] = pos
@@ -329,7 +365,7 @@ def build_program(plan: Any, ones: set[int] = frozenset(), batch_size: int | Non
             s = steps[pos]
             designed[pos] = design_kernel(s.left, s.right, s.out, layouts[s.left],
                                           layouts[s.right], set(s.out_inds), sizes, ones,
-                                          problem.batch)
+                                          problem.batch, target)
         def key_of(kernel: Kernel, pos: int) -> tuple[Any, ...]:
             if grouping and kernel.stack_size <= STACK_LIMIT:
                 return kernel.signature
@@ -360,7 +396,7 @@ def build_program(plan: Any, ones: set[int] = frozenset(), batch_size: int | Non
                     trial = {**layouts, kernel.out: kernel.out_layout}
                     k = key_of(design_kernel(s.left, s.right, s.out, trial[s.left],
                                              trial[s.right], set(s.out_inds), sizes, ones,
-                                             problem.batch), nxt)
+                                             problem.batch, target), nxt)
                     counts[k] = counts.get(k, 0) + 1
             return max(counts.values(), default=0)
 
