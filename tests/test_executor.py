@@ -189,3 +189,24 @@ def test_parameters_keep_the_declared_node_order() -> None:
     declared = list(module.spec.network.nodes)
     assert list(module.tensors) == declared        # A0, A1, A2, ..., not A0, A1, A10, ...
     assert [k.removeprefix("tensors.") for k in module.state_dict()] == declared
+
+
+@pytest.mark.parametrize("optimizer", [
+    lambda p: torch.optim.Adam(p, lr=0.1, fused=True),     # no version bump on parameters
+    lambda p: torch.optim.SGD(p, lr=0.1),
+], ids=["fused-adam", "sgd"])
+def test_no_grad_caches_see_optimizer_steps(optimizer) -> None:
+    """Cached gathered cores (MPS) and cached dense weights (TT) follow every optimizer step."""
+    for module in (_classifier(bond=3, sites=8), tngraph.compile(TT_LINEAR, {"rank": 2},
+                                                                  dtype="float64", cache=False,
+                                                                  strategy="dense")):
+        x = random_inputs(module, 4, seed=0)["x"]
+        opt = optimizer(list(module.parameters()))
+        with torch.no_grad():
+            before = module(x)
+        module(x).square().sum().backward()
+        opt.step()
+        with torch.no_grad():
+            after = module(x)
+        assert not torch.allclose(before, after)
+        assert_matches(after, dense_oracle(module, {"x": x}))

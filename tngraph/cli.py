@@ -1,4 +1,5 @@
-"""The ``tngraph`` command line: ``validate``, ``compile``, ``expand``, ``templates``.
+"""The ``tngraph`` command line: ``validate``, ``compile``, ``expand``, ``train``, ``eval``,
+``templates``.
 
 ``main(argv) -> int`` never raises: user errors print ``FILE:LINE:COL: error: ...`` to stderr and
 return 2; internal errors return 1 (with a traceback only under ``--debug``).
@@ -68,6 +69,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("expand", help="print the raw canonical YAML of a spec")
     _add_common(p)
+
+    p = sub.add_parser("train", help="train a spec's network on a dataset")
+    p.add_argument("spec", nargs="?", help="spec file (YAML); not needed with --resume")
+    p.add_argument("--set", dest="overrides", action="append", default=[],
+                   metavar="KEY=VALUE", help="override a parameter (repeatable)")
+    p.add_argument("--data", help="dataset: digits (default), mnist:PATH, fashion-mnist:PATH, "
+                                  "csv:PATH?label=COL, synthetic-regression")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float, help="learning rate")
+    p.add_argument("--optimizer", choices=["adam", "sgd"])
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--device", help="cpu (default) or cuda")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--out", metavar="RUN_DIR", help="run directory (default runs/NAME)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run where it stopped")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+
+    p = sub.add_parser("eval", help="test metrics of a trained checkpoint")
+    _add_common(p)
+    p.add_argument("--checkpoint", required=True, help="model.safetensors of a run")
+    p.add_argument("--data", help="dataset (default: the spec's train.data)")
+    p.add_argument("--split", choices=["train", "val", "test"], default="test")
+    p.add_argument("--seed", type=int, help="seed of the dataset split (default: the spec's)")
 
     p = sub.add_parser("templates", help="list the registered templates")
     p.add_argument("--debug", action="store_true")
@@ -162,6 +187,36 @@ def _cmd_expand(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from tngraph.train import TrainingError, train
+
+    if args.spec is None and args.resume is None:
+        raise TrainingError("give a spec to train, or --resume RUN_DIR")
+    train(args.spec if args.resume is None else None, _overrides(args.overrides),
+          run_dir=args.out, resume=args.resume, data=args.data, epochs=args.epochs,
+          batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
+          weight_decay=args.weight_decay, device=args.device, seed=args.seed)
+    return EXIT_OK
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from tngraph.compiler import compile as compile_spec
+    from tngraph.data import load_dataset
+    from tngraph.spec import load_spec
+    from tngraph.train import check_fit, evaluate, load_weights
+
+    spec = load_spec(Path(args.spec), _overrides(args.overrides))
+    seed = spec.train.seed if args.seed is None else args.seed
+    dataset = load_dataset(args.data or spec.train.data, seed=seed)
+    module = compile_spec(spec)
+    check_fit(module, dataset)
+    load_weights(module, args.checkpoint)
+    metrics = evaluate(module, dataset, args.split)
+    print(f"{args.checkpoint}: {dataset.name} {args.split} ({dataset.sizes[args.split]} "
+          "examples): " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+    return EXIT_OK
+
+
 def _cmd_templates(args: argparse.Namespace) -> int:
     from tngraph.templates import TEMPLATES
 
@@ -176,7 +231,7 @@ def _cmd_templates(args: argparse.Namespace) -> int:
 
 
 _COMMANDS = {"validate": _cmd_validate, "compile": _cmd_compile, "expand": _cmd_expand,
-             "templates": _cmd_templates}
+             "train": _cmd_train, "eval": _cmd_eval, "templates": _cmd_templates}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

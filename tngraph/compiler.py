@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from tngraph.errors import CompileError, PlanError
-from tngraph.executor import build_program, equation
+from tngraph.executor import build_program, equation, weights_key
 from tngraph.featuremaps import get_feature_map
 from tngraph.graph import EinsumProblem, parameter_count
 from tngraph.initializers import get_initializer
@@ -47,8 +47,8 @@ class _DenseWeight:
     legs, as ``nn.Linear`` stores it), then run one ``F.linear`` with the data. For a TT-layer
     that is "rebuild W, then x @ W.T + b".
 
-    Under ``torch.no_grad`` the weight is kept until a parameter changes (their version
-    counters), so inference costs one matmul.
+    Under ``torch.no_grad`` the weight is kept until a parameter may have changed
+    (:func:`tngraph.executor.weights_key`), so inference costs one matmul.
     """
 
     def __init__(self, plan: Plan, cache_dir: str | Path | None):
@@ -86,7 +86,7 @@ class _DenseWeight:
         if torch.is_grad_enabled():
             self._cached = None
             return self.program.run(tensors, []).reshape(self.cols, self.rows)
-        version = tuple((id(t), t._version) for t in tensors)
+        version = weights_key(tensors)
         if self._cached is None or self._cached[0] != version:
             self._cached = (version, self.program.run(tensors, []).reshape(self.cols,
                                                                            self.rows))

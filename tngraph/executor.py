@@ -37,10 +37,29 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from tngraph.errors import CompileError
 
 SMALL_INNER = 4
+
+#: bumped after every optimizer step (any torch optimizer, through a global hook): fused
+#: optimizers update parameters in place without bumping their version counters
+_STEPS = [0]
+
+
+def _count_step(*_: Any) -> None:
+    _STEPS[0] += 1
+
+
+register_optimizer_step_post_hook(_count_step)
+
+
+def weights_key(tensors: Sequence[torch.Tensor]) -> tuple[Any, ...]:
+    """Changes whenever any of ``tensors`` may have changed: an in-place edit or
+    ``load_state_dict`` (version counters), an optimizer step (global count), or other
+    tensor objects (``.to()``). Values derived from the tensors are cached under it."""
+    return (_STEPS[0], tuple((id(t), t._version) for t in tensors))
 #: batched matrix-vector products at least this large run as multiply + sum: batched GEMM
 #: kernels are slow on them (measured 2-3x on this CPU for 10x40 and larger per batch entry)
 MATVEC_MIN = 400
@@ -719,10 +738,10 @@ class Program:
     def _prefetch(self, tensors: Sequence[torch.Tensor], ports: Sequence[torch.Tensor]
                   ) -> dict[tuple[int, str], torch.Tensor]:
         out: dict[tuple[int, str], torch.Tensor] = {}
-        # Without autograd, parameters gathered once are reused until any of them changes
-        # (an optimizer step or load_state_dict bumps their version counters).
+        # Without autograd, parameters gathered once are reused until any of them may have
+        # changed (see weights_key).
         cacheable = not torch.is_grad_enabled()
-        version = tuple((id(t), t._version) for t in tensors) if cacheable else None
+        version = weights_key(tensors) if cacheable else None
         if cacheable and self._param_cache is not None and self._param_cache[0] == version:
             out.update(self._param_cache[1])
         else:

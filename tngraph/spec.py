@@ -147,6 +147,19 @@ class PlanOptions(_Model):
     strategy: Literal["auto", "network", "dense"] = "auto"
 
 
+class TrainOptions(_Model):
+    """Defaults of ``tngraph train`` (the spec's ``train:`` block); CLI flags override them."""
+
+    data: str = "digits"
+    epochs: Count = 20
+    batch_size: Count = 64
+    lr: float = Field(default=5e-3, gt=0)
+    optimizer: Literal["adam", "sgd"] = "adam"
+    weight_decay: float = Field(default=0.0, ge=0)
+    seed: int = 0
+    device: str = "cpu"
+
+
 class Spec(_Model):
     """A loaded, substituted, expanded and validated spec."""
 
@@ -156,6 +169,7 @@ class Spec(_Model):
     params: dict[str, ParamValue] = {}
     network: NetworkSpec
     plan: PlanOptions = PlanOptions()
+    train: TrainOptions = TrainOptions()
     #: ``None`` for a raw network; else the template call as written (after substitution)
     template: dict[str, Any] | None = None
     #: where the spec came from, for error locations (not part of the model's equality)
@@ -200,6 +214,9 @@ class Spec(_Model):
         plan = self.plan.model_dump(exclude_defaults=True)
         if plan:
             out["plan"] = plan
+        train = self.train.model_dump(exclude_defaults=True)
+        if train:
+            out["train"] = train
         return out
 
 
@@ -340,7 +357,7 @@ def _source_document(source: str | Path | Document) -> Document:
     return load_document(source)
 
 
-_TOP_KEYS = ("tngraph", "name", "description", "params", "network", "plan")
+_TOP_KEYS = ("tngraph", "name", "description", "params", "network", "plan", "train")
 
 
 def load_spec(source: str | Path | Document,

@@ -1,0 +1,159 @@
+"""Training and evaluation: the loop, metrics files, checkpoints, resume, errors, CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import tngraph
+from tngraph.cli import main
+from tngraph.train import MODEL_FILE, TrainingError, load_weights, train
+
+SMALL = """
+tngraph: 1
+name: small_mps
+params: {bond_dim: 3, sites: 64, classes: 10}
+network:
+  template: mps
+  sites: ${sites}
+  phys_dim: 2
+  bond_dim: ${bond_dim}
+  input: x
+  feature_map: multilinear
+  output_dim: ${classes}
+train: {epochs: 2, batch_size: 128, lr: 0.01}
+plan: {optimize: random-greedy-128}
+"""
+
+
+@pytest.fixture()
+def spec_file(tmp_path: Path) -> Path:
+    path = tmp_path / "small.yaml"
+    path.write_text(SMALL)
+    return path
+
+
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(run / MODEL_FILE))
+
+
+def test_training_learns_and_writes_its_files(spec_file: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    result = train(spec_file, run_dir=run, echo=None, epochs=3)
+    losses = [h.train_loss for h in result.history]
+    assert len(losses) == 3 and losses[-1] < losses[0]
+    assert result.test["accuracy"] > 0.5                  # far above chance (0.1)
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]
+    assert tngraph.load_spec(run / "spec.yaml").network == tngraph.load_spec(spec_file).network
+    assert json.loads((run / "config.json").read_text())["train"]["epochs"] == 3
+    module = tngraph.compile(run / "spec.yaml")
+    load_weights(module, run / MODEL_FILE)
+    from tngraph.data import load_dataset
+    from tngraph.train import evaluate
+
+    assert evaluate(module, load_dataset("digits"), "test") == pytest.approx(result.test)
+
+
+def test_same_seed_same_run(spec_file: Path, tmp_path: Path) -> None:
+    a = train(spec_file, run_dir=tmp_path / "a", echo=None, epochs=1)
+    b = train(spec_file, run_dir=tmp_path / "b", echo=None, epochs=1)
+    assert a.history[0].train_loss == b.history[0].train_loss
+    assert a.test == b.test
+
+
+def test_resume_continues_exactly(spec_file: Path, tmp_path: Path) -> None:
+    straight = train(spec_file, run_dir=tmp_path / "straight", echo=None, epochs=3)
+    train(spec_file, run_dir=tmp_path / "split", echo=None, epochs=2)
+    resumed = train(resume=tmp_path / "split", echo=None, epochs=3)
+    assert [h.epoch for h in resumed.history] == [1, 2, 3]
+    assert resumed.history[-1].train_loss == pytest.approx(straight.history[-1].train_loss,
+                                                           rel=1e-6)
+    for key, value in _weights(tmp_path / "straight").items():
+        torch.testing.assert_close(_weights(tmp_path / "split")[key], value)
+
+
+def test_diverging_loss_stops_and_keeps_the_last_good_checkpoint(spec_file: Path,
+                                                                 tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    with pytest.raises(TrainingError, match="the loss became .* training stopped"):
+        train(spec_file, run_dir=run, echo=None, epochs=3, lr=1e12, optimizer="sgd")
+    from safetensors import safe_open
+
+    with safe_open(str(run / MODEL_FILE), "pt") as fh:      # the epoch-0 (initial) weights
+        assert fh.metadata()["epoch"] == "0"
+        assert all(torch.isfinite(fh.get_tensor(k)).all() for k in fh.keys())  # noqa: SIM118
+
+
+def test_checkpoint_writes_are_atomic(spec_file: Path, tmp_path: Path,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    run = tmp_path / "run"
+    train(spec_file, run_dir=run, echo=None, epochs=1)
+    before = _weights(run)
+    import safetensors.torch
+
+    def broken(tensors: dict, path: str, metadata: dict | None = None) -> None:
+        Path(path).write_bytes(b"half a file")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", broken)
+    with pytest.raises(OSError):
+        train(resume=run, echo=None, epochs=2)
+    after = _weights(run)                                   # the old file, intact
+    assert after.keys() == before.keys()
+    assert not list(run.glob(".*.tmp"))
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    ({"sites": 16}, "takes 16 values per example but dataset 'digits' has 64 features"),
+    ({"classes": 7}, "has 7 outputs per example but dataset 'digits' has 10 classes"),
+])
+def test_network_must_fit_the_data(spec_file: Path, tmp_path: Path, overrides: dict,
+                                   message: str) -> None:
+    with pytest.raises(TrainingError, match=message):
+        train(spec_file, overrides, run_dir=tmp_path / "run", echo=None)
+
+
+def test_an_existing_run_is_not_overwritten(spec_file: Path, tmp_path: Path) -> None:
+    train(spec_file, run_dir=tmp_path / "run", echo=None, epochs=1)
+    with pytest.raises(TrainingError, match="already holds a run; resume it"):
+        train(spec_file, run_dir=tmp_path / "run", echo=None, epochs=1)
+
+
+def test_cli_train_then_eval(spec_file: Path, tmp_path: Path,
+                             capsys: pytest.CaptureFixture[str]) -> None:
+    run = tmp_path / "run"
+    assert main(["train", str(spec_file), "--epochs", "1", "--out", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "epoch   1" in out and "test: loss" in out
+    assert main(["eval", str(spec_file), "--checkpoint", str(run / MODEL_FILE)]) == 0
+    assert "digits test (359 examples): loss" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--data", "digitz"], "unknown dataset 'digitz'"),
+    (["--lr", "-1"], "invalid training option"),
+    (["--set", "sites=16"], "64 features"),
+])
+def test_cli_train_errors_exit_2(spec_file: Path, tmp_path: Path, argv: list[str], message: str,
+                                 capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["train", str(spec_file), "--out", str(tmp_path / "run"), *argv])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err
+    assert "Traceback" not in err
+
+
+def test_cli_eval_with_a_foreign_checkpoint_exits_2(spec_file: Path, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    run = tmp_path / "run"
+    train(spec_file, run_dir=run, echo=None, epochs=1)
+    code = main(["eval", str(spec_file), "--set", "bond_dim=4", "--checkpoint",
+                 str(run / MODEL_FILE)])
+    assert code == 2
+    assert "does not fit network 'small_mps'" in capsys.readouterr().err

@@ -1,0 +1,413 @@
+"""Training and evaluation of a compiled network on a dataset (``tngraph train`` / ``eval``).
+
+``train(spec, data=...)`` compiles the spec, checks that its data port and outputs fit the
+dataset, and runs epochs of mini-batch training: cross-entropy and accuracy for
+classification, mean squared error and R² for regression. Every epoch appends a line to
+``metrics.jsonl`` in the run directory and writes a checkpoint atomically (a crash never leaves a
+half-written file): ``model.safetensors`` (weights, with the expanded spec in its metadata),
+``state.pt`` (optimizer, epoch, random state), beside ``spec.yaml`` and ``config.json``.
+``resume=RUN_DIR`` continues exactly where a run stopped. A loss that becomes NaN or infinite
+stops the run with a clear message; the last good checkpoint stays.
+
+Examples
+--------
+>>> result = train("models/mps_classifier.yaml", run_dir="runs/demo", epochs=2)  # doctest: +SKIP
+>>> result.test["accuracy"]                                                     # doctest: +SKIP
+0.93
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from tngraph.compiler import TNModule
+from tngraph.compiler import compile as compile_spec
+from tngraph.data import Dataset, load_dataset
+from tngraph.errors import TNGraphError
+from tngraph.spec import ParamValue, Spec, TrainOptions, load_spec
+from tngraph.yamlio import dump_yaml
+
+MODEL_FILE = "model.safetensors"
+STATE_FILE = "state.pt"
+METRICS_FILE = "metrics.jsonl"
+
+
+class TrainingError(TNGraphError):
+    """A run cannot start or cannot go on (mismatched data, diverging loss, bad run dir)."""
+
+
+@dataclass(frozen=True)
+class EpochMetrics:
+    """What one epoch measured (one line of ``metrics.jsonl``)."""
+
+    epoch: int
+    train_loss: float
+    train_metric: float
+    val_loss: float
+    val_metric: float
+    seconds: float
+    samples_per_s: float
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """The outcome of a run: its directory, per-epoch history and final test metrics."""
+
+    run_dir: Path
+    metric: str                         # "accuracy" or "r2"
+    history: tuple[EpochMetrics, ...]
+    test: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+# ---------------------------------------------------------------------------------------------
+# compatibility of a network with a dataset
+
+
+def check_fit(module: TNModule, dataset: Dataset) -> None:
+    """Raise TrainingError unless ``module`` maps one example of ``dataset`` to a prediction."""
+    spec = module.spec
+    ports = list(spec.network.inputs.items())
+    if len(ports) != 1:
+        raise TrainingError(
+            f"network '{spec.name}' has {len(ports)} data inputs; training feeds exactly one "
+            "(declare one port under network.inputs, e.g. a template's 'input: x')")
+    name, port = ports[0]
+    per_sample = (port.stack or 1) * (1 if port.feature_map is not None else math.prod(port.shape))
+    if per_sample != dataset.n_features:
+        raise TrainingError(
+            f"input '{name}' of '{spec.name}' takes {per_sample} values per example but "
+            f"dataset '{dataset.name}' has {dataset.n_features} features "
+            f"(shape {'x'.join(map(str, dataset.feature_shape))}); "
+            "resize the network (e.g. --set sites=...) or choose another dataset")
+    outputs = math.prod(module._out_legs_shape)
+    if dataset.task == "classification" and outputs != dataset.n_classes:
+        raise TrainingError(
+            f"network '{spec.name}' has {outputs} outputs per example but dataset "
+            f"'{dataset.name}' has {dataset.n_classes} classes; set the output leg's dimension "
+            f"to {dataset.n_classes} (e.g. output_dim: {dataset.n_classes})")
+    target = math.prod(dataset.target_shape)
+    if dataset.task == "regression" and outputs != target:
+        raise TrainingError(
+            f"network '{spec.name}' has {outputs} outputs per example but dataset "
+            f"'{dataset.name}' has {target} regression targets")
+
+
+# ---------------------------------------------------------------------------------------------
+# metrics
+
+
+def _flat(out: torch.Tensor) -> torch.Tensor:
+    return out.reshape(out.shape[0], -1)
+
+
+def batch_loss(out: torch.Tensor, y: torch.Tensor, task: str) -> torch.Tensor:
+    """Cross-entropy (classification) or mean squared error (regression) of one batch."""
+    out = _flat(out)
+    if task == "classification":
+        return F.cross_entropy(out, y)
+    return F.mse_loss(out, y.reshape(out.shape))
+
+
+@torch.no_grad()
+def evaluate(module: TNModule, dataset: Dataset, split: str = "test",
+             batch_size: int = 512) -> dict[str, float]:
+    """Loss and accuracy (classification) or MSE and R² (regression) on one split.
+
+    Examples
+    --------
+    >>> evaluate(module, load_dataset("digits"), "val")        # doctest: +SKIP
+    {'loss': 0.12, 'accuracy': 0.97}
+    """
+    x, y = dataset.split(split)
+    device = next(module.parameters()).device
+    was_training = module.training
+    module.eval()
+    total, correct, count = 0.0, 0, 0
+    outs: list[torch.Tensor] = []
+    for start in range(0, x.shape[0], batch_size):
+        xb = x[start:start + batch_size].to(device)
+        yb = y[start:start + batch_size].to(device)
+        out = _flat(module(xb))
+        total += float(batch_loss(out, yb, dataset.task)) * xb.shape[0]
+        count += xb.shape[0]
+        if dataset.task == "classification":
+            correct += int((out.argmax(1) == yb).sum())
+        else:
+            outs.append(out.float().cpu())
+    module.train(was_training)
+    metrics = {"loss": total / max(count, 1)}
+    if dataset.task == "classification":
+        metrics["accuracy"] = correct / max(count, 1)
+    else:
+        pred = torch.cat(outs) if outs else torch.zeros(0)
+        target = y.reshape(pred.shape).float()
+        residual = float(((pred - target) ** 2).sum())
+        spread = float(((target - target.mean(0)) ** 2).sum())
+        metrics["r2"] = 1.0 - residual / spread if spread > 0 else float("nan")
+    return metrics
+
+
+# ---------------------------------------------------------------------------------------------
+# files
+
+
+def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
+    """Write through a temporary file in the same folder, then rename over ``path``."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save_checkpoint(run_dir: Path, module: TNModule, optimizer: torch.optim.Optimizer,
+                    epoch: int, generator: torch.Generator) -> None:
+    """Weights as safetensors (spec in the metadata) and the training state, each atomic."""
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+    metadata = {"tngraph_spec": dump_yaml(module.spec.to_raw()), "epoch": str(epoch)}
+    _atomic_write(run_dir / MODEL_FILE, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    state = {"epoch": epoch, "optimizer": optimizer.state_dict(),
+             "generator": generator.get_state(), "torch_rng": torch.get_rng_state()}
+    _atomic_write(run_dir / STATE_FILE, lambda tmp: torch.save(state, tmp))
+
+
+def load_weights(module: TNModule, path: str | Path) -> None:
+    """Load a ``model.safetensors`` written by tngraph into ``module`` (shapes checked)."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise TrainingError(f"no checkpoint at {path}; expected a model.safetensors file "
+                            "written by tngraph train")
+    try:
+        tensors = load_file(str(path))
+    except Exception as exc:  # noqa: BLE001 - a damaged file is a user error
+        raise TrainingError(f"cannot read checkpoint {path}: {exc}") from None
+    own = module.state_dict()
+    missing = sorted(set(own) - set(tensors))
+    unexpected = sorted(set(tensors) - set(own))
+    wrong = [k for k in own if k in tensors and tuple(tensors[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or wrong:
+        raise TrainingError(
+            f"checkpoint {path} does not fit network '{module.spec.name}': "
+            f"missing {missing or 'none'}, unexpected {unexpected or 'none'}, "
+            f"shape differs for {wrong or 'none'}")
+    module.load_state_dict({k: v.to(own[k].dtype) for k, v in tensors.items()})
+
+
+# ---------------------------------------------------------------------------------------------
+# the loop
+
+
+def _optimizer(module: TNModule, options: TrainOptions) -> torch.optim.Optimizer:
+    params = list(module.parameters())
+    if options.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=options.lr, momentum=0.9,
+                               weight_decay=options.weight_decay)
+    # one fused kernel for all cores: a network keeps many small tensors
+    fused = all(p.device.type in ("cpu", "cuda") for p in params)
+    return torch.optim.Adam(params, lr=options.lr, weight_decay=options.weight_decay,
+                            fused=fused or None)
+
+
+def _batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
+    order = torch.randperm(n, generator=generator)
+    yield from order.split(batch_size)
+
+
+def _progress(total: int, label: str) -> Any:
+    if not sys.stderr.isatty() or os.environ.get("TNGRAPH_NO_PROGRESS"):
+        return None
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("{task.fields[info]}"), console=Console(stderr=True),
+                        transient=True)
+    progress.start()
+    progress.add_task(label, total=total, info="")
+    return progress
+
+
+def train(source: str | Path | Spec | None = None,
+          overrides: Mapping[str, ParamValue] | None = None, *,
+          run_dir: str | Path | None = None, resume: str | Path | None = None,
+          echo: Callable[[str], None] | None = print, **options: Any) -> TrainResult:
+    """Train a spec's network on a dataset; see the module docstring for the files written.
+
+    Parameters
+    ----------
+    source
+        Spec path, YAML text or Spec (not needed with ``resume``).
+    overrides
+        ``--set`` parameter values.
+    run_dir
+        Where the run's files go (created; must not hold another run). Default
+        ``runs/<spec name>``.
+    resume
+        A run directory to continue: its spec, config, weights and optimizer state are loaded
+        and training goes on from the next epoch (``epochs`` may be raised).
+    echo
+        Receives one line per epoch and the summary (``None``: silent).
+    **options
+        Overrides of the spec's ``train:`` block: ``data``, ``epochs``, ``batch_size``, ``lr``,
+        ``optimizer``, ``weight_decay``, ``seed``, ``device``.
+    """
+    options = {k: v for k, v in options.items() if v is not None}
+    if resume is not None:
+        run = Path(resume)
+        if not (run / "config.json").is_file() or not (run / "spec.yaml").is_file():
+            raise TrainingError(f"cannot resume {run}: no config.json / spec.yaml there; "
+                                "expected a run directory written by tngraph train")
+        spec = load_spec(run / "spec.yaml")
+        config = json.loads((run / "config.json").read_text())
+        train_options = TrainOptions.model_validate({**config["train"], **options})
+    else:
+        if source is None:
+            raise TrainingError("nothing to train: give a spec, or resume=RUN_DIR")
+        spec = source if isinstance(source, Spec) else load_spec(source, overrides)
+        try:
+            train_options = TrainOptions.model_validate({**spec.train.model_dump(), **options})
+        except Exception as exc:  # pydantic ValidationError: a bad option value
+            raise TrainingError(f"invalid training option: {exc}") from None
+        run = Path(run_dir) if run_dir is not None else Path("runs") / spec.name
+        if (run / METRICS_FILE).exists():
+            raise TrainingError(f"{run} already holds a run; resume it with --resume {run}, "
+                                "or choose another --out")
+    run.mkdir(parents=True, exist_ok=True)
+    # Long products of near-identity cores drive some gradients (and Adam's moments) into
+    # subnormal floats, which x86 CPUs process a hundred times slower: flush them to zero.
+    flushed = torch.set_flush_denormal(True)
+    try:
+        return _run(spec, train_options, run, resume is not None, echo)
+    finally:
+        if flushed:
+            torch.set_flush_denormal(False)
+
+
+def _run(spec: Spec, train_options: TrainOptions, run: Path, resuming: bool,
+         echo: Callable[[str], None] | None) -> TrainResult:
+    torch.manual_seed(train_options.seed)
+    dataset = load_dataset(train_options.data, seed=train_options.seed)
+    device = torch.device(train_options.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise TrainingError("--device cuda: CUDA is not available on this machine")
+    module = compile_spec(spec, batch_size=train_options.batch_size,
+                          seed=train_options.seed).to(device)
+    check_fit(module, dataset)
+    optimizer = _optimizer(module, train_options)
+    generator = torch.Generator().manual_seed(train_options.seed)
+    first_epoch = 1
+    history: list[EpochMetrics] = []
+    if resuming:
+        load_weights(module, run / MODEL_FILE)
+        state = torch.load(run / STATE_FILE, weights_only=False)
+        optimizer.load_state_dict(state["optimizer"])
+        generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        first_epoch = int(state["epoch"]) + 1
+        history = [EpochMetrics(**json.loads(line))
+                   for line in (run / METRICS_FILE).read_text().splitlines() if line.strip()]
+        history = [h for h in history if h.epoch < first_epoch]
+    else:
+        (run / "spec.yaml").write_text(dump_yaml(spec.to_raw()))
+        (run / "config.json").write_text(json.dumps(
+            {"train": train_options.model_dump(), "dataset": dataset.name,
+             "sizes": dataset.sizes, "task": dataset.task}, indent=2))
+        (run / METRICS_FILE).write_text("")
+        save_checkpoint(run, module, optimizer, 0, generator)   # the last good one, so far
+
+    metric = "accuracy" if dataset.task == "classification" else "r2"
+    x_train, y_train = dataset.split("train")
+    start_all = time.perf_counter()
+    say = echo or (lambda _line: None)
+    if first_epoch == 1:
+        say(dataset.summary())
+    for epoch in range(first_epoch, train_options.epochs + 1):
+        start = time.perf_counter()
+        module.train()
+        total, correct, seen = 0.0, 0, 0
+        batches = list(_batches(x_train.shape[0], train_options.batch_size, generator))
+        progress = _progress(len(batches), f"epoch {epoch}/{train_options.epochs}")
+        try:
+            for step, index in enumerate(batches, 1):
+                xb, yb = x_train[index].to(device), y_train[index].to(device)
+                out = _flat(module(xb))
+                loss = batch_loss(out, yb, dataset.task)
+                if not torch.isfinite(loss):
+                    raise TrainingError(
+                        f"the loss became {loss.item()} at epoch {epoch}, step {step}; training "
+                        f"stopped, the last good checkpoint (epoch {epoch - 1}) is kept in {run}; "
+                        "lower the learning rate (--lr) or check the data")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                total += loss.item() * xb.shape[0]
+                seen += xb.shape[0]
+                if dataset.task == "classification":
+                    correct += int((out.detach().argmax(1) == yb).sum())
+                if progress is not None:
+                    progress.update(progress.task_ids[0], advance=1,
+                                    info=f"loss {total / seen:.4f}")
+        finally:
+            if progress is not None:
+                progress.stop()
+        seconds = time.perf_counter() - start
+        val = evaluate(module, dataset, "val")
+        train_metric = correct / seen if dataset.task == "classification" else float("nan")
+        record = EpochMetrics(epoch, total / seen, train_metric, val["loss"], val[metric],
+                              seconds, seen / seconds)
+        history.append(record)
+        save_checkpoint(run, module, optimizer, epoch, generator)
+        with open(run / METRICS_FILE, "a") as fh:
+            fh.write(json.dumps(asdict(record)) + "\n")
+        say(f"epoch {epoch:3d}  loss {record.train_loss:.4f}  val loss {record.val_loss:.4f}  "
+            f"val {metric} {record.val_metric:.4f}  {record.samples_per_s:,.0f} samples/s")
+    test = evaluate(module, dataset, "test")
+    result = TrainResult(run, metric, tuple(history), test, time.perf_counter() - start_all)
+    (run / "summary.json").write_text(json.dumps(
+        {"test": test, "epochs": len(history), "seconds": result.seconds}, indent=2))
+    say(summary_table(result))
+    return result
+
+
+def summary_table(result: TrainResult) -> str:
+    """The end-of-run table (best and last epoch, test metrics) as text."""
+    import io
+
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"run {result.run_dir}", box=box.SIMPLE, title_justify="left")
+    for col in ("", "epoch", "train loss", "val loss", f"val {result.metric}"):
+        table.add_column(col, justify="right")
+    if result.history:
+        best = max(result.history, key=lambda h: h.val_metric)
+        for label, h in (("best", best), ("last", result.history[-1])):
+            table.add_row(label, str(h.epoch), f"{h.train_loss:.4f}", f"{h.val_loss:.4f}",
+                          f"{h.val_metric:.4f}")
+    buf = io.StringIO()
+    console = Console(file=buf, width=100, no_color=True, color_system=None)
+    console.print(table)
+    tests = "  ".join(f"{k} {v:.4f}" for k, v in result.test.items())
+    console.print(f"test: {tests}   ({result.seconds:.1f} s)")
+    return buf.getvalue().rstrip()
