@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weight-decay", type=float)
     p.add_argument("--device", help="cpu (default) or cuda")
     p.add_argument("--seed", type=int)
-    p.add_argument("--out", metavar="RUN_DIR", help="run directory (default runs/NAME)")
+    p.add_argument("--out", metavar="RUN_DIR", help="run directory (default runs/NAME-DATE-TIME)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run where it stopped")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
 

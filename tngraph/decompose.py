@@ -114,6 +114,14 @@ def _fnorm(t: torch.Tensor) -> float:
     return float(torch.linalg.vector_norm(t, dtype=torch.float64))
 
 
+def _raw_svd(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Thin SVD; a wide matrix is decomposed through its transpose (2-5x faster on CPU)."""
+    if matrix.shape[0] < matrix.shape[1]:
+        v, s, uh = torch.linalg.svd(matrix.T, full_matrices=False)
+        return uh.T, s, v.T
+    return torch.linalg.svd(matrix, full_matrices=False)
+
+
 def _svd(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``torch.linalg.svd(matrix, full_matrices=False)`` with a fallback.
 
@@ -124,7 +132,7 @@ def _svd(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor
     """
     m, n = matrix.shape
     try:
-        u, s, vh = torch.linalg.svd(matrix, full_matrices=False)
+        u, s, vh = _raw_svd(matrix)
         if bool(torch.isfinite(s).all()) and bool(torch.isfinite(u).all()) \
                 and bool(torch.isfinite(vh).all()):
             return u, s, vh
@@ -134,7 +142,7 @@ def _svd(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor
     warnings.warn(f"SVD of a {m}x{n} unfolding ({matrix.dtype}, {matrix.device}) failed: "
                   f"{reason}; retrying in float64 on the CPU", RuntimeWarning, stacklevel=3)
     try:
-        u, s, vh = torch.linalg.svd(matrix.to("cpu", torch.float64), full_matrices=False)
+        u, s, vh = _raw_svd(matrix.to("cpu", torch.float64))
     except RuntimeError as exc:
         raise DecompositionError(f"SVD of a {m}x{n} unfolding failed even in float64 on the "
                                  f"CPU: {exc}", "check the input for huge or tiny values; "
@@ -772,6 +780,7 @@ def entanglement_entropy(cores: Sequence[torch.Tensor]) -> torch.Tensor:
                                      "entropy is undefined")
         p = s2 / total
         values.append((-torch.xlogy(p, p).sum()).clamp_min(0.0) + 0.0)  # no -0.0
-    if not values:
-        return torch.zeros(0, dtype=cores[0].dtype)
+    if not values:                                             # d = 1: no bonds
+        first = _as_float_tensor(cores[0])
+        return torch.zeros(0, dtype=first.dtype, device=first.device)
     return torch.stack(values).to(spectra[0].dtype)

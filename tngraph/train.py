@@ -247,6 +247,16 @@ def _progress(total: int, label: str) -> Any:
     return progress
 
 
+def _new_run_dir(name: str) -> Path:
+    """``runs/NAME-YYYYmmdd-HHMMSS`` (with ``-2``, ``-3``, ... if taken)."""
+    base = Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run, k = base, 1
+    while run.exists():
+        k += 1
+        run = base.with_name(f"{base.name}-{k}")
+    return run
+
+
 def train(source: str | Path | Spec | None = None,
           overrides: Mapping[str, ParamValue] | None = None, *,
           run_dir: str | Path | None = None, resume: str | Path | None = None,
@@ -261,7 +271,7 @@ def train(source: str | Path | Spec | None = None,
         ``--set`` parameter values.
     run_dir
         Where the run's files go (created; must not hold another run). Default
-        ``runs/<spec name>``.
+        ``runs/<spec name>-<date>-<time>``.
     resume
         A run directory to continue: its spec, config, weights and optimizer state are loaded
         and training goes on from the next epoch (``epochs`` may be raised).
@@ -288,7 +298,7 @@ def train(source: str | Path | Spec | None = None,
             train_options = TrainOptions.model_validate({**spec.train.model_dump(), **options})
         except Exception as exc:  # pydantic ValidationError: a bad option value
             raise TrainingError(f"invalid training option: {exc}") from None
-        run = Path(run_dir) if run_dir is not None else Path("runs") / spec.name
+        run = Path(run_dir) if run_dir is not None else _new_run_dir(spec.name)
         if (run / METRICS_FILE).exists():
             raise TrainingError(f"{run} already holds a run; resume it with --resume {run}, "
                                 "or choose another --out")
