@@ -69,4 +69,4 @@ def test_mps_classifier_full_size_plans() -> None:
     assert plan.batch_size == 256
     assert len(plan.problem.terms) == 128
     assert len(plan.steps) == 127
-    assert tuple(module.tensors["A32"].shape) == (10, 2, 10, 10)
+    assert tuple(module.tensors["A32"].shape) == (20, 2, 20, 10)   # bond 20, label leg 10

@@ -69,8 +69,14 @@ def test_same_seed_same_run(spec_file: Path, tmp_path: Path) -> None:
 
 def test_resume_continues_exactly(spec_file: Path, tmp_path: Path) -> None:
     straight = train(spec_file, run_dir=tmp_path / "straight", echo=None, epochs=3)
-    train(spec_file, run_dir=tmp_path / "split", echo=None, epochs=2)
-    resumed = train(resume=tmp_path / "split", echo=None, epochs=3)
+
+    def interrupt_after_epoch_2(line: str) -> None:
+        if line.startswith("epoch   2"):
+            raise KeyboardInterrupt                     # as if killed after the checkpoint
+
+    with pytest.raises(KeyboardInterrupt):
+        train(spec_file, run_dir=tmp_path / "split", echo=interrupt_after_epoch_2, epochs=3)
+    resumed = train(resume=tmp_path / "split", echo=None)
     assert [h.epoch for h in resumed.history] == [1, 2, 3]
     assert resumed.history[-1].train_loss == pytest.approx(straight.history[-1].train_loss,
                                                            rel=1e-6)

@@ -155,6 +155,8 @@ class TrainOptions(_Model):
     batch_size: Count = 64
     lr: float = Field(default=5e-3, gt=0)
     optimizer: Literal["adam", "sgd"] = "adam"
+    #: learning rate over the run: ``cosine`` decays it to 0 by the last epoch
+    schedule: Literal["cosine", "constant"] = "cosine"
     weight_decay: float = Field(default=0.0, ge=0)
     seed: int = 0
     device: str = "cpu"

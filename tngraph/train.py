@@ -177,7 +177,8 @@ def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
 
 
 def save_checkpoint(run_dir: Path, module: TNModule, optimizer: torch.optim.Optimizer,
-                    epoch: int, generator: torch.Generator) -> None:
+                    epoch: int, generator: torch.Generator,
+                    scheduler: torch.optim.lr_scheduler.LRScheduler) -> None:
     """Weights as safetensors (spec in the metadata) and the training state, each atomic."""
     from safetensors.torch import save_file
 
@@ -185,7 +186,8 @@ def save_checkpoint(run_dir: Path, module: TNModule, optimizer: torch.optim.Opti
     metadata = {"tngraph_spec": dump_yaml(module.spec.to_raw()), "epoch": str(epoch)}
     _atomic_write(run_dir / MODEL_FILE, lambda tmp: save_file(tensors, tmp, metadata=metadata))
     state = {"epoch": epoch, "optimizer": optimizer.state_dict(),
-             "generator": generator.get_state(), "torch_rng": torch.get_rng_state()}
+             "scheduler": scheduler.state_dict(), "generator": generator.get_state(),
+             "torch_rng": torch.get_rng_state()}
     _atomic_write(run_dir / STATE_FILE, lambda tmp: torch.save(state, tmp))
 
 
@@ -226,6 +228,13 @@ def _optimizer(module: TNModule, options: TrainOptions) -> torch.optim.Optimizer
     fused = all(p.device.type in ("cpu", "cuda") for p in params)
     return torch.optim.Adam(params, lr=options.lr, weight_decay=options.weight_decay,
                             fused=fused or None)
+
+
+def _scheduler(optimizer: torch.optim.Optimizer, options: TrainOptions
+               ) -> torch.optim.lr_scheduler.LRScheduler:
+    if options.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=options.epochs)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _epoch: 1.0)
 
 
 def _batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
@@ -324,6 +333,7 @@ def _run(spec: Spec, train_options: TrainOptions, run: Path, resuming: bool,
                           seed=train_options.seed).to(device)
     check_fit(module, dataset)
     optimizer = _optimizer(module, train_options)
+    scheduler = _scheduler(optimizer, train_options)
     generator = torch.Generator().manual_seed(train_options.seed)
     first_epoch = 1
     history: list[EpochMetrics] = []
@@ -331,6 +341,7 @@ def _run(spec: Spec, train_options: TrainOptions, run: Path, resuming: bool,
         load_weights(module, run / MODEL_FILE)
         state = torch.load(run / STATE_FILE, weights_only=False)
         optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
         generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         first_epoch = int(state["epoch"]) + 1
@@ -343,7 +354,7 @@ def _run(spec: Spec, train_options: TrainOptions, run: Path, resuming: bool,
             {"train": train_options.model_dump(), "dataset": dataset.name,
              "sizes": dataset.sizes, "task": dataset.task}, indent=2))
         (run / METRICS_FILE).write_text("")
-        save_checkpoint(run, module, optimizer, 0, generator)   # the last good one, so far
+        save_checkpoint(run, module, optimizer, 0, generator, scheduler)   # last good, so far
 
     metric = "accuracy" if dataset.task == "classification" else "r2"
     x_train, y_train = dataset.split("train")
@@ -380,13 +391,14 @@ def _run(spec: Spec, train_options: TrainOptions, run: Path, resuming: bool,
         finally:
             if progress is not None:
                 progress.stop()
+        scheduler.step()
         seconds = time.perf_counter() - start
         val = evaluate(module, dataset, "val")
         train_metric = correct / seen if dataset.task == "classification" else float("nan")
         record = EpochMetrics(epoch, total / seen, train_metric, val["loss"], val[metric],
                               seconds, seen / seconds)
         history.append(record)
-        save_checkpoint(run, module, optimizer, epoch, generator)
+        save_checkpoint(run, module, optimizer, epoch, generator, scheduler)
         with open(run / METRICS_FILE, "a") as fh:
             fh.write(json.dumps(asdict(record)) + "\n")
         say(f"epoch {epoch:3d}  loss {record.train_loss:.4f}  val loss {record.val_loss:.4f}  "
