@@ -210,3 +210,19 @@ def test_no_grad_caches_see_optimizer_steps(optimizer) -> None:
             after = module(x)
         assert not torch.allclose(before, after)
         assert_matches(after, dense_oracle(module, {"x": x}))
+
+
+@pytest.mark.parametrize(("sites", "feature_map"), [(64, "multilinear"), (64, "trig"),
+                                                    (784, "multilinear")])
+def test_long_chains_stay_finite_in_float32(sites: int, feature_map: str) -> None:
+    """Default (near-identity) initialisation: outputs and gradients of long MPS chains on
+    [0, 1] inputs stay finite and of order one in float32."""
+    text = (f"tngraph: 1\nname: long\nnetwork: {{template: mps, sites: {sites}, phys_dim: 2, "
+            f"bond_dim: 6, input: x, feature_map: {feature_map}, output_dim: 10}}\n")
+    module = tngraph.compile(text, optimize="random-greedy", cache=False, batch_size=16)
+    x = torch.rand(16, sites, generator=torch.Generator().manual_seed(0))
+    out = module(x)
+    out.sum().backward()
+    assert torch.isfinite(out).all()
+    assert 1e-6 < float(out.abs().max()) < 1e6
+    assert all(torch.isfinite(p.grad).all() for p in module.parameters())

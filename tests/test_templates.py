@@ -260,3 +260,28 @@ def test_registry_rules() -> None:
     with pytest.raises(PluginError, match=r"unknown widget 'knbo'; did you mean 'knob'\?"):
         reg.get("knbo")
     assert [i.distribution for i in reg.info()] == ["<runtime>", "tngraph"]
+
+
+@pytest.mark.parametrize(("feature_map", "init"), [
+    ("multilinear", "identity"),
+    ("trig", {"name": "identity", "spread": ["p"]}),
+])
+def test_mps_identity_init_follows_the_feature_map(feature_map: str, init: object) -> None:
+    """Without a constant feature component, the identity is spread over every feature value."""
+    import torch
+
+    import tngraph
+
+    text = ("tngraph: 1\nname: t\nnetwork: {template: mps, sites: 4, phys_dim: 2, bond_dim: 3, "
+            f"input: x, feature_map: {feature_map}, output_dim: 2}}\n")
+    spec = load_spec(text)
+    assert spec.network.nodes["A1"].init.to_data() == init
+    module = tngraph.compile(spec, cache=False, dtype="float64")
+    core = module.tensors["A1"].detach()                       # legs (l, p, r)
+    eye = torch.eye(3, dtype=torch.float64)
+    if feature_map == "trig":
+        for p in range(2):
+            torch.testing.assert_close(core[:, p, :], eye / 2 ** 0.5, atol=0.05, rtol=0)
+    else:
+        torch.testing.assert_close(core[:, 0, :], eye, atol=0.05, rtol=0)
+        assert core[:, 1, :].abs().max() < 0.05

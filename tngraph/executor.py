@@ -322,7 +322,6 @@ class Group:
     reuse_b: int | None = None
     keep_stacked: bool = False   # a later group reuses this group's stacked output
     need_parts: bool = True      # some consumer needs the members' results one by one
-    fold: tuple[int, int, int] = (0, 0, 0)   # stacked result viewed as (G * nb, m, n)
     prefetch_a: bool = False     # operand gathered for all groups at once at the start
     prefetch_b: bool = False
 
@@ -426,8 +425,7 @@ def build_program(plan: Any, ones: set[int] = frozenset(), batch_size: int | Non
             -min(depth[steps[p].out] for p in members), -members[0]))
         kernels = [designed[pos] for pos in chosen]
         kernels = [kernels[0]] + [conform(k, kernels[0], sizes) for k in kernels[1:]]
-        _, nb, m, _, n = kernels[0].signature[:5]
-        group = Group(kernels, fold=(len(kernels) * nb, m, n))
+        group = Group(kernels)
         if len(kernels) > 1:
             group.reuse_a = _reusable(kernels, "a", produced_by, groups)
             group.reuse_b = _reusable(kernels, "b", produced_by, groups)

@@ -17,6 +17,7 @@ This module does not import torch at import time.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -63,12 +64,18 @@ def _ones(shape: Sequence[int], legs: Sequence[str], options: Mapping[str, Any],
 
 def _identity(shape: Sequence[int], legs: Sequence[str], options: Mapping[str, Any],
               generator: Any) -> Any:
-    """Near-identity core: ``T[l, ..., r] = delta(l, r) * [other legs at index 0] + noise``."""
+    """Near-identity core: ``T[l, ..., r] = delta(l, r) * [other legs at index 0] + noise``.
+
+    With ``spread: [p, ...]`` the identity is laid on every value of those legs instead of the
+    first, each with weight ``1/sqrt(dim)``: for feature maps without a constant component
+    (``trig``), so that every input value passes the chain on.
+    """
     import torch
 
     std = float(options.get("std", 1e-2))
     tensor = torch.randn(tuple(shape), generator=generator, dtype=torch.float64) * std
     legs = list(legs)
+    spread = [legs.index(leg) for leg in options.get("spread", ()) if leg in legs]
     left = legs.index("l") if "l" in legs else None
     right = legs.index("r") if "r" in legs else None
     index: list[Any] = [0] * len(shape)
@@ -81,7 +88,19 @@ def _identity(shape: Sequence[int], legs: Sequence[str], options: Mapping[str, A
         index[left] = 0
     elif right is not None:
         index[right] = 0
-    tensor[tuple(index)] += 1.0
+    weight = 1.0
+    for axis in spread:
+        index[axis] = slice(None)
+        weight /= math.sqrt(shape[axis])
+    if spread and left is not None and right is not None:
+        # advanced indices (the diagonal) separated by slices: assign through a view per value
+        for values in itertools.product(*(range(shape[a]) for a in spread)):
+            spot = list(index)
+            for axis, value in zip(spread, values):
+                spot[axis] = value
+            tensor[tuple(spot)] += weight
+        return tensor
+    tensor[tuple(index)] += weight
     return tensor
 
 
@@ -90,7 +109,7 @@ _normal.options = ("std", "mean")        # type: ignore[attr-defined]
 _uniform.options = ("a",)                # type: ignore[attr-defined]
 _zeros.options = ()                      # type: ignore[attr-defined]
 _ones.options = ()                       # type: ignore[attr-defined]
-_identity.options = ("std",)             # type: ignore[attr-defined]
+_identity.options = ("std", "spread")   # type: ignore[attr-defined]
 
 
 def _builtins() -> dict[str, Initializer]:

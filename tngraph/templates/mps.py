@@ -61,6 +61,20 @@ def chain_nodes(prefix: str, n: int, bond: int, periodic: bool,
     return nodes, edges
 
 
+def _has_constant_feature(feature_map: str | dict[str, Any] | None) -> bool:
+    """True for no feature map (raw data) and for maps whose first component is 1."""
+    if feature_map is None:
+        return True
+    from tngraph.errors import PluginError
+    from tngraph.featuremaps import get_feature_map
+
+    name = feature_map if isinstance(feature_map, str) else feature_map.get("name", "")
+    try:
+        return get_feature_map(str(name)).leading_one
+    except PluginError:
+        return True   # unknown names are reported by validation
+
+
 def expand(o: MPSOptions) -> dict[str, Any]:
     periodic = o.boundary == "periodic"
     nodes, edges = chain_nodes("A", o.sites, o.bond_dim, periodic, {"p": o.phys_dim})
@@ -79,6 +93,9 @@ def expand(o: MPSOptions) -> dict[str, Any]:
         raise TemplateError("feature_map needs input (the data port it applies to)",
                             "feature_map", "add input: x")
     init = o.init if o.init is not None else ("identity" if o.input else "normal")
+    if o.init is None and o.input and not _has_constant_feature(o.feature_map):
+        # no constant component to carry the identity: spread it over every feature value
+        init = {"name": "identity", "spread": ["p"]}
     for node in nodes.values():
         node["init"] = init
     network: dict[str, Any] = {"nodes": nodes}
