@@ -212,11 +212,15 @@ def test_no_grad_caches_see_optimizer_steps(optimizer) -> None:
         assert_matches(after, dense_oracle(module, {"x": x}))
 
 
-@pytest.mark.parametrize(("sites", "feature_map"), [(64, "multilinear"), (64, "trig"),
-                                                    (784, "multilinear")])
-def test_long_chains_stay_finite_in_float32(sites: int, feature_map: str) -> None:
+@pytest.mark.parametrize(("sites", "feature_map", "bound"), [
+    (64, "multilinear", 1e6), (784, "multilinear", 1e6),
+    # trig: cos + sin is 1 at x = 0 and x = 1 and up to sqrt(2) between, so uniform data may
+    # grow the output by up to 2**32 over 64 sites (images, mostly 0 or 1, stay near 1)
+    (64, "trig", 2.0**32),
+])
+def test_long_chains_stay_finite_in_float32(sites: int, feature_map: str, bound: float) -> None:
     """Default (near-identity) initialisation: outputs and gradients of long MPS chains on
-    [0, 1] inputs stay finite and of order one in float32."""
+    uniform [0, 1] inputs stay finite and bounded in float32."""
     text = (f"tngraph: 1\nname: long\nnetwork: {{template: mps, sites: {sites}, phys_dim: 2, "
             f"bond_dim: 6, input: x, feature_map: {feature_map}, output_dim: 10}}\n")
     module = tngraph.compile(text, optimize="random-greedy", cache=False, batch_size=16)
@@ -224,5 +228,5 @@ def test_long_chains_stay_finite_in_float32(sites: int, feature_map: str) -> Non
     out = module(x)
     out.sum().backward()
     assert torch.isfinite(out).all()
-    assert 1e-6 < float(out.abs().max()) < 1e6
+    assert 1e-6 < float(out.abs().max()) < bound
     assert all(torch.isfinite(p.grad).all() for p in module.parameters())

@@ -281,7 +281,7 @@ def test_mps_identity_init_follows_the_feature_map(feature_map: str, init: objec
     eye = torch.eye(3, dtype=torch.float64)
     if feature_map == "trig":
         for p in range(2):
-            torch.testing.assert_close(core[:, p, :], eye / 2 ** 0.5, atol=0.05, rtol=0)
+            torch.testing.assert_close(core[:, p, :], eye, atol=0.05, rtol=0)
     else:
         torch.testing.assert_close(core[:, 0, :], eye, atol=0.05, rtol=0)
         assert core[:, 1, :].abs().max() < 0.05

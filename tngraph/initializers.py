@@ -67,8 +67,9 @@ def _identity(shape: Sequence[int], legs: Sequence[str], options: Mapping[str, A
     """Near-identity core: ``T[l, ..., r] = delta(l, r) * [other legs at index 0] + noise``.
 
     With ``spread: [p, ...]`` the identity is laid on every value of those legs instead of the
-    first, each with weight ``1/sqrt(dim)``: for feature maps without a constant component
-    (``trig``), so that every input value passes the chain on.
+    first: for feature maps without a constant component (``trig``: cos and sin, whose sum is
+    1 at x = 0 and x = 1 and at most sqrt(2) between), so that every input value passes the
+    chain on at about unit scale.
     """
     import torch
 
@@ -91,7 +92,6 @@ def _identity(shape: Sequence[int], legs: Sequence[str], options: Mapping[str, A
     weight = 1.0
     for axis in spread:
         index[axis] = slice(None)
-        weight /= math.sqrt(shape[axis])
     if spread and left is not None and right is not None:
         # advanced indices (the diagonal) separated by slices: assign through a view per value
         for values in itertools.product(*(range(shape[a]) for a in spread)):
