@@ -27,11 +27,11 @@ import torch
 from torch import nn
 
 from tngraph.errors import CompileError, PlanError
-from tngraph.executor import build_program, equation, weights_key
+from tngraph.executor import build_program, weights_key
 from tngraph.featuremaps import get_feature_map
 from tngraph.graph import EinsumProblem, parameter_count
 from tngraph.initializers import get_initializer
-from tngraph.plan import Plan, make_plan, plan_spec
+from tngraph.plan import Plan, equation, make_plan, plan_spec
 from tngraph.spec import ParamValue, Spec, load_spec
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16,

@@ -39,7 +39,7 @@ from typing import Any
 import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from tngraph.errors import CompileError
+from tngraph.plan import equation
 
 SMALL_INNER = 4
 
@@ -491,18 +491,6 @@ def _reusable(kernels: list[Kernel], role: str, produced_by: dict[int, tuple[int
         return None
     groups[g].keep_stacked = True
     return g
-
-
-def equation(operands: Sequence[Sequence[str]], out: Sequence[str]) -> str:
-    letters: dict[str, str] = {}
-    alphabet = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
-    for i in itertools.chain(*operands, out):
-        if i not in letters:
-            if len(letters) == len(alphabet):
-                raise CompileError("a contraction step has more than 52 distinct indices")
-            letters[i] = alphabet[len(letters)]
-    return ",".join("".join(letters[i] for i in op) for op in operands) + "->" + "".join(
-        letters[i] for i in out)
 
 
 def _gather_params(tensors: Sequence[torch.Tensor], members: list[tuple[int, Operand]]

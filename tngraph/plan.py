@@ -41,7 +41,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from tngraph.errors import PlanError, Problem, SpecError, did_you_mean
+from tngraph.errors import CompileError, PlanError, Problem, SpecError, did_you_mean
 from tngraph.graph import EinsumProblem, einsum_problem, parameter_count
 from tngraph.spec import PlanOptions, Spec
 
@@ -113,12 +113,10 @@ class Plan:
 
     def step_equation(self, step: Step, named: bool = False) -> str:
         """``ab,bc->ac`` in letters, or in the spec's names with ``named=True``."""
-        if named:
-            names = self.problem.index_names
-            fmt = lambda inds: "[" + ",".join(names[i] for i in inds) + "]"  # noqa: E731
-        else:
-            letters = _letters(step.left_inds + step.right_inds + step.out_inds)
-            fmt = lambda inds: "".join(letters[i] for i in inds)  # noqa: E731
+        if not named:
+            return equation([step.left_inds, step.right_inds], step.out_inds)
+        names = self.problem.index_names
+        fmt = lambda inds: "[" + ",".join(names[i] for i in inds) + "]"  # noqa: E731
         return f"{fmt(step.left_inds)},{fmt(step.right_inds)}->{fmt(step.out_inds)}"
 
     def slot_name(self, slot: int) -> str:
@@ -127,13 +125,23 @@ class Plan:
         return self.problem.terms[slot].name if slot < n else f"T{slot - n + 1}"
 
 
-def _letters(inds: Sequence[str]) -> dict[str, str]:
+def equation(operands: Sequence[Sequence[str]], out: Sequence[str]) -> str:
+    """An einsum equation in single letters (torch's alphabet) for index symbols.
+
+    Examples
+    --------
+    >>> equation([("i0", "i1"), ("i1", "i2")], ("i0", "i2"))
+    'ab,bc->ac'
+    """
     letters: dict[str, str] = {}
     alphabet = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
-    for i in inds:
+    for i in (*(i for op in operands for i in op), *out):
         if i not in letters:
+            if len(letters) == len(alphabet):
+                raise CompileError("a contraction step has more than 52 distinct indices")
             letters[i] = alphabet[len(letters)]
-    return letters
+    return ",".join("".join(letters[i] for i in op) for op in operands) + "->" + "".join(
+        letters[i] for i in out)
 
 
 # ---------------------------------------------------------------------------------------------
