@@ -52,6 +52,7 @@ def test_training_learns_and_writes_its_files(spec_file: Path, tmp_path: Path) -
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]
     assert tngraph.load_spec(run / "spec.yaml").network == tngraph.load_spec(spec_file).network
     assert json.loads((run / "config.json").read_text())["train"]["epochs"] == 3
+    assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     module = tngraph.compile(run / "spec.yaml")
     load_weights(module, run / MODEL_FILE)
     from tngraph.data import load_dataset

@@ -5,7 +5,8 @@ dataset, and runs epochs of mini-batch training: cross-entropy and accuracy for
 classification, mean squared error and R² for regression. Every epoch appends a line to
 ``metrics.jsonl`` in the run directory and writes a checkpoint atomically (a crash never leaves a
 half-written file): ``model.safetensors`` (weights, with the expanded spec in its metadata),
-``state.pt`` (optimizer, epoch, random state), beside ``spec.yaml`` and ``config.json``.
+``state.pt`` (optimizer, epoch, random state), beside ``spec.yaml`` and ``config.json``; at the
+end, ``curves.png`` plots loss and metric per epoch.
 ``resume=RUN_DIR`` continues exactly where a run stopped. A loss that becomes NaN or infinite
 stops the run with a clear message; the last good checkpoint stays.
 
@@ -42,6 +43,7 @@ from tngraph.yamlio import dump_yaml
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "state.pt"
 METRICS_FILE = "metrics.jsonl"
+PLOT_FILE = "curves.png"
 
 
 class TrainingError(TNGraphError):
@@ -405,10 +407,37 @@ def _run(spec: Spec, train_options: TrainOptions, run: Path, resuming: bool,
             f"val {metric} {record.val_metric:.4f}  {record.samples_per_s:,.0f} samples/s")
     test = evaluate(module, dataset, "test")
     result = TrainResult(run, metric, tuple(history), test, time.perf_counter() - start_all)
+    plot_curves(result, run / PLOT_FILE)
     (run / "summary.json").write_text(json.dumps(
         {"test": test, "epochs": len(history), "seconds": result.seconds}, indent=2))
     say(summary_table(result))
     return result
+
+
+def plot_curves(result: TrainResult, path: Path) -> None:
+    """Loss (train, validation) and the validation metric per epoch, as a PNG (written
+    atomically)."""
+    import matplotlib
+
+    matplotlib.use("Agg")    # no display needed
+    import matplotlib.pyplot as plt
+
+    epochs = [h.epoch for h in result.history]
+    fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(10, 4))
+    ax_loss.plot(epochs, [h.train_loss for h in result.history], label="train")
+    ax_loss.plot(epochs, [h.val_loss for h in result.history], label="validation")
+    ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
+    ax_loss.legend()
+    if result.metric == "accuracy":
+        ax_metric.plot(epochs, [h.train_metric for h in result.history], label="train")
+    ax_metric.plot(epochs, [h.val_metric for h in result.history], label="validation")
+    ax_metric.set(xlabel="epoch", ylabel=result.metric, title=result.metric)
+    ax_metric.legend()
+    fig.suptitle(f"{result.run_dir.name}: test " + ", ".join(
+        f"{k} {v:.4f}" for k, v in result.test.items()))
+    fig.tight_layout()
+    _atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    plt.close(fig)
 
 
 def summary_table(result: TrainResult) -> str:
