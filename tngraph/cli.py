@@ -1,5 +1,5 @@
 """The ``tngraph`` command line: ``validate``, ``compile``, ``expand``, ``train``, ``eval``,
-``templates``.
+``plugins list``, ``templates``.
 
 ``main(argv) -> int`` never raises: user errors print ``FILE:LINE:COL: error: ...`` to stderr and
 return 2; internal errors return 1 (with a traceback only under ``--debug``).
@@ -93,6 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="dataset (default: the spec's train.data)")
     p.add_argument("--split", choices=["train", "val", "test"], default="test")
     p.add_argument("--seed", type=int, help="seed of the dataset split (default: the spec's)")
+
+    p = sub.add_parser("plugins", help="list templates, feature maps, initialisers, datasets")
+    p.add_argument("action", choices=["list"], help="what to do (list)")
+    p.add_argument("--debug", action="store_true")
 
     p = sub.add_parser("templates", help="list the registered templates")
     p.add_argument("--debug", action="store_true")
@@ -217,6 +221,24 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_plugins(args: argparse.Namespace) -> int:
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    from tngraph.plugins import registries
+
+    table = Table(box=box.SIMPLE)
+    for col in ("name", "kind", "distribution", "version", "status"):
+        table.add_column(col)
+    for registry in registries():
+        for info in registry.info():
+            status = f"BROKEN: {info.error}" if info.error else "ok"
+            table.add_row(info.name, info.kind, info.distribution, info.version, status)
+    Console(width=120, no_color=True, color_system=None, highlight=False).print(table)
+    return EXIT_OK
+
+
 def _cmd_templates(args: argparse.Namespace) -> int:
     from tngraph.templates import TEMPLATES
 
@@ -231,7 +253,8 @@ def _cmd_templates(args: argparse.Namespace) -> int:
 
 
 _COMMANDS = {"validate": _cmd_validate, "compile": _cmd_compile, "expand": _cmd_expand,
-             "train": _cmd_train, "eval": _cmd_eval, "templates": _cmd_templates}
+             "train": _cmd_train, "eval": _cmd_eval, "plugins": _cmd_plugins,
+             "templates": _cmd_templates}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -291,25 +291,7 @@ def parse_dataset_spec(spec: str) -> DataSpec:
 
 
 def _builtins() -> dict[str, DataSource]:
-    return {
-        "digits": DataSource(
-            "digits", _load_digits,
-            description="scikit-learn's bundled 8x8 digits (1797 images, 10 classes)"),
-        "mnist": DataSource("mnist", _idx_loader("mnist"), path="required",
-                            description="MNIST from the four IDX files in a folder",
-                            path_help=_IDX_HELP),
-        "fashion_mnist": DataSource(
-            "fashion_mnist", _idx_loader("fashion-mnist"), path="required", path_help=_IDX_HELP,
-            description="Fashion-MNIST from the four IDX files in a folder"),
-        "csv": DataSource("csv", _load_csv, path="required",
-                          options=("label", "task", "delimiter", "scale"),
-                          path_help="a CSV file with a header row",
-                          description="a CSV file: numeric features and a named label column"),
-        "synthetic_regression": DataSource(
-            "synthetic_regression", _load_synthetic_regression,
-            options=("n_samples", "n_features", "n_informative", "n_targets", "noise"),
-            description="seeded sklearn make_regression, standardised (TT regression experiment)"),
-    }
+    return {d.name: d for d in (DIGITS, MNIST, FASHION_MNIST, CSV, SYNTHETIC_REGRESSION)}
 
 
 DATASETS: Registry[DataSource] = Registry("dataset", "tngraph.datasets", _builtins)
@@ -803,3 +785,20 @@ def _parse_all(cells: Sequence[tuple[int, str]], kind: type) -> list[Any] | None
             return None
         out.append(value)
     return out
+
+
+# the built-in datasets (entry points of group tngraph.datasets name these objects)
+DIGITS = DataSource("digits", _load_digits,
+                    description="scikit-learn's bundled 8x8 digits (1797 images, 10 classes)")
+MNIST = DataSource("mnist", _idx_loader("mnist"), path="required",
+                   description="MNIST from the four IDX files in a folder", path_help=_IDX_HELP)
+FASHION_MNIST = DataSource("fashion_mnist", _idx_loader("fashion-mnist"), path="required",
+                           path_help=_IDX_HELP,
+                           description="Fashion-MNIST from the four IDX files in a folder")
+CSV = DataSource("csv", _load_csv, path="required", options=("label", "task", "delimiter", "scale"),
+                 path_help="a CSV file with a header row",
+                 description="a CSV file: numeric features and a named label column")
+SYNTHETIC_REGRESSION = DataSource(
+    "synthetic_regression", _load_synthetic_regression,
+    options=("n_samples", "n_features", "n_informative", "n_targets", "noise"),
+    description="seeded sklearn make_regression, standardised (TT regression experiment)")

@@ -82,16 +82,15 @@ def _poly(x: Any, options: Mapping[str, Any]) -> Any:
     return torch.stack(powers, dim=-1)
 
 
+MULTILINEAR = FeatureMap("multilinear", lambda o: 2, _multilinear, description="[1, x]",
+                         leading_one=True)
+TRIG = FeatureMap("trig", lambda o: 2, _trig, description="[cos(pi x/2), sin(pi x/2)]")
+POLY = FeatureMap("poly", lambda o: _poly_degree(o) + 1, _poly, options=("scale", "degree"),
+                  description="[1, x, ..., x^degree]", leading_one=True)
+
+
 def _builtins() -> dict[str, FeatureMap]:
-    return {
-        "multilinear": FeatureMap("multilinear", lambda o: 2, _multilinear,
-                                  description="[1, x]", leading_one=True),
-        "trig": FeatureMap("trig", lambda o: 2, _trig,
-                           description="[cos(pi x/2), sin(pi x/2)]"),
-        "poly": FeatureMap("poly", lambda o: _poly_degree(o) + 1, _poly,
-                           options=("scale", "degree"), description="[1, x, ..., x^degree]",
-                           leading_one=True),
-    }
+    return {f.name: f for f in (MULTILINEAR, TRIG, POLY)}
 
 
 FEATURE_MAPS: Registry[FeatureMap] = Registry("feature map", "tngraph.feature_maps", _builtins)

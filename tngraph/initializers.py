@@ -31,7 +31,7 @@ def _default_std(shape: Sequence[int]) -> float:
     return 1.0 / math.sqrt(max(shape)) if shape else 1.0
 
 
-def _normal(shape: Sequence[int], legs: Sequence[str], options: Mapping[str, Any],
+def normal(shape: Sequence[int], legs: Sequence[str], options: Mapping[str, Any],
             generator: Any) -> Any:
     import torch
 
@@ -40,7 +40,7 @@ def _normal(shape: Sequence[int], legs: Sequence[str], options: Mapping[str, Any
     return torch.randn(tuple(shape), generator=generator, dtype=torch.float64) * std + mean
 
 
-def _uniform(shape: Sequence[int], legs: Sequence[str], options: Mapping[str, Any],
+def uniform(shape: Sequence[int], legs: Sequence[str], options: Mapping[str, Any],
              generator: Any) -> Any:
     import torch
 
@@ -48,21 +48,21 @@ def _uniform(shape: Sequence[int], legs: Sequence[str], options: Mapping[str, An
     return (torch.rand(tuple(shape), generator=generator, dtype=torch.float64) * 2 - 1) * a
 
 
-def _zeros(shape: Sequence[int], legs: Sequence[str], options: Mapping[str, Any],
+def zeros(shape: Sequence[int], legs: Sequence[str], options: Mapping[str, Any],
            generator: Any) -> Any:
     import torch
 
     return torch.zeros(tuple(shape), dtype=torch.float64)
 
 
-def _ones(shape: Sequence[int], legs: Sequence[str], options: Mapping[str, Any],
+def ones(shape: Sequence[int], legs: Sequence[str], options: Mapping[str, Any],
           generator: Any) -> Any:
     import torch
 
     return torch.ones(tuple(shape), dtype=torch.float64)
 
 
-def _identity(shape: Sequence[int], legs: Sequence[str], options: Mapping[str, Any],
+def identity(shape: Sequence[int], legs: Sequence[str], options: Mapping[str, Any],
               generator: Any) -> Any:
     """Near-identity core: ``T[l, ..., r] = delta(l, r) * [other legs at index 0] + noise``.
 
@@ -105,16 +105,16 @@ def _identity(shape: Sequence[int], legs: Sequence[str], options: Mapping[str, A
 
 
 # the options each built-in reads (validation rejects others); a plugin may set ``.options``
-_normal.options = ("std", "mean")        # type: ignore[attr-defined]
-_uniform.options = ("a",)                # type: ignore[attr-defined]
-_zeros.options = ()                      # type: ignore[attr-defined]
-_ones.options = ()                       # type: ignore[attr-defined]
-_identity.options = ("std", "spread")   # type: ignore[attr-defined]
+normal.options = ("std", "mean")        # type: ignore[attr-defined]
+uniform.options = ("a",)                # type: ignore[attr-defined]
+zeros.options = ()                      # type: ignore[attr-defined]
+ones.options = ()                       # type: ignore[attr-defined]
+identity.options = ("std", "spread")   # type: ignore[attr-defined]
 
 
 def _builtins() -> dict[str, Initializer]:
-    return {"normal": _normal, "uniform": _uniform, "zeros": _zeros, "ones": _ones,
-            "identity": _identity}
+    return {"normal": normal, "uniform": uniform, "zeros": zeros, "ones": ones,
+            "identity": identity}
 
 
 INITIALIZERS: Registry[Initializer] = Registry("initializer", "tngraph.initializers", _builtins)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import importlib.metadata
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from tngraph.errors import PluginError, did_you_mean
 
@@ -117,3 +117,13 @@ class Registry(Generic[T]):
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.list())
+
+
+def registries() -> list[Registry[Any]]:
+    """Every registry of tngraph, in the order ``tngraph plugins list`` shows them."""
+    from tngraph.data import DATASETS
+    from tngraph.featuremaps import FEATURE_MAPS
+    from tngraph.initializers import INITIALIZERS
+    from tngraph.templates import TEMPLATES
+
+    return [TEMPLATES, FEATURE_MAPS, INITIALIZERS, DATASETS]
