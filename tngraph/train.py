@@ -258,6 +258,17 @@ def _progress(total: int, label: str) -> Any:
     return progress
 
 
+def _options(base: Mapping[str, Any], changes: Mapping[str, Any]) -> TrainOptions:
+    """``base`` training options updated by ``changes``; a bad value is a TrainingError."""
+    from pydantic import ValidationError
+
+    try:
+        return TrainOptions.model_validate({**base, **changes})
+    except ValidationError as exc:
+        bad = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise TrainingError(f"invalid training option: {bad}") from None
+
+
 def _new_run_dir(name: str) -> Path:
     """``runs/NAME-YYYYmmdd-HHMMSS`` (with ``-2``, ``-3``, ... if taken)."""
     base = Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -300,15 +311,12 @@ def train(source: str | Path | Spec | None = None,
                                 "expected a run directory written by tngraph train")
         spec = load_spec(run / "spec.yaml")
         config = json.loads((run / "config.json").read_text())
-        train_options = TrainOptions.model_validate({**config["train"], **options})
+        train_options = _options(config["train"], options)
     else:
         if source is None:
             raise TrainingError("nothing to train: give a spec, or resume=RUN_DIR")
         spec = source if isinstance(source, Spec) else load_spec(source, overrides)
-        try:
-            train_options = TrainOptions.model_validate({**spec.train.model_dump(), **options})
-        except Exception as exc:  # pydantic ValidationError: a bad option value
-            raise TrainingError(f"invalid training option: {exc}") from None
+        train_options = _options(spec.train.model_dump(), options)
         run = Path(run_dir) if run_dir is not None else _new_run_dir(spec.name)
         if (run / METRICS_FILE).exists():
             raise TrainingError(f"{run} already holds a run; resume it with --resume {run}, "
