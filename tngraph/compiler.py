@@ -310,17 +310,11 @@ class TNModule(nn.Module):
         port_inds = [i for t, inds in zip(problem.terms, problem.inputs) if t.kind == "input"
                      for i in inds if i != problem.batch]
         out = port_inds + [i for i in problem.output if i != problem.batch]
-        return _einsum_named(operands, out, problem.size_dict)
+        return torch.einsum(equation(operands[1::2], out), *operands[0::2])
 
     def extra_repr(self) -> str:
         return (f"name={self.spec.name!r}, nodes={len(self.spec.network.nodes)}, "
                 f"params={parameter_count(self.spec):,}, flops={self.plan.flops:.3g}")
-
-
-def _einsum_named(operands: list[Any], out: list[str], sizes: Mapping[str, int]) -> torch.Tensor:
-    tensors = operands[0::2]
-    index_lists = operands[1::2]
-    return torch.einsum(equation(index_lists, out), *tensors)
 
 
 def compile(source: str | Path | Spec, overrides: Mapping[str, ParamValue] | None = None, *,

@@ -619,6 +619,8 @@ class Program:
     def _generate_source(self) -> str:
         """Straight-line Python for the whole contraction (one line per tensor operation).
 
+        Sliced programs read their leaves from ``leaves`` (selected per slice); the others cut
+        them from ``tensors`` and ``ports`` and take gathered operands from ``fetched``.
         Interpreting the group list costs a few microseconds of Python per group, which is
         what a 64-site chain spends most of its time on at small bond dimensions; generated
         code leaves only the torch calls. Constants (kernels, operand layouts, functions) are
@@ -631,12 +633,14 @@ class Program:
             constants[name] = value
             return name
 
-        lines = ["def contract(tensors, ports, fetched):"]
+        lines = ["def contract(tensors, ports, fetched, leaves):"]
         names: dict[int, str] = {}
 
         def use(slot: int) -> str:
             if slot in names:
                 return names.pop(slot)
+            if self.sliced:      # sliced runs hand in leaves already selected (and traced)
+                return f"leaves[{slot}]"
             source = self.sources[slot]
             if source[0] == "tensor":
                 expr = f"tensors[{source[1]}]"
@@ -765,7 +769,7 @@ class Program:
             ) -> torch.Tensor:
         """Contract the network for these parameters and data ports."""
         if not self.sliced:
-            return self._generated(tensors, ports, self._prefetch(tensors, ports))
+            return self._generated(tensors, ports, self._prefetch(tensors, ports), None)
         leaves = [self._leaf(k, tensors, ports) for k in range(self.n_leaves)]
         total = None
         for choice in itertools.product(*(range(n) for n, _ in self.sliced)):
@@ -779,44 +783,7 @@ class Program:
                 for axis, value in sorted(selections, reverse=True):  # high axes first
                     tensor = tensor.select(axis, value)
                 parts[leaf] = tensor
-            part = self._contract(tensors, ports, parts)
+            part = self._generated(tensors, ports, {}, parts)
             total = part if total is None else total + part
         assert total is not None
         return total
-
-    def _contract(self, tensors: Sequence[torch.Tensor], ports: Sequence[torch.Tensor],
-                  leaves: list[torch.Tensor] | None) -> torch.Tensor:
-        slots: dict[int, torch.Tensor] = dict(enumerate(leaves)) if leaves is not None else {}
-
-        def take(slot: int) -> torch.Tensor:
-            t = slots.pop(slot, None)
-            return self._leaf(slot, tensors, ports) if t is None else t
-
-        fetched = self._prefetch(tensors, ports) if leaves is None else {}
-        stacked: dict[int, torch.Tensor] = {}
-        for g, op in enumerate(self._ops):
-            if op[0] is None:    # a lone kernel
-                k = op[1]
-                slots[k.out] = run_kernel(k, take(k.left), take(k.right))
-                continue
-            kernels, a_source, b_source, kernel_fn, keep, need_parts = op
-            operands = []
-            for kind, key, size, transposed in (a_source, b_source):
-                if kind == 0:        # an earlier group's stacked result, viewed
-                    view = stacked[key].view(size)
-                    operands.append(view.transpose(1, 2) if transposed else view)
-                elif kind == 1:      # gathered for all groups at the start
-                    operands.append(fetched[key])
-                else:                # stacked here
-                    st = torch.stack([_as3(take(slot), view) for slot, view in key])
-                    operands.append(st.view(-1, st.shape[2], st.shape[3]))
-            res = kernel_fn(*operands)
-            if keep:
-                stacked[g] = res if res.is_contiguous() else res.contiguous()
-            if need_parts:
-                for k, part in zip(kernels, res.reshape(len(kernels), -1).unbind(0)):
-                    slots[k.out] = part.reshape(k.out_shape)
-        result = slots[self.result_slot] if self.groups else take(0)
-        if self.final_perm is not None:
-            result = result.permute(self.final_perm)
-        return result
