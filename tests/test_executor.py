@@ -90,7 +90,7 @@ def test_gradients_through_groups_match_unstacked() -> None:
     unstacked = type(lone)(lone.n_leaves, lone.leaf_equations,
                            [type(g)([k]) for g in lone.groups for k in g.kernels],
                            lone.final_perm, lone.result_slot, lone.sliced, lone.sources)
-    tensors = [sliced.tensors[n] for n in sliced._tensor_names]
+    tensors = list(sliced.tensors.values())                   # declared (= term) order
     port = sliced._port_data("x", sliced.spec.network.inputs["x"], x)
     out_lone = unstacked.run(tensors, [port])
     out_grouped = grouped(x)

@@ -14,9 +14,7 @@ models/mps.yaml: ok (mps, mps: 10 nodes, 9 edges, 0 inputs, 272 parameters)
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
@@ -155,31 +153,14 @@ def _cmd_compile(args: argparse.Namespace) -> int:
         return EXIT_USER
     if args.save:
         from tngraph.compiler import TNModule
+        from tngraph.train import save_weights
 
-        module = TNModule(spec, plan, seed=args.seed)
-        save_weights(module, args.save)
+        path = Path(args.save)
+        if not path.parent.exists():
+            raise TNGraphError(f"cannot write {path}: folder {path.parent} does not exist")
+        save_weights(TNModule(spec, plan, seed=args.seed), path)
         print(f"weights written to {args.save}", file=sys.stderr)
     return EXIT_OK
-
-
-def save_weights(module: Any, path: str | Path) -> None:
-    """Write ``module.state_dict()`` as safetensors, atomically, with the expanded spec."""
-    from safetensors.torch import save_file
-
-    from tngraph.yamlio import dump_yaml
-
-    path = Path(path)
-    if path.parent and not path.parent.exists():
-        raise TNGraphError(f"cannot write {path}: folder {path.parent} does not exist")
-    tensors = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
-    fd, tmp = tempfile.mkstemp(dir=path.parent or ".", prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={"tngraph_spec": dump_yaml(module.spec.to_raw())})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _cmd_expand(args: argparse.Namespace) -> int:

@@ -150,7 +150,6 @@ class TNModule(nn.Module):
         self._dense_applies = _DenseWeight.applies(plan)
         #: (batch size, grad enabled) -> "network" | "dense", decided at the first such call
         self.strategy_choice: dict[tuple[int | None, bool], str] = {}
-        self._tensor_names = [t.name for t in problem.terms if t.kind == "tensor"]
         self._ports = list(spec.network.inputs.items())
 
     # -- call ------------------------------------------------------------------------------
@@ -181,13 +180,14 @@ class TNModule(nn.Module):
                 raise CompileError("strategy 'dense' needs exactly one data port (not stacked) "
                                    "and a dense weight within the memory limit")
             self._dense = _DenseWeight(self.plan, self._cache_dir)
+        dense = self._dense
+        runs = {"network": lambda: self._network(tensors, ports, batch),
+                "dense": lambda: dense(tensors, ports[0], self.bias)}
         if strategy == "dense":
-            return self._dense(tensors, ports[0], self.bias)
+            return runs["dense"]()
         key = (batch, torch.is_grad_enabled())
         choice = self.strategy_choice.get(key)
         if choice is None:
-            runs = {"network": lambda: self._network(tensors, ports, batch),
-                    "dense": lambda: self._dense(tensors, ports[0], self.bias)}
             timings = {}
             trainable = [t for t in tensors if t.requires_grad]
             for name, run in runs.items():
@@ -199,9 +199,7 @@ class TNModule(nn.Module):
                     if repeat:
                         timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
             choice = self.strategy_choice[key] = min(timings, key=timings.get)
-        if choice == "dense":
-            return self._dense(tensors, ports[0], self.bias)
-        return self._network(tensors, ports, batch)
+        return runs[choice]()
 
     @property
     def input_names(self) -> list[str]:
@@ -304,9 +302,9 @@ class TNModule(nn.Module):
         """
         problem = self.plan.problem
         operands: list[Any] = []
-        for name, t, inds in zip([t.name for t in problem.terms], problem.terms, problem.inputs):
+        for t, inds in zip(problem.terms, problem.inputs):
             if t.kind == "tensor":
-                operands += [self.tensors[name], list(inds)]
+                operands += [self.tensors[t.name], list(inds)]
         port_inds = [i for t, inds in zip(problem.terms, problem.inputs) if t.kind == "input"
                      for i in inds if i != problem.batch]
         out = port_inds + [i for i in problem.output if i != problem.batch]

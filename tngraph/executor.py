@@ -534,9 +534,9 @@ class Program:
 
     ``run(tensors, ports)`` takes the parameter tensors (in term order) and the data ports, each
     ``(N, batch, *legs)`` for a stacked port (copy-major) or ``(batch, *legs)``; leaves are cut
-    from them only
-    where a kernel needs one alone, while operands of stacked groups are gathered for all groups
-    at once (one ``stack`` of parameters per shape, one ``index_select`` per port).
+    from them only where a kernel needs one alone, while operands of stacked groups are gathered
+    for all groups at once (one ``stack`` of parameters per shape, one ``index_select`` per
+    port).
     """
 
     n_leaves: int
@@ -552,6 +552,7 @@ class Program:
         # everything that lets their chunks come out of one tensor by a single unbind
         self._param_gathers: dict[tuple[Any, ...], list[tuple[int, str]]] = {}
         self._port_gathers: dict[tuple[Any, ...], list[tuple[int, str]]] = {}
+        split_weights: set[int] = set()     # groups whose 'b' weights arrive split
         for g, group in enumerate(self.groups):
             for role, flag in (("a", group.prefetch_a), ("b", group.prefetch_b)):
                 if not flag:
@@ -569,6 +570,8 @@ class Program:
                                and _logical(group.kernels[0].a)[1] > 1)
                     key = (ports.pop(), size, ops[0], weights)
                     self._port_gathers.setdefault(key, []).append((g, role))
+                    if weights:
+                        split_weights.add(g)
                 elif kinds == {"tensor"}:
                     key = (size, _logical(ops[0]))
                     self._param_gathers.setdefault(key, []).append((g, role))
@@ -604,8 +607,7 @@ class Program:
                     sources.append((2, [(_role_slot(k, role), getattr(k, role))
                                         for k in kernels], None, None))
             kernel_fn = _kernel_function(first)
-            if group.prefetch_b and any(key[3] and (g, "b") in reqs
-                                        for key, reqs in self._port_gathers.items()):
+            if g in split_weights:
                 kernel_fn = functools.partial(_small_weighted, skip_first=first.ones_b)
             self._ops.append((kernels, sources[0], sources[1], kernel_fn,
                               group.keep_stacked, group.need_parts))

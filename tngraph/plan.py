@@ -29,7 +29,6 @@ import math
 import os
 import re
 import sys
-import tempfile
 import threading
 import time
 import warnings
@@ -42,6 +41,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from tngraph.errors import CompileError, PlanError, Problem, SpecError, did_you_mean
+from tngraph.files import atomic_write
 from tngraph.graph import EinsumProblem, einsum_problem, parameter_count
 from tngraph.spec import PlanOptions, Spec
 
@@ -446,16 +446,12 @@ def expand_path(absorption: Absorption, merged_path: Sequence[Sequence[int]],
             else:
                 group, other = (sa, sb) if isinstance(sa, tuple) else (sb, sa)
                 options = [("fuse", group, other), ("stage", group, other)]
-            kind, g, h = min(options, key=lambda o: cost(_combine_pairs(*o)))
-            if kind == "both":
-                r = emit(materialise(g), materialise(h))
-            elif kind == "stage":
-                r = emit(materialise(g), h)
-            else:   # fuse g into h (h materialised first if it has ports of its own)
-                r = materialise(h) if isinstance(h, tuple) else h
-                r = emit(r, g[0])
-                for port in g[1:]:
-                    r = emit(r, port)
+            pairs = min((_combine_pairs(*o) for o in options), key=cost)
+            results: list[int] = []          # the step list costed above, emitted for real
+            for x, y in pairs:
+                results.append(emit(results[-1 - x] if x < 0 else x,
+                                    results[-1 - y] if y < 0 else y))
+            r = results[-1]
         else:
             r = emit(sa, sb)
         state[next_merged] = r
@@ -512,10 +508,7 @@ def _cache_read(path: Path) -> dict[str, Any] | None:
 def _cache_write(path: Path, data: dict[str, Any]) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".plan-", suffix=".tmp")
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh)
-        os.replace(tmp, path)
+        atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(data)))
     except OSError:
         pass  # a read-only cache must not break planning
 

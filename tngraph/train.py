@@ -23,7 +23,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
@@ -37,6 +36,7 @@ from tngraph.compiler import TNModule
 from tngraph.compiler import compile as compile_spec
 from tngraph.data import Dataset, load_dataset
 from tngraph.errors import TNGraphError
+from tngraph.files import atomic_write
 from tngraph.spec import ParamValue, Spec, TrainOptions, load_spec
 from tngraph.yamlio import dump_yaml
 
@@ -166,31 +166,25 @@ def evaluate(module: TNModule, dataset: Dataset, split: str = "test",
 # files
 
 
-def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """Write through a temporary file in the same folder, then rename over ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+def save_weights(module: TNModule, path: Path, **metadata: str) -> None:
+    """``module.state_dict()`` as safetensors, atomically, the expanded spec (and ``metadata``)
+    in its header."""
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+    header = {"tngraph_spec": dump_yaml(module.spec.to_raw()), **metadata}
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=header))
 
 
 def save_checkpoint(run_dir: Path, module: TNModule, optimizer: torch.optim.Optimizer,
                     epoch: int, generator: torch.Generator,
                     scheduler: torch.optim.lr_scheduler.LRScheduler) -> None:
     """Weights as safetensors (spec in the metadata) and the training state, each atomic."""
-    from safetensors.torch import save_file
-
-    tensors = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
-    metadata = {"tngraph_spec": dump_yaml(module.spec.to_raw()), "epoch": str(epoch)}
-    _atomic_write(run_dir / MODEL_FILE, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    save_weights(module, run_dir / MODEL_FILE, epoch=str(epoch))
     state = {"epoch": epoch, "optimizer": optimizer.state_dict(),
              "scheduler": scheduler.state_dict(), "generator": generator.get_state(),
              "torch_rng": torch.get_rng_state()}
-    _atomic_write(run_dir / STATE_FILE, lambda tmp: torch.save(state, tmp))
+    atomic_write(run_dir / STATE_FILE, lambda tmp: torch.save(state, tmp))
 
 
 def load_weights(module: TNModule, path: str | Path) -> None:
@@ -444,7 +438,7 @@ def plot_curves(result: TrainResult, path: Path) -> None:
     fig.suptitle(f"{result.run_dir.name}: test " + ", ".join(
         f"{k} {v:.4f}" for k, v in result.test.items()))
     fig.tight_layout()
-    _atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
     plt.close(fig)
 
 

@@ -1,0 +1,30 @@
+"""Writing files so that a crash never leaves a half-written one.
+
+Examples
+--------
+>>> import pathlib, tempfile
+>>> target = pathlib.Path(tempfile.mkdtemp()) / "out.txt"
+>>> atomic_write(target, lambda tmp: pathlib.Path(tmp).write_text("done"))
+>>> target.read_text()
+'done'
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+
+def atomic_write(path: Path, write: Callable[[str], object]) -> None:
+    """Let ``write`` fill a temporary file in ``path``'s folder, then rename it over ``path``;
+    on any error the temporary file is removed and ``path`` is left as it was."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
