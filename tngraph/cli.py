@@ -77,7 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float, help="learning rate")
-    p.add_argument("--optimizer", choices=["adam", "sgd"])
+    p.add_argument("--optimizer", metavar="NAME[?KEY=VALUE&...]",
+                   help="optimizer strategy and options, e.g. sgd, adam?amsgrad=true, "
+                        "dmrg?max_bond=32 (tngraph plugins list shows them)")
     p.add_argument("--weight-decay", type=float)
     p.add_argument("--device", help="cpu (default) or cuda")
     p.add_argument("--seed", type=int)
@@ -172,6 +174,19 @@ def _cmd_expand(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _named_option(text: str | None) -> dict[str, Any] | None:
+    """``NAME?KEY=VALUE&...`` (a registered strategy with options) as ``{name: ..., ...}``."""
+    if text is None:
+        return None
+    from tngraph.data import parse_dataset_spec
+
+    parsed = parse_dataset_spec(text)
+    if parsed.path is not None:
+        raise SpecError(Problem(f"'{text}': expected NAME or NAME?KEY=VALUE&..., not a path",
+                                None))
+    return {"name": parsed.name, **parsed.options}
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from tngraph.train import TrainingError, train
 
@@ -179,7 +194,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         raise TrainingError("give a spec to train, or --resume RUN_DIR")
     train(args.spec if args.resume is None else None, _overrides(args.overrides),
           run_dir=args.out, resume=args.resume, data=args.data, epochs=args.epochs,
-          batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
+          batch_size=args.batch_size, lr=args.lr, optimizer=_named_option(args.optimizer),
           weight_decay=args.weight_decay, device=args.device, seed=args.seed)
     return EXIT_OK
 

@@ -124,6 +124,7 @@ def registries() -> list[Registry[Any]]:
     from tngraph.data import DATASETS
     from tngraph.featuremaps import FEATURE_MAPS
     from tngraph.initializers import INITIALIZERS
+    from tngraph.optimizers import OPTIMIZERS
     from tngraph.templates import TEMPLATES
 
-    return [TEMPLATES, FEATURE_MAPS, INITIALIZERS, DATASETS]
+    return [TEMPLATES, FEATURE_MAPS, INITIALIZERS, DATASETS, OPTIMIZERS]

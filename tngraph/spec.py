@@ -154,7 +154,9 @@ class TrainOptions(_Model):
     epochs: Count = 20
     batch_size: Count = 64
     lr: float = Field(default=5e-3, gt=0)
-    optimizer: Literal["adam", "sgd"] = "adam"
+    #: a registered optimizer strategy (``tngraph plugins list``), ``name`` or
+    #: ``{name: ..., option: value}``: ``adam``, ``sgd``, ``dmrg``, ``riemannian``, ...
+    optimizer: Named = NamedOptions(name="adam")
     #: learning rate over the run: ``cosine`` decays it to 0 by the last epoch
     schedule: Literal["cosine", "constant"] = "cosine"
     weight_decay: float = Field(default=0.0, ge=0)
@@ -382,6 +384,7 @@ def load_spec(source: str | Path | Document,
     --------
     >>> spec = load_spec("models/mps.yaml", {"bond_dim": 4})   # doctest: +SKIP
     """
+    from tngraph.optimizers import check_optimizer
     from tngraph.templates import expand_template
     from tngraph.validate import validate_network
 
@@ -462,6 +465,7 @@ def load_spec(source: str | Path | Document,
 
     where = ("network", "template") if template_call is not None else None
     problems += validate_network(spec.network, doc, fixed_path=where)
+    problems += check_optimizer(spec.train.optimizer, doc, ("train", "optimizer"))
     if problems:
         raise SpecError(problems)
     return spec

@@ -5,8 +5,8 @@ dataset, and runs epochs of mini-batch training: cross-entropy and accuracy for
 classification, mean squared error and R² for regression. Every epoch appends a line to
 ``metrics.jsonl`` in the run directory and writes a checkpoint atomically (a crash never leaves a
 half-written file): ``model.safetensors`` (weights, with the expanded spec in its metadata),
-``state.pt`` (optimizer, epoch, random state), beside ``spec.yaml`` and ``config.json``; at the
-end, ``curves.png`` plots loss and metric per epoch.
+``state.pt`` (optimizer strategy state, epoch, random state), beside ``spec.yaml`` and
+``config.json``; at the end, ``curves.png`` plots loss and metric per epoch.
 ``resume=RUN_DIR`` continues exactly where a run stopped. A loss that becomes NaN or infinite
 stops the run with a clear message; the last good checkpoint stays.
 
@@ -37,6 +37,14 @@ from tngraph.compiler import compile as compile_spec
 from tngraph.data import Dataset, load_dataset
 from tngraph.errors import TNGraphError
 from tngraph.files import atomic_write
+from tngraph.optimizers import (
+    NonFiniteLoss,
+    OptimizerContext,
+    Stepper,
+    check_optimizer,
+    get_optimizer,
+    learning_rate,
+)
 from tngraph.spec import ParamValue, Spec, TrainOptions, load_spec
 from tngraph.yamlio import dump_yaml
 
@@ -176,14 +184,21 @@ def save_weights(module: TNModule, path: Path, **metadata: str) -> None:
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=header))
 
 
-def save_checkpoint(run_dir: Path, module: TNModule, optimizer: torch.optim.Optimizer,
-                    epoch: int, generator: torch.Generator,
-                    scheduler: torch.optim.lr_scheduler.LRScheduler) -> None:
-    """Weights as safetensors (spec in the metadata) and the training state, each atomic."""
+def save_checkpoint(run_dir: Path, stepper: Stepper, epoch: int,
+                    generator: torch.Generator) -> None:
+    """Weights as safetensors (spec in the metadata) and the training state, each atomic.
+
+    ``spec.yaml`` is rewritten when the strategy changed the network's shapes (``dmrg``), so
+    that a resumed run compiles the network the weights belong to.
+    """
+    module = stepper.module
+    spec_text = dump_yaml(module.spec.to_raw())
+    spec_file = run_dir / "spec.yaml"
+    if not spec_file.is_file() or spec_file.read_text() != spec_text:
+        atomic_write(spec_file, lambda tmp: Path(tmp).write_text(spec_text))
     save_weights(module, run_dir / MODEL_FILE, epoch=str(epoch))
-    state = {"epoch": epoch, "optimizer": optimizer.state_dict(),
-             "scheduler": scheduler.state_dict(), "generator": generator.get_state(),
-             "torch_rng": torch.get_rng_state()}
+    state = {"epoch": epoch, "stepper": stepper.state_dict(),
+             "generator": generator.get_state(), "torch_rng": torch.get_rng_state()}
     atomic_write(run_dir / STATE_FILE, lambda tmp: torch.save(state, tmp))
 
 
@@ -215,22 +230,15 @@ def load_weights(module: TNModule, path: str | Path) -> None:
 # the loop
 
 
-def _optimizer(module: TNModule, options: TrainOptions) -> torch.optim.Optimizer:
-    params = list(module.parameters())
-    if options.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=options.lr, momentum=0.9,
-                               weight_decay=options.weight_decay)
-    # one fused kernel for all cores: a network keeps many small tensors
-    fused = all(p.device.type in ("cpu", "cuda") for p in params)
-    return torch.optim.Adam(params, lr=options.lr, weight_decay=options.weight_decay,
-                            fused=fused or None)
-
-
-def _scheduler(optimizer: torch.optim.Optimizer, options: TrainOptions
-               ) -> torch.optim.lr_scheduler.LRScheduler:
-    if options.schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=options.epochs)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _epoch: 1.0)
+def make_stepper(module: torch.nn.Module, options: TrainOptions, task: str) -> Stepper:
+    """The stepper of ``options.optimizer`` (a registered strategy) for ``module``."""
+    problems = check_optimizer(options.optimizer, None, ("train", "optimizer"))
+    if problems:
+        raise TrainingError("; ".join(p.message for p in problems))
+    strategy = get_optimizer(options.optimizer.name)
+    strategy_options = strategy.options.model_validate(options.optimizer.options)
+    context = OptimizerContext(lr=options.lr, weight_decay=options.weight_decay, task=task)
+    return strategy.create(module, strategy_options, context)
 
 
 def _batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
@@ -336,16 +344,15 @@ def _run(spec: Spec, train_options: TrainOptions, run: Path, resuming: bool,
     module = compile_spec(spec, batch_size=train_options.batch_size,
                           seed=train_options.seed).to(device)
     check_fit(module, dataset)
-    optimizer = _optimizer(module, train_options)
-    scheduler = _scheduler(optimizer, train_options)
     generator = torch.Generator().manual_seed(train_options.seed)
     first_epoch = 1
     history: list[EpochMetrics] = []
     if resuming:
         load_weights(module, run / MODEL_FILE)
+    stepper = make_stepper(module, train_options, dataset.task)
+    if resuming:
         state = torch.load(run / STATE_FILE, weights_only=False)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+        stepper.load_state_dict(state["stepper"])
         generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         first_epoch = int(state["epoch"]) + 1
@@ -353,12 +360,11 @@ def _run(spec: Spec, train_options: TrainOptions, run: Path, resuming: bool,
                    for line in (run / METRICS_FILE).read_text().splitlines() if line.strip()]
         history = [h for h in history if h.epoch < first_epoch]
     else:
-        (run / "spec.yaml").write_text(dump_yaml(spec.to_raw()))
         (run / "config.json").write_text(json.dumps(
             {"train": train_options.model_dump(), "dataset": dataset.name,
              "sizes": dataset.sizes, "task": dataset.task}, indent=2))
         (run / METRICS_FILE).write_text("")
-        save_checkpoint(run, module, optimizer, 0, generator, scheduler)   # last good, so far
+        save_checkpoint(run, stepper, 0, generator)   # last good, so far
 
     metric = "accuracy" if dataset.task == "classification" else "r2"
     x_train, y_train = dataset.split("train")
@@ -368,23 +374,24 @@ def _run(spec: Spec, train_options: TrainOptions, run: Path, resuming: bool,
         say(dataset.summary())
     for epoch in range(first_epoch, train_options.epochs + 1):
         start = time.perf_counter()
-        module.train()
+        stepper.set_lr(learning_rate(train_options.lr, epoch, train_options.epochs,
+                                     train_options.schedule))
+        stepper.module.train()
         total, correct, seen = 0.0, 0, 0
         batches = list(_batches(x_train.shape[0], train_options.batch_size, generator))
         progress = _progress(len(batches), f"epoch {epoch}/{train_options.epochs}")
         try:
             for step, index in enumerate(batches, 1):
                 xb, yb = x_train[index].to(device), y_train[index].to(device)
-                out = _flat(module(xb))
-                loss = batch_loss(out, yb, dataset.task)
-                if not torch.isfinite(loss):
+                try:
+                    loss, out = stepper.step(
+                        xb, lambda out, yb=yb: batch_loss(out, yb, dataset.task))
+                except NonFiniteLoss as exc:
                     raise TrainingError(
-                        f"the loss became {loss.item()} at epoch {epoch}, step {step}; training "
+                        f"the loss became {exc.value} at epoch {epoch}, step {step}; training "
                         f"stopped, the last good checkpoint (epoch {epoch - 1}) is kept in {run}; "
-                        "lower the learning rate (--lr) or check the data")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+                        "lower the learning rate (--lr) or check the data") from None
+                out = _flat(out)
                 total += loss.item() * xb.shape[0]
                 seen += xb.shape[0]
                 if dataset.task == "classification":
@@ -395,25 +402,37 @@ def _run(spec: Spec, train_options: TrainOptions, run: Path, resuming: bool,
         finally:
             if progress is not None:
                 progress.stop()
-        scheduler.step()
+        stepper.end_epoch()
+        module = stepper.module
         seconds = time.perf_counter() - start
         val = evaluate(module, dataset, "val")
         train_metric = correct / seen if dataset.task == "classification" else float("nan")
         record = EpochMetrics(epoch, total / seen, train_metric, val["loss"], val[metric],
                               seconds, seen / seconds)
         history.append(record)
-        save_checkpoint(run, module, optimizer, epoch, generator, scheduler)
+        save_checkpoint(run, stepper, epoch, generator)
         with open(run / METRICS_FILE, "a") as fh:
             fh.write(json.dumps(asdict(record)) + "\n")
+        facts = "".join(f"  {k} {_fact(v)}" for k, v in stepper.describe().items())
         say(f"epoch {epoch:3d}  loss {record.train_loss:.4f}  val loss {record.val_loss:.4f}  "
-            f"val {metric} {record.val_metric:.4f}  {record.samples_per_s:,.0f} samples/s")
+            f"val {metric} {record.val_metric:.4f}  {record.samples_per_s:,.0f} samples/s"
+            + facts)
     test = evaluate(module, dataset, "test")
     result = TrainResult(run, metric, tuple(history), test, time.perf_counter() - start_all)
     plot_curves(result, run / PLOT_FILE)
     (run / "summary.json").write_text(json.dumps(
-        {"test": test, "epochs": len(history), "seconds": result.seconds}, indent=2))
+        {"test": test, "epochs": len(history), "seconds": result.seconds,
+         "optimizer": {"name": train_options.optimizer.name, **stepper.describe()}}, indent=2))
     say(summary_table(result))
     return result
+
+
+def _fact(value: Any) -> str:
+    if isinstance(value, (list, tuple)) and len(value) > 12:
+        return f"max {max(value)} (of {len(value)})" if value else "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
 
 
 def plot_curves(result: TrainResult, path: Path) -> None:
