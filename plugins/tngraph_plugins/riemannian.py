@@ -140,6 +140,72 @@ def feasible_ranks(phys: Sequence[int], ranks: Sequence[int],
     return [min(r, max_rank) for r in out] if max_rank is not None else out
 
 
+def _all_finite(tensors: Sequence[torch.Tensor | None]) -> bool:
+    import torch
+
+    values = [t.reshape(-1) for t in tensors if t is not None]
+    return bool(torch.isfinite(torch.cat(values)).all()) if values else True
+
+
+def _fast_qr(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    import torch
+
+    return torch.linalg.qr(matrix, mode="reduced")
+
+
+def _guarded(sweep: Callable[..., list[Any]], *args: Any) -> list[Any]:
+    """Run a sweep of small QRs / SVDs with the plain torch calls, checking once at the end;
+    if that fails (an error or a non-finite result), run it again with
+    :mod:`tngraph.decompose`'s guarded ``_qr`` / ``_svd`` (float64 CPU fallback, clear error)."""
+    from tngraph.decompose import _qr, _raw_svd, _svd
+
+    try:
+        out = sweep(*args, qr=_fast_qr, svd=_raw_svd)
+        if _all_finite(out):
+            return out
+    except RuntimeError:   # torch.linalg.LinAlgError is one
+        pass
+    return sweep(*args, qr=_qr, svd=_svd)
+
+
+def _left_sweep(cores: Sequence[torch.Tensor], *, qr: Any, svd: Any) -> list[torch.Tensor]:
+    out = list(cores)
+    for k in range(len(out) - 1):
+        c = out[k]
+        q, r = qr(c.reshape(-1, c.shape[-1]))
+        out[k] = q.reshape(c.shape[0], c.shape[1], q.shape[1])
+        nxt = out[k + 1]
+        out[k + 1] = (r @ nxt.reshape(nxt.shape[0], -1)).reshape(r.shape[0], *nxt.shape[1:])
+    return out
+
+
+def _right_sweep(cores: Sequence[torch.Tensor], *, qr: Any, svd: Any) -> list[torch.Tensor]:
+    """Cores ``1..d-1`` right-orthonormal, the weight moved into core 0."""
+    work = list(cores)
+    for k in range(len(work) - 1, 0, -1):
+        c = work[k]
+        q, r = qr(c.reshape(c.shape[0], -1).T)             # c = r^T q^T
+        work[k] = q.T.reshape(q.shape[1], c.shape[1], c.shape[2])
+        prev = work[k - 1]
+        work[k - 1] = (prev.reshape(-1, prev.shape[-1]) @ r.T).reshape(
+            prev.shape[0], prev.shape[1], r.shape[0])
+    return work
+
+
+def _round_sweep(cores: Sequence[torch.Tensor], ranks: Sequence[int], *, qr: Any,
+                 svd: Any) -> list[torch.Tensor]:
+    flat = _right_sweep(cores, qr=qr, svd=svd)
+    for k in range(len(flat) - 1):
+        c = flat[k]
+        u, s, vh = svd(c.reshape(-1, c.shape[-1]))
+        r = int(ranks[k])
+        flat[k] = u[:, :r].reshape(c.shape[0], c.shape[1], r)
+        nxt = flat[k + 1]
+        flat[k + 1] = ((s[:r, None] * vh[:r]) @ nxt.reshape(nxt.shape[0], -1)).reshape(
+            r, nxt.shape[1], nxt.shape[2])
+    return flat
+
+
 def left_orthogonalize(cores: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     """The same TT with cores ``0..d-2`` left-orthonormal (QR sweep), the norm in the last core.
 
@@ -158,16 +224,7 @@ def left_orthogonalize(cores: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     >>> bool(torch.allclose(tt_to_dense(u), tt_to_dense(cores)))
     True
     """
-    from tngraph.decompose import _qr
-
-    out = list(cores)
-    for k in range(len(out) - 1):
-        c = out[k]
-        q, r = _qr(c.reshape(-1, c.shape[-1]))
-        out[k] = q.reshape(c.shape[0], c.shape[1], q.shape[1])
-        nxt = out[k + 1]
-        out[k + 1] = (r @ nxt.reshape(nxt.shape[0], -1)).reshape(r.shape[0], *nxt.shape[1:])
-    return out
+    return _guarded(_left_sweep, cores)
 
 
 def right_cores(cores: Sequence[torch.Tensor]) -> list[torch.Tensor | None]:
@@ -182,18 +239,7 @@ def right_cores(cores: Sequence[torch.Tensor]) -> list[torch.Tensor | None]:
     >>> bool(torch.allclose(m @ m.T, torch.eye(2), atol=1e-6))
     True
     """
-    from tngraph.decompose import _qr
-
-    work = list(cores)
-    out: list[torch.Tensor | None] = [None] * len(work)
-    for k in range(len(work) - 1, 0, -1):
-        c = work[k]
-        q, r = _qr(c.reshape(c.shape[0], -1).T)             # c = r^T q^T
-        out[k] = q.T.reshape(q.shape[1], c.shape[1], c.shape[2])
-        prev = work[k - 1]
-        work[k - 1] = (prev.reshape(-1, prev.shape[-1]) @ r.T).reshape(
-            prev.shape[0], prev.shape[1], r.shape[0])
-    return out
+    return [None, *_guarded(_right_sweep, cores)[1:]]
 
 
 def tangent_cores(u: Sequence[torch.Tensor], v: Sequence[torch.Tensor | None],
@@ -291,21 +337,10 @@ def round_to_ranks(cores: Sequence[torch.Tensor], ranks: Sequence[int]) -> list[
     >>> tt_ranks(round_to_ranks(cores, [2, 1]))
     (2, 1)
     """
-    from tngraph.decompose import _right_orthogonalize, _svd
-
     flat = [c.reshape(c.shape[0], -1, c.shape[-1]) for c in cores]
     if len(flat) == 1:
         return list(flat)
-    flat = _right_orthogonalize(flat)
-    for k in range(len(flat) - 1):
-        c = flat[k]
-        u, s, vh = _svd(c.reshape(-1, c.shape[-1]))
-        r = int(ranks[k])
-        flat[k] = u[:, :r].reshape(c.shape[0], c.shape[1], r)
-        nxt = flat[k + 1]
-        flat[k + 1] = ((s[:r, None] * vh[:r]) @ nxt.reshape(nxt.shape[0], -1)).reshape(
-            r, nxt.shape[1], nxt.shape[2])
-    return [c.contiguous() for c in flat]
+    return [c.contiguous() for c in _guarded(_round_sweep, flat, ranks)]
 
 
 @contextmanager
