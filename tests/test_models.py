@@ -12,7 +12,9 @@ import tngraph
 from tngraph.graph import parameter_count
 
 #: overrides that keep a model cheap enough for the test suite (still the same structure)
-OVERRIDES: dict[str, dict[str, object]] = {"mps_classifier": {"bond_dim": 4}}
+OVERRIDES: dict[str, dict[str, object]] = {"mps_classifier": {"bond_dim": 4},
+                                            "two_mps": {"bond_dim": 3, "hidden": 6},
+                                            "cnn_mps": {"bond_dim": 3}}
 #: expected (output shape without batch, has inputs) of each model at its test overrides
 SHAPES: dict[str, tuple[tuple[int, ...], bool]] = {
     "mpo": ((2,) * 6, True),
@@ -21,8 +23,16 @@ SHAPES: dict[str, tuple[tuple[int, ...], bool]] = {
     "peps": ((), False),
     "ring3": ((3, 4, 3), False),
     "tt_linear": ((16,), True),
+    "two_mps": ((10,), True),
+    "cnn_mps": ((10,), True),
+    "cnn_teacher": ((10,), True),
+    "cnn_tt": ((10,), True),
+    "mlp": ((10,), True),
+    "mlp_tt": ((10,), True),
 }
 MODEL_PARAMS = [pytest.param(path, id=path.stem) for path in MODELS]
+NETWORK_MODELS = [p for p in MODEL_PARAMS if "layers:" not in p.values[0].read_text()]
+PIPELINE_MODELS = [p for p in MODEL_PARAMS if "layers:" in p.values[0].read_text()]
 
 
 def test_every_model_is_covered() -> None:
@@ -33,11 +43,15 @@ def test_every_model_is_covered() -> None:
 def test_model_loads_and_validates(path: Path) -> None:
     spec = tngraph.load_spec(path, OVERRIDES.get(path.stem))
     assert spec.name == path.stem
-    assert spec.network.nodes
-    assert parameter_count(spec) > 0
+    if spec.is_pipeline:
+        networks = [layer.name for layer in spec.layers if layer.network is not None]
+        assert all(parameter_count(spec.network_spec(n)) > 0 for n in networks)
+    else:
+        assert spec.network.nodes
+        assert parameter_count(spec) > 0
 
 
-@pytest.mark.parametrize("path", MODEL_PARAMS)
+@pytest.mark.parametrize("path", NETWORK_MODELS)
 def test_model_matches_oracle(path: Path) -> None:
     module = tngraph.compile(path, OVERRIDES.get(path.stem), optimize="greedy", dtype="float64",
                              cache=False, batch_size=8)
@@ -52,11 +66,39 @@ def test_model_matches_oracle(path: Path) -> None:
     assert_matches(out, dense_oracle(module, inputs))
 
 
+@pytest.mark.parametrize("path", PIPELINE_MODELS)
+def test_pipeline_model_matches_oracle(path: Path) -> None:
+    """Run layer by layer; every network layer's output equals its dense einsum oracle."""
+    pipe = tngraph.compile(path, OVERRIDES.get(path.stem), optimize="greedy", dtype="float64",
+                           cache=False, batch_size=8).eval()
+    shape, _ = SHAPES[path.stem]
+    x = torch.rand(3, 64, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    out = pipe(x)
+    assert tuple(out.shape) == (3, *shape) and tuple(pipe.output_shape) == shape
+    h = x.reshape(3, *pipe.input_shape)
+    networks = 0
+    for name, layer in pipe.layers.items():
+        if isinstance(layer, tngraph.TNModule):
+            expected = dense_oracle(layer, {layer.input_names[0]: h})
+            if layer.spec.network.flatten_outputs:
+                expected = expected.reshape(3, -1)
+            assert_matches(layer(h), expected)
+            h = expected
+            networks += 1
+        else:
+            h = layer(h)
+        assert tuple(h.shape[1:]) == pipe.shapes[name], name
+    assert networks == sum(layer.network is not None for layer in pipe.spec.layers)
+    assert_matches(out, h)
+
+
 @pytest.mark.parametrize("path", MODEL_PARAMS)
 def test_model_gradients(path: Path) -> None:
     module = tngraph.compile(path, OVERRIDES.get(path.stem), optimize="greedy", dtype="float64",
                              cache=False, batch_size=8)
-    module(**random_inputs(module, 2)).sum().backward()
+    inputs = {"x": torch.rand(2, 64)} if isinstance(module, tngraph.Pipeline) else \
+        random_inputs(module, 2)
+    module(**inputs).sum().backward()
     for name, param in module.named_parameters():
         assert param.grad is not None and torch.isfinite(param.grad).all(), name
 

@@ -20,6 +20,7 @@ __version__ = "0.1.0"
 __all__ = [
     "CompileError",
     "PlanError",
+    "Pipeline",
     "PluginError",
     "Spec",
     "SpecError",
@@ -31,11 +32,13 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from tngraph.compiler import TNModule
+    from tngraph.compiler import Pipeline, TNModule
 
 
-def compile(source: Any, overrides: Any = None, **kwargs: Any) -> TNModule:  # noqa: A001
-    """Load, plan and compile a spec into a ``torch.nn.Module`` (``tngraph.compiler``)."""
+def compile(source: Any, overrides: Any = None,  # noqa: A001
+            **kwargs: Any) -> TNModule | Pipeline:
+    """Load, plan and compile a spec into a ``torch.nn.Module`` (``tngraph.compiler``): a
+    :class:`TNModule` for a network, a :class:`Pipeline` for a ``layers:`` spec."""
     from tngraph.compiler import compile as _compile
 
     return _compile(source, overrides, **kwargs)
@@ -50,8 +53,8 @@ def expand(source: Any, overrides: Any = None) -> str:
 
 
 def __getattr__(name: str) -> Any:
-    if name == "TNModule":
-        from tngraph.compiler import TNModule
+    if name in ("TNModule", "Pipeline"):
+        from tngraph import compiler
 
-        return TNModule
+        return getattr(compiler, name)
     raise AttributeError(f"module 'tngraph' has no attribute {name!r}")

@@ -142,25 +142,38 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 def _cmd_compile(args: argparse.Namespace) -> int:
     from tngraph.plan import plan_spec
-    from tngraph.report import format_report
+    from tngraph.report import format_pipeline_report, format_report
     from tngraph.spec import load_spec
 
     spec = load_spec(Path(args.spec), _overrides(args.overrides))
-    plan = plan_spec(spec, cache_dir=args.cache_dir, **_plan_kwargs(args))
-    print(format_report(plan, spec, fmt=args.format), end="")
-    if plan.over_limit:
-        for reason in plan.over_limit:
-            print(f"{args.spec}: error: {reason}\n  hint: raise --memory-limit, shrink the "
-                  "network, or lower --batch-size", file=sys.stderr)
+    if spec.is_pipeline:
+        plans = {layer.name: plan_spec(spec.network_spec(layer.name), cache_dir=args.cache_dir,
+                                       **_plan_kwargs(args))
+                 for layer in spec.layers or () if layer.network is not None}
+        print(format_pipeline_report(spec, plans, fmt=args.format), end="")
+        over = [(name, reason) for name, plan in plans.items() for reason in plan.over_limit]
+    else:
+        plan = plan_spec(spec, cache_dir=args.cache_dir, **_plan_kwargs(args))
+        print(format_report(plan, spec, fmt=args.format), end="")
+        over = [(spec.name, reason) for reason in plan.over_limit]
+    if over:
+        for name, reason in over:
+            where = f" (layer {name.rpartition('.')[2]})" if spec.is_pipeline else ""
+            print(f"{args.spec}: error: {reason}{where}\n  hint: raise --memory-limit, shrink "
+                  "the network, or lower --batch-size", file=sys.stderr)
         return EXIT_USER
     if args.save:
         from tngraph.compiler import TNModule
+        from tngraph.compiler import compile as compile_spec
         from tngraph.train import save_weights
 
         path = Path(args.save)
         if not path.parent.exists():
             raise TNGraphError(f"cannot write {path}: folder {path.parent} does not exist")
-        save_weights(TNModule(spec, plan, seed=args.seed), path)
+        module = (compile_spec(spec, cache_dir=args.cache_dir, seed=args.seed,
+                               **_plan_kwargs(args))
+                  if spec.is_pipeline else TNModule(spec, plan, seed=args.seed))
+        save_weights(module, path)
         print(f"weights written to {args.save}", file=sys.stderr)
     return EXIT_OK
 

@@ -315,10 +315,153 @@ class TNModule(nn.Module):
                 f"params={parameter_count(self.spec):,}, flops={self.plan.flops:.3g}")
 
 
+class Reshape(nn.Module):
+    """Reshape every example to ``shape`` (the batch axis stays)."""
+
+    def __init__(self, shape: tuple[int, ...]):
+        super().__init__()
+        self.shape = tuple(shape)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(x.shape[0], *self.shape)
+
+    def extra_repr(self) -> str:
+        return f"shape={self.shape}"
+
+
+class Permute(nn.Module):
+    """Permute the axes of every example (the batch axis stays first)."""
+
+    def __init__(self, dims: tuple[int, ...]):
+        super().__init__()
+        self.dims = tuple(dims)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.permute(0, *(d + 1 for d in self.dims))
+
+    def extra_repr(self) -> str:
+        return f"dims={self.dims}"
+
+
+class FeatureMapLayer(nn.Module):
+    """A local feature map as a layer: every entry ``x`` becomes the vector ``phi(x)``,
+    ``(batch, *shape) -> (batch, *shape, dim)``."""
+
+    def __init__(self, feature_map: Any, options: Mapping[str, Any]):
+        super().__init__()
+        self.feature_map = feature_map
+        self.options = dict(options)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.feature_map.apply(x, self.options)
+
+    def extra_repr(self) -> str:
+        return f"{self.feature_map.name}, options={self.options}"
+
+
+class Pipeline(nn.Module):
+    """A compiled pipeline spec: its layers in order, tensor networks as :class:`TNModule`.
+
+    ``pipeline(x)`` takes ``(batch, *input_shape)`` (or any shape with as many entries per
+    example) and returns ``(batch, *output_shape)``. ``pipeline.layers[NAME]`` is one layer;
+    ``state_dict`` keys are ``layers.NAME.…`` (``layers.mps.tensors.A3``,
+    ``layers.fc1.weight``).
+
+    Attributes
+    ----------
+    spec : Spec
+        The expanded, validated pipeline spec.
+    shapes : dict
+        Layer name -> one example's output shape.
+    """
+
+    def __init__(self, spec: Spec, layers: Mapping[str, nn.Module],
+                 shapes: Mapping[str, tuple[int, ...]]):
+        super().__init__()
+        self.spec = spec
+        self.input_shape = tuple(spec.input_shape or ())
+        self.layers = nn.ModuleDict(OrderedDict(layers))
+        self.shapes = dict(shapes)
+
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        """One example's output shape."""
+        return self.shapes[next(reversed(self.shapes))] if self.shapes else self.input_shape
+
+    def networks(self) -> dict[str, TNModule]:
+        """The tensor-network layers by name."""
+        return {k: m for k, m in self.layers.items() if isinstance(m, TNModule)}
+
+    def forward(self, x: Any) -> torch.Tensor:
+        ref = next(iter(self.parameters()), None)
+        if not isinstance(x, torch.Tensor):
+            x = torch.as_tensor(x, dtype=ref.dtype if ref is not None else torch.float32)
+        if x.dim() < 1:
+            raise CompileError(f"pipeline '{self.spec.name}' needs a leading batch axis")
+        per_example = math.prod(self.input_shape)
+        if math.prod(x.shape[1:]) != per_example:
+            raise CompileError(
+                f"pipeline '{self.spec.name}' takes examples of shape {self.input_shape} "
+                f"({per_example} entries), got {tuple(x.shape)}")
+        if ref is not None:
+            if x.device != ref.device:
+                raise CompileError(f"input is on {x.device} but the pipeline is on "
+                                   f"{ref.device}; move one with .to(...)")
+            x = x.to(ref.dtype)
+        x = x.reshape(x.shape[0], *self.input_shape)
+        for layer in self.layers.values():
+            x = layer(x)
+        return x
+
+    def report(self, fmt: str = "text") -> str:
+        """The pipeline's cost report (see :func:`tngraph.report.format_pipeline_report`)."""
+        from tngraph.report import format_pipeline_report
+
+        plans = {name: m.plan for name, m in self.networks().items()}
+        return format_pipeline_report(self.spec, plans, fmt=fmt)
+
+
+#: what :func:`compile` returns: one network, or a pipeline of layers
+Compiled = TNModule | Pipeline
+
+
+def compile_pipeline(spec: Spec, *, cache_dir: str | Path | None = None, seed: int | None = None,
+                     **plan_options: Any) -> Pipeline:
+    """Compile a ``layers:`` spec: plan and compile every network layer, build the others.
+
+    Parameters are those of :func:`compile`; layer ``k`` is initialised from ``seed + k``
+    (without touching torch's global random state).
+    """
+    from tngraph.layers import NETWORK, get_layer, network_shape
+
+    assert spec.layers is not None
+    base = seed if seed is not None else 0
+    modules: dict[str, nn.Module] = {}
+    shapes: dict[str, tuple[int, ...]] = {}
+    shape = tuple(spec.input_shape or ())
+    dtype = _DTYPES[plan_options.get("dtype") or spec.plan.dtype]
+    for k, layer in enumerate(spec.layers):
+        if layer.type == NETWORK:
+            assert layer.network is not None
+            modules[layer.name] = compile(spec.network_spec(layer.name), cache_dir=cache_dir,
+                                          seed=base + k, **plan_options)
+            shape = network_shape(layer.network, shape)
+        else:
+            layer_type = get_layer(layer.type)
+            options = layer_type.options.model_validate(layer.options)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(base + k)
+                modules[layer.name] = layer_type.build(options, shape).to(dtype)
+            shape = tuple(layer_type.shape(options, shape))
+        shapes[layer.name] = shape
+    return Pipeline(spec, modules, shapes)
+
+
 def compile(source: str | Path | Spec, overrides: Mapping[str, ParamValue] | None = None, *,
             cache_dir: str | Path | None = None, seed: int | None = None,
             **plan_options: Any) -> TNModule:
-    """Load (if needed), plan and compile a spec into a :class:`TNModule`.
+    """Load (if needed), plan and compile a spec into a :class:`TNModule` (a :class:`Pipeline`
+    for a ``layers:`` spec).
 
     Parameters
     ----------
@@ -351,6 +494,9 @@ def compile(source: str | Path | Spec, overrides: Mapping[str, ParamValue] | Non
         raise CompileError("overrides are applied when a spec is loaded; pass the path or text "
                            "with them, or call load_spec(path, overrides) first")
     spec = source if isinstance(source, Spec) else load_spec(source, overrides)
+    if spec.is_pipeline:
+        return compile_pipeline(spec, cache_dir=cache_dir, seed=seed,  # type: ignore[return-value]
+                                **plan_options)
     plan = plan_spec(spec, cache_dir=cache_dir, **plan_options)
     if plan.over_limit:
         from tngraph.report import format_report

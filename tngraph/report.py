@@ -179,3 +179,93 @@ def _short(legs: list[str], limit: int = 6) -> str:
     if len(legs) <= limit:
         return ", ".join(legs) or "(scalar)"
     return ", ".join(legs[:limit]) + f", ... ({len(legs)} legs)"
+
+
+# ---------------------------------------------------------------------------------------------
+# pipelines
+
+
+def pipeline_report_data(spec: Spec, plans: dict[str, Plan]) -> dict[str, Any]:
+    """A pipeline's report as plain data: one row per layer (type, one example's output shape,
+    parameters, FLOPs per example) and each network layer's full report under ``networks``.
+
+    ``plans`` maps every ``network`` layer's name to its plan.
+    """
+    from tngraph.layers import NETWORK, get_layer, network_shape
+
+    rows = []
+    networks = {}
+    shape = tuple(spec.input_shape or ())
+    for layer in spec.layers or ():
+        if layer.type == NETWORK:
+            assert layer.network is not None
+            sub = spec.network_spec(layer.name)
+            plan = plans[layer.name]
+            out = network_shape(layer.network, shape)
+            params = parameter_count(sub) + (math.prod(out) if layer.network.bias else 0)
+            flops = plan.flops / plan.batch_size if plan.batch_size else plan.flops
+            networks[layer.name] = report_data(plan, sub)
+        else:
+            layer_type = get_layer(layer.type)
+            options = layer_type.options.model_validate(layer.options)
+            out = tuple(layer_type.shape(options, shape))
+            params = layer_type.params(options, shape)
+            flops = layer_type.flops(options, shape, out)
+        rows.append({"name": layer.name, "type": layer.type, "shape": list(out),
+                     "params": params, "flops": flops})
+        shape = out
+    return {
+        "name": spec.name,
+        "input_shape": list(spec.input_shape or ()),
+        "output_shape": list(shape),
+        "params": sum(r["params"] for r in rows),
+        "flops_per_example": sum(r["flops"] for r in rows),
+        "layers": rows,
+        "networks": networks,
+    }
+
+
+def format_pipeline_report(spec: Spec, plans: dict[str, Plan], fmt: str = "text", *,
+                           width: int = 110) -> str:
+    """Render a pipeline's report: the layer table, then each network layer's cost report
+    (``fmt="json"``: :func:`pipeline_report_data` as JSON).
+
+    Examples
+    --------
+    >>> import tngraph
+    >>> pipe = tngraph.compile("tngraph: 1\\nname: p\\ninput_shape: [4]\\n"
+    ...                        "layers: [{type: linear, out_features: 2}, relu]\\n")
+    >>> print(pipe.report().splitlines()[0])
+    tngraph pipeline report: p
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown report format {fmt!r}; valid: {', '.join(FORMATS)}")
+    data = pipeline_report_data(spec, plans)
+    if fmt == "json":
+        return json.dumps(data, indent=2)
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    buf = io.StringIO()
+    console = Console(file=buf, width=width, no_color=True, highlight=False,
+                      color_system=None, emoji=False)
+    table = Table(title=f"tngraph pipeline report: {data['name']}", box=box.SIMPLE,
+                  title_justify="left")
+    for col, justify in (("layer", "left"), ("type", "left"), ("output shape", "left"),
+                         ("parameters", "right"), ("FLOPs / example", "right")):
+        table.add_column(col, justify=justify)
+    table.add_row("(input)", "", _shape(data["input_shape"]), "", "")
+    for row in data["layers"]:
+        table.add_row(row["name"], row["type"], _shape(row["shape"]), f"{row['params']:,}",
+                      _sci(row["flops"]))
+    table.add_row("total", "", "", f"{data['params']:,}", _sci(data["flops_per_example"]))
+    console.print(table)
+    text = "\n".join(line.rstrip() for line in buf.getvalue().rstrip().splitlines()) + "\n"
+    for name in data["networks"]:
+        text += "\n" + format_report(plans[name], spec.network_spec(name), width=width)
+    return text
+
+
+def _shape(shape: list[int]) -> str:
+    return "(" + ", ".join(map(str, shape)) + ")"

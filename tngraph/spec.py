@@ -122,6 +122,26 @@ class NetworkSpec(_Model):
     flatten_outputs: bool = False
 
 
+class LayerSpec(_Model):
+    """One layer of a pipeline (``layers:``): its type, name and options.
+
+    ``network`` layers carry a tensor network (raw form; ``template`` keeps the call as
+    written); other types keep their options (validated by :mod:`tngraph.layers`) in
+    :attr:`options`.
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    type: str
+    #: unique in the spec; default ``<type><position>`` (``conv2d0``, ``relu1``, ...)
+    name: str = ""
+    network: NetworkSpec | None = None
+    template: dict[str, Any] | None = None
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
 Optimize = str
 
 
@@ -171,7 +191,12 @@ class Spec(_Model):
     name: str
     description: str = ""
     params: dict[str, ParamValue] = {}
-    network: NetworkSpec
+    #: a single tensor network; ``None`` in a pipeline spec (then ``layers`` is set)
+    network: NetworkSpec | None = None
+    #: one example's shape as the data provides it (pipeline specs)
+    input_shape: tuple[Count, ...] | None = None
+    #: a pipeline of layers (feature maps, tensor networks, torch layers) instead of ``network``
+    layers: tuple[LayerSpec, ...] | None = None
     plan: PlanOptions = PlanOptions()
     train: TrainOptions = TrainOptions()
     #: ``None`` for a raw network; else the template call as written (after substitution)
@@ -187,34 +212,37 @@ class Spec(_Model):
 
     __hash__ = None  # type: ignore[assignment]  # holds dicts
 
+    @property
+    def is_pipeline(self) -> bool:
+        """True for a ``layers:`` spec, False for a single ``network:``."""
+        return self.layers is not None
+
+    def network_spec(self, layer: str) -> Spec:
+        """A ``network`` layer of a pipeline as a spec of its own (named ``SPEC.LAYER``), with
+        this spec's plan and train options: what the planner and compiler take."""
+        for item in self.layers or ():
+            if item.name == layer and item.network is not None:
+                return Spec(tngraph=FORMAT_VERSION, name=f"{self.name}.{layer}",
+                            network=item.network, plan=self.plan, train=self.train,
+                            template=item.template, source=self.source)
+        valid = [i.name for i in self.layers or () if i.network is not None]
+        raise KeyError(f"no network layer '{layer}'; network layers: {', '.join(valid)}")
+
     def to_raw(self) -> dict[str, Any]:
         """The canonical raw form: no params, no template, all values written out."""
-        net = self.network
-        network: dict[str, Any] = {"nodes": {}}
-        for name, node in net.nodes.items():
-            entry: dict[str, Any] = {"legs": dict(node.legs)}
-            if node.init is not None:
-                entry["init"] = node.init.to_data()
-            network["nodes"][name] = entry
-        if net.inputs:
-            network["inputs"] = {}
-            for name, port in net.inputs.items():
-                entry = {"legs": dict(port.legs)}
-                if port.stack is not None:
-                    entry["stack"] = port.stack
-                if port.feature_map is not None:
-                    entry["feature_map"] = port.feature_map.to_data()
-                network["inputs"][name] = entry
-        network["edges"] = [list(e) for e in net.edges]
-        network["outputs"] = list(net.outputs)
-        if net.bias:
-            network["bias"] = True
-        if net.flatten_outputs:
-            network["flatten_outputs"] = True
         out: dict[str, Any] = {"tngraph": FORMAT_VERSION, "name": self.name}
         if self.description:
             out["description"] = self.description
-        out["network"] = network
+        if self.layers is not None:
+            out["input_shape"] = list(self.input_shape or ())
+            out["layers"] = [
+                {"type": item.type, "name": item.name,
+                 **({"network": _network_raw(item.network)} if item.network is not None
+                    else {}), **item.options}
+                for item in self.layers]
+        else:
+            assert self.network is not None
+            out["network"] = _network_raw(self.network)
         plan = self.plan.model_dump(exclude_defaults=True)
         if plan:
             out["plan"] = plan
@@ -222,6 +250,32 @@ class Spec(_Model):
         if train:
             out["train"] = train
         return out
+
+
+def _network_raw(net: NetworkSpec) -> dict[str, Any]:
+    """The raw mapping of one network (what ``tngraph expand`` prints under ``network:``)."""
+    network: dict[str, Any] = {"nodes": {}}
+    for name, node in net.nodes.items():
+        entry: dict[str, Any] = {"legs": dict(node.legs)}
+        if node.init is not None:
+            entry["init"] = node.init.to_data()
+        network["nodes"][name] = entry
+    if net.inputs:
+        network["inputs"] = {}
+        for name, port in net.inputs.items():
+            entry = {"legs": dict(port.legs)}
+            if port.stack is not None:
+                entry["stack"] = port.stack
+            if port.feature_map is not None:
+                entry["feature_map"] = port.feature_map.to_data()
+            network["inputs"][name] = entry
+    network["edges"] = [list(e) for e in net.edges]
+    network["outputs"] = list(net.outputs)
+    if net.bias:
+        network["bias"] = True
+    if net.flatten_outputs:
+        network["flatten_outputs"] = True
+    return network
 
 
 # ---------------------------------------------------------------------------------------------
@@ -361,7 +415,40 @@ def _source_document(source: str | Path | Document) -> Document:
     return load_document(source)
 
 
-_TOP_KEYS = ("tngraph", "name", "description", "params", "network", "plan", "train")
+_TOP_KEYS = ("tngraph", "name", "description", "params", "network", "input_shape", "layers",
+             "plan", "train")
+
+
+def _expand_layers(data: Any, doc: Document, problems: list[Problem]) -> Any:
+    """Layers as mappings with a default name, ``network`` templates expanded in place."""
+    from tngraph.templates import expand_template
+
+    if not isinstance(data, list) or not data:
+        problems.append(Problem("'layers' must be a non-empty list of layers",
+                                doc.locate(("layers",)),
+                                "for example: layers: [flatten, {type: linear, out_features: 10}]"))
+        return data
+    layers: list[Any] = []
+    for i, item in enumerate(data):
+        if isinstance(item, str):
+            item = {"type": item}
+        if not isinstance(item, dict) or not isinstance(item.get("type"), str):
+            problems.append(Problem(f"layer {i} needs a 'type' (e.g. relu, linear, network)",
+                                    doc.locate(("layers", i)),
+                                    "write a layer as a name (- relu) or a mapping with 'type:'"))
+            layers.append(item)
+            continue
+        item = {"name": f"{item['type']}{i}", **item}
+        network = item.get("network")
+        if item["type"] == "network" and isinstance(network, dict) and "template" in network:
+            try:
+                expanded = expand_template(network, doc, base=("layers", i, "network"))
+            except SpecError as exc:
+                problems.extend(exc.problems)
+                expanded = None
+            item = {**item, "network": expanded, "template": network}
+        layers.append(item)
+    return layers
 
 
 def load_spec(source: str | Path | Document,
@@ -386,7 +473,7 @@ def load_spec(source: str | Path | Document,
     """
     from tngraph.optimizers import check_optimizer
     from tngraph.templates import expand_template
-    from tngraph.validate import validate_network
+    from tngraph.validate import validate_layers, validate_network
 
     doc = _source_document(source)
     data = doc.data
@@ -442,20 +529,37 @@ def load_spec(source: str | Path | Document,
     if len(problems) > n_unknown:
         raise SpecError(problems)
 
-    # -- network: raw or template -------------------------------------------------------------
-    network_data = body.get("network")
+    # -- network (raw or template) or a pipeline of layers -----------------------------------
     template_call: dict[str, Any] | None = None
-    if isinstance(network_data, dict) and "template" in network_data:
-        template_call = network_data
-        try:
-            network_data = expand_template(network_data, doc)
-        except SpecError as exc:
-            raise SpecError([*problems, *exc.problems]) from None
-        body = {**body, "network": network_data}
-    elif network_data is None and "network" not in body:
-        problems.append(Problem("missing required key 'network'", doc.locate(()),
-                                "add 'network:' with nodes/edges/outputs, or a 'template:'"))
-        raise SpecError(problems)
+    if "layers" in body:
+        if "network" in body:
+            problems.append(Problem(
+                "a spec declares either 'network:' (one tensor network) or 'layers:' (a "
+                "pipeline), not both", doc.locate(("network",), key=True),
+                "move the network into the pipeline as {type: network, network: ...}"))
+        if "input_shape" not in body:
+            problems.append(Problem(
+                "a pipeline needs 'input_shape:' (the shape of one example of the data)",
+                doc.locate(("layers",), key=True), "for 8x8 digits: input_shape: [64]"))
+        body = {**body, "layers": _expand_layers(body["layers"], doc, problems)}
+    else:
+        network_data = body.get("network")
+        if "input_shape" in body:
+            problems.append(Problem("'input_shape' belongs to pipeline specs (with 'layers:')",
+                                    doc.locate(("input_shape",), key=True),
+                                    "remove it: a network's data ports declare their legs"))
+        if isinstance(network_data, dict) and "template" in network_data:
+            template_call = network_data
+            try:
+                network_data = expand_template(network_data, doc)
+            except SpecError as exc:
+                raise SpecError([*problems, *exc.problems]) from None
+            body = {**body, "network": network_data}
+        elif network_data is None and "network" not in body:
+            problems.append(Problem("missing required key 'network'", doc.locate(()),
+                                    "add 'network:' with nodes/edges/outputs, or a 'template:'; "
+                                    "or a pipeline with 'input_shape:' and 'layers:'"))
+            raise SpecError(problems)
 
     try:
         spec = Spec.model_validate({**body, "params": params, "template": template_call})
@@ -463,8 +567,12 @@ def load_spec(source: str | Path | Document,
         raise SpecError([*problems, *pydantic_problems(exc, Spec, doc)]) from None
     spec = spec.model_copy(update={"source": doc})
 
-    where = ("network", "template") if template_call is not None else None
-    problems += validate_network(spec.network, doc, fixed_path=where)
+    if spec.layers is not None:
+        problems += validate_layers(spec, doc)   # with the template problems found above
+    else:
+        assert spec.network is not None
+        where = ("network", "template") if template_call is not None else None
+        problems += validate_network(spec.network, doc, fixed_path=where)
     problems += check_optimizer(spec.train.optimizer, doc, ("train", "optimizer"))
     if problems:
         raise SpecError(problems)

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from tngraph.compiler import TNModule
+from tngraph.compiler import Compiled, Pipeline
 from tngraph.compiler import compile as compile_spec
 from tngraph.data import Dataset, load_dataset
 from tngraph.errors import TNGraphError
@@ -86,9 +86,19 @@ class TrainResult:
 # compatibility of a network with a dataset
 
 
-def check_fit(module: TNModule, dataset: Dataset) -> None:
+def check_fit(module: Compiled, dataset: Dataset) -> None:
     """Raise TrainingError unless ``module`` maps one example of ``dataset`` to a prediction."""
     spec = module.spec
+    if isinstance(module, Pipeline):
+        per_sample = math.prod(module.input_shape)
+        if per_sample != dataset.n_features:
+            raise TrainingError(
+                f"pipeline '{spec.name}' takes examples of shape {list(module.input_shape)} "
+                f"({per_sample} values) but dataset '{dataset.name}' has "
+                f"{dataset.n_features} features (shape "
+                f"{'x'.join(map(str, dataset.feature_shape))}); set input_shape to match")
+        _check_outputs(spec.name, math.prod(module.output_shape), dataset)
+        return
     ports = list(spec.network.inputs.items())
     if len(ports) != 1:
         raise TrainingError(
@@ -102,16 +112,19 @@ def check_fit(module: TNModule, dataset: Dataset) -> None:
             f"dataset '{dataset.name}' has {dataset.n_features} features "
             f"(shape {'x'.join(map(str, dataset.feature_shape))}); "
             "resize the network (e.g. --set sites=...) or choose another dataset")
-    outputs = math.prod(module._out_legs_shape)
+    _check_outputs(spec.name, math.prod(module._out_legs_shape), dataset)
+
+
+def _check_outputs(name: str, outputs: int, dataset: Dataset) -> None:
     if dataset.task == "classification" and outputs != dataset.n_classes:
         raise TrainingError(
-            f"network '{spec.name}' has {outputs} outputs per example but dataset "
+            f"network '{name}' has {outputs} outputs per example but dataset "
             f"'{dataset.name}' has {dataset.n_classes} classes; set the output leg's dimension "
             f"to {dataset.n_classes} (e.g. output_dim: {dataset.n_classes})")
     target = math.prod(dataset.target_shape)
     if dataset.task == "regression" and outputs != target:
         raise TrainingError(
-            f"network '{spec.name}' has {outputs} outputs per example but dataset "
+            f"network '{name}' has {outputs} outputs per example but dataset "
             f"'{dataset.name}' has {target} regression targets")
 
 
@@ -132,7 +145,7 @@ def batch_loss(out: torch.Tensor, y: torch.Tensor, task: str) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(module: TNModule, dataset: Dataset, split: str = "test",
+def evaluate(module: Compiled, dataset: Dataset, split: str = "test",
              batch_size: int = 512) -> dict[str, float]:
     """Loss and accuracy (classification) or MSE and R² (regression) on one split.
 
@@ -174,7 +187,7 @@ def evaluate(module: TNModule, dataset: Dataset, split: str = "test",
 # files
 
 
-def save_weights(module: TNModule, path: Path, **metadata: str) -> None:
+def save_weights(module: Compiled, path: Path, **metadata: str) -> None:
     """``module.state_dict()`` as safetensors, atomically, the expanded spec (and ``metadata``)
     in its header."""
     from safetensors.torch import save_file
@@ -202,7 +215,7 @@ def save_checkpoint(run_dir: Path, stepper: Stepper, epoch: int,
     atomic_write(run_dir / STATE_FILE, lambda tmp: torch.save(state, tmp))
 
 
-def load_weights(module: TNModule, path: str | Path) -> None:
+def load_weights(module: Compiled, path: str | Path) -> None:
     """Load a ``model.safetensors`` written by tngraph into ``module`` (shapes checked)."""
     from safetensors.torch import load_file
 

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from tngraph.errors import Location, PluginError, Problem, did_you_mean
 from tngraph.featuremaps import get_feature_map
 from tngraph.initializers import get_initializer, list_initializers
-from tngraph.spec import IDENTIFIER_RE, LEG_REF_RE, NetworkSpec
+from tngraph.spec import IDENTIFIER_RE, LEG_REF_RE, NetworkSpec, Spec
 from tngraph.yamlio import DocPath, Document
 
 
@@ -31,7 +31,8 @@ def leg_table(network: NetworkSpec) -> dict[str, dict[str, int]]:
 
 
 def validate_network(network: NetworkSpec, doc: Document | None = None,
-                     fixed_path: DocPath | None = None) -> list[Problem]:
+                     fixed_path: DocPath | None = None,
+                     base: DocPath = ("network",)) -> list[Problem]:
     """Every semantic problem of ``network``, located via ``doc``.
 
     Parameters
@@ -43,6 +44,8 @@ def validate_network(network: NetworkSpec, doc: Document | None = None,
     fixed_path
         Locate every problem at this path (used for template-generated networks, whose
         problems belong to the template call).
+    base
+        Where the network sits in the document (``("layers", 2, "network")`` in a pipeline).
 
     Examples
     --------
@@ -61,8 +64,8 @@ def validate_network(network: NetworkSpec, doc: Document | None = None,
     def add(message: str, path: DocPath, hint: str | None = None, key: bool = False) -> None:
         problems.append(Problem(message, at(path, key), hint))
 
-    nodes_path = ("network", "nodes")
-    inputs_path = ("network", "inputs")
+    nodes_path = (*base, "nodes")
+    inputs_path = (*base, "inputs")
     if not network.nodes:
         add("network has no nodes", nodes_path, "declare at least one tensor under 'nodes:'")
 
@@ -121,7 +124,7 @@ def validate_network(network: NetworkSpec, doc: Document | None = None,
             return None
         return node, leg
 
-    edges_path = ("network", "edges")
+    edges_path = (*base, "edges")
     for k, (first, second) in enumerate(network.edges):
         path = edges_path + (k,)
         a = resolve(first, path + (0,))
@@ -144,7 +147,7 @@ def validate_network(network: NetworkSpec, doc: Document | None = None,
             if end is not None:
                 used.setdefault(end, f"edge {k + 1} [{first}, {second}]")
 
-    outputs_path = ("network", "outputs")
+    outputs_path = (*base, "outputs")
     for k, ref in enumerate(network.outputs):
         end = resolve(ref, outputs_path + (k,))
         if end is None:
@@ -190,3 +193,85 @@ def _check_feature_map(name: str, port, path: DocPath,
     if leg_dim != dim:
         add(f"feature map '{fmap.name}' makes vectors of dim {dim}, but leg {name}.{leg} has "
             f"dim {leg_dim}", path, f"set the leg's dimension to {dim}")
+
+
+def validate_layers(spec: Spec, doc: Document | None = None) -> list[Problem]:
+    """Every problem of a pipeline spec's layers: names, types, options, networks, and the shape
+    each layer receives (inferred from ``input_shape`` through the layers before it).
+
+    Examples
+    --------
+    >>> from tngraph.spec import load_spec
+    >>> load_spec("tngraph: 1\\nname: p\\ninput_shape: [6]\\n"
+    ...           "layers: [{type: linear, out_features: 3}, relu]\\n").layers[1].name
+    'relu1'
+    """
+    from pydantic import ValidationError
+
+    from tngraph.layers import NETWORK, LayerError, get_layer, list_layers, network_shape
+    from tngraph.spec import pydantic_problems
+
+    problems: list[Problem] = []
+
+    def at(path: DocPath, key: bool = False) -> Location | None:
+        return doc.locate(path, key=key) if doc is not None else None
+
+    seen: set[str] = set()
+    shape = tuple(spec.input_shape) if spec.input_shape is not None else None
+    for i, layer in enumerate(spec.layers or ()):
+        path: DocPath = ("layers", i)
+        label = f"layer '{layer.name}' ({layer.type})"
+        if not IDENTIFIER_RE.match(layer.name):
+            problems.append(Problem(f"layer name '{layer.name}' is not an identifier",
+                                    at((*path, "name"))))
+        elif layer.name in seen:
+            problems.append(Problem(f"two layers are named '{layer.name}'", at((*path, "name")),
+                                    "give every layer its own name"))
+        seen.add(layer.name)
+        if layer.type == NETWORK:
+            before = len(problems)
+            if layer.network is None:
+                if layer.template is None:   # a failed template was reported already
+                    problems.append(Problem(f"{label} needs 'network:' (raw or a template)",
+                                            at(path)))
+            else:
+                for key in layer.options:
+                    problems.append(Problem(f"unknown key '{key}' in {label}",
+                                            at((*path, key), key=True),
+                                            "a network layer takes type, name and network"))
+                fixed = (*path, "network", "template") if layer.template is not None else None
+                problems += validate_network(layer.network, doc, fixed_path=fixed,
+                                             base=(*path, "network"))
+            if len(problems) > before or shape is None or layer.network is None:
+                shape = None
+                continue
+            try:
+                shape = network_shape(layer.network, shape)
+            except LayerError as exc:
+                problems.append(Problem(f"{label}: {exc}", at((*path, "network")), exc.hint))
+                shape = None
+            continue
+        if layer.network is not None or layer.template is not None:
+            problems.append(Problem(f"'network:' belongs to layers of type network, not "
+                                    f"{layer.type}", at((*path, "network"), key=True)))
+        try:
+            layer_type = get_layer(layer.type)
+        except PluginError:
+            problems.append(Problem(f"unknown layer type '{layer.type}'", at((*path, "type")),
+                                    did_you_mean(layer.type, list_layers())))
+            shape = None
+            continue
+        try:
+            options = layer_type.options.model_validate(layer.options)
+        except ValidationError as exc:
+            problems += pydantic_problems(exc, layer_type.options, doc or Document({}), path,
+                                          what=label)
+            shape = None
+            continue
+        if shape is not None:
+            try:
+                shape = tuple(layer_type.shape(options, shape))
+            except LayerError as exc:
+                problems.append(Problem(f"{label}: {exc}", at(path), exc.hint))
+                shape = None
+    return problems

@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from tngraph.errors import Problem, SpecError, did_you_mean
 from tngraph.plugins import Registry
-from tngraph.yamlio import Document
+from tngraph.yamlio import DocPath, Document
 
 
 class TemplateOptions(BaseModel):
@@ -86,28 +86,30 @@ def list_templates() -> list[str]:
     return TEMPLATES.list()
 
 
-def expand_template(call: dict[str, Any], doc: Document | None = None) -> dict[str, Any]:
+def expand_template(call: dict[str, Any], doc: Document | None = None,
+                    base: DocPath = ("network",)) -> dict[str, Any]:
     """Expand a ``network: {template: NAME, ...options}`` mapping into raw network data.
 
-    Problems are raised as a SpecError located at the template call's keys.
+    Problems are raised as a SpecError located at the template call's keys (the call sits at
+    ``base`` in the document).
     """
     from tngraph.spec import pydantic_problems
 
     doc = doc or Document({})
     name = call.get("template")
     if not isinstance(name, str) or name not in TEMPLATES:
-        raise SpecError(Problem(f"unknown template {name!r}", doc.locate(("network", "template")),
+        raise SpecError(Problem(f"unknown template {name!r}", doc.locate((*base, "template")),
                                 did_you_mean(str(name), list_templates())))
     template = get_template(name)
     raw_options = {k: v for k, v in call.items() if k != "template"}
     try:
         options = template.options.model_validate(raw_options)
     except ValidationError as exc:
-        raise SpecError(pydantic_problems(exc, template.options, doc, ("network",),
+        raise SpecError(pydantic_problems(exc, template.options, doc, base,
                                           what=f"template '{name}'")) from None
     try:
         return template.expand(options)
     except TemplateError as exc:
-        path = ("network", exc.option) if exc.option in raw_options else ("network", "template")
+        path = (*base, exc.option) if exc.option in raw_options else (*base, "template")
         raise SpecError(Problem(f"template '{name}': {exc}", doc.locate(path), exc.hint)) \
             from None
