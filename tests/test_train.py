@@ -164,3 +164,14 @@ def test_cli_eval_with_a_foreign_checkpoint_exits_2(spec_file: Path, tmp_path: P
                  str(run / MODEL_FILE)])
     assert code == 2
     assert "does not fit network 'small_mps'" in capsys.readouterr().err
+
+
+def test_init_starts_a_new_run_from_given_weights(spec_file: Path, tmp_path: Path) -> None:
+    first = train(spec_file, run_dir=tmp_path / "a", echo=None, epochs=1)
+    weights = first.run_dir / MODEL_FILE
+    assert main(["train", str(spec_file), "--init", str(weights), "--epochs", "1",
+                 "--lr", "1e-12", "--optimizer", "sgd", "--out", str(tmp_path / "b")]) == 0
+    a, b = _weights(first.run_dir), _weights(tmp_path / "b")
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)   # lr ~0: weights kept
+    with pytest.raises(TrainingError, match="give one of them"):
+        train(spec_file, resume=first.run_dir, init=weights, echo=None)

@@ -85,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int)
     p.add_argument("--out", metavar="RUN_DIR", help="run directory (default runs/NAME-DATE-TIME)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run where it stopped")
+    p.add_argument("--init", metavar="WEIGHTS",
+                   help="start from these weights (model.safetensors), e.g. to fine-tune a "
+                        "tensorized model")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
 
     p = sub.add_parser("eval", help="test metrics of a trained checkpoint")
@@ -206,7 +209,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.spec is None and args.resume is None:
         raise TrainingError("give a spec to train, or --resume RUN_DIR")
     train(args.spec if args.resume is None else None, _overrides(args.overrides),
-          run_dir=args.out, resume=args.resume, data=args.data, epochs=args.epochs,
+          run_dir=args.out, resume=args.resume, init=args.init, data=args.data,
+          epochs=args.epochs,
           batch_size=args.batch_size, lr=args.lr, optimizer=_named_option(args.optimizer),
           weight_decay=args.weight_decay, device=args.device, seed=args.seed)
     return EXIT_OK

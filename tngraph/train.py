@@ -297,6 +297,7 @@ def _new_run_dir(name: str) -> Path:
 def train(source: str | Path | Spec | None = None,
           overrides: Mapping[str, ParamValue] | None = None, *,
           run_dir: str | Path | None = None, resume: str | Path | None = None,
+          init: str | Path | None = None,
           echo: Callable[[str], None] | None = print, **options: Any) -> TrainResult:
     """Train a spec's network on a dataset; see the module docstring for the files written.
 
@@ -312,6 +313,9 @@ def train(source: str | Path | Spec | None = None,
     resume
         A run directory to continue: its spec, config, weights and optimizer state are loaded
         and training goes on from the next epoch (``epochs`` may be raised).
+    init
+        A ``model.safetensors`` to start from (a new run that fine-tunes those weights, e.g.
+        after ``tngraph tensorize``); shapes must fit the spec.
     echo
         Receives one line per epoch and the summary (``None``: silent).
     **options
@@ -319,6 +323,9 @@ def train(source: str | Path | Spec | None = None,
         ``optimizer``, ``weight_decay``, ``seed``, ``device``.
     """
     options = {k: v for k, v in options.items() if v is not None}
+    if resume is not None and init is not None:
+        raise TrainingError("--init starts a new run from given weights; --resume continues a "
+                            "run with its own: give one of them")
     if resume is not None:
         run = Path(resume)
         if not (run / "config.json").is_file() or not (run / "spec.yaml").is_file():
@@ -341,14 +348,14 @@ def train(source: str | Path | Spec | None = None,
     # subnormal floats, which x86 CPUs process a hundred times slower: flush them to zero.
     flushed = torch.set_flush_denormal(True)
     try:
-        return _run(spec, train_options, run, resume is not None, echo)
+        return _run(spec, train_options, run, resume is not None, echo, init)
     finally:
         if flushed:
             torch.set_flush_denormal(False)
 
 
 def _run(spec: Spec, train_options: TrainOptions, run: Path, resuming: bool,
-         echo: Callable[[str], None] | None) -> TrainResult:
+         echo: Callable[[str], None] | None, init: str | Path | None = None) -> TrainResult:
     torch.manual_seed(train_options.seed)
     dataset = load_dataset(train_options.data, seed=train_options.seed)
     device = torch.device(train_options.device)
@@ -362,6 +369,8 @@ def _run(spec: Spec, train_options: TrainOptions, run: Path, resuming: bool,
     history: list[EpochMetrics] = []
     if resuming:
         load_weights(module, run / MODEL_FILE)
+    elif init is not None:
+        load_weights(module, init)
     stepper = make_stepper(module, train_options, dataset.task)
     if resuming:
         state = torch.load(run / STATE_FILE, weights_only=False)
