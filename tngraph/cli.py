@@ -47,6 +47,29 @@ def _add_plan_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--cache-dir", help="plan cache directory")
 
 
+def _add_train_flags(p: argparse.ArgumentParser) -> None:
+    """Flags shared by ``train`` and ``distill``."""
+    p.add_argument("--set", dest="overrides", action="append", default=[],
+                   metavar="KEY=VALUE", help="override a parameter (repeatable)")
+    p.add_argument("--data", help="dataset: digits (default), mnist:PATH, fashion-mnist:PATH, "
+                                  "csv:PATH?label=COL, synthetic-regression")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float, help="learning rate")
+    p.add_argument("--optimizer", metavar="NAME[?KEY=VALUE&...]",
+                   help="optimizer strategy and options, e.g. sgd, adam?amsgrad=true, "
+                        "dmrg?max_bond=32 (tngraph plugins list shows them)")
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--device", help="cpu (default) or cuda")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--out", metavar="RUN_DIR", help="run directory (default runs/NAME-DATE-TIME)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run where it stopped")
+    p.add_argument("--init", metavar="WEIGHTS",
+                   help="start from these weights (model.safetensors), e.g. to fine-tune a "
+                        "tensorized model")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tngraph",
@@ -70,25 +93,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a spec's network on a dataset")
     p.add_argument("spec", nargs="?", help="spec file (YAML); not needed with --resume")
-    p.add_argument("--set", dest="overrides", action="append", default=[],
-                   metavar="KEY=VALUE", help="override a parameter (repeatable)")
-    p.add_argument("--data", help="dataset: digits (default), mnist:PATH, fashion-mnist:PATH, "
-                                  "csv:PATH?label=COL, synthetic-regression")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float, help="learning rate")
-    p.add_argument("--optimizer", metavar="NAME[?KEY=VALUE&...]",
-                   help="optimizer strategy and options, e.g. sgd, adam?amsgrad=true, "
-                        "dmrg?max_bond=32 (tngraph plugins list shows them)")
-    p.add_argument("--weight-decay", type=float)
-    p.add_argument("--device", help="cpu (default) or cuda")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--out", metavar="RUN_DIR", help="run directory (default runs/NAME-DATE-TIME)")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run where it stopped")
-    p.add_argument("--init", metavar="WEIGHTS",
-                   help="start from these weights (model.safetensors), e.g. to fine-tune a "
-                        "tensorized model")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    _add_train_flags(p)
+
+    p = sub.add_parser("distill", help="train a student spec on a trained teacher's outputs")
+    p.add_argument("spec", nargs="?", help="student spec (YAML); not needed with --resume")
+    p.add_argument("--teacher", metavar="RUN_DIR|SPEC",
+                   help="teacher run directory, or a spec to train first (default: the "
+                        "student spec's distill.teacher)")
+    p.add_argument("--strategy", metavar="NAME[?KEY=VALUE&...]",
+                   help="distillation strategy and options, e.g. response?temperature=2, "
+                        "layer?student_layer=mps1&teacher_layer=act2 (default: response)")
+    _add_train_flags(p)
 
     p = sub.add_parser("eval", help="test metrics of a trained checkpoint")
     _add_common(p)
@@ -216,6 +231,22 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_distill(args: argparse.Namespace) -> int:
+    from tngraph.distill import DistillError, distill
+
+    if args.spec is None and args.resume is None:
+        raise DistillError("give a student spec to distil into, or --resume RUN_DIR")
+    if args.init is not None:
+        raise DistillError("--init is for tngraph train; a distillation starts from the "
+                           "student spec's initialisation")
+    distill(args.spec if args.resume is None else None, args.teacher,
+            _overrides(args.overrides), strategy=_named_option(args.strategy),
+            run_dir=args.out, resume=args.resume, data=args.data, epochs=args.epochs,
+            batch_size=args.batch_size, lr=args.lr, optimizer=_named_option(args.optimizer),
+            weight_decay=args.weight_decay, device=args.device, seed=args.seed)
+    return EXIT_OK
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
     from tngraph.compiler import compile as compile_spec
     from tngraph.data import load_dataset
@@ -266,8 +297,8 @@ def _cmd_templates(args: argparse.Namespace) -> int:
 
 
 _COMMANDS = {"validate": _cmd_validate, "compile": _cmd_compile, "expand": _cmd_expand,
-             "train": _cmd_train, "eval": _cmd_eval, "plugins": _cmd_plugins,
-             "templates": _cmd_templates}
+             "train": _cmd_train, "distill": _cmd_distill, "eval": _cmd_eval,
+             "plugins": _cmd_plugins, "templates": _cmd_templates}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

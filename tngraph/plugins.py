@@ -122,9 +122,11 @@ class Registry(Generic[T]):
 def registries() -> list[Registry[Any]]:
     """Every registry of tngraph, in the order ``tngraph plugins list`` shows them."""
     from tngraph.data import DATASETS
+    from tngraph.distill import DISTILLERS
     from tngraph.featuremaps import FEATURE_MAPS
     from tngraph.initializers import INITIALIZERS
+    from tngraph.layers import LAYERS
     from tngraph.optimizers import OPTIMIZERS
     from tngraph.templates import TEMPLATES
 
-    return [TEMPLATES, FEATURE_MAPS, INITIALIZERS, DATASETS, OPTIMIZERS]
+    return [TEMPLATES, FEATURE_MAPS, INITIALIZERS, LAYERS, DATASETS, OPTIMIZERS, DISTILLERS]

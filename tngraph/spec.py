@@ -184,6 +184,16 @@ class TrainOptions(_Model):
     device: str = "cpu"
 
 
+class DistillOptions(_Model):
+    """Defaults of ``tngraph distill`` for this spec as the student (the ``distill:`` block)."""
+
+    #: a teacher run directory, or a spec file that is trained first (relative to the working
+    #: directory); ``--teacher`` overrides it
+    teacher: str | None = None
+    #: a registered distillation strategy, ``response`` or ``{name: layer, ...}``
+    strategy: Named = NamedOptions(name="response")
+
+
 class Spec(_Model):
     """A loaded, substituted, expanded and validated spec."""
 
@@ -199,6 +209,7 @@ class Spec(_Model):
     layers: tuple[LayerSpec, ...] | None = None
     plan: PlanOptions = PlanOptions()
     train: TrainOptions = TrainOptions()
+    distill: DistillOptions = DistillOptions()
     #: ``None`` for a raw network; else the template call as written (after substitution)
     template: dict[str, Any] | None = None
     #: where the spec came from, for error locations (not part of the model's equality)
@@ -249,6 +260,9 @@ class Spec(_Model):
         train = self.train.model_dump(exclude_defaults=True)
         if train:
             out["train"] = train
+        distill = self.distill.model_dump(exclude_defaults=True)
+        if distill:
+            out["distill"] = distill
         return out
 
 
@@ -416,7 +430,7 @@ def _source_document(source: str | Path | Document) -> Document:
 
 
 _TOP_KEYS = ("tngraph", "name", "description", "params", "network", "input_shape", "layers",
-             "plan", "train")
+             "plan", "train", "distill")
 
 
 def _expand_layers(data: Any, doc: Document, problems: list[Problem]) -> Any:
@@ -574,6 +588,10 @@ def load_spec(source: str | Path | Document,
         where = ("network", "template") if template_call is not None else None
         problems += validate_network(spec.network, doc, fixed_path=where)
     problems += check_optimizer(spec.train.optimizer, doc, ("train", "optimizer"))
+    if "distill" in body:
+        from tngraph.distill import check_distiller
+
+        problems += check_distiller(spec.distill.strategy, doc, ("distill", "strategy"))
     if problems:
         raise SpecError(problems)
     return spec

@@ -72,6 +72,29 @@ class EpochMetrics:
 
 
 @dataclass(frozen=True)
+class Objective:
+    """What a run minimises, when it is not the plain loss on the labels (distillation).
+
+    Attributes
+    ----------
+    loss
+        ``loss(x, y, out) -> scalar`` for one mini-batch (``out``: the model's outputs).
+    prepare
+        Called once before the first epoch of a fresh run, after the weights are initialised:
+        ``prepare(module, dataset, train_options, echo)`` (e.g. layer-wise pre-fitting).
+    bind
+        Called with the compiled module of every run, fresh or resumed, before ``prepare``.
+    config
+        Recorded in ``config.json`` under ``"objective"`` (what ``--resume`` needs to rebuild it).
+    """
+
+    loss: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+    prepare: Callable[..., None] | None = None
+    bind: Callable[[Any], None] | None = None
+    config: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class TrainResult:
     """The outcome of a run: its directory, per-epoch history and final test metrics."""
 
@@ -297,7 +320,7 @@ def _new_run_dir(name: str) -> Path:
 def train(source: str | Path | Spec | None = None,
           overrides: Mapping[str, ParamValue] | None = None, *,
           run_dir: str | Path | None = None, resume: str | Path | None = None,
-          init: str | Path | None = None,
+          init: str | Path | None = None, objective: Objective | None = None,
           echo: Callable[[str], None] | None = print, **options: Any) -> TrainResult:
     """Train a spec's network on a dataset; see the module docstring for the files written.
 
@@ -316,6 +339,8 @@ def train(source: str | Path | Spec | None = None,
     init
         A ``model.safetensors`` to start from (a new run that fine-tunes those weights, e.g.
         after ``tngraph tensorize``); shapes must fit the spec.
+    objective
+        What to minimise instead of the loss on the labels (:mod:`tngraph.distill` passes one).
     echo
         Receives one line per epoch and the summary (``None``: silent).
     **options
@@ -333,6 +358,9 @@ def train(source: str | Path | Spec | None = None,
                                 "expected a run directory written by tngraph train")
         spec = load_spec(run / "spec.yaml")
         config = json.loads((run / "config.json").read_text())
+        if config.get("objective") and objective is None:
+            raise TrainingError(f"{run} is a {config['objective'].get('kind', 'special')} run; "
+                                f"resume it with tngraph distill --resume {run}")
         train_options = _options(config["train"], options)
     else:
         if source is None:
@@ -348,14 +376,15 @@ def train(source: str | Path | Spec | None = None,
     # subnormal floats, which x86 CPUs process a hundred times slower: flush them to zero.
     flushed = torch.set_flush_denormal(True)
     try:
-        return _run(spec, train_options, run, resume is not None, echo, init)
+        return _run(spec, train_options, run, resume is not None, echo, init, objective)
     finally:
         if flushed:
             torch.set_flush_denormal(False)
 
 
 def _run(spec: Spec, train_options: TrainOptions, run: Path, resuming: bool,
-         echo: Callable[[str], None] | None, init: str | Path | None = None) -> TrainResult:
+         echo: Callable[[str], None] | None, init: str | Path | None = None,
+         objective: Objective | None = None) -> TrainResult:
     torch.manual_seed(train_options.seed)
     dataset = load_dataset(train_options.data, seed=train_options.seed)
     device = torch.device(train_options.device)
@@ -371,6 +400,10 @@ def _run(spec: Spec, train_options: TrainOptions, run: Path, resuming: bool,
         load_weights(module, run / MODEL_FILE)
     elif init is not None:
         load_weights(module, init)
+    if objective is not None and objective.bind is not None:
+        objective.bind(module)
+    if not resuming and objective is not None and objective.prepare is not None:
+        objective.prepare(module, dataset, train_options, echo or (lambda _line: None))
     stepper = make_stepper(module, train_options, dataset.task)
     if resuming:
         state = torch.load(run / STATE_FILE, weights_only=False)
@@ -384,7 +417,8 @@ def _run(spec: Spec, train_options: TrainOptions, run: Path, resuming: bool,
     else:
         (run / "config.json").write_text(json.dumps(
             {"train": train_options.model_dump(), "dataset": dataset.name,
-             "sizes": dataset.sizes, "task": dataset.task}, indent=2))
+             "sizes": dataset.sizes, "task": dataset.task,
+             **({"objective": dict(objective.config)} if objective else {})}, indent=2))
         (run / METRICS_FILE).write_text("")
         save_checkpoint(run, stepper, 0, generator)   # last good, so far
 
@@ -406,8 +440,9 @@ def _run(spec: Spec, train_options: TrainOptions, run: Path, resuming: bool,
             for step, index in enumerate(batches, 1):
                 xb, yb = x_train[index].to(device), y_train[index].to(device)
                 try:
-                    loss, out = stepper.step(
-                        xb, lambda out, yb=yb: batch_loss(out, yb, dataset.task))
+                    loss, out = stepper.step(xb, (
+                        (lambda out, xb=xb, yb=yb: objective.loss(xb, yb, out)) if objective
+                        else (lambda out, yb=yb: batch_loss(out, yb, dataset.task))))
                 except NonFiniteLoss as exc:
                     raise TrainingError(
                         f"the loss became {exc.value} at epoch {epoch}, step {step}; training "

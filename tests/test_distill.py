@@ -1,0 +1,219 @@
+"""Distillation: the losses, the strategy registry, teachers, runs, resume and the CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tngraph.cli import main
+from tngraph.distill import (
+    DistillError,
+    check_distiller,
+    distill,
+    get_distiller,
+    list_distillers,
+    register_distiller,
+)
+from tngraph.errors import PluginError, SpecError
+from tngraph.spec import NamedOptions, load_spec
+from tngraph.train import train
+from tngraph_plugins.distillers import response_loss
+
+ROOT = Path(__file__).resolve().parents[1]
+STUDENT = """\
+tngraph: 1
+name: student
+params: {bond_dim: 2}
+network: {template: mps, sites: 64, phys_dim: 2, bond_dim: "${bond_dim}", input: x,
+          feature_map: multilinear, output_dim: 10}
+train: {epochs: 1, batch_size: 128, lr: 0.005}
+"""
+
+
+# -- losses ---------------------------------------------------------------------------------
+
+
+def _kl_by_hand(s: np.ndarray, t: np.ndarray, temperature: float) -> float:
+    def softmax(v: np.ndarray) -> np.ndarray:
+        e = np.exp(v / temperature - (v / temperature).max(1, keepdims=True))
+        return e / e.sum(1, keepdims=True)
+    p, q = softmax(t), softmax(s)
+    return float((p * (np.log(p) - np.log(q))).sum(1).mean())
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.5, 8.0])
+@pytest.mark.parametrize("alpha", [0.0, 0.3, 1.0])
+def test_response_loss_equals_a_hand_computation(temperature: float, alpha: float) -> None:
+    gen = torch.Generator().manual_seed(0)
+    s = torch.randn(5, 4, generator=gen, dtype=torch.float64)
+    t = torch.randn(5, 4, generator=gen, dtype=torch.float64) * 3
+    y = torch.tensor([0, 3, 1, 1, 2])
+    kl = _kl_by_hand(s.numpy(), t.numpy(), temperature)
+    ce = float(torch.nn.functional.cross_entropy(s, y))
+    expected = (1 - alpha) * temperature ** 2 * kl + alpha * ce
+    got = float(response_loss(s, t, y, temperature=temperature, alpha=alpha))
+    assert got == pytest.approx(expected, rel=1e-12)
+
+
+def test_response_loss_is_zero_when_the_student_copies_the_teacher() -> None:
+    t = torch.randn(3, 10, dtype=torch.float64)
+    assert float(response_loss(t, t, torch.zeros(3, dtype=torch.long), temperature=3,
+                               alpha=0)) == pytest.approx(0, abs=1e-12)
+
+
+def test_regression_response_uses_squared_errors() -> None:
+    s, t, y = torch.zeros(4, 2), torch.ones(4, 2), torch.full((4, 2), 2.0)
+    assert float(response_loss(s, t, y, temperature=1, alpha=0.25)) == pytest.approx(
+        0.75 * 1.0 + 0.25 * 4.0)
+
+
+# -- registry and spec ------------------------------------------------------------------------
+
+
+def test_registry() -> None:
+    assert {"response", "layer"} <= set(list_distillers())
+    with pytest.raises(PluginError, match="did you mean 'layer'"):
+        get_distiller("layr")
+    with pytest.raises(PluginError, match="already registered"):
+        register_distiller(get_distiller("response"))
+    assert check_distiller(NamedOptions(name="response", temperature=2), None, ()) == []
+    (problem,) = check_distiller(NamedOptions(name="layer"), None, ())
+    assert "student_layer" in problem.message
+
+
+@pytest.mark.parametrize(("block", "message", "line"), [
+    ("{strategy: respons}", "unknown distiller 'respons'; did you mean 'response'", 7),
+    ("{strategy: {name: response, temperature: 0}}",
+     "distill.strategy.temperature: Input should be greater than 0", 7),
+    ("{strategy: {name: layer, student_layer: a}}", "missing required key 'teacher_layer'", 7),
+    ("{teacher: 3}", "distill.teacher: Input should be a valid string", 7),
+])
+def test_distill_block_errors_are_located(block: str, message: str, line: int) -> None:
+    with pytest.raises(SpecError) as info:
+        load_spec(STUDENT + f"distill: {block}\n")
+    assert message in str(info.value) and f":{line}:" in str(info.value)
+
+
+# -- runs -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def teacher_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run = tmp_path_factory.mktemp("teacher") / "run"
+    train(ROOT / "models" / "mlp.yaml", {"hidden": 16}, run_dir=run, echo=None, epochs=3,
+          lr=0.01)
+    return run
+
+
+@pytest.fixture()
+def student_file(tmp_path: Path) -> Path:
+    path = tmp_path / "student.yaml"
+    path.write_text(STUDENT)
+    return path
+
+
+def test_response_run_records_the_teacher_and_resumes_exactly(
+        teacher_run: Path, student_file: Path, tmp_path: Path) -> None:
+    full = distill(student_file, teacher_run, run_dir=tmp_path / "full", echo=None, epochs=2)
+    config = json.loads((full.run_dir / "config.json").read_text())
+    assert config["objective"] == {"kind": "distill", "teacher": str(teacher_run.resolve()),
+                                   "strategy": {"name": "response"}}
+    half = distill(student_file, teacher_run, run_dir=tmp_path / "half", echo=None, epochs=1)
+    resumed = distill(resume=half.run_dir, echo=None, epochs=2)
+    assert [h.val_loss for h in resumed.history] == [h.val_loss for h in full.history]
+    assert resumed.test == full.test
+    with pytest.raises(Exception, match="tngraph distill --resume"):
+        train(resume=half.run_dir, echo=None, epochs=3)
+
+
+def test_distilled_loss_decreases(teacher_run: Path, student_file: Path, tmp_path: Path) -> None:
+    result = distill(student_file, teacher_run, run_dir=tmp_path / "r", echo=None, epochs=3,
+                     strategy={"name": "response", "temperature": 2.0, "alpha": 0.0})
+    losses = [h.train_loss for h in result.history]
+    assert losses[-1] < losses[0]
+    assert all(math.isfinite(v) for v in losses)
+
+
+def test_a_teacher_spec_is_trained_first(student_file: Path, tmp_path: Path) -> None:
+    teacher_spec = tmp_path / "teacher.yaml"
+    teacher_spec.write_text((ROOT / "models" / "mlp.yaml").read_text()
+                            .replace("hidden: 256", "hidden: 8")
+                            .replace("epochs: 30", "epochs: 1"))
+    lines: list[str] = []
+    distill(student_file, teacher_spec, run_dir=tmp_path / "r", echo=lines.append, epochs=1)
+    assert (tmp_path / "r" / "teacher" / "model.safetensors").is_file()
+    assert any("training the teacher" in line for line in lines)
+
+
+LAYERED_STUDENT = """\
+tngraph: 1
+name: layered
+input_shape: [64]
+layers:
+  - type: network
+    name: mps1
+    network: {template: mps, sites: 64, phys_dim: 2, bond_dim: 2, input: x,
+              feature_map: multilinear, output_dim: 4}
+  - {type: batchnorm, name: norm}
+  - {type: linear, name: head, out_features: 10}
+train: {epochs: 1, batch_size: 128, lr: 0.005}
+"""
+
+
+def test_layer_strategy_fits_the_student_part_first(teacher_run: Path, tmp_path: Path) -> None:
+    path = tmp_path / "layered.yaml"
+    path.write_text(LAYERED_STUDENT)
+    lines: list[str] = []
+    strategy = {"name": "layer", "student_layer": "mps1", "teacher_layer": "act2", "epochs": 2}
+    result = distill(path, teacher_run, strategy=strategy, run_dir=tmp_path / "r",
+                     echo=lines.append, epochs=1)
+    fits = [line for line in lines if line.startswith("layer fit")]
+    assert len(fits) == 2 and "(4 -> 16, projected)" in fits[0]
+    first, second = (float(line.rsplit("mse ", 1)[1]) for line in fits)
+    assert second < first
+    assert math.isfinite(result.test["loss"])
+
+
+@pytest.mark.parametrize(("strategy", "message"), [
+    ({"name": "layer", "student_layer": "mps9", "teacher_layer": "act2"},
+     "the student has no layer 'mps9'; did you mean 'mps1'"),
+    ({"name": "layer", "student_layer": "mps1", "teacher_layer": "act"},
+     "the teacher has no layer 'act'"),
+])
+def test_layer_strategy_errors(teacher_run: Path, tmp_path: Path, strategy: dict,
+                               message: str) -> None:
+    path = tmp_path / "layered.yaml"
+    path.write_text(LAYERED_STUDENT)
+    with pytest.raises(DistillError, match=message):
+        distill(path, teacher_run, strategy=strategy, run_dir=tmp_path / "r", echo=None)
+
+
+def test_layer_strategy_needs_a_pipeline_student(teacher_run: Path, student_file: Path,
+                                                 tmp_path: Path) -> None:
+    strategy = {"name": "layer", "student_layer": "A0", "teacher_layer": "act2"}
+    with pytest.raises(DistillError, match="needs the student to be a pipeline"):
+        distill(student_file, teacher_run, strategy=strategy, run_dir=tmp_path / "r", echo=None)
+
+
+def test_teacher_and_student_must_predict_the_same_targets(teacher_run: Path,
+                                                           tmp_path: Path) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text(STUDENT.replace("output_dim: 10", "output_dim: 7"))
+    with pytest.raises(Exception, match="7 outputs per example"):
+        distill(path, teacher_run, run_dir=tmp_path / "r", echo=None)
+
+
+def test_cli(teacher_run: Path, student_file: Path, tmp_path: Path, capsys) -> None:
+    assert main(["distill", str(student_file), "--teacher", str(teacher_run), "--strategy",
+                 "response?temperature=2", "--out", str(tmp_path / "r"), "--epochs", "1"]) == 0
+    assert main(["distill", str(student_file), "--out", str(tmp_path / "r2")]) == 2
+    assert "no teacher" in capsys.readouterr().err
+    assert main(["distill", str(student_file), "--teacher", str(tmp_path / "nope"),
+                 "--out", str(tmp_path / "r3")]) == 2
+    err = capsys.readouterr().err
+    assert "does not exist" in err and "Traceback" not in err

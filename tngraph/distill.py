@@ -1,0 +1,283 @@
+"""Knowledge distillation: train a student network on what a trained teacher predicts
+(``tngraph distill``).
+
+``distill(student, teacher, strategy=...)`` is a training run (same progress, metrics,
+checkpoints, plots and ``--resume`` as :func:`tngraph.train.train`) whose loss comes from a
+registered *distillation strategy*:
+
+- ``response``: KL(teacher || student) of temperature-softened class distributions, times T²,
+  mixed with cross-entropy on the labels (weight ``alpha``); for regression, the squared error to
+  the teacher's outputs mixed with the one to the targets.
+- ``layer``: first fits a chosen part of the student (its layers up to ``student_layer``) to a
+  chosen intermediate layer of the teacher (through a learned linear projection where the sizes
+  differ, mean squared error), then continues with ``response``.
+
+The teacher is a finished run directory (``spec.yaml`` + ``model.safetensors``) or a spec file,
+which is trained first (into ``RUN/teacher``). Strategies register through the
+``tngraph.distillers`` entry-point group (built-ins in ``plugins/tngraph_plugins``). This module
+does not import torch at import time; the functions that run do.
+
+Examples
+--------
+>>> "response" in DISTILLERS and "layer" in DISTILLERS
+True
+>>> result = distill("models/mps_classifier.yaml", teacher="runs/cnn",   # doctest: +SKIP
+...                  strategy="response", epochs=10)
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ValidationError
+
+from tngraph.errors import PluginError, Problem, TNGraphError
+from tngraph.plugins import Registry
+
+if TYPE_CHECKING:
+    import torch
+
+    from tngraph.compiler import Compiled
+    from tngraph.spec import NamedOptions, ParamValue, Spec
+    from tngraph.train import Objective, TrainResult
+    from tngraph.yamlio import DocPath, Document
+
+
+class DistillError(TNGraphError):
+    """A distillation cannot start (teacher missing or incompatible, bad layer names, ...)."""
+
+
+@dataclass(frozen=True)
+class DistillStrategy:
+    """A registered distillation strategy.
+
+    Attributes
+    ----------
+    name
+        Registered name (``distill.strategy`` / ``--strategy``).
+    description
+        One line for listings.
+    options
+        Pydantic model of its options (``extra="forbid"``, defaults for all or required keys).
+    objective
+        ``objective(student, teacher, options) -> tngraph.train.Objective``: the loss of one
+        mini-batch and an optional preparation phase.
+    """
+
+    name: str
+    description: str
+    options: type[BaseModel]
+    objective: Callable[[Any, Any, Any], Objective]
+
+
+def _builtins() -> dict[str, DistillStrategy]:
+    try:
+        from tngraph_plugins.distillers import BUILTIN_DISTILLERS
+    except ImportError:   # pragma: no cover - a source tree without plugins/ on the path
+        return {}
+    return {s.name: s for s in BUILTIN_DISTILLERS}
+
+
+DISTILLERS: Registry[DistillStrategy] = Registry("distiller", "tngraph.distillers", _builtins)
+
+
+def register_distiller(strategy: DistillStrategy, **kwargs: Any) -> None:
+    """Register ``strategy`` under ``strategy.name`` (a second registration is refused)."""
+    DISTILLERS.register(strategy.name, strategy, **kwargs)
+
+
+def get_distiller(name: str) -> DistillStrategy:
+    """The strategy called ``name``; unknown names list the valid ones."""
+    strategy = DISTILLERS.get(name)
+    if not isinstance(strategy, DistillStrategy):
+        raise PluginError(f"distiller plugin '{name}' is not a DistillStrategy "
+                          f"(got {type(strategy).__name__})")
+    return strategy
+
+
+def list_distillers() -> list[str]:
+    """Names of the working distillation strategies."""
+    return DISTILLERS.list()
+
+
+def check_distiller(named: NamedOptions, doc: Document | None, path: DocPath) -> list[Problem]:
+    """Problems of a ``distill.strategy`` entry (unknown name, bad options), located in ``doc``.
+
+    Examples
+    --------
+    >>> from tngraph.spec import NamedOptions
+    >>> [p.message for p in check_distiller(NamedOptions(name="respons"), None, ())]
+    ["unknown distiller 'respons'; did you mean 'response'? valid: layer, response"]
+    """
+    from tngraph.spec import pydantic_problems
+
+    name_path = (*path, "name") if named.options else path
+    try:
+        strategy = get_distiller(named.name)
+    except PluginError as exc:
+        return [Problem(str(exc), doc.locate(name_path) if doc is not None else None)]
+    try:
+        strategy.options.model_validate(named.options)
+    except ValidationError as exc:
+        if doc is None:
+            return [Problem(f"distiller '{named.name}': " + "; ".join(
+                f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()), None)]
+        return pydantic_problems(exc, strategy.options, doc, path,
+                                 what=f"options of distiller '{named.name}'")
+    return []
+
+
+# ---------------------------------------------------------------------------------------------
+# teachers
+
+
+def load_teacher(teacher: str | Path, *, run_dir: Path, data: str | None = None,
+                 device: str = "cpu", echo: Callable[[str], None] = print) -> tuple[Compiled, Path]:
+    """The teacher as a frozen module in eval mode, and the run directory it came from.
+
+    ``teacher`` is a run directory written by ``tngraph train`` (``spec.yaml`` +
+    ``model.safetensors``), or a spec file, which is trained first into ``run_dir/teacher``
+    (on ``data`` when given, else its own ``train.data``).
+    """
+    from tngraph.compiler import compile as compile_spec
+    from tngraph.spec import load_spec
+    from tngraph.train import MODEL_FILE, load_weights, train
+
+    path = Path(teacher)
+    if path.is_dir():
+        if not (path / "spec.yaml").is_file() or not (path / MODEL_FILE).is_file():
+            raise DistillError(f"teacher {path} is a folder without spec.yaml and {MODEL_FILE}; "
+                               "give a run directory written by tngraph train, or a spec file")
+        teacher_run = path
+    elif path.is_file():
+        teacher_run = run_dir / "teacher"
+        if not (teacher_run / MODEL_FILE).is_file() or not (teacher_run / "summary.json").is_file():
+            echo(f"training the teacher {path} into {teacher_run}")
+            train(path, run_dir=teacher_run, echo=echo, **({"data": data} if data else {}))
+    else:
+        raise DistillError(f"teacher {path} does not exist; give a run directory written by "
+                           "tngraph train, or a spec file to train first")
+    spec = load_spec(teacher_run / "spec.yaml")
+    module = compile_spec(spec)
+    load_weights(module, teacher_run / MODEL_FILE)
+    module = module.to(device).eval()
+    for param in module.parameters():
+        param.requires_grad_(False)
+    return module, teacher_run.resolve()
+
+
+def teacher_outputs(teacher: Compiled, x: torch.Tensor) -> torch.Tensor:
+    """The teacher's outputs for a batch, ``(batch, -1)``, without gradients."""
+    import torch
+
+    with torch.no_grad():
+        out = teacher(x)
+    return out.reshape(out.shape[0], -1)
+
+
+# ---------------------------------------------------------------------------------------------
+# the run
+
+
+def distill(student: str | Path | Spec | None = None, teacher: str | Path | None = None,
+            overrides: Mapping[str, ParamValue] | None = None, *,
+            strategy: str | Mapping[str, Any] | None = None, run_dir: str | Path | None = None,
+            resume: str | Path | None = None, echo: Callable[[str], None] | None = print,
+            **options: Any) -> TrainResult:
+    """Distil ``teacher`` into ``student``; the run is a :func:`tngraph.train.train` run.
+
+    Parameters
+    ----------
+    student
+        Student spec (path, YAML text or Spec); not needed with ``resume``.
+    teacher
+        Teacher run directory or spec file (trained first); default: the student spec's
+        ``distill.teacher``.
+    overrides
+        ``--set`` values of the student spec.
+    strategy
+        A registered strategy name or ``{name: ..., option: ...}``; default: the spec's
+        ``distill.strategy`` (``response``).
+    run_dir, resume, echo, **options
+        As for :func:`tngraph.train.train`.
+    """
+    from tngraph.spec import NamedOptions, Spec, load_spec
+    from tngraph.train import _new_run_dir, train
+
+    say = echo or (lambda _line: None)
+    if resume is not None:
+        run = Path(resume)
+        config_file = run / "config.json"
+        if not config_file.is_file():
+            raise DistillError(f"cannot resume {run}: no config.json there")
+        recorded = json.loads(config_file.read_text()).get("objective") or {}
+        if recorded.get("kind") != "distill":
+            raise DistillError(f"{run} is not a distillation run; resume it with tngraph train")
+        teacher = recorded["teacher"]
+        named = NamedOptions.model_validate(recorded["strategy"])
+        spec = None
+    else:
+        if student is None:
+            raise DistillError("nothing to distil: give a student spec, or resume=RUN_DIR")
+        spec = student if isinstance(student, Spec) else load_spec(student, overrides)
+        named = spec.distill.strategy if strategy is None else NamedOptions.model_validate(
+            {"name": strategy} if isinstance(strategy, str) else dict(strategy))
+        teacher = teacher if teacher is not None else spec.distill.teacher
+        if teacher is None:
+            raise DistillError("no teacher: give --teacher RUN_DIR|SPEC or distill.teacher in "
+                               "the student spec")
+        run = Path(run_dir) if run_dir is not None else _new_run_dir(f"{spec.name}-distill")
+    problems = check_distiller(named, None, ("distill", "strategy"))
+    if problems:
+        raise DistillError("; ".join(p.message for p in problems))
+    chosen = get_distiller(named.name)
+    strategy_options = chosen.options.model_validate(named.options)
+    run.mkdir(parents=True, exist_ok=True)
+    device = options.get("device") or (spec.train.device if spec is not None else "cpu")
+    data = options.get("data")
+    teacher_module, teacher_run = load_teacher(teacher, run_dir=run, data=data, device=device,
+                                               echo=say)
+
+    from tngraph.train import Objective
+
+    # the student module is built inside the run: the strategy's objective is made from it there
+    bound: dict[str, Objective] = {}
+
+    def bind(module: Any) -> None:
+        bound["objective"] = chosen.objective(module, teacher_module, strategy_options)
+
+    def loss(x: torch.Tensor, y: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        return bound["objective"].loss(x, y, out)
+
+    def prepare(module: Any, dataset: Any, train_options: Any, log: Callable[[str], None]) -> None:
+        _check_outputs(module, teacher_module, dataset)
+        inner = bound["objective"].prepare
+        if inner is not None:
+            inner(module, dataset, train_options, log)
+
+    objective = Objective(loss=loss, prepare=prepare, bind=bind, config={
+        "kind": "distill", "teacher": str(teacher_run),
+        "strategy": {"name": named.name, **named.options}})
+    if resume is not None:
+        return train(resume=run, objective=objective, echo=echo, **options)
+    return train(spec, run_dir=run, objective=objective, echo=echo, **options)
+
+
+def _check_outputs(student: Any, teacher: Any, dataset: Any) -> None:
+    import math
+
+    import torch
+
+    x, _ = dataset.split("val")
+    probe = x[:2].to(next(teacher.parameters()).device)
+    with torch.no_grad():
+        t = teacher(probe)
+    s_out = student.output_shape if hasattr(student, "output_shape") else \
+        student._out_legs_shape
+    if math.prod(t.shape[1:]) != math.prod(s_out):
+        raise DistillError(f"the teacher has {math.prod(t.shape[1:])} outputs per example but "
+                           f"the student {math.prod(s_out)}; they must predict the same targets")
