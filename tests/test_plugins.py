@@ -72,3 +72,46 @@ def test_cli_plugins_list_marks_broken_plugins(registry: Registry[str],
     out = capsys.readouterr().out
     assert "good" in out and "builtin" in out
     assert "BROKEN: ImportError: No module named 'missing_dependency'" in out
+
+
+class _Dist:
+    def __init__(self, name: str):
+        self.metadata, self.version = {"Name": name}, "1.0"
+
+
+def _point(name: str, value: Any, dist: str) -> _EntryPoint:
+    point = _EntryPoint(name, value)
+    point.dist = _Dist(dist)
+    return point
+
+
+def test_a_third_party_plugin_cannot_shadow_a_builtin(monkeypatch: pytest.MonkeyPatch) -> None:
+    points = [_point("poly", "impostor", "evil-plugin"), _point("poly", "real", "tngraph"),
+              _point("poly", "real", "tngraph")]    # listed twice: same distribution, no clash
+    monkeypatch.setattr(importlib.metadata, "entry_points",
+                        lambda group=None, **_: points if group == "tngraph.widgets" else [])
+    reg: Registry[str] = Registry("widget", "tngraph.widgets")
+    assert reg.get("poly") == "real"
+    (clash,) = [i for i in reg.info() if i.error]
+    assert clash.distribution == "evil-plugin"
+    assert "name clash: 'poly' is already provided by tngraph" in clash.error
+
+
+def test_a_plugin_of_the_wrong_kind_is_reported_broken(monkeypatch: pytest.MonkeyPatch) -> None:
+    points = [_point("ok", 3, "a"), _point("wrong", "text", "b")]
+    monkeypatch.setattr(importlib.metadata, "entry_points",
+                        lambda group=None, **_: points if group == "tngraph.widgets" else [])
+    reg: Registry[int] = Registry("widget", "tngraph.widgets", expects=int)
+    assert reg.list() == ["ok"]
+    with pytest.raises(PluginError, match="failed to load: not a widget: expected int, got str"):
+        reg.get("wrong")
+
+
+@pytest.mark.parametrize("module", ["data", "distill", "layers", "optimizers", "templates"])
+def test_registries_check_what_their_entries_are(module: str) -> None:
+    import importlib
+
+    mod = importlib.import_module(f"tngraph.{module}")
+    (registry,) = [v for v in vars(mod).values() if isinstance(v, Registry)]
+    assert registry._expects is not None
+    assert registry._wrong_shape(object()) is not None

@@ -294,7 +294,8 @@ def _builtins() -> dict[str, DataSource]:
     return {d.name: d for d in (DIGITS, MNIST, FASHION_MNIST, CSV, SYNTHETIC_REGRESSION)}
 
 
-DATASETS: Registry[DataSource] = Registry("dataset", "tngraph.datasets", _builtins)
+DATASETS: Registry[DataSource] = Registry("dataset", "tngraph.datasets", _builtins,
+                                          expects=DataSource)
 
 
 def register_dataset(source: DataSource, **kwargs: Any) -> None:

@@ -82,7 +82,8 @@ def _builtins() -> dict[str, DistillStrategy]:
     return {s.name: s for s in BUILTIN_DISTILLERS}
 
 
-DISTILLERS: Registry[DistillStrategy] = Registry("distiller", "tngraph.distillers", _builtins)
+DISTILLERS: Registry[DistillStrategy] = Registry("distiller", "tngraph.distillers", _builtins,
+                                                  expects=DistillStrategy)
 
 
 def register_distiller(strategy: DistillStrategy, **kwargs: Any) -> None:

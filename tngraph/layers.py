@@ -400,7 +400,7 @@ def _builtins() -> dict[str, LayerType]:
     return {t.name: t for t in types}
 
 
-LAYERS: Registry[LayerType] = Registry("layer", "tngraph.layers", _builtins)
+LAYERS: Registry[LayerType] = Registry("layer", "tngraph.layers", _builtins, expects=LayerType)
 
 
 def register_layer(layer: LayerType, **kwargs: Any) -> None:

@@ -121,7 +121,8 @@ def _builtins() -> dict[str, OptimizerStrategy]:
     return {s.name: s for s in BUILTIN_OPTIMIZERS}
 
 
-OPTIMIZERS: Registry[OptimizerStrategy] = Registry("optimizer", "tngraph.optimizers", _builtins)
+OPTIMIZERS: Registry[OptimizerStrategy] = Registry("optimizer", "tngraph.optimizers", _builtins,
+                                                   expects=OptimizerStrategy)
 
 
 def register_optimizer(strategy: OptimizerStrategy, **kwargs: Any) -> None:

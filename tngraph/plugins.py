@@ -39,12 +39,16 @@ class PluginInfo:
 class Registry(Generic[T]):
     """Name -> object registry of one plugin kind, lazily filled from an entry-point group."""
 
-    def __init__(self, kind: str, group: str, builtins: Callable[[], dict[str, T]] | None = None):
+    def __init__(self, kind: str, group: str, builtins: Callable[[], dict[str, T]] | None = None,
+                 expects: type | tuple[type, ...] | Callable[[Any], bool] | None = None):
         self.kind = kind
         self.group = group
         self._builtins = builtins
+        #: what an entry must be (a class, classes, or a predicate); others are reported broken
+        self._expects = expects
         self._entries: dict[str, T] = {}
         self._info: dict[str, PluginInfo] = {}
+        self._clashes: list[PluginInfo] = []
         self._loaded = False
 
     # -- filling -------------------------------------------------------------------------
@@ -69,17 +73,28 @@ class Registry(Generic[T]):
             entry_points = importlib.metadata.entry_points(group=self.group)
         except Exception:  # pragma: no cover - broken metadata must not break the CLI
             entry_points = ()
-        for ep in entry_points:
-            dist = getattr(ep, "dist", None)
-            dist_name = dist.metadata["Name"] if dist is not None else "?"
-            dist_version = dist.version if dist is not None else ""
-            if ep.name in self._entries:
+        # tngraph's own entry points first: a third-party plugin cannot shadow a built-in
+        ordered = sorted(entry_points, key=lambda ep: _distribution(ep)[0] != "tngraph")
+        for ep in ordered:
+            dist_name, dist_version = _distribution(ep)
+            if ep.name in self._entries or (ep.name in self._info and self._info[ep.name].error):
+                owner = self._info[ep.name]
+                if owner.distribution != dist_name:
+                    self._clashes.append(PluginInfo(
+                        ep.name, self.kind, dist_name, dist_version,
+                        error=f"name clash: '{ep.name}' is already provided by "
+                              f"{owner.distribution}; not loaded (rename the entry point)"))
                 continue
             try:
                 obj = ep.load()
             except Exception as exc:  # noqa: BLE001 - report any plugin failure by name
                 self._info[ep.name] = PluginInfo(ep.name, self.kind, dist_name, dist_version,
                                                  error=f"{type(exc).__name__}: {exc}")
+                continue
+            problem = self._wrong_shape(obj)
+            if problem:
+                self._info[ep.name] = PluginInfo(ep.name, self.kind, dist_name, dist_version,
+                                                 error=problem)
                 continue
             self._entries[ep.name] = obj
             self._info[ep.name] = PluginInfo(ep.name, self.kind, dist_name, dist_version)
@@ -89,6 +104,19 @@ class Registry(Generic[T]):
                 if name not in self._entries:
                     self._entries[name] = obj
                     self._info[name] = PluginInfo(name, self.kind, "tngraph", "")
+
+    def _wrong_shape(self, obj: Any) -> str | None:
+        """Why ``obj`` cannot be an entry of this registry (``None`` if it can)."""
+        expects = self._expects
+        if expects is None:
+            return None
+        if isinstance(expects, (type, tuple)):
+            if isinstance(obj, expects):
+                return None
+            names = expects if isinstance(expects, tuple) else (expects,)
+            return (f"not a {self.kind}: expected {' or '.join(t.__name__ for t in names)}, "
+                    f"got {type(obj).__name__}")
+        return None if expects(obj) else f"not a {self.kind}: got {type(obj).__name__}"
 
     # -- lookup --------------------------------------------------------------------------
     def get(self, name: str) -> T:
@@ -107,9 +135,9 @@ class Registry(Generic[T]):
         return sorted(self._entries)
 
     def info(self) -> list[PluginInfo]:
-        """Every entry, including plugins that failed to load (with their error)."""
+        """Every entry, including plugins that failed to load or clashed (with the reason)."""
         self._load()
-        return [self._info[k] for k in sorted(self._info)]
+        return [self._info[k] for k in sorted(self._info)] + list(self._clashes)
 
     def __contains__(self, name: object) -> bool:
         self._load()
@@ -117,6 +145,13 @@ class Registry(Generic[T]):
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.list())
+
+
+def _distribution(ep: Any) -> tuple[str, str]:
+    dist = getattr(ep, "dist", None)
+    if dist is None:
+        return "?", ""
+    return dist.metadata["Name"], dist.version
 
 
 def registries() -> list[Registry[Any]]:

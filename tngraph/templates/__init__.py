@@ -68,7 +68,8 @@ def _builtins() -> dict[str, Template]:
     return {t.name: t for t in (mps.TEMPLATE, mpo.TEMPLATE, tt_linear.TEMPLATE, peps.TEMPLATE)}
 
 
-TEMPLATES: Registry[Template] = Registry("template", "tngraph.templates", _builtins)
+TEMPLATES: Registry[Template] = Registry("template", "tngraph.templates", _builtins,
+                                         expects=Template)
 
 
 def register_template(template: Template, **kwargs: Any) -> None:
