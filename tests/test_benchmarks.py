@@ -24,10 +24,23 @@ def _load(name: str):
      ["TT-linear summary", "best TN peer", "rebuild-W"]),
     ("execution", ["--quick", "--only", "mps", "--threads", "1"],
      ["MPS classifier", "reference"]),
-], ids=["plan_quality", "execution-tt", "execution-mps"])
+    ("decompose", ["--quick", "--threads", "1"],
+     ["TT-SVD: tt_svd", "TT-rounding against the rank", "re-decomposing the dense tensor",
+      "tt_linear summary", "tngraph-auto"]),
+], ids=["plan_quality", "execution-tt", "execution-mps", "decompose"])
 def test_benchmark_quick_mode_runs(name: str, argv: list[str], expected: list[str],
                                    capsys: pytest.CaptureFixture[str]) -> None:
     assert _load(name).main(argv) == 0
     out = capsys.readouterr().out
     for text in expected:
         assert text in out
+
+
+def test_decompose_benchmark_runs_without_tltorch(monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """tensorly-torch is optional: its rows say so and the other candidates still run."""
+    monkeypatch.setitem(sys.modules, "tltorch", None)      # makes `import tltorch` fail
+    assert _load("decompose").main(["--quick", "--only", "linear", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "tltorch not installed: skipped" in out
+    assert "tt_linear summary" in out and "tngraph-net" in out
