@@ -18,3 +18,18 @@ def test_seed004_regression_runs(capsys: pytest.CaptureFixture[str]) -> None:
     assert "dense least squares" in out and "TT-SVD of the LS weight" in out
     dense_r2 = float(out.splitlines()[1].split()[-2])
     assert dense_r2 > 0.999                 # 4096 features, 256 samples: an exact fit
+
+
+def test_seed000_distillation_runs(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    spec = importlib.util.spec_from_file_location("seed000", ROOT / "examples" /
+                                                  "seed000_distillation.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    args = ["--bonds", "2", "--seeds", "0", "--epochs", "1", "--teacher-epochs", "1",
+            "--out", str(tmp_path)]
+    assert module.main(args) == 0
+    out = capsys.readouterr().out
+    row = [line for line in out.splitlines() if line.strip().startswith("2 |")]
+    assert len(row) == 1 and row[0].count("±") == 3
+    assert (tmp_path / "results.json").is_file()
+    assert module.main(args) == 0          # finished runs are reused, not trained again
