@@ -161,3 +161,9 @@ def test_shipped_classifier_loss_decreases_on_digits(path: Path) -> None:
         losses.append(loss.item())
     first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
     assert last < 0.8 * first, (first, last)
+
+
+def test_cli_validate_summarises_a_pipeline(pipe_file: Path, capsys) -> None:
+    assert main(["validate", str(pipe_file)]) == 0
+    out = capsys.readouterr().out
+    assert "ok (pipe, pipeline: 9 layers, 1 networks, [64] -> [10]," in out

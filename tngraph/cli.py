@@ -112,6 +112,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=["train", "val", "test"], default="test")
     p.add_argument("--seed", type=int, help="seed of the dataset split (default: the spec's)")
 
+    p = sub.add_parser("tensorize", help="replace dense linear layers of a trained pipeline "
+                                         "by TT-layers (TT-SVD of their weights)")
+    p.add_argument("spec", metavar="MODEL", help="a run directory (spec.yaml + "
+                                                 "model.safetensors) or a spec file")
+    p.add_argument("--checkpoint", metavar="FILE", help="weights (model.safetensors); needed "
+                                                        "with a spec file")
+    p.add_argument("--layers", metavar="NAME[,NAME]", help="the linear layers to replace")
+    p.add_argument("--rank", type=int, help="TT-rank of every bond (clipped where a bond "
+                                            "allows less); with --eps: a cap")
+    p.add_argument("--eps", type=float, help="relative accuracy instead: smallest ranks with "
+                                             "||W - W_tt|| <= EPS ||W||")
+    p.add_argument("--in-shape", metavar="N,N,...", help="factors of the input size (default: "
+                                                         "balanced, see docs/decompose.md)")
+    p.add_argument("--out-shape", metavar="N,N,...", help="factors of the output size")
+    p.add_argument("--cores", type=int, help="number of factors of chosen shapes (default: 4, "
+                                             "fewer for sizes with fewer prime factors)")
+    p.add_argument("--out", metavar="DIR", help="output folder (default: <run>-tt)")
+    p.add_argument("--data", metavar="NAME", help="also report test accuracy / R2 before and "
+                                                  "after on this dataset")
+    p.add_argument("--set", dest="overrides", action="append", default=[],
+                   metavar="KEY=VALUE", help="override a parameter of a spec file")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+
     p = sub.add_parser("plugins", help="list templates, feature maps, initialisers, datasets")
     p.add_argument("action", choices=["list"], help="what to do (list)")
     p.add_argument("--debug", action="store_true")
@@ -151,6 +174,15 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     problems = check_plan_options(spec)
     if problems:
         raise SpecError(problems)
+    if spec.is_pipeline:
+        from tngraph.layers import summarize_layers
+
+        layers = summarize_layers(spec)
+        networks = sum(layer.type == "network" for layer in layers)
+        print(f"{args.spec}: ok ({spec.name}, pipeline: {len(layers)} layers, {networks} "
+              f"networks, {list(spec.input_shape or ())} -> {list(layers[-1].shape)}, "
+              f"{sum(layer.params for layer in layers):,} parameters)")
+        return EXIT_OK
     net = spec.network
     kind = (spec.template or {}).get("template", "raw")
     print(f"{args.spec}: ok ({spec.name}, {kind}: {len(net.nodes)} nodes, {len(net.edges)} "
@@ -265,6 +297,47 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_tensorize(args: argparse.Namespace) -> int:
+    from tngraph.data import load_dataset
+    from tngraph.tensorize import (
+        check_out_dir,
+        default_out_dir,
+        evaluate_state,
+        format_table,
+        load_model,
+        parse_shape,
+        tensorize_spec,
+        write_tensorized,
+    )
+
+    model = load_model(args.spec, args.checkpoint, _overrides(args.overrides))
+    names = [n.strip() for n in (args.layers or "").split(",") if n.strip()]
+    in_shape = parse_shape(args.in_shape, "--in-shape")
+    out_shape = parse_shape(args.out_shape, "--out-shape")
+    shapes = ({n: (in_shape, out_shape) for n in names}
+              if in_shape is not None or out_shape is not None else None)
+    result = tensorize_spec(model.spec, model.state_dict, names, rank=args.rank, eps=args.eps,
+                            shapes=shapes, cores=args.cores)
+    out = check_out_dir(args.out if args.out else default_out_dir(model))
+    metrics = None
+    if args.data:
+        dataset = load_dataset(args.data, seed=int(model.train_config.get(
+            "seed", model.spec.train.seed)))
+        before = evaluate_state(model.spec, model.state_dict, dataset)
+        after = evaluate_state(result.spec, result.state_dict, dataset)
+        metric = "accuracy" if "accuracy" in before else "r2"
+        metrics = {"dataset": dataset.name, "split": "test", "metric": metric,
+                   "before": before[metric], "after": after[metric]}
+    paths = write_tensorized(result, out, metrics)
+    print(format_table(result.rows, metrics, title=f"tngraph tensorize: {args.spec}"))
+    for row in result.rows:
+        for note in row.notes:
+            print(f"note: {note}", file=sys.stderr)
+    print(f"written: {paths['spec']}, {paths['weights']}\n"
+          f"fine-tune: tngraph train {paths['spec']} --init {paths['weights']} --epochs 5")
+    return EXIT_OK
+
+
 def _cmd_plugins(args: argparse.Namespace) -> int:
     from rich import box
     from rich.console import Console
@@ -298,7 +371,8 @@ def _cmd_templates(args: argparse.Namespace) -> int:
 
 _COMMANDS = {"validate": _cmd_validate, "compile": _cmd_compile, "expand": _cmd_expand,
              "train": _cmd_train, "distill": _cmd_distill, "eval": _cmd_eval,
-             "plugins": _cmd_plugins, "templates": _cmd_templates}
+             "plugins": _cmd_plugins, "templates": _cmd_templates,
+             "tensorize": _cmd_tensorize}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

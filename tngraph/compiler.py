@@ -432,28 +432,26 @@ def compile_pipeline(spec: Spec, *, cache_dir: str | Path | None = None, seed: i
     Parameters are those of :func:`compile`; layer ``k`` is initialised from ``seed + k``
     (without touching torch's global random state).
     """
-    from tngraph.layers import NETWORK, get_layer, network_shape
+    from tngraph.layers import NETWORK, get_layer, summarize_layers
 
     assert spec.layers is not None
     base = seed if seed is not None else 0
     modules: dict[str, nn.Module] = {}
-    shapes: dict[str, tuple[int, ...]] = {}
+    summaries = summarize_layers(spec)
+    shapes = {s.name: s.shape for s in summaries}
     shape = tuple(spec.input_shape or ())
     dtype = _DTYPES[plan_options.get("dtype") or spec.plan.dtype]
-    for k, layer in enumerate(spec.layers):
+    for k, (layer, summary) in enumerate(zip(spec.layers, summaries)):
         if layer.type == NETWORK:
-            assert layer.network is not None
             modules[layer.name] = compile(spec.network_spec(layer.name), cache_dir=cache_dir,
                                           seed=base + k, **plan_options)
-            shape = network_shape(layer.network, shape)
         else:
             layer_type = get_layer(layer.type)
             options = layer_type.options.model_validate(layer.options)
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(base + k)
                 modules[layer.name] = layer_type.build(options, shape).to(dtype)
-            shape = tuple(layer_type.shape(options, shape))
-        shapes[layer.name] = shape
+        shape = summary.shape
     return Pipeline(spec, modules, shapes)
 
 

@@ -481,3 +481,47 @@ def _output_dims(network: NetworkSpec) -> Shape:
         dims.append(network.nodes[node].legs[leg])
     return tuple(dims)
 
+
+
+@dataclass(frozen=True)
+class LayerSummary:
+    """One layer of a validated pipeline: its output shape (one example), parameters, and FLOPs
+    per example (``None`` for networks: that needs their plan)."""
+
+    name: str
+    type: str
+    shape: Shape
+    params: int
+    flops: float | None
+
+
+def summarize_layers(spec: Any) -> list[LayerSummary]:
+    """Shapes, parameters and FLOPs of every layer of a (validated) pipeline spec.
+
+    Examples
+    --------
+    >>> from tngraph.spec import load_spec
+    >>> spec = load_spec("tngraph: 1\\nname: p\\ninput_shape: [6]\\n"
+    ...                  "layers: [{type: linear, out_features: 3}, relu]\\n")
+    >>> [(s.name, s.shape, s.params) for s in summarize_layers(spec)]
+    [('linear0', (3,), 21), ('relu1', (3,), 0)]
+    """
+    from tngraph.graph import parameter_count
+
+    out: list[LayerSummary] = []
+    shape: Shape = tuple(spec.input_shape or ())
+    for layer in spec.layers or ():
+        if layer.type == NETWORK:
+            new = network_shape(layer.network, shape)
+            params = parameter_count(spec.network_spec(layer.name))
+            params += math.prod(_output_dims(layer.network)) if layer.network.bias else 0
+            flops = None
+        else:
+            layer_type = get_layer(layer.type)
+            options = layer_type.options.model_validate(layer.options)
+            new = tuple(layer_type.shape(options, shape))
+            params = layer_type.params(options, shape)
+            flops = layer_type.flops(options, shape, new)
+        out.append(LayerSummary(layer.name, layer.type, new, params, flops))
+        shape = new
+    return out

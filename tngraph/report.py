@@ -191,29 +191,19 @@ def pipeline_report_data(spec: Spec, plans: dict[str, Plan]) -> dict[str, Any]:
 
     ``plans`` maps every ``network`` layer's name to its plan.
     """
-    from tngraph.layers import NETWORK, get_layer, network_shape
+    from tngraph.layers import summarize_layers
 
     rows = []
     networks = {}
-    shape = tuple(spec.input_shape or ())
-    for layer in spec.layers or ():
-        if layer.type == NETWORK:
-            assert layer.network is not None
-            sub = spec.network_spec(layer.name)
+    for layer in summarize_layers(spec):
+        flops = layer.flops
+        if flops is None:
             plan = plans[layer.name]
-            out = network_shape(layer.network, shape)
-            params = parameter_count(sub) + (math.prod(out) if layer.network.bias else 0)
             flops = plan.flops / plan.batch_size if plan.batch_size else plan.flops
-            networks[layer.name] = report_data(plan, sub)
-        else:
-            layer_type = get_layer(layer.type)
-            options = layer_type.options.model_validate(layer.options)
-            out = tuple(layer_type.shape(options, shape))
-            params = layer_type.params(options, shape)
-            flops = layer_type.flops(options, shape, out)
-        rows.append({"name": layer.name, "type": layer.type, "shape": list(out),
-                     "params": params, "flops": flops})
-        shape = out
+            networks[layer.name] = report_data(plan, spec.network_spec(layer.name))
+        rows.append({"name": layer.name, "type": layer.type, "shape": list(layer.shape),
+                     "params": layer.params, "flops": flops})
+    shape = rows[-1]["shape"] if rows else list(spec.input_shape or ())
     return {
         "name": spec.name,
         "input_shape": list(spec.input_shape or ()),
