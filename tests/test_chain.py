@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tngraph_plugins.chain import Chain, ChainError, ChainSite, find_chain, rebuild
 
 import tngraph
 from tngraph.decompose import tt_to_dense
 from tngraph.spec import load_spec
+from tngraph_plugins.chain import Chain, ChainError, ChainSite, find_chain, rebuild
 
 MPS_OUT = ("tngraph: 1\nname: c\nnetwork: {template: mps, sites: 4, phys_dim: 2, bond_dim: 3, "
            "input: x, feature_map: multilinear, output_dim: 5, output_site: 1}\n")

@@ -15,6 +15,14 @@ from pathlib import Path
 
 import pytest
 import torch
+
+import tngraph
+from tngraph.cli import main
+from tngraph.decompose import tt_ranks, tt_to_dense
+from tngraph.errors import SpecError
+from tngraph.optimizers import NonFiniteLoss, OptimizerContext, get_optimizer
+from tngraph.spec import load_spec
+from tngraph.train import TrainingError, train
 from tngraph_plugins.chain import ChainError
 from tngraph_plugins.riemannian import (
     ManifoldStepper,
@@ -24,14 +32,6 @@ from tngraph_plugins.riemannian import (
     round_to_ranks,
     tangent_cores,
 )
-
-import tngraph
-from tngraph.cli import main
-from tngraph.decompose import tt_ranks, tt_to_dense
-from tngraph.errors import SpecError
-from tngraph.optimizers import NonFiniteLoss, OptimizerContext, get_optimizer
-from tngraph.spec import load_spec
-from tngraph.train import TrainingError, train
 
 #: a tiny MPS with data on every site and a label leg on site 1 (physical legs p and o merged)
 TINY = ("tngraph: 1\nname: tiny\nnetwork: {template: mps, sites: 4, phys_dim: 3, bond_dim: 2, "
