@@ -264,10 +264,12 @@ def test_registry_rules() -> None:
 
 @pytest.mark.parametrize(("feature_map", "init"), [
     ("multilinear", "identity"),
-    ("trig", {"name": "identity", "spread": ["p"]}),
+    ("trig", {"name": "identity", "rotation": "p", "sign": -1}),       # A1: an odd site
 ])
 def test_mps_identity_init_follows_the_feature_map(feature_map: str, init: object) -> None:
-    """Without a constant feature component, the identity is spread over every feature value."""
+    """[1, x] carries the identity on its constant component; the unit-norm cos / sin map gets
+    the slices I and +-J (J antisymmetric, orthogonal on pairs), every site matrix a rotation,
+    odd sites turning the other way."""
     import torch
 
     import tngraph
@@ -280,8 +282,11 @@ def test_mps_identity_init_follows_the_feature_map(feature_map: str, init: objec
     core = module.tensors["A1"].detach()                       # legs (l, p, r)
     eye = torch.eye(3, dtype=torch.float64)
     if feature_map == "trig":
-        for p in range(2):
-            torch.testing.assert_close(core[:, p, :], eye, atol=0.05, rtol=0)
+        j = torch.tensor([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 0.0]],
+                         dtype=torch.float64)
+        torch.testing.assert_close(core[:, 0, :], eye, atol=0.05, rtol=0)
+        torch.testing.assert_close(core[:, 1, :], -j, atol=0.05, rtol=0)
+        assert spec.network.nodes["A2"].init.to_data() == {"name": "identity", "rotation": "p"}
     else:
         torch.testing.assert_close(core[:, 0, :], eye, atol=0.05, rtol=0)
         assert core[:, 1, :].abs().max() < 0.05

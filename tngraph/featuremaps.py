@@ -10,6 +10,12 @@ elementwise, ``(..., ) -> (..., dim)``. Built-ins:
 Every map takes ``scale: true`` to clamp inputs to [0, 1] first. This module does not import
 torch at import time: ``dim`` is needed by validation, which stays torch-free.
 
+Two flags describe a map to the code that initialises the network around it: ``leading_one``
+(the first component is the constant 1: ``multilinear``, ``poly``) and ``unit_norm`` (the vector
+has Euclidean norm 1 for every input: ``trig``, since cos^2 + sin^2 = 1). The ``mps`` template
+starts a chain fed by a unit-norm map as a product of rotations (see
+:func:`tngraph.initializers.identity`), which keeps every chain length at unit scale.
+
 Examples
 --------
 >>> import torch
@@ -30,7 +36,33 @@ from tngraph.plugins import Registry
 
 @dataclass(frozen=True)
 class FeatureMap:
-    """A named local feature map: its output dimension and its elementwise function."""
+    """A named local feature map: its output dimension and its elementwise function.
+
+    Parameters
+    ----------
+    name : str
+        Registered name, used in specs (``feature_map: trig``).
+    dim : callable
+        ``options -> int``, the length of the feature vector.
+    apply : callable
+        ``(x, options) -> phi(x)``, elementwise, ``(...) -> (..., dim)``.
+    options : tuple of str
+        Option names the map accepts.
+    description : str
+        One line for listings.
+    leading_one : bool
+        The first component is the constant 1 (lets the executor skip that multiply; a
+        near-identity chain carries its identity on that component).
+    unit_norm : bool
+        ``|phi(x)| = 1`` for every input ``x`` (true for ``trig``; not for ``multilinear`` or
+        ``poly``, whose norm ``sqrt(1 + x^2 + ...)`` grows with ``x``). Lets the ``mps`` template
+        start the chain as a product of rotations, which preserves norms at any length.
+
+    Examples
+    --------
+    >>> get_feature_map("trig").unit_norm, get_feature_map("multilinear").unit_norm
+    (True, False)
+    """
 
     name: str
     dim: Callable[[Mapping[str, Any]], int]
@@ -39,6 +71,8 @@ class FeatureMap:
     description: str = ""
     #: the first component is the constant 1 (lets the executor skip that multiply)
     leading_one: bool = False
+    #: the feature vector has Euclidean norm 1 for every input value
+    unit_norm: bool = False
 
     def check_options(self, options: Mapping[str, Any]) -> None:
         unknown = sorted(set(options) - set(self.options))
@@ -84,7 +118,8 @@ def _poly(x: Any, options: Mapping[str, Any]) -> Any:
 
 MULTILINEAR = FeatureMap("multilinear", lambda o: 2, _multilinear, description="[1, x]",
                          leading_one=True)
-TRIG = FeatureMap("trig", lambda o: 2, _trig, description="[cos(pi x/2), sin(pi x/2)]")
+TRIG = FeatureMap("trig", lambda o: 2, _trig, description="[cos(pi x/2), sin(pi x/2)]",
+                  unit_norm=True)
 POLY = FeatureMap("poly", lambda o: _poly_degree(o) + 1, _poly, options=("scale", "degree"),
                   description="[1, x, ..., x^degree]", leading_one=True)
 

@@ -8,9 +8,11 @@ the module casts it). Built-ins:
   quickly;
 * ``uniform``: ``U(-a, a)``, ``a`` option (default as ``normal``'s std times sqrt(3));
 * ``zeros``, ``ones``;
-* ``identity``: for MPS-like cores with legs ``l`` and ``r``: identity from l to r on every
-  other index value ... plus ``std`` noise (default 1e-2); the first entry of the remaining legs
-  carries the identity, so a chain of such cores starts as a near-identity map.
+* ``identity``: for MPS-like cores with legs ``l`` and ``r``: the identity from l to r at index
+  0 of the remaining legs (or on every value of the ``spread`` legs), plus ``std`` noise
+  (default 1e-2), so a chain of such cores starts as a near-identity map; with
+  ``rotation: p``, the slices of ``p`` are ``I`` and an antisymmetric orthogonal ``J``, so
+  that a unit-norm feature vector turns every core into a rotation (see :func:`identity`).
 
 This module does not import torch at import time.
 """
@@ -62,20 +64,131 @@ def ones(shape: Sequence[int], legs: Sequence[str], options: Mapping[str, Any],
     return torch.ones(tuple(shape), dtype=torch.float64)
 
 
+def rotation_generator(n: int) -> Any:
+    """The ``n x n`` antisymmetric matrix ``J`` with blocks ``[[0, -1], [1, 0]]`` on its diagonal.
+
+    ``J^T = -J`` and ``J^T J = I`` on the ``2 * (n // 2)`` paired coordinates, so
+    ``cos(t) I + sin(t) J`` is the rotation by ``t`` in every pair, exactly orthogonal for every
+    ``t``. For odd ``n`` the last coordinate is unpaired: ``J`` is 0 there.
+
+    Examples
+    --------
+    >>> rotation_generator(3)
+    tensor([[ 0., -1.,  0.],
+            [ 1.,  0.,  0.],
+            [ 0.,  0.,  0.]], dtype=torch.float64)
+    """
+    import torch
+
+    j = torch.zeros(n, n, dtype=torch.float64)
+    pairs = torch.arange(0, n - 1, 2)
+    j[pairs + 1, pairs] = 1.0
+    j[pairs, pairs + 1] = -1.0
+    return j
+
+
+def _rotation_core(shape: Sequence[int], legs: Sequence[str], leg: str, sign: Any = 1) -> Any:
+    """The noise-free core of ``identity`` with ``rotation: leg`` (see there)."""
+    import torch
+
+    from tngraph.errors import PluginError
+
+    if sign not in (1, -1) or isinstance(sign, bool):
+        raise PluginError(f"initializer 'identity': sign must be 1 or -1, got {sign!r}")
+    if leg not in legs:
+        raise PluginError(f"initializer 'identity': rotation leg '{leg}' is not a leg of the "
+                          f"node (legs: {', '.join(legs)})")
+    rot = legs.index(leg)
+    if shape[rot] != 2:
+        raise PluginError(f"initializer 'identity': rotation leg '{leg}' must have dimension 2 "
+                          f"(cos, sin), got {shape[rot]}")
+    left = legs.index("l") if "l" in legs else None
+    right = legs.index("r") if "r" in legs else None
+    rows = shape[left] if left is not None else 1
+    cols = shape[right] if right is not None else 1
+    n = max(rows, cols)
+    eye = torch.eye(n, dtype=torch.float64)
+    j = rotation_generator(n) * sign
+    others = [a for a in range(len(legs)) if a not in (left, right, rot)]
+    count = math.prod(shape[a] for a in others)
+    angles = torch.arange(count, dtype=torch.float64) * (math.pi / count)
+    # one rotation per value of the remaining legs (the class label): R_k = rotation by pi k/K
+    # slices M_p R_k with M_0 = I, M_1 = J: R_k = cos I + sin J and J R_k = cos J + sin J^2,
+    # where J^2 = -1 on the paired coordinates (0 on an unpaired one); shape (2, K, n, n)
+    cos, sin = angles.cos()[:, None, None], angles.sin()[:, None, None]
+    j2 = -torch.diag((j != 0).any(dim=0).to(torch.float64))
+    slices = torch.stack([cos * eye + sin * j, cos * j + sin * j2])
+    # a missing bond keeps the bond's first coordinate: row 0 (no l) / column 0 (no r)
+    core = slices[:, :, :rows, :cols] if left is not None else slices[:, :, :1, :cols]
+    core = core.reshape(2, *(shape[a] for a in others), rows, cols)
+    axes = [rot, *others, left, right]
+    kept = [k for k, a in enumerate(axes) if a is not None]
+    core = core.reshape([core.shape[k] for k in kept])
+    order = [a for a in axes if a is not None]
+    return core.permute([order.index(a) for a in range(len(legs))])
+
+
 def identity(shape: Sequence[int], legs: Sequence[str], options: Mapping[str, Any],
               generator: Any) -> Any:
     """Near-identity core: ``T[l, ..., r] = delta(l, r) * [other legs at index 0] + noise``.
 
-    With ``spread: [p, ...]`` the identity is laid on every value of those legs instead of the
-    first: for feature maps without a constant component (``trig``: cos and sin, whose sum is
-    1 at x = 0 and x = 1 and at most sqrt(2) between), so that every input value passes the
-    chain on at about unit scale.
+    For chains (MPS-like cores with legs ``l`` and ``r``) that start as a near-identity map.
+    A core with only ``l`` (only ``r``) gets 1 at that leg's index 0. The noise is Gaussian of
+    ``std`` (default 1e-2).
+
+    ``spread: [p, ...]``
+        The identity is laid on every value of those legs instead of the first: for feature
+        maps without a constant component, so that every input value passes the chain on.
+        ``cos + sin`` is 1 at x = 0 and x = 1 but up to sqrt(2) between, so a long chain on
+        mid-range inputs grows (up to 2**(n/2) over n sites).
+    ``rotation: p``
+        For unit-norm feature maps of dimension 2 (``trig``): the two slices of leg ``p`` are
+        ``I`` and ``J`` (:func:`rotation_generator`), so that the site matrix
+        ``M(x) = cos(pi x/2) I + sin(pi x/2) J`` is the rotation by ``pi x/2`` in every pair of
+        bond coordinates, exactly orthogonal: a chain of any length keeps unit norm. The
+        remaining legs (the label ``o`` of a classifier), ``K`` values in all, give value ``k``
+        the extra rotation ``R_k`` by ``pi k / K``: the slice at ``(p, k)`` is ``M_p R_k``. A
+        core without ``l`` keeps row 0 of those matrices, one without ``r`` column 0, so that
+        an open chain computes ``out_k = e0^T M(x1) ... R_k ... M(xn) e0 = cos(theta + pi k/K)``
+        with ``theta = sum(pi x_i / 2)``: for ``K >= 2`` the output vector has norm
+        ``sqrt(K / 2)`` for every input (without noise), and every class a different value. An
+        odd bond dimension leaves one coordinate unpaired, where the site matrix is
+        ``cos(pi x/2) <= 1``: that coordinate is not fed by the boundary cores (only noise
+        reaches it) and never grows.
+    ``sign: -1``
+        With ``rotation``: ``J`` is replaced by ``-J = J^T`` (antisymmetric and orthogonal all
+        the same), so every rotation, ``R_k`` included, turns the other way. The ``mps``
+        template alternates the sign along the chain, so that
+        ``theta = sum((-1)^i pi x_i / 2)``: equal neighbouring inputs cancel.
+
+    Examples
+    --------
+    >>> import torch
+    >>> g = torch.Generator().manual_seed(0)
+    >>> core = identity((4, 2, 4), ("l", "p", "r"), {"rotation": "p", "std": 0.0}, g)
+    >>> torch.equal(core[:, 0, :], torch.eye(4, dtype=torch.float64))
+    True
+    >>> torch.equal(core[:, 1, :], rotation_generator(4))
+    True
+    >>> m = 0.6 * core[:, 0, :] + 0.8 * core[:, 1, :]       # M(x) for phi(x) = [0.6, 0.8]
+    >>> torch.allclose(m @ m.T, torch.eye(4, dtype=torch.float64))
+    True
+    >>> identity((2, 3), ("l", "r"), {"std": 0.0}, g).abs()
+    tensor([[1., 0., 0.],
+            [0., 1., 0.]], dtype=torch.float64)
     """
     import torch
+
+    from tngraph.errors import PluginError
 
     std = float(options.get("std", 1e-2))
     tensor = torch.randn(tuple(shape), generator=generator, dtype=torch.float64) * std
     legs = list(legs)
+    if options.get("rotation") is not None:
+        if options.get("spread"):
+            raise PluginError("initializer 'identity': use either 'rotation' or 'spread'")
+        return tensor + _rotation_core(shape, legs, str(options["rotation"]),
+                                       options.get("sign", 1))
     spread = [legs.index(leg) for leg in options.get("spread", ()) if leg in legs]
     left = legs.index("l") if "l" in legs else None
     right = legs.index("r") if "r" in legs else None
@@ -109,7 +222,7 @@ normal.options = ("std", "mean")        # type: ignore[attr-defined]
 uniform.options = ("a",)                # type: ignore[attr-defined]
 zeros.options = ()                      # type: ignore[attr-defined]
 ones.options = ()                       # type: ignore[attr-defined]
-identity.options = ("std", "spread")   # type: ignore[attr-defined]
+identity.options = ("std", "spread", "rotation", "sign")   # type: ignore[attr-defined]
 
 
 def _builtins() -> dict[str, Initializer]:

@@ -17,7 +17,19 @@ an open chain lack ``l`` / ``r``. Options:
     Feature map of that data port (``multilinear``, ``trig``, ``poly``, ...).
 ``init``
     Initialiser of the cores; default ``identity`` (near-identity chain, stable for long chains
-    with data inputs) when ``input`` is given, else ``normal``.
+    with data inputs) when ``input`` is given, else ``normal``. The identity follows the feature
+    map: on its constant component for maps with a leading 1 (``multilinear``, ``poly``, raw
+    data); for unit-norm maps of dimension 2 (``trig``) ``{name: identity, rotation: p}``,
+    every core a rotation, so that the chain keeps unit norm at any length (bond dimension at
+    least 2), turning the other way on odd sites (``sign: -1``); otherwise spread over every
+    feature value (``spread: [p]``).
+
+Examples
+--------
+>>> nodes = expand(MPSOptions(sites=3, phys_dim=2, bond_dim=4, input="x",
+...                           feature_map="trig"))["nodes"]
+>>> nodes["A0"]["init"], nodes["A1"]["init"]
+({'name': 'identity', 'rotation': 'p'}, {'name': 'identity', 'rotation': 'p', 'sign': -1})
 """
 
 from __future__ import annotations
@@ -61,18 +73,57 @@ def chain_nodes(prefix: str, n: int, bond: int, periodic: bool,
     return nodes, edges
 
 
-def _has_constant_feature(feature_map: str | dict[str, Any] | None) -> bool:
-    """True for no feature map (raw data) and for maps whose first component is 1."""
+def _feature_kind(feature_map: str | dict[str, Any] | None) -> str:
+    """``"constant"`` for no feature map (raw data), for maps whose first component is 1 and
+    for unknown names (reported by validation); ``"unit"`` for unit-norm maps; else ``"other"``.
+    """
     if feature_map is None:
-        return True
+        return "constant"
     from tngraph.errors import PluginError
     from tngraph.featuremaps import get_feature_map
 
     name = feature_map if isinstance(feature_map, str) else feature_map.get("name", "")
     try:
-        return get_feature_map(str(name)).leading_one
+        fmap = get_feature_map(str(name))
     except PluginError:
-        return True   # unknown names are reported by validation
+        return "constant"
+    if fmap.leading_one:
+        return "constant"
+    return "unit" if fmap.unit_norm else "other"
+
+
+def default_init(o: MPSOptions, site: int = 0) -> str | dict[str, Any]:
+    """The initialiser of core ``A{site}`` when ``init`` is not given (see the module docstring).
+
+    For a unit-norm map the sites alternate the direction of their rotation (``sign: -1`` on
+    odd sites): neighbouring inputs of equal value cancel, so that a blank or evenly lit stretch
+    of the chain stays at the identity and the starting function varies with the differences
+    between neighbours rather than with the running sum of all inputs.
+
+    Examples
+    --------
+    >>> default_init(MPSOptions(sites=4, phys_dim=2, bond_dim=3, input="x"))
+    'identity'
+    >>> default_init(MPSOptions(sites=4, phys_dim=2, bond_dim=3))
+    'normal'
+    >>> default_init(MPSOptions(sites=4, phys_dim=2, bond_dim=3, input="x", feature_map="trig"),
+    ...              site=1)
+    {'name': 'identity', 'rotation': 'p', 'sign': -1}
+    """
+    if o.init is not None:
+        return o.init
+    if not o.input:
+        return "normal"
+    kind = _feature_kind(o.feature_map)
+    if kind == "constant":
+        return "identity"
+    if kind == "unit" and o.phys_dim == 2 and o.bond_dim >= 2:
+        # |phi(x)| = 1: slices I and +-J make every site matrix a rotation (norm-preserving)
+        if site % 2:
+            return {"name": "identity", "rotation": "p", "sign": -1}
+        return {"name": "identity", "rotation": "p"}
+    # no constant component to carry the identity: spread it over every feature value
+    return {"name": "identity", "spread": ["p"]}
 
 
 def expand(o: MPSOptions) -> dict[str, Any]:
@@ -92,12 +143,8 @@ def expand(o: MPSOptions) -> dict[str, Any]:
     if o.feature_map is not None and o.input is None:
         raise TemplateError("feature_map needs input (the data port it applies to)",
                             "feature_map", "add input: x")
-    init = o.init if o.init is not None else ("identity" if o.input else "normal")
-    if o.init is None and o.input and not _has_constant_feature(o.feature_map):
-        # no constant component to carry the identity: spread it over every feature value
-        init = {"name": "identity", "spread": ["p"]}
-    for node in nodes.values():
-        node["init"] = init
+    for k in range(o.sites):
+        nodes[f"A{k}"]["init"] = default_init(o, k)
     network: dict[str, Any] = {"nodes": nodes}
     if o.input is not None:
         port: dict[str, Any] = {"legs": {"p": o.phys_dim}, "stack": o.sites}
