@@ -316,3 +316,22 @@ def test_overrides_with_a_loaded_spec_are_refused() -> None:
     spec = tngraph.load_spec(str(ROOT / "models/mps.yaml"))
     with pytest.raises(tngraph.CompileError, match="overrides are applied when a spec is loaded"):
         tngraph.compile(spec, {"bond_dim": 9})
+
+
+def test_a_reused_path_plans_a_resized_network_without_search() -> None:
+    """DMRG changes bond dimensions: the old contraction order is reused, and is correct."""
+    from helpers import assert_matches, dense_oracle, random_inputs
+
+    text = ("tngraph: 1\nname: t\nnetwork: {{template: mps, sites: 6, phys_dim: 2, "
+            "bond_dim: {b}, input: x, feature_map: multilinear, output_dim: 3}}\n")
+    small = tngraph.compile(text.format(b=3), cache=False, dtype="float64", batch_size=4)
+    path = small.plan.tree.get_ssa_path()
+    big = tngraph.compile(text.format(b=5), cache=False, dtype="float64", batch_size=4,
+                          path=path)
+    assert big.plan.optimizer == "reused" and big.plan.search_time < 1.0
+    assert [tuple(p) for p in big.plan.tree.get_ssa_path()] == [tuple(p) for p in path]
+    inputs = random_inputs(big, 4)
+    assert_matches(big(**inputs), dense_oracle(big, inputs))
+    other = tngraph.compile(text.replace("sites: 6", "sites: 5").format(b=3), cache=False,
+                            path=path)       # another structure: searched as usual
+    assert other.plan.optimizer != "reused"

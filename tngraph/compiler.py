@@ -457,7 +457,7 @@ def compile_pipeline(spec: Spec, *, cache_dir: str | Path | None = None, seed: i
 
 def compile(source: str | Path | Spec, overrides: Mapping[str, ParamValue] | None = None, *,
             cache_dir: str | Path | None = None, seed: int | None = None,
-            **plan_options: Any) -> TNModule:
+            path: Any = None, **plan_options: Any) -> TNModule:
     """Load (if needed), plan and compile a spec into a :class:`TNModule` (a :class:`Pipeline`
     for a ``layers:`` spec).
 
@@ -471,6 +471,9 @@ def compile(source: str | Path | Spec, overrides: Mapping[str, ParamValue] | Non
         Plan cache directory (default ``$TNGRAPH_CACHE_DIR`` or ``~/.cache/tngraph/plans``).
     seed
         Seed of the parameter initialisation (default 0: reproducible).
+    path
+        Reuse this contraction path instead of searching (a single network of the same
+        structure, e.g. ``old.plan.tree.get_ssa_path()`` after its dimensions changed).
     **plan_options
         Overrides of the spec's ``plan:`` block, e.g. ``optimize="greedy"``, ``batch_size=64``,
         ``memory_limit="1GiB"``, ``cache=False``.
@@ -495,7 +498,7 @@ def compile(source: str | Path | Spec, overrides: Mapping[str, ParamValue] | Non
     if spec.is_pipeline:
         return compile_pipeline(spec, cache_dir=cache_dir, seed=seed,  # type: ignore[return-value]
                                 **plan_options)
-    plan = plan_spec(spec, cache_dir=cache_dir, **plan_options)
+    plan = plan_spec(spec, cache_dir=cache_dir, path=path, **plan_options)
     if plan.over_limit:
         from tngraph.report import format_report
 

@@ -602,7 +602,8 @@ def _search(leaves: Sequence[tuple[str, ...]], output: tuple[str, ...], sizes: d
 
 
 def make_plan(problem: EinsumProblem, options: PlanOptions | None = None, *,
-              cache_dir: str | Path | None = None, param_count: int | None = None) -> Plan:
+              cache_dir: str | Path | None = None, param_count: int | None = None,
+              path: Sequence[Sequence[int]] | None = None) -> Plan:
     """Find (or read from the cache) a contraction plan for ``problem``.
 
     Parameters
@@ -616,12 +617,17 @@ def make_plan(problem: EinsumProblem, options: PlanOptions | None = None, *,
         ``options.cache`` is false.
     param_count
         Number of parameters, checked against the memory limit.
+    path
+        A contraction path (SSA, over the real leaves) to use instead of searching: the path of
+        a network of the same structure whose dimensions changed (``plan.tree.get_ssa_path()``),
+        e.g. after DMRG adapted the bond dimensions. Sliced again if needed; not cached.
 
     Returns
     -------
     Plan
         With ``over_limit`` listing why it exceeds the memory limit (empty when it fits).
     """
+    reuse = path
     options = options or PlanOptions()
     itemsize = ITEMSIZE[options.dtype]
     limit = parse_memory(options.memory_limit)
@@ -643,7 +649,20 @@ def make_plan(problem: EinsumProblem, options: PlanOptions | None = None, *,
     cached = _cache_read(path) if options.cache else None
 
     notes: list[str] = []
-    if cached is not None:
+    if reuse is not None and len(reuse) != max(len(leaves) - 1, 0):
+        reuse = None     # not a path of this network's structure: search as usual
+    if reuse is not None:
+        start = time.perf_counter()
+        full_path = [tuple(p) for p in reuse]
+        tree = _tree_from_path(leaves, output, sizes, full_path) if full_path else None
+        sliced = ()
+        if tree is not None and tree.max_size() > target:
+            sliced = _find_slices(tree, target, output)
+        search_time = time.perf_counter() - start
+        method = "reused"
+        cache_hit = False
+        notes.append("contraction path reused from a network of the same structure")
+    elif cached is not None:
         start = time.perf_counter()
         full_path = [tuple(p) for p in cached["ssa_path"]]
         tree = _tree_from_path(leaves, output, sizes, full_path)
@@ -776,8 +795,10 @@ def check_plan_options(spec: Spec) -> list[Problem]:
     return problems
 
 
-def plan_spec(spec: Spec, *, cache_dir: str | Path | None = None, **plan_options: Any) -> Plan:
-    """Plan ``spec`` with its ``plan:`` block updated by ``plan_options`` (None values ignored)."""
+def plan_spec(spec: Spec, *, cache_dir: str | Path | None = None,
+              path: Sequence[Sequence[int]] | None = None, **plan_options: Any) -> Plan:
+    """Plan ``spec`` with its ``plan:`` block updated by ``plan_options`` (None values ignored);
+    ``path`` reuses a known contraction path (see :func:`make_plan`)."""
     problems = check_plan_options(spec)
     if problems:
         raise SpecError(problems)
@@ -788,4 +809,5 @@ def plan_spec(spec: Spec, *, cache_dir: str | Path | None = None, **plan_options
         bad = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise PlanError(f"invalid plan option: {bad}") from None
     problem = einsum_problem(spec, options.batch_size)
-    return make_plan(problem, options, cache_dir=cache_dir, param_count=parameter_count(spec))
+    return make_plan(problem, options, cache_dir=cache_dir, param_count=parameter_count(spec),
+                     path=path)
