@@ -92,6 +92,9 @@ def test_report_text_and_json(pipe_file: Path) -> None:
     assert rows["conv"]["params"] == 2 * 9 + 2 and rows["conv"]["shape"] == [2, 8, 8]
     assert rows["head"]["params"] == 6 * 10 + 10
     assert data["params"] == sum(p.numel() for p in pipe.parameters())
+    tt = tngraph.compile(Path(__file__).parents[1] / "models" / "mlp_tt.yaml", cache=False)
+    tt_data = json.loads(tt.report("json"))         # network layers with a bias, counted once
+    assert tt_data["params"] == sum(p.numel() for p in tt.parameters())
     assert data["networks"]["mps"]["params"] == rows["mps"]["params"]
     assert data["output_shape"] == [10]
 

@@ -513,8 +513,7 @@ def summarize_layers(spec: Any) -> list[LayerSummary]:
     for layer in spec.layers or ():
         if layer.type == NETWORK:
             new = network_shape(layer.network, shape)
-            params = parameter_count(spec.network_spec(layer.name))
-            params += math.prod(_output_dims(layer.network)) if layer.network.bias else 0
+            params = parameter_count(spec.network_spec(layer.name))   # bias included
             flops = None
         else:
             layer_type = get_layer(layer.type)
