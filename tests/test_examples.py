@@ -33,3 +33,14 @@ def test_seed000_distillation_runs(tmp_path, capsys: pytest.CaptureFixture[str])
     assert len(row) == 1 and row[0].count("±") == 3
     assert (tmp_path / "results.json").is_file()
     assert module.main(args) == 0          # finished runs are reused, not trained again
+
+
+def test_digits_models_runs(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    spec = importlib.util.spec_from_file_location("digits_models", ROOT / "examples" /
+                                                  "digits_models.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main(["--models", "mlp", "--seeds", "0", "--epochs", "1",
+                        "--out", str(tmp_path)]) == 0
+    (row,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("mlp")]
+    assert "85,002" in row and "±" in row
