@@ -10,6 +10,11 @@ half-written file): ``model.safetensors`` (weights, with the expanded spec in it
 ``resume=RUN_DIR`` continues exactly where a run stopped. A loss that becomes NaN or infinite
 stops the run with a clear message; the last good checkpoint stays.
 
+Launched by ``torchrun`` (``WORLD_SIZE`` > 1), a run is data-parallel with no change to the spec:
+each process trains the same network under ``DistributedDataParallel`` on its share of every
+mini-batch (the global batch stays ``batch_size``), epoch metrics are summed over the processes,
+and only rank 0 evaluates, writes files and prints (see :class:`Launch`, docs/training.md).
+
 Examples
 --------
 >>> result = train("models/mps_classifier.yaml", run_dir="runs/demo", epochs=2)  # doctest: +SKIP
@@ -19,6 +24,7 @@ Examples
 
 from __future__ import annotations
 
+import atexit
 import json
 import math
 import os
@@ -41,6 +47,7 @@ from tngraph.optimizers import (
     NonFiniteLoss,
     OptimizerContext,
     Stepper,
+    TorchStepper,
     check_optimizer,
     get_optimizer,
     learning_rate,
@@ -221,11 +228,12 @@ def save_weights(module: Compiled, path: Path, **metadata: str) -> None:
 
 
 def save_checkpoint(run_dir: Path, stepper: Stepper, epoch: int,
-                    generator: torch.Generator) -> None:
+                    generator: torch.Generator, **extra: Any) -> None:
     """Weights as safetensors (spec in the metadata) and the training state, each atomic.
 
     ``spec.yaml`` is rewritten when the strategy changed the network's shapes (``dmrg``), so
-    that a resumed run compiles the network the weights belong to.
+    that a resumed run compiles the network the weights belong to. ``extra`` entries go into
+    ``state.pt`` too (a data-parallel run adds every rank's random state).
     """
     module = stepper.module
     spec_text = dump_yaml(module.spec.to_raw())
@@ -234,7 +242,7 @@ def save_checkpoint(run_dir: Path, stepper: Stepper, epoch: int,
         atomic_write(spec_file, lambda tmp: Path(tmp).write_text(spec_text))
     save_weights(module, run_dir / MODEL_FILE, epoch=str(epoch))
     state = {"epoch": epoch, "stepper": stepper.state_dict(),
-             "generator": generator.get_state(), "torch_rng": torch.get_rng_state()}
+             "generator": generator.get_state(), "torch_rng": torch.get_rng_state(), **extra}
     atomic_write(run_dir / STATE_FILE, lambda tmp: torch.save(state, tmp))
 
 
@@ -260,6 +268,283 @@ def load_weights(module: Compiled, path: str | Path) -> None:
             f"missing {missing or 'none'}, unexpected {unexpected or 'none'}, "
             f"shape differs for {wrong or 'none'}")
     module.load_state_dict({k: v.to(own[k].dtype) for k, v in tensors.items()})
+
+
+# ---------------------------------------------------------------------------------------------
+# data-parallel runs (torchrun)
+
+
+@dataclass(frozen=True)
+class Launch:
+    """Where this process sits in a ``torchrun`` launch (rank 0 of 1 outside one).
+
+    Attributes
+    ----------
+    rank
+        Global rank (``RANK``); rank 0 evaluates, writes the run's files and prints.
+    world_size
+        Number of processes (``WORLD_SIZE``); above 1 the run is data-parallel.
+    local_rank
+        Rank on this machine (``LOCAL_RANK``): the GPU a ``--device cuda`` process uses.
+
+    Examples
+    --------
+    >>> Launch().distributed, Launch(rank=1, world_size=2).main
+    (False, False)
+    """
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def distributed(self) -> bool:
+        """True when more than one process trains (a data-parallel run)."""
+        return self.world_size > 1
+
+    @property
+    def main(self) -> bool:
+        """True on rank 0, the process that evaluates, writes files and prints."""
+        return self.rank == 0
+
+
+def current_launch() -> Launch:
+    """The :class:`Launch` of this process: from an initialised default process group, else
+    from ``torchrun``'s environment (``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``, ``MASTER_ADDR``,
+    ``MASTER_PORT``); a plain process is ``Launch()``.
+
+    Raises
+    ------
+    TrainingError
+        ``WORLD_SIZE`` > 1 with the rest of the environment missing or malformed.
+    """
+    env = os.environ
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        rank = torch.distributed.get_rank()
+        return Launch(rank, torch.distributed.get_world_size(),
+                      int(env.get("LOCAL_RANK", rank)))
+    try:
+        world_size = int(env.get("WORLD_SIZE") or 1)
+        if world_size <= 1:
+            return Launch()
+        missing = [k for k in ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+                   if not env.get(k)]
+        if missing:
+            raise TrainingError(
+                f"WORLD_SIZE={world_size} but {', '.join(missing)} not set; launch data-parallel "
+                "runs with torchrun (python -m torch.distributed.run --nproc_per_node N ...)")
+        launch = Launch(int(env["RANK"]), world_size, int(env["LOCAL_RANK"]))
+    except ValueError as exc:
+        raise TrainingError(f"malformed torchrun environment: {exc}") from None
+    if not 0 <= launch.rank < world_size:
+        raise TrainingError(f"RANK={launch.rank} is outside 0..{world_size - 1}")
+    return launch
+
+
+def _ensure_group(launch: Launch) -> None:
+    """Initialise the default process group of a torchrun launch: gloo for CPU tensors, and
+    NCCL for CUDA tensors where CUDA and NCCL are available.
+
+    The group lives until the process exits (destroyed then, by an ``atexit`` hook), so that
+    one process can run several trainings (``tngraph distill`` trains the teacher first): under
+    torchrun a group initialised again after ``destroy_process_group`` fails to connect (gloo,
+    torch 2.13).
+    """
+    dist = torch.distributed
+    if not dist.is_available():
+        raise TrainingError(f"WORLD_SIZE={launch.world_size}: this torch build has no "
+                            "torch.distributed; run in one process")
+    if dist.is_initialized():
+        return
+    nccl = torch.cuda.is_available() and dist.is_nccl_available()
+    if nccl and launch.local_rank < torch.cuda.device_count():
+        torch.cuda.set_device(launch.local_rank)
+    if not dist.is_gloo_available():
+        if not nccl:
+            raise TrainingError("torch.distributed has neither gloo nor NCCL here; run in one "
+                                "process")
+        backend = "nccl"
+    else:
+        backend = "cpu:gloo,cuda:nccl" if nccl else "gloo"
+    dist.init_process_group(backend=backend, rank=launch.rank, world_size=launch.world_size)
+    atexit.register(_destroy_group)
+
+
+def _destroy_group() -> None:
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+def _collective_device() -> torch.device:
+    backend = str(torch.distributed.get_backend()).lower()
+    if "gloo" in backend:
+        return torch.device("cpu")
+    return torch.device("cuda", torch.cuda.current_device())
+
+
+def _broadcast(value: Any, launch: Launch) -> Any:
+    """Rank 0's ``value`` on every rank (a picklable object; identity outside a launch)."""
+    if not launch.distributed:
+        return value
+    box = [value if launch.main else None]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _sum_over_ranks(values: list[float], launch: Launch) -> list[float]:
+    """Element-wise sums of ``values`` over all ranks (float64)."""
+    if not launch.distributed:
+        return values
+    tensor = torch.tensor(values, dtype=torch.float64, device=_collective_device())
+    torch.distributed.all_reduce(tensor)
+    return tensor.tolist()
+
+
+def _share_buffers(module: torch.nn.Module, launch: Launch) -> None:
+    """Rank 0's buffers (BatchNorm running statistics) on every rank: each rank's last
+    forward pass updated its own, and rank 0's are the ones evaluated and saved."""
+    if launch.distributed:
+        for buffer in module.buffers():
+            torch.distributed.broadcast(buffer, src=0)
+
+
+def _rank_seed(seed: int, rank: int) -> int:
+    """The global torch seed of rank ``rank`` > 0 (dropout masks differ between ranks)."""
+    return (seed * 1_000_003 + rank * 0x9E3779B9) % (1 << 63)
+
+
+def shard_batches(n: int, batch_size: int, generator: torch.Generator,
+                  launch: Launch) -> list[tuple[torch.Tensor, float]]:
+    """This rank's share of one epoch's mini-batches, as ``(indices, loss weight)`` pairs.
+
+    Every rank draws the same permutation from ``generator`` (one ``randperm`` per epoch, as a
+    single process does) and cuts it into global batches of ``batch_size``; each global batch
+    is split into ``world_size`` near-equal contiguous parts (sizes differ by at most one) and
+    this rank takes part ``rank``. The weight ``n_rank * world_size / n_batch`` makes the
+    average of the ranks' gradients the gradient of the whole global batch. A last global
+    batch smaller than ``world_size`` is dropped, so every rank takes the same number of steps.
+
+    Examples
+    --------
+    >>> g = torch.Generator().manual_seed(0)
+    >>> [(len(i), w) for i, w in shard_batches(10, 4, g, Launch(1, 2, 1))]
+    [(2, 1.0), (2, 1.0), (1, 1.0)]
+    """
+    batches = list(_batches(n, batch_size, generator))
+    if not launch.distributed:
+        return [(b, 1.0) for b in batches]
+    out = []
+    for batch in batches:
+        if batch.numel() < launch.world_size:
+            continue
+        part = batch.tensor_split(launch.world_size)[launch.rank]
+        out.append((part, part.numel() * launch.world_size / batch.numel()))
+    return out
+
+
+def _shard_sizes(n: int, batch_size: int, world_size: int) -> set[int]:
+    """Every per-rank batch size a data-parallel epoch can produce (on any rank)."""
+    sizes = set()
+    for total in {min(batch_size, n), n % batch_size}:
+        if total >= world_size:
+            sizes |= {-(-total // world_size), total // world_size}
+    return sizes
+
+
+def _agree_on_strategies(module: torch.nn.Module, x: torch.Tensor, sizes: set[int],
+                         device: torch.device, launch: Launch) -> None:
+    """Make every rank run the same contraction strategy: rank 0 times ``plan.strategy: auto``
+    at each per-rank training batch size (a forward pass, as its first training step would),
+    and every rank adopts its choices. The warm-up leaves the random state and the buffers
+    (BatchNorm statistics) as they were."""
+    from tngraph.compiler import TNModule
+
+    networks = [m for m in module.modules() if isinstance(m, TNModule)]
+    if not any(m.plan.options.strategy == "auto" and getattr(m, "_dense_applies", True)
+               for m in networks):
+        return
+    choices = None
+    if launch.main:
+        saved = {k: b.detach().clone() for k, b in module.named_buffers()}
+        was_training = module.training
+        module.train()
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            for size in sorted(sizes):
+                module(x[:size].to(device))
+        with torch.no_grad():
+            for k, b in module.named_buffers():
+                b.copy_(saved[k])
+        module.train(was_training)
+        choices = [dict(m.strategy_choice) for m in networks]
+    for m, chosen in zip(networks, _broadcast(choices, launch)):
+        m.strategy_choice.update(chosen)
+
+
+class DataParallelStepper:
+    """A :class:`~tngraph.optimizers.TorchStepper` whose forward pass runs through
+    ``DistributedDataParallel``: gradients are averaged over the ranks during ``backward``, so
+    every rank applies the same update to the same parameters.
+
+    A non-finite loss on any rank stops every rank at the same step (one small all-reduce per
+    step), before any gradient is exchanged.
+    """
+
+    def __init__(self, inner: TorchStepper, device: torch.device):
+        from torch.nn.parallel import DistributedDataParallel
+
+        self.inner = inner
+        self.ddp = DistributedDataParallel(
+            inner.module, device_ids=[device.index] if device.type == "cuda" else None)
+
+    @property
+    def module(self) -> torch.nn.Module:
+        return self.inner.module
+
+    def step(self, x: torch.Tensor, objective: Callable[[torch.Tensor], torch.Tensor]
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.ddp(x)
+        loss = objective(out)
+        finite = bool(torch.isfinite(loss.detach()))
+        flag = torch.tensor([0.0 if finite else 1.0], device=loss.device)
+        torch.distributed.all_reduce(flag)
+        if float(flag) > 0:
+            raise NonFiniteLoss(float(loss.detach()) if not finite else float("nan"))
+        optimizer = self.inner.optimizer
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss.detach(), out.detach()
+
+    def set_lr(self, lr: float) -> None:
+        self.inner.set_lr(lr)
+
+    def end_epoch(self) -> None:
+        self.inner.end_epoch()
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.inner.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.inner.load_state_dict(state)
+
+    def describe(self) -> dict[str, Any]:
+        return self.inner.describe()
+
+
+def _data_parallel(stepper: Stepper, train_options: TrainOptions, x_train: torch.Tensor,
+                   device: torch.device, launch: Launch) -> DataParallelStepper:
+    """Wrap a torch-optimizer stepper for a data-parallel run (strategy choices agreed,
+    BatchNorm synchronised on CUDA)."""
+    _agree_on_strategies(stepper.module, x_train,
+                         _shard_sizes(x_train.shape[0], train_options.batch_size,
+                                      launch.world_size), device, launch)
+    if device.type == "cuda":
+        # statistics over the global batch; the new modules keep the same parameters and
+        # buffers, so the optimizer is unaffected (SyncBatchNorm needs CUDA: CPU runs keep
+        # per-rank statistics)
+        torch.nn.SyncBatchNorm.convert_sync_batchnorm(stepper.module)
+    assert isinstance(stepper, TorchStepper)
+    return DataParallelStepper(stepper, device)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -308,7 +593,16 @@ def _options(base: Mapping[str, Any], changes: Mapping[str, Any]) -> TrainOption
 
 
 def _new_run_dir(name: str) -> Path:
-    """``runs/NAME-YYYYmmdd-HHMMSS`` (with ``-2``, ``-3``, ... if taken)."""
+    """``runs/NAME-YYYYmmdd-HHMMSS`` (with ``-2``, ``-3``, ... if taken); in a torchrun launch,
+    rank 0's choice on every rank."""
+    launch = current_launch()
+    if launch.distributed:
+        _ensure_group(launch)
+        return Path(_broadcast(str(_fresh_run_dir(name)) if launch.main else None, launch))
+    return _fresh_run_dir(name)
+
+
+def _fresh_run_dir(name: str) -> Path:
     base = Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     run, k = base, 1
     while run.exists():
@@ -346,8 +640,14 @@ def train(source: str | Path | Spec | None = None,
     **options
         Overrides of the spec's ``train:`` block: ``data``, ``epochs``, ``batch_size``, ``lr``,
         ``optimizer``, ``weight_decay``, ``seed``, ``device``.
+
+    Notes
+    -----
+    Under ``torchrun`` with more than one process the run is data-parallel (see
+    :func:`shard_batches` and docs/training.md); every rank returns the same result.
     """
     options = {k: v for k, v in options.items() if v is not None}
+    launch = current_launch()
     if resume is not None and init is not None:
         raise TrainingError("--init starts a new run from given weights; --resume continues a "
                             "run with its own: give one of them")
@@ -376,7 +676,8 @@ def train(source: str | Path | Spec | None = None,
     # subnormal floats, which x86 CPUs process a hundred times slower: flush them to zero.
     flushed = torch.set_flush_denormal(True)
     try:
-        return _run(spec, train_options, run, resume is not None, echo, init, objective)
+        return _run(spec, train_options, run, resume is not None, echo, init, objective,
+                    launch)
     finally:
         if flushed:
             torch.set_flush_denormal(False)
@@ -384,14 +685,37 @@ def train(source: str | Path | Spec | None = None,
 
 def _run(spec: Spec, train_options: TrainOptions, run: Path, resuming: bool,
          echo: Callable[[str], None] | None, init: str | Path | None = None,
-         objective: Objective | None = None) -> TrainResult:
+         objective: Objective | None = None, launch: Launch = Launch()) -> TrainResult:
     torch.manual_seed(train_options.seed)
     dataset = load_dataset(train_options.data, seed=train_options.seed)
     device = torch.device(train_options.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise TrainingError("--device cuda: CUDA is not available on this machine")
-    module = compile_spec(spec, batch_size=train_options.batch_size,
+    world = launch.world_size
+    if launch.distributed:
+        if device.type == "cuda":
+            if launch.local_rank >= torch.cuda.device_count():
+                raise TrainingError(f"--device cuda: LOCAL_RANK {launch.local_rank} but only "
+                                    f"{torch.cuda.device_count()} GPU(s) on this machine; "
+                                    "start at most one process per GPU")
+            device = torch.device("cuda", launch.local_rank)
+            torch.cuda.set_device(device)
+        if train_options.batch_size < world:
+            raise TrainingError(f"batch_size {train_options.batch_size} is split over {world} "
+                                f"processes; raise it to at least {world}")
+    say = (echo or (lambda _line: None)) if launch.main else (lambda _line: None)
+    if launch.distributed:
+        _ensure_group(launch)
+        # every rank has checked the run dir before rank 0 goes on (and writes); rank 0 plans
+        # first, the others then read its plans from the plan cache: the same contraction
+        # trees everywhere, whatever the plan search's randomness
+        if not launch.main:
+            torch.distributed.barrier()
+    # the plan is made for what one process contracts: its share of the global batch
+    module = compile_spec(spec, batch_size=-(-train_options.batch_size // world),
                           seed=train_options.seed).to(device)
+    if launch.distributed and launch.main:
+        torch.distributed.barrier()
     check_fit(module, dataset)
     generator = torch.Generator().manual_seed(train_options.seed)
     first_epoch = 1
@@ -403,8 +727,16 @@ def _run(spec: Spec, train_options: TrainOptions, run: Path, resuming: bool,
     if objective is not None and objective.bind is not None:
         objective.bind(module)
     if not resuming and objective is not None and objective.prepare is not None:
-        objective.prepare(module, dataset, train_options, echo or (lambda _line: None))
+        objective.prepare(module, dataset, train_options, say)
     stepper = make_stepper(module, train_options, dataset.task)
+    if launch.distributed and not _plain_torch_stepper(stepper):
+        raise TrainingError(
+            f"optimizer '{train_options.optimizer.name}' cannot run data-parallel (torchrun, "
+            f"WORLD_SIZE={world}): only optimizers over torch.optim (adam, sgd) do; its "
+            "updates are not averaged gradients. Run it in one process, or choose "
+            "--optimizer adam / sgd")
+    x_train, y_train = dataset.split("train")
+    state: dict[str, Any] = {}
     if resuming:
         state = torch.load(run / STATE_FILE, weights_only=False)
         stepper.load_state_dict(state["stepper"])
@@ -414,35 +746,51 @@ def _run(spec: Spec, train_options: TrainOptions, run: Path, resuming: bool,
         history = [EpochMetrics(**json.loads(line))
                    for line in (run / METRICS_FILE).read_text().splitlines() if line.strip()]
         history = [h for h in history if h.epoch < first_epoch]
-    else:
+    if launch.distributed:
+        stepper = _data_parallel(stepper, train_options, x_train, device, launch)
+        ranks_rng = state.get("torch_rng_ranks")
+        if ranks_rng is not None and len(ranks_rng) == world:
+            torch.set_rng_state(ranks_rng[launch.rank])
+        elif not launch.main:
+            torch.manual_seed(_rank_seed(train_options.seed + first_epoch, launch.rank))
+    if not resuming and launch.main:
         (run / "config.json").write_text(json.dumps(
             {"train": train_options.model_dump(), "dataset": dataset.name,
              "sizes": dataset.sizes, "task": dataset.task,
              **({"objective": dict(objective.config)} if objective else {})}, indent=2))
         (run / METRICS_FILE).write_text("")
-        save_checkpoint(run, stepper, 0, generator)   # last good, so far
+    if not resuming:
+        _checkpoint(run, stepper, 0, generator, launch)   # last good, so far
 
     metric = "accuracy" if dataset.task == "classification" else "r2"
-    x_train, y_train = dataset.split("train")
     start_all = time.perf_counter()
-    say = echo or (lambda _line: None)
     if first_epoch == 1:
         say(dataset.summary())
+    if launch.distributed:
+        per_rank = -(-train_options.batch_size // world)
+        say(f"data-parallel: {world} processes ({torch.distributed.get_backend()}), each "
+            f"takes ~{per_rank} of every batch of {train_options.batch_size}")
     for epoch in range(first_epoch, train_options.epochs + 1):
         start = time.perf_counter()
         stepper.set_lr(learning_rate(train_options.lr, epoch, train_options.epochs,
                                      train_options.schedule))
         stepper.module.train()
         total, correct, seen = 0.0, 0, 0
-        batches = list(_batches(x_train.shape[0], train_options.batch_size, generator))
-        progress = _progress(len(batches), f"epoch {epoch}/{train_options.epochs}")
+        batches = shard_batches(x_train.shape[0], train_options.batch_size, generator, launch)
+        progress = (_progress(len(batches), f"epoch {epoch}/{train_options.epochs}")
+                    if launch.main else None)
         try:
-            for step, index in enumerate(batches, 1):
+            for step, (index, weight) in enumerate(batches, 1):
                 xb, yb = x_train[index].to(device), y_train[index].to(device)
+                loss_of: Callable[[torch.Tensor], torch.Tensor] = (
+                    (lambda out, xb=xb, yb=yb: objective.loss(xb, yb, out)) if objective
+                    else (lambda out, yb=yb: batch_loss(out, yb, dataset.task)))
+                if weight != 1.0:    # uneven shares of a batch over the ranks
+                    loss_of = _weighted(loss_of, weight)
                 try:
-                    loss, out = stepper.step(xb, (
-                        (lambda out, xb=xb, yb=yb: objective.loss(xb, yb, out)) if objective
-                        else (lambda out, yb=yb: batch_loss(out, yb, dataset.task))))
+                    loss, out = stepper.step(xb, loss_of)
+                    if weight != 1.0:
+                        loss = loss / weight
                 except NonFiniteLoss as exc:
                     raise TrainingError(
                         f"the loss became {exc.value} at epoch {epoch}, step {step}; training "
@@ -462,26 +810,61 @@ def _run(spec: Spec, train_options: TrainOptions, run: Path, resuming: bool,
         stepper.end_epoch()
         module = stepper.module
         seconds = time.perf_counter() - start
-        val = evaluate(module, dataset, "val")
-        train_metric = correct / seen if dataset.task == "classification" else float("nan")
-        record = EpochMetrics(epoch, total / seen, train_metric, val["loss"], val[metric],
-                              seconds, seen / seconds)
+        total, correct, seen = _sum_over_ranks([total, correct, seen], launch)
+        _share_buffers(module, launch)
+        record = None
+        if launch.main:     # rank 0 alone evaluates (the parameters are the same everywhere)
+            val = evaluate(module, dataset, "val")
+            train_metric = correct / seen if dataset.task == "classification" else float("nan")
+            record = EpochMetrics(epoch, total / seen, train_metric, val["loss"], val[metric],
+                                  seconds, seen / seconds)
+        record = _broadcast(record, launch)
         history.append(record)
-        save_checkpoint(run, stepper, epoch, generator)
-        with open(run / METRICS_FILE, "a") as fh:
-            fh.write(json.dumps(asdict(record)) + "\n")
+        _checkpoint(run, stepper, epoch, generator, launch)
+        if launch.main:
+            with open(run / METRICS_FILE, "a") as fh:
+                fh.write(json.dumps(asdict(record)) + "\n")
         facts = "".join(f"  {k} {_fact(v)}" for k, v in stepper.describe().items())
         say(f"epoch {epoch:3d}  loss {record.train_loss:.4f}  val loss {record.val_loss:.4f}  "
             f"val {metric} {record.val_metric:.4f}  {record.samples_per_s:,.0f} samples/s"
             + facts)
-    test = evaluate(module, dataset, "test")
-    result = TrainResult(run, metric, tuple(history), test, time.perf_counter() - start_all)
-    plot_curves(result, run / PLOT_FILE)
-    (run / "summary.json").write_text(json.dumps(
-        {"test": test, "epochs": len(history), "seconds": result.seconds,
-         "optimizer": {"name": train_options.optimizer.name, **stepper.describe()}}, indent=2))
+    test, seconds = _broadcast((evaluate(module, dataset, "test"),
+                                time.perf_counter() - start_all) if launch.main else None, launch)
+    result = TrainResult(run, metric, tuple(history), test, seconds)
+    if launch.main:
+        plot_curves(result, run / PLOT_FILE)
+        (run / "summary.json").write_text(json.dumps(
+            {"test": test, "epochs": len(history), "seconds": result.seconds,
+             "processes": world,
+             "optimizer": {"name": train_options.optimizer.name, **stepper.describe()}},
+            indent=2))
     say(summary_table(result))
+    if launch.distributed:
+        torch.distributed.barrier()     # no rank leaves before rank 0 has written everything
     return result
+
+
+def _plain_torch_stepper(stepper: Stepper) -> bool:
+    """A :class:`TorchStepper` whose step is forward, backward, ``optimizer.step()``: what
+    :class:`DataParallelStepper` repeats with the forward pass under DDP."""
+    return isinstance(stepper, TorchStepper) and type(stepper).step is TorchStepper.step
+
+
+def _weighted(loss_of: Callable[[torch.Tensor], torch.Tensor], weight: float
+              ) -> Callable[[torch.Tensor], torch.Tensor]:
+    return lambda out: loss_of(out) * weight
+
+
+def _checkpoint(run: Path, stepper: Stepper, epoch: int, generator: torch.Generator,
+                launch: Launch) -> None:
+    """:func:`save_checkpoint` by rank 0, with every rank's random state in a launch."""
+    extra = {}
+    if launch.distributed:
+        states: list[Any] = [None] * launch.world_size
+        torch.distributed.all_gather_object(states, torch.get_rng_state())
+        extra["torch_rng_ranks"] = states
+    if launch.main:
+        save_checkpoint(run, stepper, epoch, generator, **extra)
 
 
 def _fact(value: Any) -> str:
