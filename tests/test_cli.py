@@ -204,3 +204,14 @@ def test_internal_error_is_exit_1(capsys: Capture, monkeypatch: pytest.MonkeyPat
     code = cli.main(["validate", RING3, "--debug"])
     assert code == 1
     assert "Traceback" in capsys.readouterr().err
+
+
+def test_user_errors_are_printed_by_rank_0_only(tmp_path, monkeypatch, capsys) -> None:
+    missing = str(tmp_path / "missing.yaml")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    assert cli.main(["validate", missing]) == 2
+    assert capsys.readouterr().err == ""
+    monkeypatch.setenv("RANK", "0")
+    assert cli.main(["validate", missing]) == 2
+    assert "missing.yaml" in capsys.readouterr().err

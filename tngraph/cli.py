@@ -375,6 +375,17 @@ _COMMANDS = {"validate": _cmd_validate, "compile": _cmd_compile, "expand": _cmd_
              "tensorize": _cmd_tensorize}
 
 
+def _secondary_rank() -> bool:
+    """True in the processes of a torchrun launch other than rank 0."""
+    import os
+
+    try:
+        return int(os.environ.get("WORLD_SIZE") or 1) > 1 and int(os.environ.get("RANK")
+                                                                   or 0) > 0
+    except ValueError:
+        return False
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI with ``argv`` (default ``sys.argv[1:]``); return the exit code."""
     parser = build_parser()
@@ -386,9 +397,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _COMMANDS[args.command](args)
     except SpecError as exc:
-        print(exc.format(), file=sys.stderr)
+        if not _secondary_rank():
+            print(exc.format(), file=sys.stderr)
         return EXIT_USER
     except TNGraphError as exc:
+        if _secondary_rank():    # under torchrun the same user error is reported once
+            return EXIT_USER
         report = getattr(exc, "report", None)
         if report:
             print(report, end="")
