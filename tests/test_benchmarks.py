@@ -44,3 +44,20 @@ def test_decompose_benchmark_runs_without_tltorch(monkeypatch: pytest.MonkeyPatc
     out = capsys.readouterr().out
     assert "tltorch not installed: skipped" in out
     assert "tt_linear summary" in out and "tngraph-net" in out
+
+
+def test_accuracy_benchmark_quick_mode_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    """benchmarks/accuracy.py --quick: tngraph, the reference and TensorKrowch each train the
+    digits MPS classifier (bond 10, 3 epochs, one seed); the loop is checked against
+    tngraph.train.train, and the reference (same initial cores) ends where tngraph does."""
+    pytest.importorskip("tensorkrowch")
+    assert _load("accuracy").main(["--quick", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    for text in ("test accuracy % over seeds 0", "Test accuracy minus tngraph's", "tngraph",
+                 "reference", "tensorkrowch", "wall times are"):
+        assert text in out
+    # the benchmark's loop must stay tngraph.train.train's (update accuracy.fit if train changes)
+    assert ": same" in out
+    row = next(line for line in out.splitlines() if "reference" in line and "PASS" in line[-8:]
+               or "reference" in line and "FAIL" in line[-8:])
+    assert row.rstrip().endswith("PASS")        # same model, other kernels: same accuracy
