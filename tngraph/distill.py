@@ -238,10 +238,16 @@ def distill(student: str | Path | Spec | None = None, teacher: str | Path | None
     chosen = get_distiller(named.name)
     strategy_options = chosen.options.model_validate(named.options)
     run.mkdir(parents=True, exist_ok=True)
+    from tngraph.train import current_launch
+
+    launch = current_launch()
     device = options.get("device") or (spec.train.device if spec is not None else "cpu")
+    if device == "cuda" and launch.distributed:
+        device = f"cuda:{launch.local_rank}"      # each torchrun process on its own GPU
     data = options.get("data")
-    teacher_module, teacher_run = load_teacher(teacher, run_dir=run, data=data, device=device,
-                                               echo=say)
+    teacher_module, teacher_run = load_teacher(
+        teacher, run_dir=run, data=data, device=device,
+        echo=say if launch.main else (lambda _line: None))
 
     from tngraph.train import Objective
 
