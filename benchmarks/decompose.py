@@ -209,7 +209,7 @@ def round_section(quick: bool) -> list[bool]:
     oks: list[bool] = []
     # -- against r -------------------------------------------------------------------------
     d, n = (8, 4) if quick else (16, 4)
-    rs = (4, 8, 16) if quick else (4, 8, 16, 32, 64, 128)
+    rs = (4, 8, 16) if quick else (4, 8, 16, 32, 64, 128, 256)
     progress(f"tt_round against r: d={d} n={n} r={rs}")
     base = {(r, name): random_tt(n, d, r, dt) for r in rs for name, dt in DTYPES.items()}
     inputs = {key: tt_add(a, a) for key, a in base.items()}      # ranks 2r, exact rank r
@@ -233,14 +233,16 @@ def round_section(quick: bool) -> list[bool]:
          f"(median of {opts['rounds']} interleaved rounds)",
          ["dtype", "r", "in rank", "out rank", "ms", "iqr", "x per 2r", "ns/unit", "rel err"],
          rows,
-         ["in rank = 2r (a + a); x per 2r = time ratio to the previous row (O(r^3) -> 8x "
-          "once the O(r^3) linear algebra dominates);",
-          "ns/unit = time / sum_k n r_k r_{k+1}^2 over the input cores (flat once cubic); "
+         ["in rank = 2r (a + a); x per 2r = time ratio to the previous row (the FLOPs grow "
+          "8x per doubling once the O(r^3) QR/SVD dominate;",
+          "  the time grows less while LAPACK's speed still rises with the matrix size: "
+          "ns/unit = time / sum_k n r_k r_{k+1}^2 falls until then);",
           "rel err = ||round - 2a|| / ||2a|| (TT arithmetic).",
           "the ranks of a are min(r, max_ranks(n^d)); out rank < r in float32 means the "
           "numerical rank (rtol ~ rows * eps32) cut it."])
     print(f"last doubling of r ({rs[-2]} -> {rs[-1]}), float64: {fmt_ratio(last)} = "
           f"r^{exponent:.1f} (cubic: 8x = r^3)")
+    print()
     # -- against d and n ---------------------------------------------------------------------
     r = 8 if quick else 32
     ds = (4, 8) if quick else (8, 16, 32, 64)
