@@ -1,5 +1,5 @@
-"""The ``tngraph`` command line: ``validate``, ``compile``, ``expand``, ``train``, ``eval``,
-``plugins list``, ``templates``.
+"""The ``tngraph`` command line: ``validate``, ``compile``, ``expand``, ``train``, ``distill``,
+``eval``, ``tensorize``, ``plugins list``, ``templates``.
 
 ``main(argv) -> int`` never raises: user errors print ``FILE:LINE:COL: error: ...`` to stderr and
 return 2; internal errors return 1 (with a traceback only under ``--debug``).
