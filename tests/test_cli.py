@@ -215,3 +215,18 @@ def test_user_errors_are_printed_by_rank_0_only(tmp_path, monkeypatch, capsys) -
     monkeypatch.setenv("RANK", "0")
     assert cli.main(["validate", missing]) == 2
     assert "missing.yaml" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("run_path", "expected"), [("auto", "fused"), ("fused", "fused"),
+                                                    ("min-flops", "min-flops")])
+def test_compile_run_path(capsys: Capture, tmp_path: Path, run_path: str,
+                          expected: str) -> None:
+    spec = tmp_path / "long.yaml"
+    spec.write_text("tngraph: 1\nname: c\nnetwork: {template: mps, sites: 24, phys_dim: 2, "
+                    "bond_dim: 8, input: x, feature_map: multilinear, output_dim: 3}\n")
+    code, out, _ = run(capsys, "compile", str(spec), "--max-repeats", "16", "--no-cache",
+                       "--format", "json", "--run-path", run_path)
+    assert code == 0
+    data = json.loads(out)
+    assert data["path"] == expected
+    assert (data["executed_flops"] > data["flops"]) == (expected == "fused")

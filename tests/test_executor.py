@@ -231,3 +231,49 @@ def test_long_chains_stay_finite_in_float32(sites: int, feature_map: str, bound:
     assert torch.isfinite(out).all()
     assert 1e-6 < float(out.detach().abs().max()) < bound
     assert all(torch.isfinite(p.grad).all() for p in module.parameters())
+
+
+@pytest.mark.parametrize(("left", "right", "kept"), [
+    (("b", "l", "p", "o"), ("b", "p"), {"b", "l", "o"}),      # label core: p in the middle
+    (("b", "p"), ("b", "l", "p", "o"), {"b", "l", "o"}),      # the same, operands swapped
+    (("b", "c", "l", "p", "o"), ("c", "b", "p"), {"b", "c", "l", "o"}),  # two batch indices
+])
+@pytest.mark.parametrize("ones", [False, True])
+def test_select_kernel_weights_in_place(left: tuple[str, ...], right: tuple[str, ...],
+                                        kept: set[str], ones: bool) -> None:
+    """A tiny contraction whose large operand holds the inner index mid-layout runs without
+    copying that operand, and computes the contraction (with a known leading-ones slice)."""
+    sizes = {"b": 5, "c": 3, "l": 4, "p": 2, "o": 6}
+    weights_slot = 1 if len(right) < len(left) else 0
+    kernel = design_kernel(0, 1, 2, left, right, kept, sizes, lead="b",
+                           ones={weights_slot} if ones else frozenset())
+    assert kernel.mode == "select"
+    assert kernel.a.perm is None
+    assert kernel.out_layout[0] == "b" and set(kernel.out_layout) == kept
+    a = torch.randn(*(sizes[i] for i in left), dtype=torch.float64)
+    b = torch.randn(*(sizes[i] for i in right), dtype=torch.float64)
+    if ones:
+        small = (a, b)[weights_slot]
+        small.select(list((left, right)[weights_slot]).index("p"), 0).fill_(1.0)
+    from tngraph.executor import run_kernel
+    from tngraph.plan import equation
+
+    expected = torch.einsum(equation([left, right], kernel.out_layout), a, b)
+    torch.testing.assert_close(run_kernel(kernel, a, b), expected)
+
+
+@pytest.mark.parametrize("bond", [3, 7])
+def test_stacked_chain_keeps_the_bond_innermost(bond: int) -> None:
+    """Stacked parameters are copied anyway, so their free indices are ordered largest last:
+    each half-chain's environment comes out as (batch, p, bond), whatever the plan's
+    orientation, and the next tiny contraction over p reads contiguous rows."""
+    module = _classifier(bond=bond, sites=24)
+    program = module._program(16)
+    stacked = [g.kernels[0] for g in program.groups
+               if len(g.kernels) > 1 and g.kernels[0].mode in ("bmm", "mm")
+               and len(g.kernels[0].groups[3]) > 1]
+    assert stacked
+    for kernel in stacked:
+        free_b = kernel.groups[3]
+        sizes = module.plan.problem.size_dict
+        assert [sizes[i] for i in free_b] == sorted(sizes[i] for i in free_b)

@@ -335,3 +335,67 @@ def test_a_reused_path_plans_a_resized_network_without_search() -> None:
     other = tngraph.compile(text.replace("sites: 6", "sites: 5").format(b=3), cache=False,
                             path=path)       # another structure: searched as usual
     assert other.plan.optimizer != "reused"
+
+
+# -- the port-fused path -------------------------------------------------------------------
+
+LONG_CLASSIFIER = ("tngraph: 1\nname: c\nnetwork: {template: mps, sites: 24, phys_dim: 2, "
+                   "bond_dim: 8, input: x, feature_map: multilinear, output_dim: 3}\n")
+
+
+@pytest.fixture(scope="module")
+def long_classifier_plan() -> plan_mod.Plan:
+    return plan_spec(load_spec(LONG_CLASSIFIER), cache=False, max_repeats=16)
+
+
+def test_fused_path_runs_when_close_to_the_lowest_flops(
+        long_classifier_plan: plan_mod.Plan) -> None:
+    """Refinement lowers the FLOPs by contracting parameter-only blocks at the chain ends; the
+    port-fused path it started from is kept, and runs while within FUSED_TOLERANCE."""
+    plan = long_classifier_plan
+    assert plan.fused_flops is not None and plan.fused_steps is not None
+    assert plan.flops < plan.fused_flops <= plan_mod.FUSED_TOLERANCE * plan.flops
+    assert plan.runs_fused
+    executed = plan.executed()
+    assert executed.flops == plan.fused_flops and executed.steps == plan.fused_steps
+    assert len(executed.steps) == len(plan.steps)
+    # the refined path multiplies feature vectors of several pixels together (data-only
+    # steps) to meet a parameter-only block; the fused one never does
+    ports = {k for k, t in enumerate(plan.problem.terms) if t.kind == "input"}
+    data_only = set(ports)
+
+    def data_steps(steps: tuple) -> int:
+        seen, count = set(data_only), 0
+        for step in steps:
+            if step.left in seen and step.right in seen:
+                seen.add(step.out)
+                count += 1
+        return count
+
+    assert data_steps(plan.steps) > 0
+    assert data_steps(executed.steps) == 0
+
+
+@pytest.mark.parametrize("run_path", ["auto", "min-flops", "fused"])
+def test_every_run_path_computes_the_network(run_path: str) -> None:
+    module = tngraph.compile(LONG_CLASSIFIER, cache=False, dtype="float64", max_repeats=16,
+                             run_path=run_path)
+    expected_fused = run_path != "min-flops"
+    assert module.plan.runs_fused == expected_fused
+    inputs = random_inputs(module, 3, seed=2)
+    assert_matches(module(**inputs), dense_oracle(module, inputs))
+
+
+def test_min_flops_is_run_when_the_fused_path_costs_much_more() -> None:
+    plan = plan_spec(_spec(SMALL_CLASSIFIER), cache=False)
+    assert plan.fused_flops is not None and plan.fused_flops > 1.25 * plan.flops
+    assert not plan.runs_fused and plan.executed() is plan
+    forced = plan_spec(_spec(SMALL_CLASSIFIER), cache=False, run_path="fused")
+    assert forced.runs_fused and forced.executed().flops == forced.fused_flops
+
+
+def test_fused_path_is_cached(tmp_path: Path) -> None:
+    first = plan_spec(load_spec(LONG_CLASSIFIER), cache_dir=tmp_path, max_repeats=16)
+    again = plan_spec(load_spec(LONG_CLASSIFIER), cache_dir=tmp_path, max_repeats=16)
+    assert again.cache_hit and not first.cache_hit
+    assert again.fused_flops == first.fused_flops and again.fused_steps == first.fused_steps

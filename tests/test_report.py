@@ -122,3 +122,21 @@ def test_cache_hit_shows_in_report(tmp_path: Path) -> None:
     again = plan_spec(spec, cache_dir=tmp_path)
     assert report_data(again, spec)["cache_hit"] is True
     assert "hit" in format_report(again, spec)
+
+
+def test_report_names_the_executed_path() -> None:
+    from tngraph.plan import plan_spec
+    from tngraph.spec import load_spec
+
+    text = ("tngraph: 1\nname: c\nnetwork: {template: mps, sites: 24, phys_dim: 2, "
+            "bond_dim: 8, input: x, feature_map: multilinear, output_dim: 3}\n")
+    spec = load_spec(text)
+    plan = plan_spec(spec, cache=False, max_repeats=16)
+    data = report_data(plan, spec)
+    assert data["path"] == "fused" and data["executed_flops"] == plan.fused_flops
+    assert sum(s["flops"] for s in data["steps"]) == plan.fused_flops   # the steps that run
+    assert "FLOPs (executed path)" in format_report(plan, spec)
+    lowest = plan_spec(spec, cache=False, max_repeats=16, run_path="min-flops")
+    data = report_data(lowest, spec)
+    assert data["path"] == "min-flops" and data["executed_flops"] == data["flops"]
+    assert "FLOPs (executed path)" not in format_report(lowest, spec)

@@ -43,6 +43,9 @@ def _add_plan_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--dtype", choices=["float32", "float64", "float16", "bfloat16"])
     group.add_argument("--strategy", choices=["auto", "network", "dense"],
                        help="execution of one-port networks (default auto: timed per batch)")
+    group.add_argument("--run-path", choices=["auto", "min-flops", "fused"],
+                       help="contraction path that runs (default auto: the port-fused one while "
+                            "within 1.25x of the lowest FLOPs)")
     group.add_argument("--no-cache", action="store_true", help="search again, ignore the cache")
     group.add_argument("--cache-dir", help="plan cache directory")
 
@@ -161,6 +164,7 @@ def _plan_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "optimize": args.optimize, "max_time": args.max_time, "max_repeats": args.max_repeats,
         "minimize": args.minimize, "memory_limit": args.memory_limit,
         "batch_size": args.batch_size, "dtype": args.dtype, "strategy": args.strategy,
+        "run_path": args.run_path,
         "cache": False if args.no_cache else None,
     }
 

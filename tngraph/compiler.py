@@ -159,7 +159,8 @@ class TNModule(nn.Module):
         if program is None:
             if len(self._programs) >= 8:
                 self._programs.pop(next(iter(self._programs)))
-            program = self._programs[batch] = build_program(self.plan, self._ones, batch)
+            program = self._programs[batch] = build_program(self.plan.executed(), self._ones,
+                                                            batch)
         return program
 
     def _network(self, tensors: list[torch.Tensor], ports: list[torch.Tensor],

@@ -15,6 +15,10 @@ and which kernel runs it:
             unrolled chain of fused multiply-adds (``addcmul``); a factor known to be all ones
             (the constant component of ``multilinear`` / ``poly`` features) is skipped, which
             fuses the feature map into the contraction: ``v A0 + x (v A1)``.
+``select``  the same tiny contraction where the larger operand holds the contracted index in
+            the middle of its layout (e.g. a label core's ``(batch, l, p, o)`` result): its
+            slices along that axis are weighted in place (strided views) instead of copying
+            the operand into ``(batch, rows, inner)`` order first.
 
 Each intermediate keeps the layout its kernel produced (``batch, rows, cols``); the next step
 adapts to it, and the last result is permuted (a view) into the output order.
@@ -28,6 +32,7 @@ half-chains of an MPS advance together in one ``bmm`` per site).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 import math
@@ -92,6 +97,7 @@ class Kernel:
     # index groups: shared kept (batch), contracted (inner), free in a, free in b
     groups: tuple[tuple[str, ...], ...] = ((), (), (), ())
     layouts: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())   # layouts of a and b
+    axis: int | None = None          # 'select': the contracted axis of a (kept in its layout)
 
     @property
     def signature(self) -> tuple[Any, ...]:
@@ -191,11 +197,30 @@ def design_kernel(left: int, right: int, out: int, left_layout: Sequence[str],
                 mode = "outer"
             elif k <= SMALL_INNER and nb > 1 and (m == 1 or n == 1):
                 mode = "small"
-            elif nb > 1 and (m == 1 or n == 1) and max(m, n) * k >= MATVEC_MIN:
-                mode = "matvec"
+            elif nb > 1 and (m == 1 or n == 1) and max(m, n) * k >= MATVEC_MIN and (
+                    not a.transposed if n == 1 else b.transposed):
+                mode = "matvec"      # dot products along the matrix's contiguous inner axis
             else:
                 mode = "bmm" if nb > 1 else "mm"
+            # a batched matrix-vector product whose matrix holds the inner index first runs
+            # fast only as (vector row) x (matrix): batched GEMV kernels are slow otherwise
+            slow_gemv = mode == "bmm" and (m == 1 or n == 1) and max(m, n) > 1 and not (
+                m == 1 and not b.transposed)
             slot_a, slot_b = (right, left) if swap else (left, right)
+            if mode == "small" and n == 1 and cost_a and len(ct) == 1:
+                selected = _select_kernel(left, right, out, swap, la, lb, ct[0], batch, sizes,
+                                          ones_b=slot_b in ones)
+                if selected is not None:
+                    kernel, cost = selected
+                    out_size = math.prod(kernel.out_shape)
+                    misplaced = lead is not None and lead in kernel.out_layout and \
+                        kernel.out_layout[0] != lead
+                    penalty = (out_size if misplaced else 0) + (
+                        out_size * (_runs(kernel.out_layout, target) - 1) // 4 if target else 0)
+                    score = (cost + penalty, 0, 2 * swap + rank)
+                    if best is None or score < best[:3]:
+                        best = (*score, kernel)
+                    continue
             kernel = Kernel(left, right, out, swap, mode, a, b,
                             tuple(sizes[i] for i in (*bt, *fa, *fb)), (*bt, *fa, *fb),
                             ones_a=mode == "small" and slot_a in ones and len(ct) == 1,
@@ -210,11 +235,52 @@ def design_kernel(left: int, right: int, out: int, left_layout: Sequence[str],
             penalty = out_size if misplaced else 0
             if target:
                 penalty += out_size * (_runs(out_layout, target) - 1) // 4
-            score = (cost_a + cost_b + penalty, int(m < n), 2 * swap + rank)
+            score = (cost_a + cost_b + penalty, int(slow_gemv) * 2 + int(m < n),
+                     2 * swap + rank)
             if best is None or score < best[:3]:
                 best = (*score, kernel)
     assert best is not None
     return best[3]
+
+
+def larger_inside(kernel: Kernel, sizes: dict[str, int]) -> Kernel:
+    """``kernel`` with the free indices of its ``b`` operand ordered by size, largest last.
+
+    For kernels whose ``b`` is copied anyway (stacked parameters): a result such as an MPS
+    environment ``(batch, p, r)`` keeps the bond innermost, so the next step's tiny contraction
+    over ``p`` reads whole contiguous rows (``(batch, r, p)`` would make it read every p-th
+    value, about twice as slow).
+    """
+    bt, ct, fa, fb = kernel.groups
+    if kernel.mode not in ("bmm", "mm") or not 1 < len(fb) <= 4:
+        return kernel
+    pb = tuple(sorted(fb, key=lambda i: sizes[i]))
+    if pb == fb:
+        return kernel
+    b, _ = _operand(kernel.layouts[1], ct, pb, bt, sizes, copy_transposed=True)
+    layout = (*bt, *fa, *pb)
+    return dataclasses.replace(kernel, b=b, out_shape=tuple(sizes[i] for i in layout),
+                               out_layout=layout, groups=(bt, ct, fa, pb))
+
+
+def _select_kernel(left: int, right: int, out: int, swap: bool, la: Sequence[str],
+                   lb: Sequence[str], inner: str, batch: Sequence[str], sizes: dict[str, int],
+                   ones_b: bool) -> tuple[Kernel, int] | None:
+    """A ``select`` kernel: ``a`` (layout ``la``, batch indices leading) weighted along its
+    ``inner`` axis in place by the per-batch vector ``b``; None where ``a`` does not start with
+    the batch indices. Returns the kernel and its copy cost (``b``'s, if any)."""
+    bt = [i for i in la if i in batch]
+    if list(la[:len(bt)]) != bt or set(lb) != {*bt, inner}:
+        return None
+    nb = math.prod(sizes[i] for i in bt)
+    a = Operand(None, (nb, math.prod(sizes[i] for i in la) // nb, 1), False)
+    b, cost_b = _operand(lb, [inner], [], bt, sizes)
+    out_layout = tuple(i for i in la if i != inner)
+    kernel = Kernel(left, right, out, swap, "select", a, b,
+                    tuple(sizes[i] for i in out_layout), out_layout, ones_b=ones_b,
+                    groups=(tuple(bt), (inner,), tuple(out_layout[len(bt):]), ()),
+                    layouts=(tuple(la), tuple(lb)), axis=la.index(inner))
+    return kernel, cost_b
 
 
 def conform(kernel: Kernel, target: Kernel, sizes: dict[str, int]) -> Kernel:
@@ -225,7 +291,7 @@ def conform(kernel: Kernel, target: Kernel, sizes: dict[str, int]) -> Kernel:
     reuse the stacked result without another copy.
     """
     if kernel.out_shape == target.out_shape or sorted(kernel.out_shape) != sorted(
-            target.out_shape) or kernel.mode == "small":
+            target.out_shape) or kernel.mode in ("small", "select"):
         return kernel
     bt, ct, fa, fb = kernel.groups
     if len(fa) > 4 or len(fb) > 4:
@@ -253,6 +319,8 @@ def _as3(t: torch.Tensor, op: Operand) -> torch.Tensor:
 
 def run_kernel(kernel: Kernel, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Execute one designed step on the step's left and right operands ``x`` and ``y``."""
+    if kernel.mode == "select":
+        return _select(kernel, y if kernel.swap else x, x if kernel.swap else y)
     a = _as3(y if kernel.swap else x, kernel.a)   # (nb, m, k)
     b = _as3(x if kernel.swap else y, kernel.b)   # (nb, k, n)
     mode = kernel.mode
@@ -278,6 +346,21 @@ def _kernel_function(kernel: Kernel) -> Any:
     if kernel.mode == "outer":
         return operator.mul
     return torch.bmm
+
+
+def _select(kernel: Kernel, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``sum_k a.select(axis, k) * b[:, k]`` with ``b``'s entries broadcast over ``a``'s other
+    axes (``a`` keeps its layout; the slices are strided views)."""
+    n_batch = len(kernel.groups[0])
+    terms = a.unbind(kernel.axis)
+    # weights (nb, k, 1) -> one (batch..., 1, ..., 1) column per slice
+    weights = _as3(b, kernel.b).reshape(*a.shape[:n_batch], len(terms),
+                                        *([1] * (a.dim() - 1 - n_batch)))
+    columns = weights.unbind(n_batch)
+    acc = terms[0] if kernel.ones_b else terms[0] * columns[0]
+    for term, column in zip(terms[1:], columns[1:]):
+        acc = torch.addcmul(acc, term, column)
+    return acc
 
 
 def _small_weighted(a: torch.Tensor, weights: Sequence[torch.Tensor], skip_first: bool
@@ -385,7 +468,7 @@ def build_program(plan: Any, ones: set[int] = frozenset(), batch_size: int | Non
                                           layouts[s.right], set(s.out_inds), sizes, ones,
                                           problem.batch, target)
         def key_of(kernel: Kernel, pos: int) -> tuple[Any, ...]:
-            if grouping and kernel.stack_size <= STACK_LIMIT:
+            if grouping and kernel.stack_size <= STACK_LIMIT and kernel.mode != "select":
                 return kernel.signature
             return ("solo", pos)
 
@@ -424,6 +507,9 @@ def build_program(plan: Any, ones: set[int] = frozenset(), batch_size: int | Non
             len(members), lookahead(members),
             -min(depth[steps[p].out] for p in members), -members[0]))
         kernels = [designed[pos] for pos in chosen]
+        if len(kernels) > 1 and all(sources.get(_role_slot(k, "b"), ("",))[0] == "tensor"
+                                    for k in kernels):
+            kernels[0] = larger_inside(kernels[0], sizes)   # b is copied by the gather anyway
         kernels = [kernels[0]] + [conform(k, kernels[0], sizes) for k in kernels[1:]]
         group = Group(kernels)
         if len(kernels) > 1:
@@ -528,6 +614,34 @@ def _gather_params(tensors: Sequence[torch.Tensor], members: list[tuple[int, Ope
     return joined.index_select(0, torch.tensor(inverse, device=joined.device))
 
 
+def _operand_source(expr: str, op: Operand, matrix: bool = False) -> str:
+    """Source of :func:`_as3` applied to ``expr`` (``matrix``: 2-d, for an ``mm``)."""
+    if op.perm is not None:
+        expr = f"{expr}.permute({op.perm}).contiguous()"
+    expr = f"{expr}.reshape({op.shape3[1:] if matrix else op.shape3})"
+    if op.transposed:
+        expr += ".t()" if matrix else ".transpose(1, 2)"
+    return expr
+
+
+def _lone_source(kernel: Kernel, left: str, right: str, const: Any) -> str:
+    """Source of one kernel that runs alone: what :func:`run_kernel` does, written out (the
+    generic call costs microseconds of Python per step, as much as a small matmul)."""
+    if kernel.mode == "select":
+        return f"run_kernel({const(kernel, 'K')}, {left}, {right})"
+    x, y = (right, left) if kernel.swap else (left, right)
+    out = kernel.out_shape
+    if kernel.mode == "mm":
+        a, b = _operand_source(x, kernel.a, True), _operand_source(y, kernel.b, True)
+        return f"torch.mm({a}, {b}).reshape({out})"
+    a, b = _operand_source(x, kernel.a), _operand_source(y, kernel.b)
+    if kernel.mode == "bmm":
+        return f"torch.bmm({a}, {b}).reshape({out})"
+    if kernel.mode == "outer":
+        return f"({a} * {b}).reshape({out})"
+    return f"{const(_kernel_function(kernel), 'F')}({a}, {b}).reshape({out})"
+
+
 @dataclass
 class Program:
     """The plan as a list of kernel groups over numbered slots.
@@ -566,9 +680,11 @@ class Program:
                         self.sources[slot][2] is not None for slot in slots) \
                         and ops[0].perm is None:
                     # the weights of a 'small' kernel are handed over already split
+                    # (its first column is not gathered where it is known to be all ones)
                     weights = (role == "b" and group.kernels[0].mode == "small"
                                and _logical(group.kernels[0].a)[1] > 1)
-                    key = (ports.pop(), size, ops[0], weights)
+                    skip = weights and all(k.ones_b for k in group.kernels)
+                    key = (ports.pop(), size, ops[0], weights, skip)
                     self._port_gathers.setdefault(key, []).append((g, role))
                     if weights:
                         split_weights.add(g)
@@ -656,8 +772,8 @@ class Program:
         for g, op in enumerate(self._ops):
             if op[0] is None:
                 k = op[1]
-                lines.append(f"    s{k.out} = run_kernel({const(k, 'K')}, {use(k.left)}, "
-                             f"{use(k.right)})")
+                left, right = use(k.left), use(k.right)
+                lines.append(f"    s{k.out} = {_lone_source(k, left, right, const)}")
                 names[k.out] = f"s{k.out}"
                 continue
             kernels, a_source, b_source, kernel_fn, keep, need_parts = op
@@ -745,22 +861,26 @@ class Program:
                 out.update(zip(reqs, chunks))
             self._param_cache = (version, dict(out)) if cacheable else None
         for key, reqs in self._port_gathers.items():
-            p, size, op, weights = key
+            p, size, op, weights, skip = key
             data = ports[p]
             cache_key = (key, data.device)
             idx = self._port_idx_tensor.get(cache_key)
             if idx is None:
                 idx = self._port_idx_tensor[cache_key] = torch.tensor(self._port_idx[key],
                                                                       device=data.device)
-            gathered = data.index_select(0, idx)   # (n * size, batch, *legs)
             nb, x, y = op.shape3
-            gathered = gathered.view(len(reqs), size * nb, x, y)
-            if weights:       # (n, G*nb, k, 1) -> per group the k weights (G*nb, 1), each
-                # contiguous (strided weights slow the multiply-adds down): one copy for all
-                columns = gathered.permute(2, 0, 1, 3).contiguous()          # (k, n, G*nb, 1)
-                parts = [w.unbind(0) for w in columns.unbind(0)]
-                out.update((req, tuple(w[i] for w in parts)) for i, req in enumerate(reqs))
+            if weights:       # per group the k weights (G*nb, 1), each contiguous (strided
+                # weights slow the multiply-adds down): one gather per column, for all groups
+                table = data.reshape(data.shape[0], nb, x)                    # (N, nb, k)
+                columns: list[Any] = [None] if skip else []
+                for j in range(1 if skip else 0, x):
+                    column = table.select(2, j).index_select(0, idx)          # (n * size, nb)
+                    columns.append(column.view(len(reqs), size * nb, 1).unbind(0))
+                out.update((req, tuple(c if c is None else c[i] for c in columns))
+                           for i, req in enumerate(reqs))
                 continue
+            gathered = data.index_select(0, idx)   # (n * size, batch, *legs)
+            gathered = gathered.view(len(reqs), size * nb, x, y)
             if op.transposed:
                 gathered = gathered.transpose(2, 3)
             out.update(zip(reqs, gathered.unbind(0)))

@@ -2,11 +2,12 @@
 
 ``format_report(plan, spec, fmt="text"|"json")``. The JSON object carries (documented in
 ``docs/spec.md``): ``name``, ``template``, ``nodes``, ``edges``, ``inputs``, ``outputs``,
-``batch_size``, ``params``, ``dense_size``, ``compression``, ``flops``, ``naive_flops``,
+``batch_size``, ``params``, ``dense_size``, ``compression``, ``flops`` (the lowest found),
+``path`` and ``executed_flops`` (the path the ``network`` strategy runs), ``naive_flops``,
 ``speedup``, ``largest_intermediate`` (``elements``, ``bytes``), ``dtype``, ``memory_limit``,
 ``over_limit``, ``sliced`` (``indices``, ``slices``), ``optimizer``, ``strategy``,
 ``search_time``, ``cache_hit``, ``notes`` and ``steps`` (each ``step``, ``left``, ``right``,
-``result``, ``contracted``, ``legs``, ``equation``, ``flops``, ``size``).
+``result``, ``contracted``, ``legs``, ``equation``, ``flops``, ``size``; the executed path's).
 
 Examples
 --------
@@ -45,8 +46,9 @@ def report_data(plan: Plan, spec: Spec) -> dict[str, Any]:
     names = problem.index_names
     params = parameter_count(spec)
     dense = dense_size(spec)
+    executed = plan.executed()
     steps = []
-    for k, step in enumerate(plan.steps):
+    for k, step in enumerate(executed.steps):
         contracted = [names[i] for i in dict.fromkeys(step.left_inds + step.right_inds)
                       if i not in step.out_inds]
         steps.append({
@@ -74,6 +76,8 @@ def report_data(plan: Plan, spec: Spec) -> dict[str, Any]:
         "dense_size": dense,
         "compression": dense / params if params else None,
         "flops": plan.flops,
+        "path": "fused" if plan.runs_fused else "min-flops",
+        "executed_flops": executed.flops,
         "naive_flops": plan.naive_flops,
         "speedup": plan.speedup,
         "largest_intermediate": {"elements": plan.largest_intermediate,
@@ -142,6 +146,10 @@ def _text(d: dict[str, Any], width: int) -> str:
         ("dense-equivalent size", _sci(d["dense_size"])),
         ("compression", _sci(d["compression"]) + "x" if d["compression"] else "-"),
         ("FLOPs (planned)", _sci(d["flops"])),
+        *([("FLOPs (executed path)",
+            f"{_sci(d['executed_flops'])}, {d['executed_flops'] / d['flops']:.2f}x: the "
+            f"port-fused path runs (plan.run_path: 'min-flops' runs the lowest-FLOP one)")]
+          if d["executed_flops"] != d["flops"] else []),
         ("FLOPs (naive single einsum)", _sci(d["naive_flops"])),
         ("speed-up over naive", _sci(d["speedup"]) + "x"),
         ("largest intermediate",
@@ -158,7 +166,7 @@ def _text(d: dict[str, Any], width: int) -> str:
         summary.add_row(what, value)
     console.print(summary)
     if d["steps"]:
-        table = Table(title="contraction steps", box=box.SIMPLE, title_justify="left")
+        table = Table(title="contraction steps (as executed)", box=box.SIMPLE, title_justify="left")
         for col, justify in (("#", "right"), ("result", "left"), ("left", "left"),
                              ("right", "left"), ("contracts", "left"), ("result legs", "left"),
                              ("FLOPs", "right"), ("size", "right")):

@@ -165,6 +165,12 @@ class PlanOptions(_Model):
     #: (contract the parameters into one weight, then one matmul with the data), or ``auto``
     #: (time both at the first call of each batch size and keep the faster)
     strategy: Literal["auto", "network", "dense"] = "auto"
+    #: which contraction path the ``network`` strategy runs: ``min-flops`` (the lowest-FLOP
+    #: path found), ``fused`` (the path of the search over tensors with their data ports folded
+    #: in, before local refinement: every port enters right after its tensor, so repeated
+    #: structure runs as few, large kernels), or ``auto`` (``fused`` when it costs at most
+    #: :data:`tngraph.plan.FUSED_TOLERANCE` times the lowest FLOPs, else ``min-flops``)
+    run_path: Literal["auto", "min-flops", "fused"] = "auto"
 
 
 class TrainOptions(_Model):
