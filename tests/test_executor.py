@@ -277,3 +277,48 @@ def test_stacked_chain_keeps_the_bond_innermost(bond: int) -> None:
         free_b = kernel.groups[3]
         sizes = module.plan.problem.size_dict
         assert [sizes[i] for i in free_b] == sorted(sizes[i] for i in free_b)
+
+
+def _program_and_inputs(bond: int = 4, sites: int = 24) -> tuple[tngraph.TNModule, torch.Tensor]:
+    module = _classifier(bond=bond, sites=sites)
+    randomize(module, seed=bond, scale=0.5)
+    return module, random_inputs(module, 6, seed=1)["x"]
+
+
+def test_inference_runs_in_a_workspace_kept_between_calls() -> None:
+    module, x = _program_and_inputs()
+    with torch.no_grad():
+        out = module(x)
+    program = module._program(6)
+    assert program._generated_ws is not None
+    assert "out=ws[" in program.workspace_source
+    (entries, pointers), = program._workspaces.values()
+    assert pointers and out.untyped_storage().data_ptr() not in pointers
+    assert_matches(out, dense_oracle(module, {"x": x}))
+    with torch.no_grad():
+        module(x)
+    assert len(program._workspaces) == 1          # reused, not rebuilt
+    with torch.inference_mode():                  # inference tensors: a workspace of their own
+        assert_matches(module(x), dense_oracle(module, {"x": x}))
+    assert len(program._workspaces) == 2
+
+
+def test_workspace_in_use_elsewhere_falls_back_to_allocating() -> None:
+    """A second thread (here: the lock held) runs the allocating code, with the same result."""
+    from tngraph.executor import _WORKSPACE_LOCK
+
+    module, x = _program_and_inputs()
+    with torch.no_grad():
+        expected = module(x)
+        with _WORKSPACE_LOCK:
+            got = module(x)
+    torch.testing.assert_close(got, expected)
+
+
+def test_autograd_calls_do_not_use_the_workspace() -> None:
+    module, x = _program_and_inputs()
+    out = module(x)
+    assert out.requires_grad
+    assert not module._program(6)._workspaces
+    out.sum().backward()
+    assert all(p.grad is not None for p in module.parameters())

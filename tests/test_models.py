@@ -51,8 +51,10 @@ def test_model_loads_and_validates(path: Path) -> None:
         assert parameter_count(spec) > 0
 
 
+@pytest.mark.parametrize("grad", [True, False], ids=["autograd", "no_grad"])
 @pytest.mark.parametrize("path", NETWORK_MODELS)
-def test_model_matches_oracle(path: Path) -> None:
+def test_model_matches_oracle(path: Path, grad: bool) -> None:
+    """With autograd, and without (a second call runs in the kept inference workspace)."""
     module = tngraph.compile(path, OVERRIDES.get(path.stem), optimize="greedy", dtype="float64",
                              cache=False, batch_size=8)
     shape, has_inputs = SHAPES[path.stem]
@@ -60,7 +62,10 @@ def test_model_matches_oracle(path: Path) -> None:
     assert module.plan.optimizer == "greedy"
     assert module.plan.over_limit == ()
     inputs = random_inputs(module, 3, seed=len(path.stem))
-    out = module(**inputs)
+    with torch.set_grad_enabled(grad):
+        out = module(**inputs)
+        if not grad:
+            out = module(**inputs)
     assert tuple(out.shape) == ((3,) if has_inputs else ()) + shape
     assert torch.isfinite(out).all()
     assert_matches(out, dense_oracle(module, inputs))

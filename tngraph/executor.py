@@ -28,6 +28,11 @@ steps are scheduled in waves (all steps whose operands are ready), and equal ker
 are stacked into one ``bmm``. When a group's operands are exactly the outputs of one earlier
 group, in order, the stacked tensor is reused without unstacking (e.g. the left and right
 half-chains of an MPS advance together in one ``bmm`` per site).
+
+The program is Python source generated once (one line per tensor operation). Without autograd
+a second variant runs: stacked results are written (``out=``) into a workspace of tensors kept
+between calls, with every view of them made once when the workspace is built, so a chain step
+costs two torch calls and no allocation (the result handed back never shares its memory).
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ import functools
 import itertools
 import math
 import operator
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,6 +57,11 @@ SMALL_INNER = 4
 #: bumped after every optimizer step (any torch optimizer, through a global hook): fused
 #: optimizers update parameters in place without bumping their version counters
 _STEPS = [0]
+
+
+#: one inference call at a time uses its program's workspace; a concurrent one (another
+#: thread) runs the allocating code instead
+_WORKSPACE_LOCK = threading.Lock()
 
 
 def _count_step(*_: Any) -> None:
@@ -409,6 +420,10 @@ class Group:
     prefetch_b: bool = False
 
 
+#: largest workspace (elements) kept between inference calls: the stacked intermediates of
+#: one forward pass, reused instead of allocated at every step
+WORKSPACE_LIMIT = 1 << 24
+
 #: stack independent equal kernels only while their operands are this small (elements):
 #: stacking copies the operands, which pays off where the per-kernel overhead dominates.
 STACK_LIMIT = 1 << 16
@@ -732,10 +747,29 @@ class Program:
         namespace = {"torch": torch, "run_kernel": run_kernel, "_as3": _as3, **self._constants}
         exec(compile(self.source_code, "<tngraph program>", "exec"), namespace)  # noqa: S102
         self._generated = namespace["contract"]
+        # inference variant: stacked results written into a workspace kept between calls
+        self._ws_specs: list[tuple[Any, ...]] = []
+        self._workspaces: dict[tuple[Any, ...], tuple[list[Any], set[int]]] = {}
+        self._generated_ws = None
+        if not self.sliced:
+            self.workspace_source = self._generate_source(workspace=True)
+            size = sum(math.prod(spec[1]) for spec in self._ws_specs if spec[0] == "empty")
+            if self._ws_specs and size <= WORKSPACE_LIMIT:
+                namespace = {"torch": torch, "run_kernel": run_kernel, "_as3": _as3,
+                             **self._constants}
+                exec(compile(self.workspace_source, "<tngraph program (workspace)>",  # noqa: S102
+                             "exec"), namespace)
+                self._generated_ws = namespace["contract"]
 
     # -- code generation ----------------------------------------------------------------------
-    def _generate_source(self) -> str:
+    def _generate_source(self, workspace: bool = False) -> str:
         """Straight-line Python for the whole contraction (one line per tensor operation).
+
+        With ``workspace``: the variant for inference (no autograd), ``contract(..., ws)``,
+        whose stacked matmuls and fused multiply-adds write into preallocated tensors
+        (``out=``), and whose views of them (the next step's operand, the slices of a fused
+        feature map) are made once, when the workspace is built (``self._ws_specs`` says how).
+        A 64-site chain step then costs two torch calls and no allocation.
 
         Sliced programs read their leaves from ``leaves`` (selected per slice); the others cut
         them from ``tensors`` and ``ports`` and take gathered operands from ``fetched``.
@@ -751,8 +785,30 @@ class Program:
             constants[name] = value
             return name
 
-        lines = ["def contract(tensors, ports, fetched, leaves):"]
+        lines = ["def contract(tensors, ports, fetched, leaves"
+                 + (", ws):" if workspace else "):")]
         names: dict[int, str] = {}
+        specs = self._ws_specs if workspace else []
+        buffers: dict[int, int] = {}          # group -> workspace entry holding its result
+        views: dict[tuple[Any, ...], str] = {}
+
+        def ws_entry(spec: tuple[Any, ...]) -> str:
+            if spec not in views:
+                views[spec] = f"ws[{len(specs)}]"
+                specs.append(spec)
+            return views[spec]
+
+        def new_buffer(shape: tuple[int, ...], group: int) -> str:
+            """A workspace tensor that receives ``group``'s result."""
+            name = ws_entry(("empty", shape, group))
+            buffers[group] = len(specs) - 1
+            return name
+
+        def stacked(key: int, size: tuple[int, ...], transposed: bool) -> str:
+            """The operand view of group ``key``'s stacked result."""
+            if key in buffers:
+                return ws_entry(("view", buffers[key], size, transposed))
+            return f"g{key}.view({size})" + (".transpose(1, 2)" if transposed else "")
 
         def use(slot: int) -> str:
             if slot in names:
@@ -777,12 +833,13 @@ class Program:
                 names[k.out] = f"s{k.out}"
                 continue
             kernels, a_source, b_source, kernel_fn, keep, need_parts = op
-            if self._inline_small(g, op, lines):
+            if self._inline_small(g, op, lines, buffers if workspace else None, ws_entry,
+                                  new_buffer):
                 continue
             operands = []
             for role, (kind, key, size, transposed) in zip("ab", (a_source, b_source)):
                 if kind == 0:
-                    expr = f"g{key}.view({size})" + (".transpose(1, 2)" if transposed else "")
+                    expr = stacked(key, size, transposed)
                 elif kind == 1:
                     expr = f"fetched[{key!r}]"
                 else:
@@ -792,7 +849,12 @@ class Program:
                     expr = f"torch.stack([{parts}]).view(-1, {x}, {y})"
                 operands.append(expr)
             call = ("torch.bmm" if kernel_fn is torch.bmm else const(kernel_fn, "F"))
-            lines.append(f"    r{g} = {call}({operands[0]}, {operands[1]})")
+            if workspace and kernel_fn is torch.bmm:
+                nb, m, _ = _logical(kernels[0].a)
+                out = new_buffer((len(kernels) * nb, m, _logical(kernels[0].b)[2]), g)
+                lines.append(f"    r{g} = torch.bmm({operands[0]}, {operands[1]}, out={out})")
+            else:
+                lines.append(f"    r{g} = {call}({operands[0]}, {operands[1]})")
             if keep:
                 lines.append(f"    g{g} = r{g}" if kernel_fn is torch.bmm else
                              f"    g{g} = r{g} if r{g}.is_contiguous() else r{g}.contiguous()")
@@ -808,10 +870,15 @@ class Program:
         self._constants = constants
         return "\n".join(lines) + "\n"
 
-    def _inline_small(self, g: int, op: tuple[Any, ...], lines: list[str]) -> bool:
+    def _inline_small(self, g: int, op: tuple[Any, ...], lines: list[str],
+                      buffers: dict[int, int] | None = None, ws_entry: Any = None,
+                      new_buffer: Any = None) -> bool:
         """Write a 'small' group whose weights come split from the gather, and whose other
         operand is an earlier stacked result, as plain multiply-adds (the hot step of a fused
-        feature map). Returns False for any other group."""
+        feature map). Returns False for any other group.
+
+        With ``buffers`` (workspace variant): slices of a workspace result are taken from the
+        workspace, and the sum is written into a workspace tensor of its own."""
         kernels, a_source, b_source, kernel_fn, keep, need_parts = op
         first = kernels[0]
         if not (isinstance(kernel_fn, functools.partial) and kernel_fn.func is _small_weighted
@@ -819,11 +886,26 @@ class Program:
             return False
         _, key, size, transposed = a_source
         k = _logical(first.a)[2]
-        if transposed:       # (G*nb, k, m) stored: its rows are the terms
-            lines.append(f"    t{g} = g{key}.view({size}).unbind(1)")
+        dim = 1 if transposed else 2       # transposed: (G*nb, k, m) stored, rows are terms
+        if buffers is not None and key in buffers:
+            lines.append(f"    t{g} = {ws_entry(('unbind', buffers[key], size, dim))}")
         else:
-            lines.append(f"    t{g} = g{key}.view({size}).unbind(2)")
+            lines.append(f"    t{g} = g{key}.view({size}).unbind({dim})")
         lines.append(f"    w{g} = fetched[{b_source[1]!r}]")
+        first_term = 1 if first.ones_b else 0
+        if buffers is not None and k - first_term >= 1:
+            rows = size[0]
+            cols = size[2] if dim == 1 else size[1]
+            out = new_buffer((rows, cols), g)
+            if first.ones_b:
+                lines.append(f"    r{g} = torch.addcmul(t{g}[0], t{g}[1], w{g}[1], out={out})")
+            else:
+                lines.append(f"    r{g} = torch.mul(t{g}[0], w{g}[0], out={out})")
+            for j in range(first_term + 1, k):
+                lines.append(f"    r{g}.addcmul_(t{g}[{j}], w{g}[{j}])")
+            if keep:
+                lines.append(f"    g{g} = r{g}")
+            return True
         lines.append(f"    r{g} = t{g}[0]" if first.ones_b else f"    r{g} = t{g}[0] * w{g}[0]")
         for j in range(1, k):
             lines.append(f"    r{g} = torch.addcmul(r{g}, t{g}[{j}], w{g}[{j}])")
@@ -831,6 +913,30 @@ class Program:
             contiguous = ".contiguous()" if k == 1 and first.ones_b else ""
             lines.append(f"    g{g} = r{g}{contiguous}")
         return True
+
+    def _workspace(self, tensors: Sequence[torch.Tensor], ports: Sequence[torch.Tensor]
+                   ) -> tuple[list[Any], set[int]]:
+        """The workspace for this dtype and device (built at first use): its entries as the
+        workspace source refers to them, and the data pointers of its tensors."""
+        ref = tensors[0] if tensors else ports[0]
+        key = (ref.dtype, ref.device, torch.is_inference_mode_enabled())
+        found = self._workspaces.get(key)
+        if found is None:
+            entries: list[Any] = []
+            for spec in self._ws_specs:
+                if spec[0] == "empty":
+                    entries.append(torch.empty(spec[1], dtype=ref.dtype, device=ref.device))
+                elif spec[0] == "view":
+                    _, base, size, transposed = spec
+                    view = entries[base].view(size)
+                    entries.append(view.transpose(1, 2) if transposed else view)
+                else:
+                    _, base, size, dim = spec
+                    entries.append(entries[base].view(size).unbind(dim))
+            pointers = {e.untyped_storage().data_ptr() for e, spec in zip(entries, self._ws_specs)
+                        if spec[0] == "empty"}
+            found = self._workspaces[key] = (entries, pointers)
+        return found
 
     # -- leaves -----------------------------------------------------------------------------
     def _leaf(self, slot: int, tensors: Sequence[torch.Tensor],
@@ -891,7 +997,18 @@ class Program:
             ) -> torch.Tensor:
         """Contract the network for these parameters and data ports."""
         if not self.sliced:
-            return self._generated(tensors, ports, self._prefetch(tensors, ports), None)
+            fetched = self._prefetch(tensors, ports)
+            if self._generated_ws is not None and not torch.is_grad_enabled() \
+                    and _WORKSPACE_LOCK.acquire(blocking=False):
+                try:
+                    ws, pointers = self._workspace(tensors, ports)
+                    result = self._generated_ws(tensors, ports, fetched, None, ws)
+                    if result.untyped_storage().data_ptr() in pointers:
+                        result = result.clone()    # never hand out workspace memory
+                    return result
+                finally:
+                    _WORKSPACE_LOCK.release()
+            return self._generated(tensors, ports, fetched, None)
         leaves = [self._leaf(k, tensors, ports) for k in range(self.n_leaves)]
         total = None
         for choice in itertools.product(*(range(n) for n, _ in self.sliced)):
