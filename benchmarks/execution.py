@@ -394,7 +394,7 @@ def mps_section(quick: bool) -> list[list[str]]:
         tk_layer = tensorkrowch_layer(sites, bond, 10, batch)
         if tk_layer is not None:
             models["tensorkrowch"] = (tk_layer, _tk_features(x))
-        target = 0.01 if quick else 0.05
+        target = 0.01 if quick else 0.2
         infer = interleaved({n: _inference_fn(m, xx) for n, (m, xx) in models.items()},
                             rounds=rounds, warmup=2, target=target)
         train = interleaved({n: _training_fn(m, list(m.parameters()), xx, labels)
