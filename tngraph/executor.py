@@ -594,39 +594,65 @@ def _reusable(kernels: list[Kernel], role: str, produced_by: dict[int, tuple[int
     return g
 
 
-def _gather_params(tensors: Sequence[torch.Tensor], members: list[tuple[int, Operand]]
-                   ) -> torch.Tensor:
-    """Stack parameters ``tensors[i]`` viewed through their operands as ``(n, nb, x, y)``.
+@dataclass(frozen=True)
+class ParamGather:
+    """How the parameters of stacked groups are gathered into one ``(n, nb, x, y)`` tensor.
 
-    Members that share an operand layout are stacked raw and permuted once, so the cost is a
-    few tensor ops per layout, not per member; mixed layouts are re-interleaved with one
-    ``index_select``.
+    Members that share an operand layout (and a shape) are stacked raw and viewed once
+    (``parts``: tensor indices, permutation, ``(n, nb, x, y)`` shape, transposed), so a call
+    costs a few tensor ops per layout, not per member; mixed layouts are then interleaved back
+    into member order, by one ``stack`` where they alternate (the left / right half-chains of
+    an MPS), else by one ``index_select`` (``inverse``). Decided once per program: grouping
+    members by layout in Python at every call cost about as much as the copies themselves.
     """
+
+    parts: tuple[tuple[tuple[int, ...], tuple[int, ...] | None, tuple[int, ...], bool], ...]
+    interleave: str                  # "none" | "stack" | "index"
+    inverse: tuple[int, ...] = ()
+
+
+def plan_param_gather(shapes: Sequence[tuple[int, ...]], members: Sequence[tuple[int, Operand]]
+                      ) -> ParamGather:
+    """The :class:`ParamGather` of ``members`` (tensor index, operand); ``shapes[i]`` is the
+    shape of tensor ``i``."""
     by_layout: dict[tuple[Operand, tuple[int, ...]], list[int]] = {}
     for position, (index, op) in enumerate(members):
-        by_layout.setdefault((op, tuple(tensors[index].shape)), []).append(position)
+        by_layout.setdefault((op, tuple(shapes[index])), []).append(position)
     parts = []
     order: list[int] = []
     for (op, _), positions in by_layout.items():
-        stacked = torch.stack([tensors[members[p][0]] for p in positions])
-        if op.perm is not None:
-            stacked = stacked.permute(0, *(d + 1 for d in op.perm))
-        stacked = stacked.reshape(len(positions), *op.shape3)
-        parts.append(stacked.transpose(2, 3) if op.transposed else stacked)
+        perm = None if op.perm is None else (0, *(d + 1 for d in op.perm))
+        parts.append((tuple(members[p][0] for p in positions), perm,
+                      (len(positions), *op.shape3), op.transposed))
         order += positions
     if len(parts) == 1:
-        return parts[0]
-    q = len(parts)
-    if len(members) % q == 0 and all(
-            order[j * (len(members) // q) + i] == i * q + j
-            for j in range(q) for i in range(len(members) // q)):
-        # layouts alternate (e.g. left / right half-chain): interleave with one stack
-        return torch.stack(parts, dim=1).reshape(len(members), *parts[0].shape[1:])
-    joined = torch.cat(parts)
+        return ParamGather(tuple(parts), "none")
+    q, n = len(parts), len(members)
+    if n % q == 0 and all(order[j * (n // q) + i] == i * q + j
+                          for j in range(q) for i in range(n // q)):
+        return ParamGather(tuple(parts), "stack")
     inverse = [0] * len(order)
     for place, position in enumerate(order):
         inverse[position] = place
-    return joined.index_select(0, torch.tensor(inverse, device=joined.device))
+    return ParamGather(tuple(parts), "index", tuple(inverse))
+
+
+def gather_params(tensors: Sequence[torch.Tensor], gather: ParamGather) -> torch.Tensor:
+    """Stack the parameters of ``gather`` (see :class:`ParamGather`) as ``(n, nb, x, y)``."""
+    stacks = []
+    for indices, perm, shape, transposed in gather.parts:
+        stacked = torch.stack([tensors[i] for i in indices])
+        if perm is not None:
+            stacked = stacked.permute(perm)
+        stacked = stacked.reshape(shape)
+        stacks.append(stacked.transpose(2, 3) if transposed else stacked)
+    if gather.interleave == "none":
+        return stacks[0]
+    if gather.interleave == "stack":
+        n = sum(len(part[0]) for part in gather.parts)
+        return torch.stack(stacks, dim=1).reshape(n, *stacks[0].shape[1:])
+    joined = torch.cat(stacks)
+    return joined.index_select(0, torch.tensor(gather.inverse, device=joined.device))
 
 
 def _operand_source(expr: str, op: Operand, matrix: bool = False) -> str:
@@ -713,6 +739,7 @@ class Program:
                           for key, reqs in self._port_gathers.items()}
         self._port_idx_tensor: dict[tuple[Any, ...], torch.Tensor] = {}
         self._param_cache: tuple[Any, dict[tuple[int, str], torch.Tensor]] | None = None
+        self._gather_plans: dict[tuple[Any, ...], ParamGather] = {}
         # per group, what to do, decided once: (None, kernel) for a lone kernel, else
         # (kernels, a source, b source, kernel function, keep stacked, need parts) where a
         # source is (0, group, size, transposed) reuse | (1, key, -, -) gathered |
@@ -959,10 +986,15 @@ class Program:
         if cacheable and self._param_cache is not None and self._param_cache[0] == version:
             out.update(self._param_cache[1])
         else:
-            for (size, (nb, x, y)), reqs in self._param_gathers.items():
-                members = [(self.sources[_role_slot(k, role)][1], getattr(k, role))
-                           for g, role in reqs for k in self.groups[g].kernels]
-                gathered = _gather_params(tensors, members)          # (n * size, nb, x, y)
+            for key, reqs in self._param_gathers.items():
+                size, (nb, x, y) = key
+                plan = self._gather_plans.get(key)
+                if plan is None:
+                    members = [(self.sources[_role_slot(k, role)][1], getattr(k, role))
+                               for g, role in reqs for k in self.groups[g].kernels]
+                    plan = self._gather_plans[key] = plan_param_gather(
+                        [tuple(t.shape) for t in tensors], members)
+                gathered = gather_params(tensors, plan)               # (n * size, nb, x, y)
                 chunks = gathered.view(len(reqs), size * nb, x, y).unbind(0)
                 out.update(zip(reqs, chunks))
             self._param_cache = (version, dict(out)) if cacheable else None
