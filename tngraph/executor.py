@@ -737,6 +737,12 @@ class Program:
         self._port_idx = {key: [self.sources[_role_slot(k, role)][2] for g, role in reqs
                                 for k in self.groups[g].kernels]
                           for key, reqs in self._port_gathers.items()}
+        # split weights: (gather number, position) of each group's weights in that gather's
+        # columns; groups written out inline read them there (no per-group tuple at each call)
+        self._weight_slots = {req: (n, i) for n, (key, reqs) in
+                              enumerate(self._port_gathers.items()) if key[3]
+                              for i, req in enumerate(reqs)}
+        self._inlined: set[int] = set()
         self._port_idx_tensor: dict[tuple[Any, ...], torch.Tensor] = {}
         self._param_cache: tuple[Any, dict[tuple[int, str], torch.Tensor]] | None = None
         self._gather_plans: dict[tuple[Any, ...], ParamGather] = {}
@@ -918,24 +924,28 @@ class Program:
             lines.append(f"    t{g} = {ws_entry(('unbind', buffers[key], size, dim))}")
         else:
             lines.append(f"    t{g} = g{key}.view({size}).unbind({dim})")
-        lines.append(f"    w{g} = fetched[{b_source[1]!r}]")
+        n, i = self._weight_slots[b_source[1]]
+        self._inlined.add(g)
+        lines.append(f"    w{g} = fetched[('columns', {n})]")
         first_term = 1 if first.ones_b else 0
         if buffers is not None and k - first_term >= 1:
             rows = size[0]
             cols = size[2] if dim == 1 else size[1]
             out = new_buffer((rows, cols), g)
             if first.ones_b:
-                lines.append(f"    r{g} = torch.addcmul(t{g}[0], t{g}[1], w{g}[1], out={out})")
+                lines.append(f"    r{g} = torch.addcmul(t{g}[0], t{g}[1], w{g}[1][{i}], "
+                             f"out={out})")
             else:
-                lines.append(f"    r{g} = torch.mul(t{g}[0], w{g}[0], out={out})")
+                lines.append(f"    r{g} = torch.mul(t{g}[0], w{g}[0][{i}], out={out})")
             for j in range(first_term + 1, k):
-                lines.append(f"    r{g}.addcmul_(t{g}[{j}], w{g}[{j}])")
+                lines.append(f"    r{g}.addcmul_(t{g}[{j}], w{g}[{j}][{i}])")
             if keep:
                 lines.append(f"    g{g} = r{g}")
             return True
-        lines.append(f"    r{g} = t{g}[0]" if first.ones_b else f"    r{g} = t{g}[0] * w{g}[0]")
+        lines.append(f"    r{g} = t{g}[0]" if first.ones_b else
+                     f"    r{g} = t{g}[0] * w{g}[0][{i}]")
         for j in range(1, k):
-            lines.append(f"    r{g} = torch.addcmul(r{g}, t{g}[{j}], w{g}[{j}])")
+            lines.append(f"    r{g} = torch.addcmul(r{g}, t{g}[{j}], w{g}[{j}][{i}])")
         if keep:
             contiguous = ".contiguous()" if k == 1 and first.ones_b else ""
             lines.append(f"    g{g} = r{g}{contiguous}")
@@ -998,7 +1008,7 @@ class Program:
                 chunks = gathered.view(len(reqs), size * nb, x, y).unbind(0)
                 out.update(zip(reqs, chunks))
             self._param_cache = (version, dict(out)) if cacheable else None
-        for key, reqs in self._port_gathers.items():
+        for number, (key, reqs) in enumerate(self._port_gathers.items()):
             p, size, op, weights, skip = key
             data = ports[p]
             cache_key = (key, data.device)
@@ -1014,8 +1024,9 @@ class Program:
                 for j in range(1 if skip else 0, x):
                     column = table.select(2, j).index_select(0, idx)          # (n * size, nb)
                     columns.append(column.view(len(reqs), size * nb, 1).unbind(0))
+                out[("columns", number)] = columns
                 out.update((req, tuple(c if c is None else c[i] for c in columns))
-                           for i, req in enumerate(reqs))
+                           for i, req in enumerate(reqs) if req[0] not in self._inlined)
                 continue
             gathered = data.index_select(0, idx)   # (n * size, batch, *legs)
             gathered = gathered.view(len(reqs), size * nb, x, y)
