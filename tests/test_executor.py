@@ -322,3 +322,60 @@ def test_autograd_calls_do_not_use_the_workspace() -> None:
     assert not module._program(6)._workspaces
     out.sum().backward()
     assert all(p.grad is not None for p in module.parameters())
+
+
+def _pair(bond: int = 3, sites: int = 16, monkeypatch: pytest.MonkeyPatch | None = None
+          ) -> tuple[tngraph.TNModule, tngraph.TNModule]:
+    """The same classifier twice: with fused chain runs, and with them switched off."""
+    from tngraph.executor import Program
+
+    fused = _classifier(bond=bond, sites=sites)
+    randomize(fused, seed=bond, scale=0.5)
+    assert monkeypatch is not None
+    monkeypatch.setattr(Program, "_chain_runs", lambda self: {})
+    plain = _classifier(bond=bond, sites=sites)
+    plain.load_state_dict(fused.state_dict())
+    plain._program(5)                               # built while chain runs are off
+    monkeypatch.undo()
+    return fused, plain
+
+
+def test_chain_runs_are_one_autograd_node(monkeypatch: pytest.MonkeyPatch) -> None:
+    fused, plain = _pair(monkeypatch=monkeypatch)
+    assert "_ChainRun.apply" in fused._program(5).source_code
+    assert "_ChainRun" not in plain._program(5).source_code
+
+
+@pytest.mark.parametrize("frozen", [False, True])
+def test_chain_run_gradients_match_op_by_op_autograd(monkeypatch: pytest.MonkeyPatch,
+                                                     frozen: bool) -> None:
+    """Cores, the incoming environment and the data (feature weights) all get the gradients
+    that op-by-op autograd gives; frozen cores get none."""
+    fused, plain = _pair(monkeypatch=monkeypatch)
+    if frozen:
+        for module in (fused, plain):
+            module.tensors["A3"].requires_grad_(False)
+            module.tensors["A12"].requires_grad_(False)
+    x = random_inputs(fused, 5, seed=4)["x"]
+    grads = []
+    for module in (fused, plain):
+        xx = x.clone().requires_grad_()
+        out = module(xx)
+        weights = torch.linspace(-1, 1, out.numel(), dtype=out.dtype).reshape(out.shape)
+        (out * weights).sum().backward()
+        grads.append([xx.grad] + [p.grad for p in module.tensors.values()])
+    for got, expected in zip(*grads):
+        if expected is None:
+            assert got is None
+        else:
+            torch.testing.assert_close(got, expected)
+    if frozen:
+        assert fused.tensors["A3"].grad is None
+
+
+def test_chain_run_gradcheck_including_the_data() -> None:
+    module = _classifier(bond=3, sites=16)
+    randomize(module, seed=0, scale=0.5)
+    assert "_ChainRun.apply" in module._program(3).source_code
+    x = random_inputs(module, 3, seed=5)["x"].clone().requires_grad_()
+    assert torch.autograd.gradcheck(lambda data: module(data), (x,), fast_mode=True)

@@ -683,6 +683,128 @@ def _lone_source(kernel: Kernel, left: str, right: str, const: Any) -> str:
     return f"{const(_kernel_function(kernel), 'F')}({a}, {b}).reshape({out})"
 
 
+@dataclass(frozen=True)
+class ChainStep:
+    """One step of a fused chain run: a stacked matmul, then a fused-feature sum.
+
+    ``a_size``/``a_transposed``: how the incoming environment is viewed as the matmul's left
+    operand; ``terms_size``/``terms_dim``: how the matmul's result is viewed and split into the
+    ``terms`` feature slices; ``ones``: the first slice's weight is the constant 1.
+    """
+
+    a_size: tuple[int, ...]
+    a_transposed: bool
+    terms_size: tuple[int, ...]
+    terms_dim: int
+    terms: int
+    ones: bool
+
+    @property
+    def n_weights(self) -> int:
+        return self.terms - (1 if self.ones else 0)
+
+
+class _ChainRun(torch.autograd.Function):
+    """A run of lockstep chain steps (matmul with stacked cores, then the fused feature map) as
+    one autograd node, with a hand-written backward.
+
+    Recorded op by op, a step costs about ten autograd nodes (views, split, multiply-add, matmul)
+    whose bookkeeping, at small bond dimensions, costs more than the arithmetic. Here the
+    forward runs unrecorded, each matmul writing into one buffer per shape whose feature slices
+    are viewed once (the multiply-add allocates the step's environment, kept for the backward);
+    the backward is four tensor ops per step, all into reused buffers except the cores'
+    gradients: the incoming gradient and its feature-weighted copies written into the
+    matmul-result layout, then the two matmuls of the step.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, steps: tuple[ChainStep, ...], env: torch.Tensor,
+                *tensors: torch.Tensor) -> torch.Tensor:
+        cores, weights = tensors[:len(steps)], tensors[len(steps):]
+        keep_terms = any(w.requires_grad for w in weights)
+        buffers: dict[tuple[Any, ...], tuple[torch.Tensor, tuple[torch.Tensor, ...]]] = {}
+        inputs, shapes, all_terms = [], [], []
+        position = 0
+        for step, core in zip(steps, cores):
+            shapes.append(env.shape)
+            a = env.view(step.a_size)
+            if step.a_transposed:
+                a = a.transpose(1, 2)
+            out_shape = (a.shape[0], a.shape[1], core.shape[2])
+            if keep_terms:            # the terms are needed for the weights' gradients
+                terms = torch.bmm(a, core).view(step.terms_size).unbind(step.terms_dim)
+            else:
+                key = (out_shape, step.terms_size, step.terms_dim)
+                if key not in buffers:
+                    buffer = env.new_empty(out_shape)
+                    buffers[key] = (buffer, buffer.view(step.terms_size).unbind(step.terms_dim))
+                buffer, terms = buffers[key]
+                torch.bmm(a, core, out=buffer)
+            w = weights[position:position + step.n_weights]
+            position += step.n_weights
+            if step.ones:
+                env = terms[0].clone() if step.terms == 1 else torch.addcmul(terms[0], terms[1],
+                                                                              w[0])
+                rest = zip(terms[2:], w[1:])
+            else:
+                env = terms[0] * w[0]
+                rest = zip(terms[1:], w[1:])
+            for term, weight in rest:
+                env.addcmul_(term, weight)
+            inputs.append(a)
+            all_terms.append(terms if keep_terms else None)
+        ctx.steps, ctx.inputs, ctx.shapes, ctx.terms = steps, inputs, shapes, all_terms
+        ctx.save_for_backward(*cores, *weights)
+        return env
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        steps = ctx.steps
+        saved = ctx.saved_tensors
+        cores, weights = saved[:len(steps)], saved[len(steps):]
+        need_env, need_cores = ctx.needs_input_grad[1], ctx.needs_input_grad[2:2 + len(steps)]
+        need_weights = ctx.needs_input_grad[2 + len(steps):]
+        grad_cores: list[torch.Tensor | None] = [None] * len(steps)
+        grad_weights: list[torch.Tensor | None] = [None] * len(weights)
+        ends = list(itertools.accumulate(step.n_weights for step in steps))
+        buffers: dict[tuple[Any, ...], tuple[torch.Tensor, tuple[torch.Tensor, ...]]] = {}
+        grad = grad.contiguous()
+        for k in range(len(steps) - 1, -1, -1):
+            step, core, a = steps[k], cores[k], ctx.inputs[k]
+            start = ends[k] - step.n_weights
+            w = weights[start:ends[k]]
+            if ctx.terms[k] is not None:
+                offset = 1 if step.ones else 0
+                for j, weight in enumerate(w):
+                    if need_weights[start + j]:
+                        grad_weights[start + j] = (ctx.terms[k][j + offset] * grad).sum(
+                            tuple(range(1, grad.dim())), keepdim=True).reshape(weight.shape)
+            # the gradient of the matmul's result, in its layout: slice j is weight_j * grad
+            out_shape = (a.shape[0], a.shape[1], core.shape[2])
+            key = (out_shape, step.terms_size, step.terms_dim)
+            if key not in buffers:
+                buffer = grad.new_empty(out_shape)
+                buffers[key] = (buffer, buffer.view(step.terms_size).unbind(step.terms_dim))
+            grad_r, slices = buffers[key]
+            if step.ones:
+                slices[0].copy_(grad)
+                for target, weight in zip(slices[1:], w):
+                    torch.mul(grad, weight, out=target)
+            else:
+                for target, weight in zip(slices, w):
+                    torch.mul(grad, weight, out=target)
+            if need_cores[k]:
+                grad_cores[k] = torch.bmm(a.transpose(1, 2), grad_r)
+            if k == 0 and not need_env:
+                break
+            grad_a = torch.bmm(grad_r, core.transpose(1, 2))
+            if step.a_transposed:
+                grad_a = grad_a.transpose(1, 2)
+            grad = grad_a.reshape(ctx.shapes[k])
+        return (None, grad if need_env else None, *grad_cores, *grad_weights)
+
+
 @dataclass
 class Program:
     """The plan as a list of kernel groups over numbered slots.
@@ -777,7 +899,8 @@ class Program:
                               group.keep_stacked, group.need_parts))
 
         self.source_code = self._generate_source()
-        namespace = {"torch": torch, "run_kernel": run_kernel, "_as3": _as3, **self._constants}
+        namespace = {"torch": torch, "run_kernel": run_kernel, "_as3": _as3,
+                     "_ChainRun": _ChainRun, **self._constants}
         exec(compile(self.source_code, "<tngraph program>", "exec"), namespace)  # noqa: S102
         self._generated = namespace["contract"]
         # inference variant: stacked results written into a workspace kept between calls
@@ -858,7 +981,15 @@ class Program:
             eq = self.leaf_equations[slot]
             return expr if eq is None else f"torch.einsum({eq!r}, {expr})"
 
+        runs = {} if workspace else self._chain_runs()
+        skip: set[int] = set()
         for g, op in enumerate(self._ops):
+            if g in skip:
+                continue
+            if g in runs:
+                skip.update(runs[g])
+                lines.append(self._chain_source(runs[g], const))
+                continue
             if op[0] is None:
                 k = op[1]
                 left, right = use(k.left), use(k.right)
@@ -902,6 +1033,60 @@ class Program:
         lines.append(f"    return {result}")
         self._constants = constants
         return "\n".join(lines) + "\n"
+
+    def _is_chain_matmul(self, g: int) -> bool:
+        op = self._ops[g]
+        return (op[0] is not None and op[3] is torch.bmm and op[1][0] == 0
+                and op[2][0] == 1 and op[4] and not op[5])
+
+    def _is_chain_feature(self, g: int, matmul: int) -> bool:
+        op = self._ops[g]
+        if op[0] is None:
+            return False
+        kernels, a_source, b_source, kernel_fn, keep, need_parts = op
+        return (isinstance(kernel_fn, functools.partial) and kernel_fn.func is _small_weighted
+                and a_source[0] == 0 and a_source[1] == matmul and keep and not need_parts
+                and b_source[0] == 1 and b_source[1] in self._weight_slots)
+
+    def _chain_runs(self) -> dict[int, list[int]]:
+        """Runs of at least two consecutive (stacked matmul, fused feature) group pairs in
+        which each matmul takes the previous pair's result: first group -> the run's groups."""
+        runs: dict[int, list[int]] = {}
+        g = 0
+        while g + 1 < len(self._ops):
+            run: list[int] = []
+            h = g
+            while (h + 1 < len(self._ops) and self._is_chain_matmul(h)
+                   and self._is_chain_feature(h + 1, h)
+                   and (not run or self._ops[h][1][1] == run[-1])):
+                run += [h, h + 1]
+                h += 2
+            if len(run) >= 4:
+                runs[g] = run
+                g = h
+            else:
+                g += 1
+        return runs
+
+    def _chain_source(self, run: list[int], const: Any) -> str:
+        """The line running ``run`` (see :meth:`_chain_runs`) as one :class:`_ChainRun`."""
+        steps, cores, weights = [], [], []
+        for matmul, feature in zip(run[0::2], run[1::2]):
+            _, a_source, b_source, *_ = self._ops[matmul]
+            kernels, s_source, w_source, *_ = self._ops[feature]
+            first = kernels[0]
+            terms = _logical(first.a)[2]
+            _, _, size, transposed = s_source
+            steps.append(ChainStep(a_source[2], a_source[3], size, 1 if transposed else 2,
+                                   terms, first.ones_b))
+            cores.append(f"fetched[{b_source[1]!r}]")
+            n, i = self._weight_slots[w_source[1]]
+            self._inlined.add(feature)
+            weights += [f"fetched[('columns', {n})][{j}][{i}]"
+                        for j in range(1 if first.ones_b else 0, terms)]
+        start = self._ops[run[0]][1][1]
+        return (f"    g{run[-1]} = _ChainRun.apply({const(tuple(steps), 'C')}, g{start}, "
+                f"{', '.join(cores + weights)})")
 
     def _inline_small(self, g: int, op: tuple[Any, ...], lines: list[str],
                       buffers: dict[int, int] | None = None, ws_entry: Any = None,
