@@ -33,6 +33,8 @@ The program is Python source generated once (one line per tensor operation). Wit
 a second variant runs: stacked results are written (``out=``) into a workspace of tensors kept
 between calls, with every view of them made once when the workspace is built, so a chain step
 costs two torch calls and no allocation (the result handed back never shares its memory).
+With autograd, runs of such chain steps execute as one autograd node (:class:`_ChainRun`) with a
+hand-written backward, instead of about ten recorded nodes per step.
 """
 
 from __future__ import annotations
