@@ -690,20 +690,32 @@ class ChainStep:
     """One step of a fused chain run: a stacked matmul, then a fused-feature sum.
 
     ``a_size``/``a_transposed``: how the incoming environment is viewed as the matmul's left
-    operand; ``terms_size``/``terms_dim``: how the matmul's result is viewed and split into the
-    ``terms`` feature slices; ``ones``: the first slice's weight is the constant 1.
+    operand; ``result``: the matmul's ``(batch, rows, cols)``; ``terms_size``/``terms_dim``: how
+    that result is viewed and split into the ``terms`` feature slices; ``ones``: the first
+    slice's weight is the constant 1; ``weights``: the step's ``(start, stop)`` among the run's
+    weight tensors.
     """
 
     a_size: tuple[int, ...]
     a_transposed: bool
+    result: tuple[int, int, int]
     terms_size: tuple[int, ...]
     terms_dim: int
     terms: int
     ones: bool
+    weights: tuple[int, int]
 
-    @property
-    def n_weights(self) -> int:
-        return self.terms - (1 if self.ones else 0)
+
+def _result_buffer(buffers: dict[ChainStep, tuple[torch.Tensor, tuple[torch.Tensor, ...]]],
+                   step: ChainStep, like: torch.Tensor
+                   ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """A reusable tensor in the layout of ``step``'s matmul result, and its feature slices."""
+    key = (step.result, step.terms_size, step.terms_dim)
+    found = buffers.get(key)
+    if found is None:
+        buffer = like.new_empty(step.result)
+        found = buffers[key] = (buffer, buffer.view(step.terms_size).unbind(step.terms_dim))
+    return found
 
 
 class _ChainRun(torch.autograd.Function):
@@ -714,9 +726,10 @@ class _ChainRun(torch.autograd.Function):
     whose bookkeeping, at small bond dimensions, costs more than the arithmetic. Here the
     forward runs unrecorded, each matmul writing into one buffer per shape whose feature slices
     are viewed once (the multiply-add allocates the step's environment, kept for the backward);
-    the backward is four tensor ops per step, all into reused buffers except the cores'
-    gradients: the incoming gradient and its feature-weighted copies written into the
-    matmul-result layout, then the two matmuls of the step.
+    the backward is four tensor ops per step into reused buffers (the cores' gradients aside):
+    the incoming gradient and its feature-weighted copies written into the matmul-result
+    layout, then the two matmuls of the step. What each step needs is prepared in the forward,
+    so that the backward loop does little besides those calls.
     """
 
     @staticmethod
@@ -724,26 +737,19 @@ class _ChainRun(torch.autograd.Function):
                 *tensors: torch.Tensor) -> torch.Tensor:
         cores, weights = tensors[:len(steps)], tensors[len(steps):]
         keep_terms = any(w.requires_grad for w in weights)
-        buffers: dict[tuple[Any, ...], tuple[torch.Tensor, tuple[torch.Tensor, ...]]] = {}
-        inputs, shapes, all_terms = [], [], []
-        position = 0
+        buffers: dict[Any, tuple[torch.Tensor, tuple[torch.Tensor, ...]]] = {}
+        records = []
         for step, core in zip(steps, cores):
-            shapes.append(env.shape)
+            shape = env.shape
             a = env.view(step.a_size)
             if step.a_transposed:
                 a = a.transpose(1, 2)
-            out_shape = (a.shape[0], a.shape[1], core.shape[2])
             if keep_terms:            # the terms are needed for the weights' gradients
                 terms = torch.bmm(a, core).view(step.terms_size).unbind(step.terms_dim)
             else:
-                key = (out_shape, step.terms_size, step.terms_dim)
-                if key not in buffers:
-                    buffer = env.new_empty(out_shape)
-                    buffers[key] = (buffer, buffer.view(step.terms_size).unbind(step.terms_dim))
-                buffer, terms = buffers[key]
+                buffer, terms = _result_buffer(buffers, step, env)
                 torch.bmm(a, core, out=buffer)
-            w = weights[position:position + step.n_weights]
-            position += step.n_weights
+            w = weights[step.weights[0]:step.weights[1]]
             if step.ones:
                 env = terms[0].clone() if step.terms == 1 else torch.addcmul(terms[0], terms[1],
                                                                               w[0])
@@ -753,42 +759,34 @@ class _ChainRun(torch.autograd.Function):
                 rest = zip(terms[1:], w[1:])
             for term, weight in rest:
                 env.addcmul_(term, weight)
-            inputs.append(a)
-            all_terms.append(terms if keep_terms else None)
-        ctx.steps, ctx.inputs, ctx.shapes, ctx.terms = steps, inputs, shapes, all_terms
+            records.append((step, a.transpose(1, 2), core.transpose(1, 2), w, shape,
+                            terms if keep_terms else None))
+        ctx.records = records
         ctx.save_for_backward(*cores, *weights)
         return env
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        steps = ctx.steps
-        saved = ctx.saved_tensors
-        cores, weights = saved[:len(steps)], saved[len(steps):]
-        need_env, need_cores = ctx.needs_input_grad[1], ctx.needs_input_grad[2:2 + len(steps)]
-        need_weights = ctx.needs_input_grad[2 + len(steps):]
-        grad_cores: list[torch.Tensor | None] = [None] * len(steps)
-        grad_weights: list[torch.Tensor | None] = [None] * len(weights)
-        ends = list(itertools.accumulate(step.n_weights for step in steps))
-        buffers: dict[tuple[Any, ...], tuple[torch.Tensor, tuple[torch.Tensor, ...]]] = {}
+        records = ctx.records
+        n = len(records)
+        ctx.saved_tensors                          # noqa: B018 - checks for in-place changes
+        need_env, need_cores = ctx.needs_input_grad[1], ctx.needs_input_grad[2:2 + n]
+        need_weights = ctx.needs_input_grad[2 + n:]
+        grad_cores: list[torch.Tensor | None] = [None] * n
+        grad_weights: list[torch.Tensor | None] = [None] * len(need_weights)
+        buffers: dict[Any, tuple[torch.Tensor, tuple[torch.Tensor, ...]]] = {}
         grad = grad.contiguous()
-        for k in range(len(steps) - 1, -1, -1):
-            step, core, a = steps[k], cores[k], ctx.inputs[k]
-            start = ends[k] - step.n_weights
-            w = weights[start:ends[k]]
-            if ctx.terms[k] is not None:
-                offset = 1 if step.ones else 0
+        for k in range(n - 1, -1, -1):
+            step, a_t, core_t, w, shape, terms = records[k]
+            if terms is not None:
+                start, offset = step.weights[0], 1 if step.ones else 0
                 for j, weight in enumerate(w):
                     if need_weights[start + j]:
-                        grad_weights[start + j] = (ctx.terms[k][j + offset] * grad).sum(
+                        grad_weights[start + j] = (terms[j + offset] * grad).sum(
                             tuple(range(1, grad.dim())), keepdim=True).reshape(weight.shape)
             # the gradient of the matmul's result, in its layout: slice j is weight_j * grad
-            out_shape = (a.shape[0], a.shape[1], core.shape[2])
-            key = (out_shape, step.terms_size, step.terms_dim)
-            if key not in buffers:
-                buffer = grad.new_empty(out_shape)
-                buffers[key] = (buffer, buffer.view(step.terms_size).unbind(step.terms_dim))
-            grad_r, slices = buffers[key]
+            grad_r, slices = _result_buffer(buffers, step, grad)
             if step.ones:
                 slices[0].copy_(grad)
                 for target, weight in zip(slices[1:], w):
@@ -797,13 +795,11 @@ class _ChainRun(torch.autograd.Function):
                 for target, weight in zip(slices, w):
                     torch.mul(grad, weight, out=target)
             if need_cores[k]:
-                grad_cores[k] = torch.bmm(a.transpose(1, 2), grad_r)
+                grad_cores[k] = torch.bmm(a_t, grad_r)
             if k == 0 and not need_env:
                 break
-            grad_a = torch.bmm(grad_r, core.transpose(1, 2))
-            if step.a_transposed:
-                grad_a = grad_a.transpose(1, 2)
-            grad = grad_a.reshape(ctx.shapes[k])
+            grad_a = torch.bmm(grad_r, core_t)
+            grad = (grad_a.transpose(1, 2) if step.a_transposed else grad_a).reshape(shape)
         return (None, grad if need_env else None, *grad_cores, *grad_weights)
 
 
@@ -1074,13 +1070,17 @@ class Program:
         """The line running ``run`` (see :meth:`_chain_runs`) as one :class:`_ChainRun`."""
         steps, cores, weights = [], [], []
         for matmul, feature in zip(run[0::2], run[1::2]):
-            _, a_source, b_source, *_ = self._ops[matmul]
+            matmuls, a_source, b_source, *_ = self._ops[matmul]
             kernels, s_source, w_source, *_ = self._ops[feature]
             first = kernels[0]
             terms = _logical(first.a)[2]
             _, _, size, transposed = s_source
-            steps.append(ChainStep(a_source[2], a_source[3], size, 1 if transposed else 2,
-                                   terms, first.ones_b))
+            nb, m, _ = _logical(matmuls[0].a)
+            result = (len(matmuls) * nb, m, _logical(matmuls[0].b)[2])
+            count = terms - (1 if first.ones_b else 0)
+            steps.append(ChainStep(a_source[2], a_source[3], result, size,
+                                   1 if transposed else 2, terms, first.ones_b,
+                                   (len(weights), len(weights) + count)))
             cores.append(f"fetched[{b_source[1]!r}]")
             n, i = self._weight_slots[w_source[1]]
             self._inlined.add(feature)
