@@ -24,8 +24,9 @@ True
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -195,6 +196,34 @@ def learning_rate(base: float, epoch: int, epochs: int, schedule: str) -> float:
     if schedule == "constant":
         return base
     return base * 0.5 * (1.0 + math.cos(math.pi * (epoch - 1) / epochs))
+
+
+@contextlib.contextmanager
+def one_cpu_thread(device: Any) -> Iterator[None]:
+    """Run the block on one CPU thread (the count is restored afterwards); no change on other
+    devices or when torch already uses one thread.
+
+    For steppers whose step is many tiny linear-algebra calls (per-core QRs, SVDs, small
+    matrix products), where handing work to a second OpenMP thread costs more than it saves.
+
+    Examples
+    --------
+    >>> import torch
+    >>> with one_cpu_thread(torch.device("cpu")):
+    ...     torch.get_num_threads()
+    1
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    if torch.device(device).type != "cpu" or threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 class TorchStepper:

@@ -44,13 +44,18 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from tngraph.optimizers import NonFiniteLoss, OptimizerContext, OptimizerStrategy
+from tngraph.optimizers import (
+    NonFiniteLoss,
+    OptimizerContext,
+    OptimizerStrategy,
+    one_cpu_thread,
+)
 from tngraph_plugins.chain import Chain, ChainError, find_chain
 
 if TYPE_CHECKING:
@@ -510,24 +515,14 @@ def merged_forward(left: torch.Tensor, merged: torch.Tensor, right: torch.Tensor
 SINGLE_THREAD_WORK = 1 << 22
 
 
-@contextlib.contextmanager
-def _threads_for(batch: int, cores: Sequence[torch.Tensor]) -> Iterator[None]:
+def _threads_for(batch: int, cores: Sequence[torch.Tensor]) -> contextlib.AbstractContextManager:
     """One CPU thread while the step's operations are small: a step is a few hundred tiny
     matrix products (64 sites x a few), where a second thread costs more in hand-over than it
     saves (measured on the 64-site digits classifier on a busy 2-core machine: 93 ms per step
     with two threads, 8 ms with one). The thread count is restored afterwards."""
-    import torch
-
-    threads = torch.get_num_threads()
-    small = batch * max(c.numel() for c in cores) < SINGLE_THREAD_WORK
-    if threads == 1 or not small or cores[0].device.type != "cpu":
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
+    if batch * max(c.numel() for c in cores) < SINGLE_THREAD_WORK:
+        return one_cpu_thread(cores[0].device)
+    return contextlib.nullcontext()
 
 
 class DMRGStepper:

@@ -66,13 +66,18 @@ True
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from tngraph.optimizers import NonFiniteLoss, OptimizerContext, OptimizerStrategy
+from tngraph.optimizers import (
+    NonFiniteLoss,
+    OptimizerContext,
+    OptimizerStrategy,
+    one_cpu_thread,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -343,22 +348,11 @@ def round_to_ranks(cores: Sequence[torch.Tensor], ranks: Sequence[int]) -> list[
     return [c.contiguous() for c in _guarded(_round_sweep, flat, ranks)]
 
 
-@contextmanager
-def _small_linalg(ref: torch.Tensor) -> Iterator[None]:
+def _small_linalg(ref: torch.Tensor) -> AbstractContextManager:
     """One CPU thread for the per-core QRs and SVDs: the matrices are small (``r n x r``) and
     OpenMP workers cost more than the work (on a busy machine a 6x2 QR took 15 ms with two
     threads, 6 us with one). The thread count is restored afterwards; CUDA is left alone."""
-    import torch
-
-    threads = torch.get_num_threads()
-    if ref.device.type != "cpu" or threads == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
+    return one_cpu_thread(ref.device)
 
 
 def _sq(cores: Sequence[torch.Tensor]) -> torch.Tensor:
