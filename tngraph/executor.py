@@ -361,6 +361,22 @@ def _kernel_function(kernel: Kernel) -> Any:
     return torch.bmm
 
 
+def _weighted_sum(terms: Sequence[torch.Tensor], weights: Sequence[Any],
+                  skip_first: bool) -> torch.Tensor:
+    """``sum_j terms[j] * weights[j]`` as fused multiply-adds; with ``skip_first`` the first
+    weight is known to be all ones and not read (it may be None). The sum is a new tensor except
+    for a lone skipped term, which is returned as it is."""
+    if skip_first:
+        if len(terms) == 1:
+            return terms[0]
+        acc, start = torch.addcmul(terms[0], terms[1], weights[1]), 2
+    else:
+        acc, start = terms[0] * weights[0], 1
+    for term, weight in zip(terms[start:], weights[start:]):
+        acc.addcmul_(term, weight)
+    return acc
+
+
 def _select(kernel: Kernel, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``sum_k a.select(axis, k) * b[:, k]`` with ``b``'s entries broadcast over ``a``'s other
     axes (``a`` keeps its layout; the slices are strided views)."""
@@ -369,21 +385,13 @@ def _select(kernel: Kernel, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     # weights (nb, k, 1) -> one (batch..., 1, ..., 1) column per slice
     weights = _as3(b, kernel.b).reshape(*a.shape[:n_batch], len(terms),
                                         *([1] * (a.dim() - 1 - n_batch)))
-    columns = weights.unbind(n_batch)
-    acc = terms[0] if kernel.ones_b else terms[0] * columns[0]
-    for term, column in zip(terms[1:], columns[1:]):
-        acc = torch.addcmul(acc, term, column)
-    return acc
+    return _weighted_sum(terms, weights.unbind(n_batch), kernel.ones_b)
 
 
 def _small_weighted(a: torch.Tensor, weights: Sequence[torch.Tensor], skip_first: bool
                     ) -> torch.Tensor:
     """``_small`` with the weights (one ``(nb, 1)`` column per inner index) already split."""
-    terms = a.unbind(2)
-    acc = terms[0] if skip_first else terms[0] * weights[0]
-    for term, weight in zip(terms[1:], weights[1:]):
-        acc = torch.addcmul(acc, term, weight)
-    return acc
+    return _weighted_sum(a.unbind(2), weights, skip_first)
 
 
 def _matvec(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -403,10 +411,7 @@ def _small(a: torch.Tensor, b: torch.Tensor, ones_a: bool, ones_b: bool) -> torc
         weights, terms, skip = a.unbind(2), b.unbind(1), ones_a     # (nb, 1) and (nb, n)
     else:                     # weights (from b's single column) on the columns of a
         weights, terms, skip = b.unbind(1), a.unbind(2), ones_b     # (nb, 1) and (nb, m)
-    acc = terms[0] if skip else terms[0] * weights[0]
-    for term, weight in zip(terms[1:], weights[1:]):
-        acc = torch.addcmul(acc, term, weight)
-    return acc
+    return _weighted_sum(terms, weights, skip)
 
 
 @dataclass
@@ -750,15 +755,9 @@ class _ChainRun(torch.autograd.Function):
                 buffer, terms = _result_buffer(buffers, step, env)
                 torch.bmm(a, core, out=buffer)
             w = weights[step.weights[0]:step.weights[1]]
-            if step.ones:
-                env = terms[0].clone() if step.terms == 1 else torch.addcmul(terms[0], terms[1],
-                                                                              w[0])
-                rest = zip(terms[2:], w[1:])
-            else:
-                env = terms[0] * w[0]
-                rest = zip(terms[1:], w[1:])
-            for term, weight in rest:
-                env.addcmul_(term, weight)
+            env = _weighted_sum(terms, (None, *w) if step.ones else w, step.ones)
+            if step.ones and step.terms == 1:
+                env = env.clone()         # not a view of the reused matmul buffer
             records.append((step, a.transpose(1, 2), core.transpose(1, 2), w, shape,
                             terms if keep_terms else None))
         ctx.records = records
