@@ -14,15 +14,15 @@ The same model on the same data with the same training recipe, three implementat
   model, with its own initialisation.
 
 Every run: seeded split of ``tngraph.data.load_dataset("digits", seed=s)`` (1258 train / 180
-val / 359 test), ``torch.manual_seed(s)`` before the model is built, mini-batches of the
-spec's batch size drawn by ``torch.randperm`` from a generator seeded ``s`` (the same batch
-order for every implementation), ``torch.optim.Adam(fused=True)`` (what the ``adam`` strategy
-creates) with the spec's learning rate and cosine schedule, denormals flushed as ``train()``
-does; test accuracy after the last epoch. Runs are interleaved: for each seed and bond, the
-implementations run one after the other in an order that rotates. Torch runs one thread unless
-``--threads`` says otherwise; results are deterministic for a given seed *and* thread count
-(float32 rounding differs with the thread count, and training amplifies it: the reference,
-same model and same start as tngraph, ends up to 1.4 points apart on some seeds).
+val / 359 test), ``torch.manual_seed(s)`` before the model is built, mini-batches of the spec's
+batch size drawn by ``torch.randperm`` from a generator seeded ``s`` (the same batch order for
+every implementation), ``torch.optim.Adam(fused=True)`` over one parameter buffer (what the
+``adam`` strategy creates) with the spec's learning rate and cosine schedule, denormals flushed
+as ``train()`` does; test accuracy after the last epoch. Runs are interleaved: for each seed
+and bond, the implementations run one after the other in an order that rotates. Torch runs one
+thread unless ``--threads`` says otherwise; results are deterministic for a given seed *and*
+thread count (float32 rounding differs with the thread count, and training amplifies it: the
+reference, same model and same start as tngraph, ends up to 1.4 points apart on some seeds).
 
 Run ``python benchmarks/accuracy.py`` (full: bond 10 / 20 / 40 x seeds 0, 1, 2, about
 10 minutes on a loaded 2-core machine) or ``--quick`` (bond 10, one seed, 3 epochs).
@@ -184,7 +184,7 @@ def fit(model: nn.Module, to_input: Callable[[torch.Tensor], torch.Tensor], data
         recipe: Recipe, seed: int, lr: float | None = None) -> dict[str, Any]:
     """Train ``model`` on ``dataset``'s train split as ``tngraph.train.train`` would; return
     timings, the last epoch's training loss and the test loss / accuracy."""
-    from tngraph.optimizers import learning_rate
+    from tngraph.optimizers import TorchStepper, learning_rate
 
     base_lr = recipe.lr if lr is None else lr
     x_train, y_train = dataset.split("train")
@@ -192,7 +192,8 @@ def fit(model: nn.Module, to_input: Callable[[torch.Tensor], torch.Tensor], data
     x_test, y_test = dataset.split("test")
     x_test = x_test.reshape(x_test.shape[0], -1)
     params = list(model.parameters())
-    optimizer = torch.optim.Adam(params, lr=base_lr, fused=True)
+    # what the ``adam`` strategy creates: fused Adam over one parameter buffer
+    stepper = TorchStepper.over_buffer(model, torch.optim.Adam, lr=base_lr, fused=True)
     generator = torch.Generator().manual_seed(seed)
     flushed = torch.set_flush_denormal(True)
     diverged: int | None = None
@@ -201,8 +202,7 @@ def fit(model: nn.Module, to_input: Callable[[torch.Tensor], torch.Tensor], data
     wall, cpu = time.perf_counter(), time.process_time()
     try:
         for epoch in range(1, recipe.epochs + 1):
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate(base_lr, epoch, recipe.epochs, recipe.schedule)
+            stepper.set_lr(learning_rate(base_lr, epoch, recipe.epochs, recipe.schedule))
             total, correct, seen = 0.0, 0, 0
             for index in torch.randperm(x_train.shape[0], generator=generator).split(
                     recipe.batch_size):
@@ -212,9 +212,9 @@ def fit(model: nn.Module, to_input: Callable[[torch.Tensor], torch.Tensor], data
                 if not torch.isfinite(loss):
                     diverged = epoch
                     break
-                optimizer.zero_grad(set_to_none=True)
+                stepper.zero_grad()
                 loss.backward()
-                optimizer.step()
+                stepper.update()
                 total += loss.item() * xb.shape[0]
                 seen += xb.shape[0]
                 correct += int((out.detach().argmax(1) == yb).sum())

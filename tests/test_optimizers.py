@@ -14,6 +14,7 @@ from tngraph.optimizers import (
     OPTIMIZERS,
     NonFiniteLoss,
     OptimizerContext,
+    TorchStepper,
     get_optimizer,
     learning_rate,
     list_optimizers,
@@ -130,3 +131,178 @@ def test_cli_unknown_optimizer_is_a_user_error(tmp_path: Path, capsys) -> None:
     assert main(["train", str(spec), "--optimizer", "dmgr", "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
     assert "unknown optimizer 'dmgr'" in err and "Traceback" not in err
+
+
+# ---------------------------------------------------------------------------------------------
+# parameter buffer: the flat stepping of elementwise optimizers equals per-parameter stepping
+
+class _Branches(torch.nn.Module):
+    """A compiled MPS, a float64 linear head, a frozen parameter and an optional branch (used
+    when ``self.both``): mixed dtypes, a parameter without gradient, partial gradients."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        import tngraph
+
+        torch.manual_seed(0)
+        self.mps = tngraph.compile(MPS_SPEC, seed=1)
+        self.head = torch.nn.Linear(4, 3).double()
+        self.frozen = torch.nn.Parameter(torch.ones(4), requires_grad=False)
+        self.extra = torch.nn.Linear(4, 3)
+        self.both = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.mps(x) * self.frozen
+        out = self.head(h.double())
+        if self.both:
+            out = out + self.extra(h).double()
+        return out
+
+
+MPS_SPEC = """\
+tngraph: 1
+name: small
+network: {template: mps, sites: 6, phys_dim: 2, bond_dim: 3, input: x,
+          feature_map: multilinear, output_dim: 4}
+"""
+
+ELEMENTWISE = [
+    (torch.optim.Adam, {"lr": 0.01}),
+    (torch.optim.Adam, {"lr": 0.01, "fused": True, "amsgrad": True, "weight_decay": 0.1}),
+    (torch.optim.AdamW, {"lr": 0.01, "foreach": False}),
+    (torch.optim.SGD, {"lr": 0.05, "momentum": 0.9, "nesterov": True}),
+    (torch.optim.RMSprop, {"lr": 0.01, "momentum": 0.5}),
+    (torch.optim.Adagrad, {"lr": 0.05}),
+]
+
+
+def _losses(stepper: TorchStepper, model: _Branches, steps: int, partial_from: int | None = None
+            ) -> list[float]:
+    gen = torch.Generator().manual_seed(5)
+    losses = []
+    for k in range(steps):
+        model.both = partial_from is None or k < partial_from or k % 2 == 0
+        x = torch.rand(8, 6, generator=gen)
+        y = torch.randn(8, 3, generator=gen, dtype=torch.float64)
+        loss, _ = stepper.step(x, lambda out, y=y: ((out - y) ** 2).mean())
+        losses.append(float(loss))
+    return losses
+
+
+def _plain_and_buffered(cls: type, options: dict) -> tuple[_Branches, TorchStepper,
+                                                              _Branches, TorchStepper]:
+    plain_model, buffered_model = _Branches(), _Branches()
+    buffered_model.load_state_dict(plain_model.state_dict())
+    plain = TorchStepper(plain_model, cls(list(plain_model.parameters()), **options))
+    buffered = TorchStepper.over_buffer(buffered_model, cls, **options)
+    return plain_model, plain, buffered_model, buffered
+
+
+def _assert_same_state(a: dict, b: dict, frozen: tuple[int, ...] = ()) -> None:
+    """Equal optimizer states; ``frozen`` parameters (no gradient ever) may have a state in
+    ``a`` only (Adagrad makes its state for every parameter up front)."""
+    assert a["param_groups"] == b["param_groups"]
+    assert set(a["state"]) - set(frozen) == set(b["state"])
+    for key, state in a["state"].items():
+        if key in frozen:
+            continue
+        assert state.keys() == b["state"][key].keys()
+        for name, value in state.items():
+            torch.testing.assert_close(value, b["state"][key][name], rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize(("cls", "options"), ELEMENTWISE)
+def test_buffered_stepping_equals_per_parameter_stepping(cls: type, options: dict) -> None:
+    plain_model, plain, buffered_model, buffered = _plain_and_buffered(cls, options)
+    assert buffered.buffer is not None and len(buffered.buffer.flats) == 2  # float32, float64
+    assert len(buffered.optimizer.param_groups[0]["params"]) == 2
+    assert _losses(plain, plain_model, 6) == pytest.approx(_losses(buffered, buffered_model, 6),
+                                                            rel=1e-6)
+    for (name, a), b in zip(plain_model.state_dict().items(),
+                            buffered_model.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7, msg=name)
+    # checkpoints carry the per-parameter form: interchangeable with a plain optimizer's
+    frozen = tuple(i for i, p in enumerate(plain_model.parameters()) if not p.requires_grad)
+    _assert_same_state(plain.state_dict()["optimizer"], buffered.state_dict()["optimizer"],
+                       frozen)
+    assert buffered.buffer is not None
+
+
+def test_buffer_keeps_parameters_names_and_values() -> None:
+    model = _Branches()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    params = list(model.parameters())
+    stepper = TorchStepper.over_buffer(model, torch.optim.Adam, lr=0.01)
+    assert list(model.parameters()) == params                 # the same parameter objects
+    after = model.state_dict()
+    assert after.keys() == before.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert stepper.buffer is not None and stepper.buffer.intact()
+    flat32 = stepper.buffer.flats[0]
+    core = model.mps.tensors["A0"]
+    start = core.data_ptr() - flat32.data_ptr()
+    assert 0 <= start < flat32.numel() * flat32.element_size()   # a view of the buffer
+    assert model.frozen.data_ptr() not in {f.data_ptr() for f in stepper.buffer.flats}
+
+
+@pytest.mark.parametrize(("cls", "options"), ELEMENTWISE[:4])
+def test_partial_gradients_switch_to_per_parameter_stepping(cls: type, options: dict) -> None:
+    plain_model, plain, buffered_model, buffered = _plain_and_buffered(cls, options)
+    # from step 3 on, the extra branch gets no gradient on odd steps: a per-parameter optimizer
+    # leaves it alone there (no momentum step), and so must the buffered stepper
+    want = _losses(plain, plain_model, 8, partial_from=3)
+    got = _losses(buffered, buffered_model, 8, partial_from=3)
+    assert buffered.buffer is None                            # switched, for good
+    assert got == pytest.approx(want, rel=1e-6)
+    for a, b in zip(plain_model.parameters(), buffered_model.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_checkpoint_state_loads_across_plain_and_buffered_steppers() -> None:
+    plain_model, plain, buffered_model, buffered = _plain_and_buffered(
+        torch.optim.Adam, {"lr": 0.01})
+    _losses(plain, plain_model, 3)
+    buffered_model.load_state_dict(plain_model.state_dict())
+    buffered.load_state_dict(plain.state_dict())              # plain -> buffered
+    assert buffered.buffer is not None
+    _assert_same_state(plain.state_dict()["optimizer"], buffered.state_dict()["optimizer"])
+    assert _losses(plain, plain_model, 3) == pytest.approx(_losses(buffered, buffered_model, 3),
+                                                            rel=1e-6)
+    # a state whose members sit at different steps has no buffer form: per-parameter from then
+    state = plain.state_dict()
+    first = next(iter(state["optimizer"]["state"].values()))
+    first["step"] = first["step"] + 1
+    buffered.load_state_dict(state)
+    assert buffered.buffer is None
+
+
+def test_moved_parameters_are_reseated_with_their_statistics() -> None:
+    plain_model, plain, buffered_model, buffered = _plain_and_buffered(
+        torch.optim.Adam, {"lr": 0.01})
+    _losses(plain, plain_model, 2)
+    _losses(buffered, buffered_model, 2)
+    old = buffered.buffer
+    buffered_model.mps.tensors["A1"].data = buffered_model.mps.tensors["A1"].data.clone()
+    assert old is not None and not old.intact()
+    assert _losses(plain, plain_model, 3) == pytest.approx(_losses(buffered, buffered_model, 3),
+                                                            rel=1e-6)
+    assert buffered.buffer is not old and buffered.buffer is not None
+    assert buffered.buffer.intact()
+
+
+@pytest.mark.parametrize("cls", [torch.optim.LBFGS, torch.optim.SparseAdam])
+def test_other_optimizers_step_the_parameters_themselves(cls: type) -> None:
+    model = torch.nn.Linear(3, 2)
+    stepper = TorchStepper.over_buffer(model, cls, lr=0.1)
+    assert stepper.buffer is None
+    assert stepper.optimizer.param_groups[0]["params"] == list(model.parameters())
+
+
+def test_sparse_gradients_step_per_parameter() -> None:
+    model = torch.nn.Embedding(10, 3, sparse=True)
+    stepper = TorchStepper.over_buffer(model, torch.optim.SGD, lr=0.5)
+    before = model.weight.detach().clone()
+    stepper.step(torch.tensor([1, 2]), lambda out: out.sum())
+    assert stepper.buffer is None
+    changed = (model.weight != before).any(dim=1)
+    assert changed.tolist() == [i in (1, 2) for i in range(10)]

@@ -509,10 +509,9 @@ class DataParallelStepper:
         torch.distributed.all_reduce(flag)
         if float(flag) > 0:
             raise NonFiniteLoss(float(loss.detach()) if not finite else float("nan"))
-        optimizer = self.inner.optimizer
-        optimizer.zero_grad(set_to_none=True)
+        self.inner.zero_grad()
         loss.backward()
-        optimizer.step()
+        self.inner.update()
         return loss.detach(), out.detach()
 
     def set_lr(self, lr: float) -> None:

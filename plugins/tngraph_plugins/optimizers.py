@@ -47,19 +47,19 @@ def _create_adam(module: Any, options: AdamOptions, context: OptimizerContext) -
 
     params = list(module.parameters())
     cls = torch.optim.AdamW if options.decoupled else torch.optim.Adam
-    optimizer = cls(params, lr=context.lr, weight_decay=context.weight_decay,
-                    betas=options.betas, eps=options.eps, amsgrad=options.amsgrad,
-                    fused=_fused(params))
-    return TorchStepper(module, optimizer)
+    return TorchStepper.over_buffer(module, cls, lr=context.lr,
+                                    weight_decay=context.weight_decay, betas=options.betas,
+                                    eps=options.eps, amsgrad=options.amsgrad,
+                                    fused=_fused(params))
 
 
 def _create_sgd(module: Any, options: SGDOptions, context: OptimizerContext) -> TorchStepper:
     import torch
 
-    optimizer = torch.optim.SGD(list(module.parameters()), lr=context.lr,
-                                momentum=options.momentum, nesterov=options.nesterov,
-                                dampening=options.dampening, weight_decay=context.weight_decay)
-    return TorchStepper(module, optimizer)
+    return TorchStepper.over_buffer(module, torch.optim.SGD, lr=context.lr,
+                                    momentum=options.momentum, nesterov=options.nesterov,
+                                    dampening=options.dampening,
+                                    weight_decay=context.weight_decay)
 
 
 ADAM = OptimizerStrategy("adam", "Adam (torch.optim, fused); options betas, eps, amsgrad, "
