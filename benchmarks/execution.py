@@ -9,10 +9,11 @@ all candidates fed the same input and holding the same weights (outputs checked 
 * ``cotengra``  -- ``cotengra.array_contract_expression`` with a precomputed ``auto-hq`` tree;
 * ``rebuild-W`` -- rebuild W from the cores each call, then one ``F.linear`` (x @ W.T).
 
-Part 2, the 64-site MPS classifier (feature map [1, x], 10 labels at site 32): inference and
-training (forward + backward + Adam step) samples/s of the compiled module against a
-hand-written structure-aware reference (:class:`MPSReference`), and TensorKrowch's ``MPSLayer``
-when ``tensorkrowch`` is installed.
+Part 2, the 64-site MPS classifier (feature map [1, x], 10 labels at site 32), batch 64 and
+256: inference and training (forward + backward + Adam step) samples/s of the compiled module
+against a hand-written structure-aware reference (:class:`MPSReference`), a TorchMPS-style
+sequential contraction (:class:`SequentialMPS`), and TensorKrowch's ``MPSLayer`` when
+``tensorkrowch`` is installed.
 
 Timing: warm-up, then candidates run round-robin, median over rounds (benchmarks/common.py).
 Run ``python benchmarks/execution.py`` (full) or ``--quick`` (a smoke test, under a minute).
@@ -323,6 +324,51 @@ class MPSReference(nn.Module):
         return torch.bmm(env_r.unsqueeze(1), t).squeeze(1)                  # (B, o)
 
 
+class SequentialMPS(nn.Module):
+    """TorchMPS-style contraction of the same classifier: every core is first contracted with
+    its pixel's feature vector ``[1, x]`` (one ``einsum`` per side over the stacked cores, as
+    TorchMPS's input regions do), giving one ``(batch, chi, chi)`` matrix per site; the boundary
+    vectors then take the matrices one after the other, left to right up to the label core and
+    right to left down to it (one batched vector-matrix product per site), and meet at the
+    label core. Cores are stacked per side as ``(sites, l, p, r)``.
+    """
+
+    def __init__(self, sites: int, bond: int, out_dim: int = 10, out_site: int | None = None):
+        super().__init__()
+        n, c = sites, sites // 2 if out_site is None else out_site
+        self.n, self.c, self.chi = n, c, bond
+        self.first = nn.Parameter(torch.zeros(2, bond))                      # (p, r)
+        self.last = nn.Parameter(torch.zeros(bond, 2))                       # (l, p)
+        self.left = nn.Parameter(torch.zeros(c - 1, bond, 2, bond))          # sites 1..c-1
+        self.right = nn.Parameter(torch.zeros(n - c - 2, bond, 2, bond))     # sites c+1..n-2
+        self.middle = nn.Parameter(torch.zeros(bond, 2, bond, out_dim))      # (l, p, r, o)
+
+    @torch.no_grad()
+    def load_from(self, tensors: Any) -> SequentialMPS:
+        """Copy the cores of a compiled ``mps`` template (legs l, p, r[, o])."""
+        n, c = self.n, self.c
+        self.first.copy_(tensors["A0"])
+        self.last.copy_(tensors[f"A{n - 1}"])
+        self.left.copy_(torch.stack([tensors[f"A{s}"] for s in range(1, c)]))
+        self.right.copy_(torch.stack([tensors[f"A{s}"] for s in range(c + 1, n - 1)]))
+        self.middle.copy_(tensors[f"A{c}"])
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c = self.n, self.c
+        phi = torch.stack([torch.ones_like(x), x], dim=-1).to(self.first.dtype)   # (B, n, 2)
+        left = torch.einsum("bsp,slpr->sblr", phi[:, 1:c], self.left)
+        right = torch.einsum("bsp,slpr->sblr", phi[:, c + 1:n - 1], self.right)
+        v = phi[:, 0] @ self.first                                                 # (B, r)
+        for mat in left:
+            v = torch.bmm(v.unsqueeze(1), mat).squeeze(1)
+        w = phi[:, n - 1] @ self.last.t()                                          # (B, l)
+        for mat in right.flip(0):
+            w = torch.bmm(mat, w.unsqueeze(2)).squeeze(2)
+        label = torch.einsum("bp,lpro->blro", phi[:, c], self.middle)
+        return torch.einsum("bl,blro,br->bo", v, label, w)
+
+
 def tensorkrowch_layer(sites: int, bond: int, out_dim: int, batch: int) -> Any | None:
     """TensorKrowch ``MPSLayer`` with its recommended settings, or None if not installed."""
     try:
@@ -383,70 +429,83 @@ def _tngraph_training_fn(module: Any, x: torch.Tensor, labels: torch.Tensor
     return run
 
 
+def _mps_rows(sites: int, bond: int, batch: int, rounds: int, plan_options: dict[str, Any],
+              quick: bool, summary: list[list[str]]) -> list[list[str]]:
+    """Time every candidate at one bond and batch; append the ratios to ``summary``."""
+    network = {"template": "mps", "sites": sites, "phys_dim": 2, "bond_dim": bond,
+               "input": "x", "feature_map": "multilinear", "output_dim": 10}
+    progress(f"MPS classifier {sites} sites chi {bond} batch {batch}: compile (plan cached "
+             "after a run)")
+    start = time.perf_counter()
+    module = _compile(network, {"batch_size": batch}, "mps_classifier", **plan_options)
+    compile_s = time.perf_counter() - start
+    reference = MPSReference(sites, bond).load_from(module.tensors)
+    sequential = SequentialMPS(sites, bond).load_from(module.tensors)
+    gen = torch.Generator().manual_seed(3)
+    x = torch.rand(batch, sites, generator=gen)
+    labels = torch.randint(0, 10, (batch,), generator=gen)
+    with torch.no_grad():
+        _check_close("reference", reference(x), module(x))
+        _check_close("sequential", sequential(x), module(x))
+    models: dict[str, tuple[Callable[[torch.Tensor], torch.Tensor], torch.Tensor]] = {
+        "tngraph": (module, x), "reference": (reference, x), "sequential": (sequential, x)}
+    tk_layer = tensorkrowch_layer(sites, bond, 10, batch)
+    if tk_layer is not None:
+        models["tensorkrowch"] = (tk_layer, _tk_features(x))
+    target = 0.01 if quick else 0.2
+    infer = interleaved({n: _inference_fn(m, xx) for n, (m, xx) in models.items()},
+                        rounds=rounds, warmup=2, target=target)
+    train = interleaved({n: _tngraph_training_fn(m, xx, labels) if n == "tngraph" else
+                         _training_fn(m, list(m.parameters()), xx, labels)
+                         for n, (m, xx) in models.items()},
+                        rounds=rounds, warmup=2, target=target)
+    # forward + backward alone: the Adam step's cost grows with the number of parameter
+    # tensors (tngraph keeps one per core, as declared; the reference stacks them)
+    grads = interleaved({n: _training_fn(m, list(m.parameters()), xx, labels, step=False)
+                         for n, (m, xx) in models.items() if n in ("tngraph", "reference")},
+                        rounds=rounds, warmup=2, target=target)
+    rows = [[f"chi {bond}", str(batch), name, fmt_rate(batch / infer[name].median),
+             fmt_ms(infer[name].median), f"{infer[name].spread * 100:.0f}%",
+             fmt_rate(batch / train[name].median), fmt_ms(train[name].median),
+             f"{train[name].spread * 100:.0f}%"] for name in models]
+    inf_ratio = infer["reference"].median / infer["tngraph"].median
+    train_ratio = train["reference"].median / train["tngraph"].median
+    inf_best = infer["reference"].best / infer["tngraph"].best
+    train_best = train["reference"].best / train["tngraph"].best
+    grad_ratio = grads["reference"].median / grads["tngraph"].median
+    summary.append([f"{sites} sites chi {bond} b{batch}", f"{compile_s:.1f}",
+                    f"10^{math.log10(module.plan.flops):.2f}",
+                    f"10^{math.log10(module.plan.executed().flops):.2f}",
+                    fmt_ratio(inf_ratio), fmt_ratio(inf_best), verdict(inf_ratio >= MPS_TARGET),
+                    fmt_ratio(train_ratio), fmt_ratio(train_best),
+                    verdict(train_ratio >= MPS_TARGET), fmt_ratio(grad_ratio)])
+    return rows
+
+
 def mps_section(quick: bool) -> list[list[str]]:
     sites = 16 if quick else 64
     bonds = (10,) if quick else (10, 20, 40)
-    batch = 256
+    batches = (64,) if quick else (64, 256)
     rounds = 5 if quick else 9
     plan_options: dict[str, Any] = {"max_repeats": 16} if quick else {}
     rows, summary = [], []
     for bond in bonds:
-        network = {"template": "mps", "sites": sites, "phys_dim": 2, "bond_dim": bond,
-                   "input": "x", "feature_map": "multilinear", "output_dim": 10}
-        progress(f"MPS classifier {sites} sites chi {bond}: compile (plan cached after a run)")
-        start = time.perf_counter()
-        module = _compile(network, {"batch_size": batch}, "mps_classifier", **plan_options)
-        compile_s = time.perf_counter() - start
-        reference = MPSReference(sites, bond).load_from(module.tensors)
-        gen = torch.Generator().manual_seed(3)
-        x = torch.rand(batch, sites, generator=gen)
-        labels = torch.randint(0, 10, (batch,), generator=gen)
-        with torch.no_grad():
-            _check_close("reference", reference(x), module(x))
-        models: dict[str, tuple[Callable[[torch.Tensor], torch.Tensor], torch.Tensor]] = {
-            "tngraph": (module, x), "reference": (reference, x)}
-        tk_layer = tensorkrowch_layer(sites, bond, 10, batch)
-        if tk_layer is not None:
-            models["tensorkrowch"] = (tk_layer, _tk_features(x))
-        target = 0.01 if quick else 0.2
-        infer = interleaved({n: _inference_fn(m, xx) for n, (m, xx) in models.items()},
-                            rounds=rounds, warmup=2, target=target)
-        train = interleaved({n: _tngraph_training_fn(m, xx, labels) if n == "tngraph" else
-                             _training_fn(m, list(m.parameters()), xx, labels)
-                             for n, (m, xx) in models.items()},
-                            rounds=rounds, warmup=2, target=target)
-        # forward + backward alone: the Adam step's cost grows with the number of parameter
-        # tensors (tngraph keeps one per core, as declared; the reference stacks them)
-        grads = interleaved({n: _training_fn(m, list(m.parameters()), xx, labels, step=False)
-                             for n, (m, xx) in models.items() if n != "tensorkrowch"},
-                            rounds=rounds, warmup=2, target=target)
-        for name in models:
-            rows.append([f"chi {bond}", name, fmt_rate(batch / infer[name].median),
-                         fmt_ms(infer[name].median), f"{infer[name].spread * 100:.0f}%",
-                         fmt_rate(batch / train[name].median), fmt_ms(train[name].median),
-                         f"{train[name].spread * 100:.0f}%"])
-        inf_ratio = infer["reference"].median / infer["tngraph"].median
-        train_ratio = train["reference"].median / train["tngraph"].median
-        inf_best = infer["reference"].best / infer["tngraph"].best
-        train_best = train["reference"].best / train["tngraph"].best
-        grad_ratio = grads["reference"].median / grads["tngraph"].median
-        summary.append([f"{sites} sites chi {bond} b{batch}", f"{compile_s:.1f}",
-                        f"10^{math.log10(module.plan.flops):.2f}",
-                        f"10^{math.log10(module.plan.executed().flops):.2f}",
-                        fmt_ratio(inf_ratio), fmt_ratio(inf_best),
-                        verdict(inf_ratio >= MPS_TARGET),
-                        fmt_ratio(train_ratio), fmt_ratio(train_best),
-                        verdict(train_ratio >= MPS_TARGET), fmt_ratio(grad_ratio)])
-    show(f"MPS classifier, {sites} sites, batch {batch}, feature map [1, x]: samples/s "
-         f"(median of {rounds} interleaved rounds)",
-         ["bond", "model", "infer samples/s", "infer ms", "iqr", "train samples/s", "train ms",
-          "iqr"], rows,
+        for batch in batches:
+            rows += _mps_rows(sites, bond, batch, rounds, plan_options, quick, summary)
+    show(f"MPS classifier, {sites} sites, feature map [1, x]: samples/s (median of {rounds} "
+         "interleaved rounds)",
+         ["bond", "batch", "model", "infer samples/s", "infer ms", "iqr", "train samples/s",
+          "train ms", "iqr"], rows,
          ["infer = forward under torch.no_grad; train = forward + cross-entropy + backward + "
           "Adam step (fused=True for every model;",
           "  tngraph: the stepper of `tngraph train` (optimizer adam), which steps the 64 cores "
           "as one parameter buffer).",
           "reference = MPSReference in this file (paired half-chains, fused [1,x]); outputs "
           "checked equal to tngraph's.",
+          "sequential = SequentialMPS in this file (TorchMPS-style: cores contracted with the "
+          "pixels first, then one",
+          "  vector-matrix product per site from each end); outputs checked equal to "
+          "tngraph's.",
           "tensorkrowch = MPSLayer(n_features=sites+1, init_method='randn_eye', std=1e-9), "
           "traced, auto_stack; its label",
           "  node is an extra core (sites+1 cores), so it is a near but not identical model."])
