@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from helpers import ROOT, assert_matches, dense_oracle, random_inputs, randomize
 
 import tngraph
-from tngraph.executor import SMALL_INNER, design_kernel
+from tngraph.executor import SMALL_INNER, _mm_materialise, design_kernel, merged_permutation
 
 MPS_CLASSIFIER = str(ROOT / "models/mps_classifier.yaml")
 TT_LINEAR = str(ROOT / "models/tt_linear.yaml")
@@ -379,3 +381,49 @@ def test_chain_run_gradcheck_including_the_data() -> None:
     assert "_ChainRun.apply" in module._program(3).source_code
     x = random_inputs(module, 3, seed=5)["x"].clone().requires_grad_()
     assert torch.autograd.gradcheck(lambda data: module(data), (x,), fast_mode=True)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_merged_permutation_equals_the_plain_permute(seed: int) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    ndim = 3 + seed % 4
+    shape = tuple(int(s) for s in torch.randint(2, 7, (ndim,), generator=gen))
+    shape = (*shape[:-1], max(shape[-1], (1 << 16) // math.prod(shape[:-1]) + 1))
+    perm = tuple(int(p) for p in torch.randperm(ndim, generator=gen))
+    perm = perm if perm != tuple(range(ndim)) else tuple(reversed(perm))
+    x = torch.randn(shape, generator=gen)
+    merged = merged_permutation(shape, perm)
+    if merged is None:                       # no neighbours survive the permutation
+        assert all(b != a + 1 for a, b in zip(perm, perm[1:]))
+        return
+    merged_shape, merged_perm, out_shape = merged
+    assert len(merged_shape) < ndim and out_shape == tuple(shape[p] for p in perm)
+    got = x.reshape(merged_shape).permute(merged_perm).contiguous().view(out_shape)
+    assert torch.equal(got, x.permute(perm))
+
+
+def test_merged_permutation_leaves_small_results_as_views() -> None:
+    assert merged_permutation((4, 8, 4, 8), (0, 1, 3, 2)) is None
+    assert merged_permutation((64, 64, 64), (1, 2, 0)) == ((64, 4096), (1, 0), (64, 64, 64))
+
+
+def test_dense_tt_weight_materialises_small_transposed_operands() -> None:
+    """The 1024 x 1024 TT-matrix weight meets its two half-trains in one ``mm``: an operand
+    left as a transposed view would have autograd compute its gradient from the weight's
+    gradient transposed (3-4x slower on CPU BLAS), so the small operand is copied; values and
+    gradients are unchanged."""
+    text = ("tngraph: 1\nname: tt\nnetwork: {template: tt_linear, in_shape: [4, 8, 8, 4], "
+            "out_shape: [4, 8, 8, 4], ranks: 3, bias: true}\n")
+    dense = tngraph.compile(text, dtype="float64", cache=False, strategy="dense")
+    network = tngraph.compile(text, dtype="float64", cache=False, strategy="network")
+    network.load_state_dict(dense.state_dict())
+    x = torch.randn(5, 1024, dtype=torch.float64)
+    dense(x)
+    program = dense._dense.program
+    final = [k for group in program.groups for k in group.kernels][-1]
+    assert final.mode == "mm" and any(_mm_materialise(final))
+    assert ".contiguous()" in program.source_code
+    g_dense = torch.autograd.grad(dense(x).square().sum(), list(dense.parameters()))
+    g_net = torch.autograd.grad(network(x).square().sum(), list(network.parameters()))
+    for a, b in zip(g_dense, g_net):
+        torch.testing.assert_close(a, b)
