@@ -290,9 +290,11 @@ def test_moved_parameters_are_reseated_with_their_statistics() -> None:
     assert buffered.buffer.intact()
 
 
-@pytest.mark.parametrize("cls", [torch.optim.LBFGS, torch.optim.SparseAdam])
-def test_other_optimizers_step_the_parameters_themselves(cls: type) -> None:
-    model = torch.nn.Linear(3, 2)
+@pytest.mark.parametrize(("cls", "frozen"), [(torch.optim.LBFGS, False),
+                                             (torch.optim.SparseAdam, False),
+                                             (torch.optim.Adam, True)])
+def test_other_optimizers_step_the_parameters_themselves(cls: type, frozen: bool) -> None:
+    model = torch.nn.Linear(3, 2).requires_grad_(not frozen)   # frozen: nothing to buffer
     stepper = TorchStepper.over_buffer(model, cls, lr=0.1)
     assert stepper.buffer is None
     assert stepper.optimizer.param_groups[0]["params"] == list(model.parameters())

@@ -457,6 +457,8 @@ class TorchStepper:
         params = list(module.parameters())
         if optimizer_class.__name__ not in ELEMENTWISE_OPTIMIZERS or not params:
             return cls(module, optimizer_class(params, **options))
+        if not any(p.requires_grad for p in params):
+            return cls(module, optimizer_class(params, **options))
         buffer = ParameterBuffer(params)
         stepper = cls(module, optimizer_class(buffer.flats, **options), buffer)
         stepper._options = options
