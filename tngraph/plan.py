@@ -603,10 +603,14 @@ def _search(leaves: Sequence[tuple[str, ...]], output: tuple[str, ...], sizes: d
                                        canonicalize=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        # the seed reaches cotengra's sampler (its own generator; seeding ``random`` and NumPy
+        # below covers the trial functions): without it the same spec planned differently in
+        # about one process in five
         opt = ctg.HyperOptimizer(
             minimize=options.minimize, max_repeats=options.max_repeats,
             max_time=options.max_time, parallel=False, progbar=False,
             on_trial_error="ignore",
+            optlib_opts=None if options.seed is None else {"seed": options.seed},
         )
 
         def poll() -> tuple[int, str]:
