@@ -120,6 +120,7 @@ def assert_matches(actual: torch.Tensor, expected: torch.Tensor, rtol: float = 1
     """``actual`` equals ``expected`` in shape and, relative to the largest entry, in value."""
     actual = actual.detach().cpu().to(torch.float64)
     assert tuple(actual.shape) == tuple(expected.shape)
+    expected = expected.detach()
     scale = max(float(expected.abs().max()) if expected.numel() else 0.0, 1e-300)
     err = float((actual - expected).abs().max()) if expected.numel() else 0.0
     assert err <= rtol * scale, f"max error {err:.3e} vs scale {scale:.3e}"
