@@ -430,8 +430,8 @@ def _tngraph_training_fn(module: Any, x: torch.Tensor, labels: torch.Tensor
 
 
 def _mps_rows(sites: int, bond: int, batch: int, rounds: int, plan_options: dict[str, Any],
-              quick: bool, summary: list[list[str]]) -> list[list[str]]:
-    """Time every candidate at one bond and batch; append the ratios to ``summary``."""
+              quick: bool) -> tuple[list[list[str]], list[str]]:
+    """Time every candidate at one bond and batch: its table rows and its summary row."""
     network = {"template": "mps", "sites": sites, "phys_dim": 2, "bond_dim": bond,
                "input": "x", "feature_map": "multilinear", "output_dim": 10}
     progress(f"MPS classifier {sites} sites chi {bond} batch {batch}: compile (plan cached "
@@ -473,13 +473,13 @@ def _mps_rows(sites: int, bond: int, batch: int, rounds: int, plan_options: dict
     inf_best = infer["reference"].best / infer["tngraph"].best
     train_best = train["reference"].best / train["tngraph"].best
     grad_ratio = grads["reference"].median / grads["tngraph"].median
-    summary.append([f"{sites} sites chi {bond} b{batch}", f"{compile_s:.1f}",
-                    f"10^{math.log10(module.plan.flops):.2f}",
-                    f"10^{math.log10(module.plan.executed().flops):.2f}",
-                    fmt_ratio(inf_ratio), fmt_ratio(inf_best), verdict(inf_ratio >= MPS_TARGET),
-                    fmt_ratio(train_ratio), fmt_ratio(train_best),
-                    verdict(train_ratio >= MPS_TARGET), fmt_ratio(grad_ratio)])
-    return rows
+    ratios = [f"{sites} sites chi {bond} b{batch}", f"{compile_s:.1f}",
+              f"10^{math.log10(module.plan.flops):.2f}",
+              f"10^{math.log10(module.plan.executed().flops):.2f}",
+              fmt_ratio(inf_ratio), fmt_ratio(inf_best), verdict(inf_ratio >= MPS_TARGET),
+              fmt_ratio(train_ratio), fmt_ratio(train_best),
+              verdict(train_ratio >= MPS_TARGET), fmt_ratio(grad_ratio)]
+    return rows, ratios
 
 
 def mps_section(quick: bool) -> list[list[str]]:
@@ -491,7 +491,9 @@ def mps_section(quick: bool) -> list[list[str]]:
     rows, summary = [], []
     for bond in bonds:
         for batch in batches:
-            rows += _mps_rows(sites, bond, batch, rounds, plan_options, quick, summary)
+            table, ratios = _mps_rows(sites, bond, batch, rounds, plan_options, quick)
+            rows += table
+            summary.append(ratios)
     show(f"MPS classifier, {sites} sites, feature map [1, x]: samples/s (median of {rounds} "
          "interleaved rounds)",
          ["bond", "batch", "model", "infer samples/s", "infer ms", "iqr", "train samples/s",

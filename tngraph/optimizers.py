@@ -306,7 +306,6 @@ class ParameterBuffer:
         member has one). False, with nothing set, when some but not all members of a buffer
         have a gradient: an elementwise optimizer would then move the others (momentum), which
         a per-parameter one does not -- step :attr:`params` one by one instead."""
-
         gathered = []
         for params in self._member_params:
             grads = [p.grad for p in params]
@@ -455,9 +454,8 @@ class TorchStepper:
         through a :class:`ParameterBuffer` when the update is elementwise
         (:data:`ELEMENTWISE_OPTIMIZERS`), else the parameters themselves."""
         params = list(module.parameters())
-        if optimizer_class.__name__ not in ELEMENTWISE_OPTIMIZERS or not params:
-            return cls(module, optimizer_class(params, **options))
-        if not any(p.requires_grad for p in params):
+        if optimizer_class.__name__ not in ELEMENTWISE_OPTIMIZERS or \
+                not any(p.requires_grad for p in params):
             return cls(module, optimizer_class(params, **options))
         buffer = ParameterBuffer(params)
         stepper = cls(module, optimizer_class(buffer.flats, **options), buffer)
