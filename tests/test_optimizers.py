@@ -308,3 +308,30 @@ def test_sparse_gradients_step_per_parameter() -> None:
     assert stepper.buffer is None
     changed = (model.weight != before).any(dim=1)
     assert changed.tolist() == [i in (1, 2) for i in range(10)]
+
+
+@pytest.mark.parametrize("name", ["adam", "sgd"])
+@pytest.mark.parametrize("moved_after_a_step", [False, True], ids=["moved_first", "moved_later"])
+def test_buffer_follows_the_parameters_device(name: str, moved_after_a_step: bool) -> None:
+    """Parameters on another device (``meta``, as a GPU would be): the buffer, the gradients and
+    the optimizer's statistics live there too, also when the model moves after a step."""
+    import tngraph
+
+    model = tngraph.compile(MPS_SPEC, optimize="greedy", cache=False)
+    if not moved_after_a_step:
+        model.to("meta")
+    strategy = get_optimizer(name)
+    stepper = strategy.create(model, strategy.options(), OptimizerContext(lr=0.01))
+    device = "cpu" if moved_after_a_step else "meta"
+    for _ in range(2):
+        stepper.zero_grad()
+        model(torch.rand(4, 6, device=device)).sum().backward()
+        stepper.update()
+        if moved_after_a_step and device == "cpu":
+            model.to("meta")
+            device = "meta"
+    assert stepper.buffer is not None and stepper.buffer.intact()
+    assert {flat.device.type for flat in stepper.buffer.flats} == {"meta"}
+    state = [v for s in stepper.optimizer.state.values() for v in s.values()
+             if isinstance(v, torch.Tensor) and v.dim() > 0]
+    assert state and {v.device.type for v in state} == {"meta"}

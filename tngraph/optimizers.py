@@ -25,6 +25,7 @@ True
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -489,19 +490,28 @@ class TorchStepper:
     def update(self) -> None:
         """The optimizer's step from the gradients of the last ``backward``."""
         if self.buffer is not None:
-            if not self.buffer.intact():
+            if not self.buffer.intact() or self._parameters_replaced():
                 self._reseat()
             if not self.buffer.gather_grads():
                 self._per_parameter()
         self.optimizer.step()
 
+    def _parameters_replaced(self) -> bool:
+        """Whether the module holds other parameter objects than the buffer's: ``.to()`` makes
+        new ones where the tensor types differ (e.g. to ``meta``), or always under
+        ``torch.__future__.set_overwrite_module_params_on_conversion(True)``."""
+        assert self.buffer is not None
+        return any(a is not b for a, b in itertools.zip_longest(self._module.parameters(),
+                                                                 self.buffer.params))
+
     def _reseat(self) -> None:
-        """A new buffer where the parameters moved (``.to()``, ``.data`` replaced), statistics
-        carried over."""
+        """A new buffer where the parameters moved (``.to()``, ``.data`` replaced, parameter
+        objects replaced), statistics carried over (they are kept per parameter index)."""
         assert self.buffer is not None
         state = self.state_dict()
-        grads = [p.grad for p in self.buffer.params]
-        self.buffer = ParameterBuffer(self.buffer.params)
+        params = list(self._module.parameters())
+        grads = [p.grad for p in params]
+        self.buffer = ParameterBuffer(params)
         for p, grad in zip(self.buffer.params, grads):
             p.grad = grad
         self.optimizer = type(self.optimizer)(self.buffer.flats, **self._options)
