@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import time
+import types
 
 import pytest
 import torch
@@ -131,6 +133,41 @@ def test_strategies_agree(strategy: str, grad: bool) -> None:
     torch.testing.assert_close(again, expected)
     if strategy == "auto":
         assert module.strategy_choice[(7, grad)] in ("network", "dense")
+
+
+@pytest.mark.parametrize("grad", [True, False])
+def test_auto_strategy_times_finished_work(grad: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every clock read of the strategy timing follows a wait on the inputs' device (GPU
+    kernels are queued, not run, when a call returns)."""
+    from tngraph import compiler
+
+    module = tngraph.compile(TT_LINEAR, {"rank": 3}, cache=False, strategy="auto")
+    events: list[object] = []
+    clock = time.perf_counter
+    monkeypatch.setattr(compiler, "synchronize", lambda device: events.append(device))
+    monkeypatch.setattr(compiler, "time", types.SimpleNamespace(
+        perf_counter=lambda: events.append("clock") or clock()))
+    with torch.set_grad_enabled(grad):
+        module(torch.randn(5, 4096))
+    cpu = torch.device("cpu")
+    warm_up, timed_run = [cpu, "clock", cpu], [cpu, "clock", cpu, "clock"]
+    assert events == (warm_up + timed_run * 3) * 2              # 2 strategies x 4 runs
+
+
+@pytest.mark.parametrize(("device", "backend", "expected"), [
+    ("cuda:1", "cuda", (torch.device("cuda", 1),)), ("xpu", "xpu", (torch.device("xpu"),)),
+    ("mps", "mps", ()), ("cpu", None, None)])
+def test_synchronize_waits_on_the_devices_backend(device: str, backend: str | None,
+                                                  expected: tuple | None,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from tngraph.compiler import synchronize
+
+    calls: list[tuple] = []
+    for name in ("cuda", "xpu", "mps"):
+        monkeypatch.setattr(getattr(torch, name), "synchronize",
+                            lambda *args, name=name: calls.append((name, args)), raising=False)
+    synchronize(torch.device(device))
+    assert calls == ([] if backend is None else [(backend, expected)])
 
 
 def test_dense_strategy_gradients_match_network() -> None:

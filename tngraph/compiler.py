@@ -191,12 +191,15 @@ class TNModule(nn.Module):
         if choice is None:
             timings = {}
             trainable = [t for t in tensors if t.requires_grad]
+            device = ports[0].device
             for name, run in runs.items():
                 for repeat in range(4):   # the first run warms up (builds programs, caches)
+                    synchronize(device)
                     start = time.perf_counter()
                     out = run()
                     if out.requires_grad and trainable:   # training: time the backward too
                         torch.autograd.grad(out.sum(), trainable, allow_unused=True)
+                    synchronize(device)
                     if repeat:
                         timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
             choice = self.strategy_choice[key] = min(timings, key=timings.get)
@@ -424,6 +427,26 @@ class Pipeline(nn.Module):
 
 #: what :func:`compile` returns: one network, or a pipeline of layers
 Compiled = TNModule | Pipeline
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait until ``device`` has run what was queued on it, so that a clock read after it
+    measures the work (GPU kernels run asynchronously); nothing to wait for on the CPU.
+
+    Examples
+    --------
+    >>> synchronize(torch.device("cpu"))
+    """
+    if device.type == "cpu":
+        return
+    backend = getattr(torch, device.type, None)       # torch.cuda, torch.mps, torch.xpu
+    wait = getattr(backend, "synchronize", None)
+    if wait is None:
+        return
+    if device.type == "mps":
+        wait()                                        # one device, no argument
+    else:
+        wait(device)
 
 
 def compile_pipeline(spec: Spec, *, cache_dir: str | Path | None = None, seed: int | None = None,
