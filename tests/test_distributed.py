@@ -116,7 +116,8 @@ def test_rank_0_writes_one_run(launched: dict[str, Any]) -> None:
     assert json.loads((run / "summary.json").read_text())["processes"] == 2
     assert _same(load_file(str(run / "model.safetensors")), launched["ranks"][0][1]["state"])
     state = torch.load(run / "state.pt", weights_only=False)
-    assert len(state["torch_rng_ranks"]) == 2
+    assert [sorted(rank) for rank in state["rng_ranks"]] == [["torch_rng"], ["torch_rng"]]
+    assert not torch.equal(state["rng_ranks"][0]["torch_rng"], state["rng_ranks"][1]["torch_rng"])
     output = launched["output"]
     # only rank 0 prints: epoch 1 in the first and the straight run, the header in all three
     assert output.count("epoch   1  loss") == 2

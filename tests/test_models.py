@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import MODELS, assert_matches, dense_oracle, random_inputs
+from helpers import CUDA, MODELS, assert_matches, dense_oracle, random_inputs
 
 import tngraph
 from tngraph.graph import parameter_count
@@ -106,6 +106,47 @@ def test_model_gradients(path: Path) -> None:
     module(**inputs).sum().backward()
     for name, param in module.named_parameters():
         assert param.grad is not None and torch.isfinite(param.grad).all(), name
+
+
+@pytest.mark.parametrize("path", MODEL_PARAMS)
+def test_model_runs_wherever_its_parameters_are(path: Path) -> None:
+    """Moved to another device (``meta``: shapes only, runs on any machine), the model runs
+    forward and backward, in train and eval mode, without touching the CPU: a tensor that the
+    executor, a feature map or a layer made on the CPU would be refused next to the moved ones,
+    as on a GPU."""
+    module = tngraph.compile(path, OVERRIDES.get(path.stem), optimize="greedy", cache=False,
+                             batch_size=8).to("meta")
+    inputs = {"x": torch.rand(5, 64)} if isinstance(module, tngraph.Pipeline) else \
+        random_inputs(module, 5)
+    inputs = {k: v.to("meta") for k, v in inputs.items()}
+    module(**inputs).sum().backward()
+    for name, param in module.named_parameters():
+        assert param.grad is not None and param.grad.device.type == "meta", name
+    module.eval()
+    for grad in (True, False):
+        with torch.set_grad_enabled(grad):
+            out = module(**inputs)
+        assert out.device.type == "meta"
+    assert tuple(out.shape) == ((5,) if SHAPES[path.stem][1] else ()) + SHAPES[path.stem][0]
+
+
+@CUDA
+@pytest.mark.parametrize("path", MODEL_PARAMS)
+def test_model_on_a_gpu_matches_the_cpu(path: Path) -> None:
+    module = tngraph.compile(path, OVERRIDES.get(path.stem), optimize="greedy", dtype="float64",
+                             cache=False, batch_size=8).eval()
+    inputs = {"x": torch.rand(5, 64, dtype=torch.float64)} \
+        if isinstance(module, tngraph.Pipeline) else random_inputs(module, 5)
+    expected = module(**inputs)
+    expected.sum().backward()
+    grads = {name: p.grad.clone() for name, p in module.named_parameters()}
+    module.zero_grad(set_to_none=True)
+    module.to("cuda")
+    out = module(**{k: v.cuda() for k, v in inputs.items()})
+    out.sum().backward()
+    torch.testing.assert_close(out.cpu(), expected)
+    for name, param in module.named_parameters():
+        torch.testing.assert_close(param.grad.cpu(), grads[name], msg=name)
 
 
 def test_mps_classifier_full_size_plans() -> None:

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import CUDA
 
 import tngraph
 from tngraph.cli import main
-from tngraph.train import MODEL_FILE, TrainingError, load_weights, train
+from tngraph.train import MODEL_FILE, Launch, TrainingError, load_weights, resolve_device, train
 
 SMALL = """
 tngraph: 1
@@ -68,15 +69,38 @@ def test_same_seed_same_run(spec_file: Path, tmp_path: Path) -> None:
     assert a.test == b.test
 
 
-def test_resume_continues_exactly(spec_file: Path, tmp_path: Path) -> None:
-    straight = train(spec_file, run_dir=tmp_path / "straight", echo=None, epochs=3)
+DROPOUT = """
+tngraph: 1
+name: dropout_mlp
+input_shape: [64]
+layers:
+  - {type: linear, name: fc1, out_features: 32}
+  - {type: relu, name: act}
+  - {type: dropout, name: drop, p: 0.5}
+  - {type: linear, name: fc2, out_features: 10}
+train: {epochs: 3, batch_size: 128, lr: 0.01}
+"""
+
+
+@pytest.mark.parametrize(("model", "device"), [
+    ("mps", "cpu"), ("dropout", "cpu"),
+    pytest.param("mps", "cuda", marks=CUDA), pytest.param("dropout", "cuda", marks=CUDA)])
+def test_resume_continues_exactly(spec_file: Path, tmp_path: Path, model: str,
+                                  device: str) -> None:
+    """Weights, optimizer state, batch order and the random state (dropout masks: the CPU
+    generator's, on a GPU the device's) all carry over."""
+    if model == "dropout":
+        spec_file.write_text(DROPOUT)
+    straight = train(spec_file, run_dir=tmp_path / "straight", echo=None, epochs=3,
+                     device=device)
 
     def interrupt_after_epoch_2(line: str) -> None:
         if line.startswith("epoch   2"):
             raise KeyboardInterrupt                     # as if killed after the checkpoint
 
     with pytest.raises(KeyboardInterrupt):
-        train(spec_file, run_dir=tmp_path / "split", echo=interrupt_after_epoch_2, epochs=3)
+        train(spec_file, run_dir=tmp_path / "split", echo=interrupt_after_epoch_2, epochs=3,
+              device=device)
     resumed = train(resume=tmp_path / "split", echo=None)
     assert [h.epoch for h in resumed.history] == [1, 2, 3]
     assert resumed.history[-1].train_loss == pytest.approx(straight.history[-1].train_loss,
@@ -142,18 +166,70 @@ def test_cli_train_then_eval(spec_file: Path, tmp_path: Path,
     assert "digits test (359 examples): loss" in capsys.readouterr().out
 
 
+@CUDA
+def test_cli_train_then_eval_on_cuda(spec_file: Path, tmp_path: Path,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    run = tmp_path / "run"
+    assert main(["train", str(spec_file), "--epochs", "2", "--out", str(run),
+                 "--device", "cuda"]) == 0
+    on_gpu = json.loads((run / "summary.json").read_text())["test"]
+    capsys.readouterr()
+    assert main(["eval", str(spec_file), "--checkpoint", str(run / MODEL_FILE),
+                 "--device", "cpu"]) == 0
+    assert f"accuracy {on_gpu['accuracy']:.4f}" in capsys.readouterr().out
+    resumed = train(resume=run, echo=None, epochs=3, device="cpu")    # GPU run, CPU machine
+    assert [h.epoch for h in resumed.history] == [1, 2, 3]
+
+
+NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
+
+
 @pytest.mark.parametrize(("argv", "message"), [
     (["--data", "digitz"], "unknown dataset 'digitz'"),
     (["--lr", "-1"], "invalid training option"),
     (["--set", "sites=16"], "64 features"),
+    (["--device", "tpu"], "unknown device 'tpu': expected one of cpu, cuda, mps, xpu"),
+    (["--device", "cuda:"], "unknown device 'cuda:'"),
+    pytest.param(["--device", "cuda"], "CUDA is not available on this machine; use --device cpu",
+                 marks=NO_CUDA),
+    (["--device", f"cuda:{max(torch.cuda.device_count(), 1) + 7}"], "not available"
+     if not torch.cuda.is_available() else "device(s), numbered from 0"),
 ])
 def test_cli_train_errors_exit_2(spec_file: Path, tmp_path: Path, argv: list[str], message: str,
                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """Refused before anything is written: no run directory is left behind."""
     code = main(["train", str(spec_file), "--out", str(tmp_path / "run"), *argv])
     err = capsys.readouterr().err
     assert code == 2
     assert message in err
     assert "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("command", ["eval", "distill"])
+def test_cli_eval_and_distill_check_the_device(spec_file: Path, tmp_path: Path, command: str,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    extra = (["--checkpoint", str(tmp_path / "none.safetensors")] if command == "eval" else
+             ["--teacher", str(spec_file), "--out", str(tmp_path / "run")])
+    code = main([command, str(spec_file), "--device", "gpu", *extra])
+    assert code == 2
+    assert "unknown device 'gpu'" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(("name", "expected"), [("cpu", "cpu"), ("cpu:0", "cpu:0")])
+def test_resolve_device(name: str, expected: str) -> None:
+    assert resolve_device(name) == torch.device(expected)
+
+
+@CUDA
+@pytest.mark.parametrize("name", ["cuda", "cuda:0"])
+def test_resolve_device_on_a_gpu(name: str) -> None:
+    assert resolve_device(name).type == "cuda"
+    with pytest.raises(TrainingError, match="numbered from 0"):
+        resolve_device(f"cuda:{torch.cuda.device_count()}")
+    assert resolve_device(name, Launch(rank=1, world_size=2, local_rank=0)) == \
+        torch.device("cuda", 0)
 
 
 def test_cli_eval_with_a_foreign_checkpoint_exits_2(spec_file: Path, tmp_path: Path,

@@ -63,7 +63,8 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
                    help="optimizer strategy and options, e.g. sgd, adam?amsgrad=true, "
                         "dmrg?max_bond=32 (tngraph plugins list shows them)")
     p.add_argument("--weight-decay", type=float)
-    p.add_argument("--device", help="cpu (default) or cuda")
+    p.add_argument("--device", help="cpu, cuda, cuda:N, mps (default: the spec's "
+                                    "train.device)")
     p.add_argument("--seed", type=int)
     p.add_argument("--out", metavar="RUN_DIR", help="run directory (default runs/NAME-DATE-TIME)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run where it stopped")
@@ -114,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="dataset (default: the spec's train.data)")
     p.add_argument("--split", choices=["train", "val", "test"], default="test")
     p.add_argument("--seed", type=int, help="seed of the dataset split (default: the spec's)")
+    p.add_argument("--device", help="cpu, cuda, cuda:N, mps (default: the spec's train.device)")
 
     p = sub.add_parser("tensorize", help="replace dense linear layers of a trained pipeline "
                                          "by TT-layers (TT-SVD of their weights)")
@@ -287,14 +289,16 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from tngraph.compiler import compile as compile_spec
     from tngraph.data import load_dataset
     from tngraph.spec import load_spec
-    from tngraph.train import check_fit, evaluate, load_weights
+    from tngraph.train import check_fit, evaluate, load_weights, resolve_device
 
     spec = load_spec(Path(args.spec), _overrides(args.overrides))
+    device = resolve_device(args.device or spec.train.device)
     seed = spec.train.seed if args.seed is None else args.seed
     dataset = load_dataset(args.data or spec.train.data, seed=seed)
     module = compile_spec(spec)
     check_fit(module, dataset)
     load_weights(module, args.checkpoint)
+    module = module.to(device)
     metrics = evaluate(module, dataset, args.split)
     print(f"{args.checkpoint}: {dataset.name} {args.split} ({dataset.sizes[args.split]} "
           "examples): " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))

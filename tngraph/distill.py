@@ -158,7 +158,8 @@ def load_teacher(teacher: str | Path, *, run_dir: Path, data: str | None = None,
         teacher_run = run_dir / "teacher"
         if not (teacher_run / MODEL_FILE).is_file() or not (teacher_run / "summary.json").is_file():
             echo(f"training the teacher {path} into {teacher_run}")
-            train(path, run_dir=teacher_run, echo=echo, **({"data": data} if data else {}))
+            train(path, run_dir=teacher_run, echo=echo, device=device,
+                  **({"data": data} if data else {}))
     else:
         raise DistillError(f"teacher {path} does not exist; give a run directory written by "
                            "tngraph train, or a spec file to train first")
@@ -215,7 +216,8 @@ def distill(student: str | Path | Spec | None = None, teacher: str | Path | None
         config_file = run / "config.json"
         if not config_file.is_file():
             raise DistillError(f"cannot resume {run}: no config.json there")
-        recorded = json.loads(config_file.read_text()).get("objective") or {}
+        config = json.loads(config_file.read_text())
+        recorded = config.get("objective") or {}
         if recorded.get("kind") != "distill":
             raise DistillError(f"{run} is not a distillation run; resume it with tngraph train")
         teacher = recorded["teacher"]
@@ -237,13 +239,13 @@ def distill(student: str | Path | Spec | None = None, teacher: str | Path | None
         raise DistillError("; ".join(p.message for p in problems))
     chosen = get_distiller(named.name)
     strategy_options = chosen.options.model_validate(named.options)
-    run.mkdir(parents=True, exist_ok=True)
-    from tngraph.train import current_launch
+    from tngraph.train import current_launch, resolve_device
 
     launch = current_launch()
-    device = options.get("device") or (spec.train.device if spec is not None else "cpu")
-    if device == "cuda" and launch.distributed:
-        device = f"cuda:{launch.local_rank}"      # each torchrun process on its own GPU
+    # each torchrun process on the GPU of its LOCAL_RANK; checked before anything is written
+    device = str(resolve_device(options.get("device") or (
+        spec.train.device if spec is not None else config["train"].get("device", "cpu")), launch))
+    run.mkdir(parents=True, exist_ok=True)
     data = options.get("data")
     teacher_module, teacher_run = load_teacher(
         teacher, run_dir=run, data=data, device=device,

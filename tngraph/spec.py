@@ -32,7 +32,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    ValidationError,
+)
 
 from tngraph.errors import Problem, SpecError, did_you_mean
 from tngraph.yamlio import DocPath, Document, load_document, read_document
@@ -74,6 +82,22 @@ def _named(value: Any) -> Any:
 
 
 Named = Annotated[NamedOptions, BeforeValidator(_named)]
+
+#: the device kinds a run can train on (``--device``; ``cuda:N`` picks a GPU)
+DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")
+DEVICE_RE = re.compile(rf"^({'|'.join(DEVICE_TYPES)})(:\d+)?$")
+
+
+def check_device(value: Any) -> Any:
+    """``value`` if it names a device kind of :data:`DEVICE_TYPES` (availability is checked
+    when a run starts), else ValueError."""
+    if isinstance(value, str) and not DEVICE_RE.match(value):
+        raise ValueError(f"unknown device {value!r}: expected one of {', '.join(DEVICE_TYPES)}, "
+                         "optionally with an index (cuda:1)")
+    return value
+
+
+Device = Annotated[str, AfterValidator(check_device)]
 
 
 class NodeSpec(_Model):
@@ -187,7 +211,9 @@ class TrainOptions(_Model):
     schedule: Literal["cosine", "constant"] = "cosine"
     weight_decay: float = Field(default=0.0, ge=0)
     seed: int = 0
-    device: str = "cpu"
+    #: ``cpu``, ``cuda`` (``cuda:N``), ``mps`` or ``xpu``; checked for availability when a run
+    #: starts (:func:`tngraph.train.resolve_device`)
+    device: Device = "cpu"
 
 
 class DistillOptions(_Model):
@@ -402,6 +428,8 @@ def pydantic_problems(exc: ValidationError, model: type[BaseModel], doc: Documen
             problems.append(Problem(
                 f"unsupported format version {err.get('input')!r}", doc.locate(prefix + loc),
                 f"this tngraph reads format version {FORMAT_VERSION}: write 'tngraph: 1'"))
+        elif kind == "value_error":         # a validator's own message names the value
+            problems.append(Problem(f"{dotted}: {err['ctx']['error']}", doc.locate(prefix + loc)))
         else:
             value = err.get("input")
             shown = repr(value) if not isinstance(value, (dict, list)) else type(value).__name__

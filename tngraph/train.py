@@ -52,7 +52,7 @@ from tngraph.optimizers import (
     get_optimizer,
     learning_rate,
 )
-from tngraph.spec import ParamValue, Spec, TrainOptions, load_spec
+from tngraph.spec import ParamValue, Spec, TrainOptions, check_device, load_spec
 from tngraph.yamlio import dump_yaml
 
 MODEL_FILE = "model.safetensors"
@@ -242,8 +242,36 @@ def save_checkpoint(run_dir: Path, stepper: Stepper, epoch: int,
         atomic_write(spec_file, lambda tmp: Path(tmp).write_text(spec_text))
     save_weights(module, run_dir / MODEL_FILE, epoch=str(epoch))
     state = {"epoch": epoch, "stepper": stepper.state_dict(),
-             "generator": generator.get_state(), "torch_rng": torch.get_rng_state(), **extra}
+             "generator": generator.get_state(), **random_state(_device_of(module)), **extra}
     atomic_write(run_dir / STATE_FILE, lambda tmp: torch.save(state, tmp))
+
+
+def _device_of(module: torch.nn.Module) -> torch.device:
+    param = next(module.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+def random_state(device: torch.device) -> dict[str, torch.Tensor]:
+    """This process's random state for a checkpoint: the CPU generator's (``torch_rng``), and
+    on a GPU also that device's (``cuda_rng``: dropout there draws from it).
+
+    Examples
+    --------
+    >>> sorted(random_state(torch.device("cpu")))
+    ['torch_rng']
+    """
+    state = {"torch_rng": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda_rng"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def restore_random_state(state: Mapping[str, Any], device: torch.device) -> None:
+    """Set the generators that :func:`random_state` read (a GPU's only when ``state`` has it
+    and the run is on a GPU again)."""
+    torch.set_rng_state(state["torch_rng"])
+    if device.type == "cuda" and "cuda_rng" in state:
+        torch.cuda.set_rng_state(state["cuda_rng"], device)
 
 
 def load_weights(module: Compiled, path: str | Path) -> None:
@@ -339,6 +367,51 @@ def current_launch() -> Launch:
     if not 0 <= launch.rank < world_size:
         raise TrainingError(f"RANK={launch.rank} is outside 0..{world_size - 1}")
     return launch
+
+
+def resolve_device(name: str, launch: Launch | None = None) -> torch.device:
+    """The device a run trains on, checked to exist on this machine.
+
+    Parameters
+    ----------
+    name
+        ``cpu``, ``cuda``, ``cuda:N``, ``mps`` or ``xpu`` (``--device``, ``train.device``).
+    launch
+        In a data-parallel launch every process takes the GPU of its ``LOCAL_RANK``
+        (``cuda`` and ``cuda:N`` alike).
+
+    Raises
+    ------
+    TrainingError
+        An unknown device, or one this machine does not have (what it has is named).
+
+    Examples
+    --------
+    >>> resolve_device("cpu")
+    device(type='cpu')
+    """
+    try:
+        check_device(name)
+    except ValueError as exc:
+        raise TrainingError(f"--device {name}: {exc}") from None
+    device = torch.device(name)
+    if device.type == "cpu":
+        return device
+    module = torch.backends.mps if device.type == "mps" else getattr(torch, device.type, None)
+    if module is None or not module.is_available():
+        raise TrainingError(f"--device {name}: {device.type.upper()} is not available on this "
+                            "machine; use --device cpu")
+    count = torch.mps.device_count() if device.type == "mps" else module.device_count()
+    if launch is not None and launch.distributed:
+        if launch.local_rank >= count:
+            raise TrainingError(f"--device {name}: LOCAL_RANK {launch.local_rank} but only "
+                                f"{count} GPU(s) on this machine; start at most one process "
+                                "per GPU")
+        return torch.device(device.type, launch.local_rank)
+    if device.index is not None and device.index >= count:
+        raise TrainingError(f"--device {name}: this machine has {count} {device.type} "
+                            f"device(s), numbered from 0")
+    return device
 
 
 def _ensure_group(launch: Launch) -> None:
@@ -587,7 +660,10 @@ def _options(base: Mapping[str, Any], changes: Mapping[str, Any]) -> TrainOption
     try:
         return TrainOptions.model_validate({**base, **changes})
     except ValidationError as exc:
-        bad = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        bad = "; ".join(
+            f"{'.'.join(map(str, e['loc']))}: "
+            f"{e['ctx']['error'] if e['type'] == 'value_error' else e['msg']}"
+            for e in exc.errors())
         raise TrainingError(f"invalid training option: {bad}") from None
 
 
@@ -670,7 +746,7 @@ def train(source: str | Path | Spec | None = None,
         if (run / METRICS_FILE).exists():
             raise TrainingError(f"{run} already holds a run; resume it with --resume {run}, "
                                 "or choose another --out")
-    run.mkdir(parents=True, exist_ok=True)
+    resolve_device(train_options.device, launch)       # before anything is written
     # Long products of near-identity cores drive some gradients (and Adam's moments) into
     # subnormal floats, which x86 CPUs process a hundred times slower: flush them to zero.
     flushed = torch.set_flush_denormal(True)
@@ -687,17 +763,10 @@ def _run(spec: Spec, train_options: TrainOptions, run: Path, resuming: bool,
          objective: Objective | None = None, launch: Launch = Launch()) -> TrainResult:
     torch.manual_seed(train_options.seed)
     dataset = load_dataset(train_options.data, seed=train_options.seed)
-    device = torch.device(train_options.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise TrainingError("--device cuda: CUDA is not available on this machine")
+    device = resolve_device(train_options.device, launch)
     world = launch.world_size
     if launch.distributed:
         if device.type == "cuda":
-            if launch.local_rank >= torch.cuda.device_count():
-                raise TrainingError(f"--device cuda: LOCAL_RANK {launch.local_rank} but only "
-                                    f"{torch.cuda.device_count()} GPU(s) on this machine; "
-                                    "start at most one process per GPU")
-            device = torch.device("cuda", launch.local_rank)
             torch.cuda.set_device(device)
         if train_options.batch_size < world:
             raise TrainingError(f"batch_size {train_options.batch_size} is split over {world} "
@@ -737,22 +806,26 @@ def _run(spec: Spec, train_options: TrainOptions, run: Path, resuming: bool,
     x_train, y_train = dataset.split("train")
     state: dict[str, Any] = {}
     if resuming:
-        state = torch.load(run / STATE_FILE, weights_only=False)
+        # on the CPU whatever device wrote it (optimizers move their state to the parameters)
+        state = torch.load(run / STATE_FILE, weights_only=False, map_location="cpu")
         stepper.load_state_dict(state["stepper"])
         generator.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
+        restore_random_state(state, device)
         first_epoch = int(state["epoch"]) + 1
         history = [EpochMetrics(**json.loads(line))
                    for line in (run / METRICS_FILE).read_text().splitlines() if line.strip()]
         history = [h for h in history if h.epoch < first_epoch]
     if launch.distributed:
         stepper = _data_parallel(stepper, train_options, x_train, device, launch)
-        ranks_rng = state.get("torch_rng_ranks")
-        if ranks_rng is not None and len(ranks_rng) == world:
-            torch.set_rng_state(ranks_rng[launch.rank])
+        ranks_rng = state.get("rng_ranks") or [
+            {"torch_rng": rng} for rng in state.get("torch_rng_ranks", ())]   # older runs
+        if len(ranks_rng) == world:
+            restore_random_state(ranks_rng[launch.rank], device)
         elif not launch.main:
             torch.manual_seed(_rank_seed(train_options.seed + first_epoch, launch.rank))
     if not resuming and launch.main:
+        # made once the data, network and optimizer are known good: a refused run leaves none
+        run.mkdir(parents=True, exist_ok=True)
         (run / "config.json").write_text(json.dumps(
             {"train": train_options.model_dump(), "dataset": dataset.name,
              "sizes": dataset.sizes, "task": dataset.task,
@@ -860,8 +933,8 @@ def _checkpoint(run: Path, stepper: Stepper, epoch: int, generator: torch.Genera
     extra = {}
     if launch.distributed:
         states: list[Any] = [None] * launch.world_size
-        torch.distributed.all_gather_object(states, torch.get_rng_state())
-        extra["torch_rng_ranks"] = states
+        torch.distributed.all_gather_object(states, random_state(_device_of(stepper.module)))
+        extra["rng_ranks"] = states
     if launch.main:
         save_checkpoint(run, stepper, epoch, generator, **extra)
 

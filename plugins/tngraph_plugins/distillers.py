@@ -75,7 +75,7 @@ def response_loss(student: Any, teacher: Any, labels: Any, *, temperature: float
         log_p_student = F.log_softmax(s / temperature, dim=1)
         kl = F.kl_div(log_p_student, log_p_teacher, log_target=True, reduction="batchmean")
         soft = kl * temperature ** 2
-        hard = F.cross_entropy(s, labels) if alpha else torch.zeros((), dtype=s.dtype)
+        hard = F.cross_entropy(s, labels) if alpha else s.new_zeros(())
     else:
         soft = F.mse_loss(s, t)
         hard = F.mse_loss(s, labels.reshape(s.shape).to(s.dtype)) if alpha else 0.0
