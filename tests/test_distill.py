@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+import tngraph
 from tngraph.cli import main
 from tngraph.distill import (
     DistillError,
@@ -210,7 +211,10 @@ def test_teacher_and_student_must_predict_the_same_targets(teacher_run: Path,
 
 def test_cli(teacher_run: Path, student_file: Path, tmp_path: Path, capsys) -> None:
     assert main(["distill", str(student_file), "--teacher", str(teacher_run), "--strategy",
-                 "response?temperature=2", "--out", str(tmp_path / "r"), "--epochs", "1"]) == 0
+                 "response?temperature=2", "--out", str(tmp_path / "r"), "--epochs", "1",
+                 "--plan-strategy", "network", "--dtype", "float64"]) == 0
+    student = tngraph.load_spec(tmp_path / "r" / "spec.yaml")       # the plan flags: kept
+    assert (student.plan.strategy, student.plan.dtype) == ("network", "float64")
     assert main(["distill", str(student_file), "--out", str(tmp_path / "r2")]) == 2
     assert "no teacher" in capsys.readouterr().err
     assert main(["distill", str(student_file), "--teacher", str(tmp_path / "nope"),

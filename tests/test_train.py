@@ -181,6 +181,20 @@ def test_cli_train_then_eval_on_cuda(spec_file: Path, tmp_path: Path,
     assert [h.epoch for h in resumed.history] == [1, 2, 3]
 
 
+def test_cli_plan_flags_reach_the_run_and_its_resume(spec_file: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    assert main(["train", str(spec_file), "--epochs", "1", "--out", str(run), "--dtype",
+                 "float64", "--optimize", "greedy", "--plan-strategy", "network",
+                 "--run-path", "min-flops", "--no-cache"]) == 0
+    plan = tngraph.load_spec(run / "spec.yaml").plan
+    assert (plan.dtype, plan.optimize, plan.strategy, plan.run_path, plan.cache) == (
+        "float64", "greedy", "network", "min-flops", False)
+    assert {t.dtype for t in _weights(run).values()} == {torch.float64}
+    resumed = train(resume=run, echo=None, epochs=2)
+    assert [h.epoch for h in resumed.history] == [1, 2]
+    assert {t.dtype for t in _weights(run).values()} == {torch.float64}
+
+
 NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
 
 
@@ -194,6 +208,9 @@ NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is availabl
                  marks=NO_CUDA),
     (["--device", f"cuda:{max(torch.cuda.device_count(), 1) + 7}"], "not available"
      if not torch.cuda.is_available() else "device(s), numbered from 0"),
+    (["--optimize", "greedyy"], "unknown optimizer 'greedyy' (did you mean 'greedy'?"),
+    (["--memory-limit", "12XB"], "cannot read memory limit '12XB'"),
+    (["--memory-limit", "1kB"], "over the memory limit"),
 ])
 def test_cli_train_errors_exit_2(spec_file: Path, tmp_path: Path, argv: list[str], message: str,
                                  capsys: pytest.CaptureFixture[str]) -> None:

@@ -32,16 +32,22 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
-def _add_plan_options(parser: argparse.ArgumentParser) -> None:
+def _add_plan_options(parser: argparse.ArgumentParser, training: bool = False) -> None:
+    """The ``plan:`` overrides. In train / distill (``training``) ``--batch-size`` is the
+    training batch (which is then also the plan's) and ``--strategy`` the distillation
+    strategy: the execution strategy is ``--plan-strategy`` there (accepted everywhere)."""
     group = parser.add_argument_group("planning (override the spec's plan: block)")
     group.add_argument("--optimize", help="auto (default), hyper, greedy, optimal, ...")
     group.add_argument("--max-time", type=float, help="seconds for the plan search")
     group.add_argument("--max-repeats", type=int, help="trials of the hyper-optimizer")
     group.add_argument("--minimize", choices=["flops", "size", "write", "combo"])
     group.add_argument("--memory-limit", help="e.g. 4GiB, 512MB (intermediates and parameters)")
-    group.add_argument("--batch-size", type=int, help="batch size the plan and costs are for")
+    if not training:
+        group.add_argument("--batch-size", type=int,
+                           help="batch size the plan and costs are for")
     group.add_argument("--dtype", choices=["float32", "float64", "float16", "bfloat16"])
-    group.add_argument("--strategy", choices=["auto", "network", "dense"],
+    group.add_argument(*(["--plan-strategy"] if training else ["--strategy", "--plan-strategy"]),
+                       dest="execution", choices=["auto", "network", "dense"],
                        help="execution of one-port networks (default auto: timed per batch)")
     group.add_argument("--run-path", choices=["auto", "min-flops", "fused"],
                        help="contraction path that runs (default auto: the port-fused one while "
@@ -72,6 +78,7 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
                    help="start from these weights (model.safetensors), e.g. to fine-tune a "
                         "tensorized model")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
+    _add_plan_options(p, training=True)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -161,12 +168,14 @@ def _overrides(items: Sequence[str]) -> dict[str, Any]:
     return dict(parse_override(item) for item in items)
 
 
-def _plan_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+def _plan_kwargs(args: argparse.Namespace, training: bool = False) -> dict[str, Any]:
+    """The plan flags given (None: not given); ``training``: of train / distill, whose
+    ``--batch-size`` is the training batch."""
     return {
         "optimize": args.optimize, "max_time": args.max_time, "max_repeats": args.max_repeats,
         "minimize": args.minimize, "memory_limit": args.memory_limit,
-        "batch_size": args.batch_size, "dtype": args.dtype, "strategy": args.strategy,
-        "run_path": args.run_path,
+        **({} if training else {"batch_size": args.batch_size}),
+        "dtype": args.dtype, "strategy": args.execution, "run_path": args.run_path,
         "cache": False if args.no_cache else None,
     }
 
@@ -265,7 +274,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
           run_dir=args.out, resume=args.resume, init=args.init, data=args.data,
           epochs=args.epochs,
           batch_size=args.batch_size, lr=args.lr, optimizer=_named_option(args.optimizer),
-          weight_decay=args.weight_decay, device=args.device, seed=args.seed)
+          weight_decay=args.weight_decay, device=args.device, seed=args.seed,
+          plan=_plan_kwargs(args, training=True), cache_dir=args.cache_dir)
     return EXIT_OK
 
 
@@ -281,7 +291,8 @@ def _cmd_distill(args: argparse.Namespace) -> int:
             _overrides(args.overrides), strategy=_named_option(args.strategy),
             run_dir=args.out, resume=args.resume, data=args.data, epochs=args.epochs,
             batch_size=args.batch_size, lr=args.lr, optimizer=_named_option(args.optimizer),
-            weight_decay=args.weight_decay, device=args.device, seed=args.seed)
+            weight_decay=args.weight_decay, device=args.device, seed=args.seed,
+            plan=_plan_kwargs(args, training=True), cache_dir=args.cache_dir)
     return EXIT_OK
 
 

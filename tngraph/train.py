@@ -52,7 +52,8 @@ from tngraph.optimizers import (
     get_optimizer,
     learning_rate,
 )
-from tngraph.spec import ParamValue, Spec, TrainOptions, check_device, load_spec
+from tngraph.plan import check_plan_options
+from tngraph.spec import ParamValue, PlanOptions, Spec, TrainOptions, check_device, load_spec
 from tngraph.yamlio import dump_yaml
 
 MODEL_FILE = "model.safetensors"
@@ -660,11 +661,42 @@ def _options(base: Mapping[str, Any], changes: Mapping[str, Any]) -> TrainOption
     try:
         return TrainOptions.model_validate({**base, **changes})
     except ValidationError as exc:
-        bad = "; ".join(
-            f"{'.'.join(map(str, e['loc']))}: "
-            f"{e['ctx']['error'] if e['type'] == 'value_error' else e['msg']}"
-            for e in exc.errors())
-        raise TrainingError(f"invalid training option: {bad}") from None
+        raise TrainingError(f"invalid training option: {_pydantic_message(exc)}") from None
+
+
+def with_plan(spec: Spec, changes: Mapping[str, Any] | None) -> Spec:
+    """``spec`` with its ``plan:`` block updated by ``changes`` (None values ignored).
+
+    Raises
+    ------
+    TrainingError
+        A value the plan block does not accept (every such value named).
+
+    Examples
+    --------
+    >>> with_plan(load_spec("models/mps.yaml"), {"dtype": "float64"}).plan.dtype
+    'float64'
+    """
+    from pydantic import ValidationError
+
+    changes = {k: v for k, v in (changes or {}).items() if v is not None}
+    if not changes:
+        return spec
+    try:
+        plan = PlanOptions.model_validate({**spec.plan.model_dump(), **changes})
+    except ValidationError as exc:
+        raise TrainingError(f"invalid plan option: {_pydantic_message(exc)}") from None
+    problems = check_plan_options(spec.model_copy(update={"plan": plan}))
+    if problems:
+        raise TrainingError("; ".join(p.message + (f" ({p.hint})" if p.hint else "")
+                                      for p in problems))
+    return spec.model_copy(update={"plan": plan})
+
+
+def _pydantic_message(exc: Any) -> str:
+    return "; ".join(f"{'.'.join(map(str, e['loc']))}: "
+                     f"{e['ctx']['error'] if e['type'] == 'value_error' else e['msg']}"
+                     for e in exc.errors())
 
 
 def _new_run_dir(name: str) -> Path:
@@ -690,6 +722,7 @@ def train(source: str | Path | Spec | None = None,
           overrides: Mapping[str, ParamValue] | None = None, *,
           run_dir: str | Path | None = None, resume: str | Path | None = None,
           init: str | Path | None = None, objective: Objective | None = None,
+          plan: Mapping[str, Any] | None = None, cache_dir: str | Path | None = None,
           echo: Callable[[str], None] | None = print, **options: Any) -> TrainResult:
     """Train a spec's network on a dataset; see the module docstring for the files written.
 
@@ -710,6 +743,12 @@ def train(source: str | Path | Spec | None = None,
         after ``tngraph tensorize``); shapes must fit the spec.
     objective
         What to minimise instead of the loss on the labels (:mod:`tngraph.distill` passes one).
+    plan
+        Overrides of the spec's ``plan:`` block (``optimize``, ``dtype``, ``memory_limit``,
+        ``strategy``, ...; None values ignored), kept in the run's ``spec.yaml``. The plan's
+        batch size is always the training batch per process.
+    cache_dir
+        Plan cache directory (default ``$TNGRAPH_CACHE_DIR`` or ``~/.cache/tngraph/plans``).
     echo
         Receives one line per epoch and the summary (``None``: silent).
     **options
@@ -737,10 +776,12 @@ def train(source: str | Path | Spec | None = None,
             raise TrainingError(f"{run} is a {config['objective'].get('kind', 'special')} run; "
                                 f"resume it with tngraph distill --resume {run}")
         train_options = _options(config["train"], options)
+        spec = with_plan(spec, plan)
     else:
         if source is None:
             raise TrainingError("nothing to train: give a spec, or resume=RUN_DIR")
         spec = source if isinstance(source, Spec) else load_spec(source, overrides)
+        spec = with_plan(spec, plan)
         train_options = _options(spec.train.model_dump(), options)
         run = Path(run_dir) if run_dir is not None else _new_run_dir(spec.name)
         if (run / METRICS_FILE).exists():
@@ -752,7 +793,7 @@ def train(source: str | Path | Spec | None = None,
     flushed = torch.set_flush_denormal(True)
     try:
         return _run(spec, train_options, run, resume is not None, echo, init, objective,
-                    launch)
+                    launch, cache_dir)
     finally:
         if flushed:
             torch.set_flush_denormal(False)
@@ -760,7 +801,8 @@ def train(source: str | Path | Spec | None = None,
 
 def _run(spec: Spec, train_options: TrainOptions, run: Path, resuming: bool,
          echo: Callable[[str], None] | None, init: str | Path | None = None,
-         objective: Objective | None = None, launch: Launch = Launch()) -> TrainResult:
+         objective: Objective | None = None, launch: Launch = Launch(),
+         cache_dir: str | Path | None = None) -> TrainResult:
     torch.manual_seed(train_options.seed)
     dataset = load_dataset(train_options.data, seed=train_options.seed)
     device = resolve_device(train_options.device, launch)
@@ -781,7 +823,7 @@ def _run(spec: Spec, train_options: TrainOptions, run: Path, resuming: bool,
             torch.distributed.barrier()
     # the plan is made for what one process contracts: its share of the global batch
     module = compile_spec(spec, batch_size=-(-train_options.batch_size // world),
-                          seed=train_options.seed).to(device)
+                          seed=train_options.seed, cache_dir=cache_dir).to(device)
     if launch.distributed and launch.main:
         torch.distributed.barrier()
     check_fit(module, dataset)

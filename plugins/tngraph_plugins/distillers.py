@@ -65,7 +65,6 @@ def response_loss(student: Any, teacher: Any, labels: Any, *, temperature: float
     ``labels`` of an integer dtype mean classification (logits in, KL + cross-entropy), others
     regression (squared errors).
     """
-    import torch
     import torch.nn.functional as F
 
     s = student.reshape(student.shape[0], -1)
