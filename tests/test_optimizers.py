@@ -125,12 +125,22 @@ def test_cli_optimizer_with_options(tmp_path: Path) -> None:
     assert '"momentum": 0.5' in (run / "config.json").read_text()
 
 
-def test_cli_unknown_optimizer_is_a_user_error(tmp_path: Path, capsys) -> None:
+@pytest.mark.parametrize(("flag", "message"), [
+    ("dmgr", "unknown optimizer 'dmgr'"),
+    ("adam?bettas=0.5", "optimizer 'adam': unknown option 'bettas'; did you mean 'betas'? "
+                        "valid: amsgrad, betas, decoupled, eps"),
+    ("adam?betas=3", "optimizer 'adam': betas: Input should be a valid tuple, got 3"),
+    ("sgd?momentum=-1", "optimizer 'sgd': momentum: Input should be greater than or equal to 0, "
+                        "got -1"),
+])
+def test_cli_bad_optimizer_is_a_user_error(tmp_path: Path, capsys, flag: str,
+                                           message: str) -> None:
     spec = tmp_path / "tiny.yaml"
     spec.write_text(SPEC.format(optimizer="adam"))
-    assert main(["train", str(spec), "--optimizer", "dmgr", "--out", str(tmp_path / "r")]) == 2
+    assert main(["train", str(spec), "--optimizer", flag, "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
-    assert "unknown optimizer 'dmgr'" in err and "Traceback" not in err
+    assert message in err and "Traceback" not in err and "pydantic" not in err
+    assert not (tmp_path / "r").exists()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from tngraph.errors import PluginError, Problem, TNGraphError
 from tngraph.plugins import Registry
@@ -114,22 +114,9 @@ def check_distiller(named: NamedOptions, doc: Document | None, path: DocPath) ->
     >>> [p.message for p in check_distiller(NamedOptions(name="respons"), None, ())]
     ["unknown distiller 'respons'; did you mean 'response'? valid: layer, response"]
     """
-    from tngraph.spec import pydantic_problems
+    from tngraph.spec import check_named
 
-    name_path = (*path, "name") if named.options else path
-    try:
-        strategy = get_distiller(named.name)
-    except PluginError as exc:
-        return [Problem(str(exc), doc.locate(name_path) if doc is not None else None)]
-    try:
-        strategy.options.model_validate(named.options)
-    except ValidationError as exc:
-        if doc is None:
-            return [Problem(f"distiller '{named.name}': " + "; ".join(
-                f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()), None)]
-        return pydantic_problems(exc, strategy.options, doc, path,
-                                 what=f"options of distiller '{named.name}'")
-    return []
+    return check_named(named, get_distiller, "distiller", doc, path)
 
 
 # ---------------------------------------------------------------------------------------------

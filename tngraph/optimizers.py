@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from tngraph.errors import PluginError, Problem, TNGraphError
 from tngraph.plugins import Registry
@@ -165,24 +165,9 @@ def check_optimizer(named: NamedOptions, doc: Document | None, path: DocPath) ->
     >>> check_optimizer(NamedOptions(name="adam"), None, ("train", "optimizer"))
     []
     """
-    from tngraph.spec import pydantic_problems
+    from tngraph.spec import check_named
 
-    def where(p: DocPath, key: bool = False) -> Any:
-        return doc.locate(p, key=key) if doc is not None else None
-
-    name_path = (*path, "name") if named.options else path
-    try:
-        strategy = get_optimizer(named.name)
-    except PluginError as exc:
-        return [Problem(str(exc), where(name_path))]
-    try:
-        strategy.options.model_validate(named.options)
-    except ValidationError as exc:
-        if doc is None:
-            return [Problem(f"optimizer '{named.name}': {exc}", None)]
-        return pydantic_problems(exc, strategy.options, doc, path,
-                                 what=f"options of optimizer '{named.name}'")
-    return []
+    return check_named(named, get_optimizer, "optimizer", doc, path)
 
 
 def learning_rate(base: float, epoch: int, epochs: int, schedule: str) -> float:

@@ -28,7 +28,7 @@ Examples
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -42,7 +42,7 @@ from pydantic import (
     ValidationError,
 )
 
-from tngraph.errors import Problem, SpecError, did_you_mean
+from tngraph.errors import PluginError, Problem, SpecError, did_you_mean
 from tngraph.yamlio import DocPath, Document, load_document, read_document
 
 FORMAT_VERSION = 1
@@ -397,6 +397,55 @@ def _model_fields(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
         # a dict key (node name): stay on the value model
     fields = getattr(current, "model_fields", None)
     return list(fields) if fields else []
+
+
+def validation_message(exc: ValidationError, model: type[BaseModel] | None = None) -> str:
+    """A pydantic error as one line, ``key: what is wrong, got VALUE; ...`` (for values that
+    come from flags, where no spec location exists); with ``model``, an unknown key comes with
+    the valid ones.
+
+    Examples
+    --------
+    >>> try:
+    ...     TrainOptions(epochs=0)
+    ... except ValidationError as exc:
+    ...     print(validation_message(exc))
+    epochs: Input should be greater than 0, got 0
+    """
+    parts = []
+    for err in exc.errors():
+        where = ".".join(map(str, err["loc"]))
+        if err["type"] == "value_error":          # a validator's own message names the value
+            parts.append(f"{where}: {err['ctx']['error']}")
+        elif err["type"] == "extra_forbidden" and model is not None:
+            key = str(err["loc"][-1])
+            parts.append(f"unknown option '{key}'; "
+                         + did_you_mean(key, _model_fields(model, err["loc"][:-1])))
+        else:
+            parts.append(f"{where}: {err['msg']}, got {err.get('input')!r}")
+    return "; ".join(parts)
+
+
+def check_named(named: NamedOptions, get: Callable[[str], Any], kind: str,
+                doc: Document | None, path: DocPath) -> list[Problem]:
+    """Problems of a registered name with options (``train.optimizer``, ``distill.strategy``):
+    an unknown name (``get`` raises PluginError, listing the valid ones), or options that the
+    entry's ``options`` model refuses; located in ``doc`` where there is one, else one line
+    (the value came from a flag)."""
+    name_path = (*path, "name") if named.options else path
+    try:
+        entry = get(named.name)
+    except PluginError as exc:
+        return [Problem(str(exc), doc.locate(name_path) if doc is not None else None)]
+    try:
+        entry.options.model_validate(named.options)
+    except ValidationError as exc:
+        if doc is None:
+            return [Problem(f"{kind} '{named.name}': {validation_message(exc, entry.options)}",
+                            None)]
+        return pydantic_problems(exc, entry.options, doc, path,
+                                 what=f"options of {kind} '{named.name}'")
+    return []
 
 
 def pydantic_problems(exc: ValidationError, model: type[BaseModel], doc: Document,

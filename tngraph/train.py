@@ -53,7 +53,15 @@ from tngraph.optimizers import (
     learning_rate,
 )
 from tngraph.plan import check_plan_options
-from tngraph.spec import ParamValue, PlanOptions, Spec, TrainOptions, check_device, load_spec
+from tngraph.spec import (
+    ParamValue,
+    PlanOptions,
+    Spec,
+    TrainOptions,
+    check_device,
+    load_spec,
+    validation_message,
+)
 from tngraph.yamlio import dump_yaml
 
 MODEL_FILE = "model.safetensors"
@@ -661,7 +669,7 @@ def _options(base: Mapping[str, Any], changes: Mapping[str, Any]) -> TrainOption
     try:
         return TrainOptions.model_validate({**base, **changes})
     except ValidationError as exc:
-        raise TrainingError(f"invalid training option: {_pydantic_message(exc)}") from None
+        raise TrainingError(f"invalid training option: {validation_message(exc)}") from None
 
 
 def with_plan(spec: Spec, changes: Mapping[str, Any] | None) -> Spec:
@@ -685,18 +693,12 @@ def with_plan(spec: Spec, changes: Mapping[str, Any] | None) -> Spec:
     try:
         plan = PlanOptions.model_validate({**spec.plan.model_dump(), **changes})
     except ValidationError as exc:
-        raise TrainingError(f"invalid plan option: {_pydantic_message(exc)}") from None
+        raise TrainingError(f"invalid plan option: {validation_message(exc)}") from None
     problems = check_plan_options(spec.model_copy(update={"plan": plan}))
     if problems:
         raise TrainingError("; ".join(p.message + (f" ({p.hint})" if p.hint else "")
                                       for p in problems))
     return spec.model_copy(update={"plan": plan})
-
-
-def _pydantic_message(exc: Any) -> str:
-    return "; ".join(f"{'.'.join(map(str, e['loc']))}: "
-                     f"{e['ctx']['error'] if e['type'] == 'value_error' else e['msg']}"
-                     for e in exc.errors())
 
 
 def _new_run_dir(name: str) -> Path:
