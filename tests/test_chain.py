@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import ROOT
 
 import tngraph
 from tngraph.decompose import tt_to_dense
@@ -144,6 +145,24 @@ def test_resize_and_rebuild_with_zero_padded_bonds_compute_the_same(text: str) -
         assert torch.allclose(bigger(), module())
     # the chain of the resized spec is the same chain
     assert find_chain(spec).nodes == chain.nodes
+
+
+def test_rebuild_runs_the_order_that_ran_before() -> None:
+    """A classifier whose plan runs the port-fused order (within 1.25x of the lowest FLOPs)
+    keeps running it after a rebuild, not the lowest-FLOP order."""
+    module = tngraph.compile(ROOT / "models" / "mps_classifier.yaml", {"bond_dim": 6},
+                             batch_size=64, cache=False)
+    assert module.plan.runs_fused
+    chain = find_chain(module.spec)
+    cores = chain.to_cores(module.tensors)
+    again = rebuild(module, chain.resize(module.spec, chain.bond_dims(module.spec)),
+                    chain.from_cores(cores, module.spec))
+    ran = [(s.left, s.right) for s in module.plan.executed().steps]
+    assert module.plan.executed_path == ran != module.plan.tree.get_ssa_path()
+    assert [(s.left, s.right) for s in again.plan.executed().steps] == ran
+    assert again.plan.executed().flops == module.plan.executed().flops
+    x = torch.rand(5, 64)
+    torch.testing.assert_close(again(x), module(x))
 
 
 def test_resize_checks_dims() -> None:

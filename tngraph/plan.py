@@ -133,6 +133,13 @@ class Plan:
                                    fused_steps=None, fused_flops=None, fused_final_inds=())
 
     @property
+    def executed_path(self) -> list[tuple[int, int]]:
+        """The SSA contraction path of :meth:`executed` (what the ``network`` strategy runs):
+        pass it as ``path=`` to plan a network of the same structure with other dimensions
+        the same way (e.g. after DMRG changed bond dimensions)."""
+        return [(s.left, s.right) for s in self.executed().steps]
+
+    @property
     def batch_size(self) -> int | None:
         b = self.problem.batch
         return self.problem.size_dict[b] if b is not None else None

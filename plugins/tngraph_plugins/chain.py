@@ -283,9 +283,9 @@ def rebuild(module: TNModule, spec: Spec, tensors: Mapping[str, Tensor]) -> TNMo
     ref = next(iter(module.parameters()))
     options = module.plan.options.model_dump()
     # same graph, new dimensions: the old contraction order stays good for a chain, and
-    # reusing it saves a full search at every change of bond dimensions
-    tree = module.plan.tree
-    path = tree.get_ssa_path() if tree is not None else None
+    # reusing it saves a full search at every change of bond dimensions; the order that ran
+    # (the port-fused one where the plan chose it), not merely the lowest-FLOP one
+    path = module.plan.executed_path if module.plan.tree is not None else None
     new = compile_spec(spec, cache_dir=getattr(module, "_cache_dir", None), path=path,
                        **options)
     new = new.to(device=ref.device, dtype=ref.dtype)
