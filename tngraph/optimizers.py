@@ -25,9 +25,8 @@ True
 from __future__ import annotations
 
 import contextlib
-import itertools
 import math
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -371,6 +370,17 @@ class ParameterBuffer:
                 "param_groups": [{**groups[0], "params": list(range(len(self.flats)))}]}
 
 
+def _owners(module: nn.Module, params: Sequence[torch.Tensor]) -> list[tuple[dict[str, Any], str]]:
+    """For each of ``module``'s ``params``: the ``_parameters`` dictionary and the name it is
+    registered under (the first place, for a shared parameter)."""
+    where: dict[int, tuple[dict[str, Any], str]] = {}
+    for sub in module.modules():
+        for name, p in sub._parameters.items():
+            if p is not None:
+                where.setdefault(id(p), (sub._parameters, name))
+    return [where[id(p)] for p in params]
+
+
 def _flatten(tensors: list[torch.Tensor]) -> torch.Tensor:
     """The tensors, each flattened, concatenated (one C++ call for the lot where torch has it:
     a Python list of per-tensor views costs as much as the copy for small cores)."""
@@ -432,6 +442,8 @@ class TorchStepper:
         #: the buffer that ``optimizer`` steps, or None (it steps the parameters themselves)
         self.buffer = buffer
         self._options: dict[str, Any] = {}      # how ``optimizer`` was made (over_buffer)
+        #: where each buffered parameter is registered (its module's ``_parameters``, name)
+        self._owners = _owners(module, buffer.params) if buffer is not None else []
 
     @classmethod
     def over_buffer(cls, module: nn.Module, optimizer_class: type[torch.optim.Optimizer],
@@ -484,10 +496,11 @@ class TorchStepper:
     def _parameters_replaced(self) -> bool:
         """Whether the module holds other parameter objects than the buffer's: ``.to()`` makes
         new ones where the tensor types differ (e.g. to ``meta``), or always under
-        ``torch.__future__.set_overwrite_module_params_on_conversion(True)``."""
+        ``torch.__future__.set_overwrite_module_params_on_conversion(True)``. (One dictionary
+        lookup per parameter: walking ``module.parameters()`` at every step costs 5x more.)"""
         assert self.buffer is not None
-        return any(a is not b for a, b in itertools.zip_longest(self._module.parameters(),
-                                                                 self.buffer.params))
+        return any(registry.get(name) is not p
+                   for (registry, name), p in zip(self._owners, self.buffer.params))
 
     def _reseat(self) -> None:
         """A new buffer where the parameters moved (``.to()``, ``.data`` replaced, parameter
@@ -497,6 +510,7 @@ class TorchStepper:
         params = list(self._module.parameters())
         grads = [p.grad for p in params]
         self.buffer = ParameterBuffer(params)
+        self._owners = _owners(self._module, params)
         for p, grad in zip(self.buffer.params, grads):
             p.grad = grad
         self.optimizer = type(self.optimizer)(self.buffer.flats, **self._options)
