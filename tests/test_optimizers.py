@@ -345,3 +345,19 @@ def test_buffer_follows_the_parameters_device(name: str, moved_after_a_step: boo
     state = [v for s in stepper.optimizer.state.values() for v in s.values()
              if isinstance(v, torch.Tensor) and v.dim() > 0]
     assert state and {v.device.type for v in state} == {"meta"}
+
+
+def test_parameters_replaced_in_swapped_submodules_are_noticed() -> None:
+    """BatchNorm swapped for SyncBatchNorm (same parameters), then parameter objects replaced
+    in the new module: noticed once the stepper tracks the swapped submodules."""
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+    stepper = TorchStepper.over_buffer(model, torch.optim.SGD, lr=0.1)
+    model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    assert isinstance(model[1], torch.nn.SyncBatchNorm)
+    assert not stepper._parameters_replaced()
+    stepper.track_submodules()
+    model[1].weight = torch.nn.Parameter(model[1].weight.detach().clone())
+    assert stepper._parameters_replaced()
+    model(torch.randn(5, 3)).sum().backward()
+    stepper.update()
+    assert stepper.buffer is not None and stepper.buffer.params[2] is model[1].weight

@@ -464,6 +464,13 @@ class TorchStepper:
     def module(self) -> nn.Module:
         return self._module
 
+    def track_submodules(self) -> None:
+        """Look the parameters up again where the module now registers them: call it after
+        swapping submodules that keep the same parameters (``SyncBatchNorm`` conversion), so
+        that a later ``.to()`` that replaces parameter objects is still noticed."""
+        if self.buffer is not None:
+            self._owners = _owners(self._module, self.buffer.params)
+
     def step(self, x: torch.Tensor, objective: Callable[[torch.Tensor], torch.Tensor]
              ) -> tuple[torch.Tensor, torch.Tensor]:
         import torch
