@@ -11,7 +11,14 @@ import torch
 from helpers import ROOT, assert_matches, dense_oracle, random_inputs, randomize
 
 import tngraph
-from tngraph.executor import SMALL_INNER, _mm_materialise, design_kernel, merged_permutation
+from tngraph.executor import (
+    SMALL_INNER,
+    Operand,
+    _mm_materialise,
+    _operand_source,
+    design_kernel,
+    merged_permutation,
+)
 
 MPS_CLASSIFIER = str(ROOT / "models/mps_classifier.yaml")
 TT_LINEAR = str(ROOT / "models/tt_linear.yaml")
@@ -464,3 +471,18 @@ def test_dense_tt_weight_materialises_small_transposed_operands() -> None:
     g_net = torch.autograd.grad(network(x).square().sum(), list(network.parameters()))
     for a, b in zip(g_dense, g_net):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize(("op", "matrix", "shape", "expected"), [
+    (Operand(None, (64, 2, 10), False), False, (64, 2, 10), "s4"),
+    (Operand(None, (64, 2, 10), True), False, (64, 2, 10), "s4.transpose(1, 2)"),
+    (Operand(None, (1, 64, 10), False), True, (64, 10), "s4"),
+    (Operand(None, (64, 2, 10), False), False, (64, 20), "s4.reshape((64, 2, 10))"),
+    (Operand(None, (64, 2, 10), False), False, None, "s4.reshape((64, 2, 10))"),
+    (Operand((1, 0, 2), (2, 64, 10), False), False, (2, 64, 10),
+     "s4.permute((1, 0, 2)).contiguous().reshape((2, 64, 10))"),
+])
+def test_operand_source_leaves_out_reshapes_to_the_known_shape(
+        op: Operand, matrix: bool, shape: tuple[int, ...] | None, expected: str) -> None:
+    """Each left-out reshape is one autograd node less per training step."""
+    assert _operand_source("s4", op, matrix, shape) == expected

@@ -712,28 +712,38 @@ def gather_params(tensors: Sequence[torch.Tensor], gather: ParamGather) -> torch
     return joined.index_select(0, torch.tensor(gather.inverse, device=joined.device))
 
 
-def _operand_source(expr: str, op: Operand, matrix: bool = False) -> str:
-    """Source of :func:`_as3` applied to ``expr`` (``matrix``: 2-d, for an ``mm``)."""
+def _operand_source(expr: str, op: Operand, matrix: bool = False,
+                    shape: tuple[int, ...] | None = None) -> str:
+    """Source of :func:`_as3` applied to ``expr`` (``matrix``: 2-d, for an ``mm``); ``shape``:
+    ``expr``'s shape where the generator knows it (a reshape to it is left out: under
+    autograd every reshape is a recorded node)."""
+    target = tuple(op.shape3[1:] if matrix else op.shape3)
     if op.perm is not None:
         expr = f"{expr}.permute({op.perm}).contiguous()"
-    expr = f"{expr}.reshape({op.shape3[1:] if matrix else op.shape3})"
+    if op.perm is not None or shape is None or tuple(shape) != target:
+        expr = f"{expr}.reshape({target})"
     if op.transposed:
         expr += ".t()" if matrix else ".transpose(1, 2)"
     return expr
 
 
-def _lone_source(kernel: Kernel, left: str, right: str, const: Any) -> str:
+def _lone_source(kernel: Kernel, left: str, right: str, const: Any,
+                 shapes: dict[str, tuple[int, ...]] | None = None) -> str:
     """Source of one kernel that runs alone: what :func:`run_kernel` does, written out (the
-    generic call costs microseconds of Python per step, as much as a small matmul)."""
+    generic call costs microseconds of Python per step, as much as a small matmul).
+    ``shapes``: the known shapes of operand expressions (see :func:`_operand_source`)."""
     if kernel.mode == "select":
         return f"run_kernel({const(kernel, 'K')}, {left}, {right})"
     x, y = (right, left) if kernel.swap else (left, right)
+    known = shapes or {}
     out = kernel.out_shape
     if kernel.mode == "mm":
-        a, b = (_operand_source(expr, op, True) + (".contiguous()" if flag else "")
+        a, b = (_operand_source(expr, op, True, known.get(expr)) + (".contiguous()" if flag
+                                                                     else "")
                 for expr, op, flag in zip((x, y), (kernel.a, kernel.b), _mm_materialise(kernel)))
         return f"torch.mm({a}, {b}).reshape({out})"
-    a, b = _operand_source(x, kernel.a), _operand_source(y, kernel.b)
+    a, b = (_operand_source(x, kernel.a, shape=known.get(x)),
+            _operand_source(y, kernel.b, shape=known.get(y)))
     if kernel.mode == "bmm":
         return f"torch.bmm({a}, {b}).reshape({out})"
     if kernel.mode == "outer":
@@ -994,6 +1004,7 @@ class Program:
         lines = ["def contract(tensors, ports, fetched, leaves"
                  + (", ws):" if workspace else "):")]
         names: dict[int, str] = {}
+        shapes: dict[str, tuple[int, ...]] = {}    # variable -> its shape (s<slot> ones)
         specs = self._ws_specs if workspace else []
         buffers: dict[int, int] = {}          # group -> workspace entry holding its result
         views: dict[tuple[Any, ...], str] = {}
@@ -1043,8 +1054,9 @@ class Program:
             if op[0] is None:
                 k = op[1]
                 left, right = use(k.left), use(k.right)
-                lines.append(f"    s{k.out} = {_lone_source(k, left, right, const)}")
+                lines.append(f"    s{k.out} = {_lone_source(k, left, right, const, shapes)}")
                 names[k.out] = f"s{k.out}"
+                shapes[f"s{k.out}"] = tuple(k.out_shape)
                 continue
             kernels, a_source, b_source, kernel_fn, keep, need_parts = op
             if self._inline_small(g, op, lines, buffers if workspace else None, ws_entry,
@@ -1077,6 +1089,7 @@ class Program:
                 for i, k in enumerate(kernels):
                     lines.append(f"    s{k.out} = p{g}[{i}].reshape({k.out_shape})")
                     names[k.out] = f"s{k.out}"
+                    shapes[f"s{k.out}"] = tuple(k.out_shape)
         result = names.get(self.result_slot) if self.groups else use(0)
         if self.final_merged is not None:
             merged, perm, shape = self.final_merged
