@@ -166,6 +166,33 @@ def test_cli_train_then_eval(spec_file: Path, tmp_path: Path,
     assert "digits test (359 examples): loss" in capsys.readouterr().out
 
 
+def test_cli_eval_of_a_run_directory_uses_its_split(spec_file: Path, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """``tngraph eval RUN``: the run's spec, weights, data and seed (another seed is another
+    split: its test examples would partly be the run's training examples)."""
+    run = tmp_path / "run"
+    result = train(spec_file, run_dir=run, echo=None, epochs=1, seed=3)
+    assert main(["eval", str(run)]) == 0
+    out = capsys.readouterr().out
+    test = result.test
+    assert f"loss {test['loss']:.4f}  accuracy {test['accuracy']:.4f}" in out
+    assert str(run / MODEL_FILE) in out
+    assert main(["eval", str(run), "--split", "val"]) == 0
+    last = result.history[-1]
+    assert f"loss {last.val_loss:.4f}  accuracy {last.val_metric:.4f}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("target", "message"), [
+    ("spec", "which weights? give --checkpoint RUN/model.safetensors, or the run directory"),
+    ("folder", "is a folder without spec.yaml"),
+])
+def test_cli_eval_needs_weights(spec_file: Path, tmp_path: Path, target: str, message: str,
+                                capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["eval", str(spec_file if target == "spec" else tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
 @CUDA
 def test_cli_train_then_eval_on_cuda(spec_file: Path, tmp_path: Path,
                                      capsys: pytest.CaptureFixture[str]) -> None:

@@ -14,6 +14,7 @@ models/mps.yaml: ok (mps, mps: 10 nodes, 9 edges, 0 inputs, 272 parameters)
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import traceback
 from collections.abc import Sequence
@@ -117,11 +118,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_flags(p)
 
     p = sub.add_parser("eval", help="test metrics of a trained checkpoint")
-    _add_common(p)
-    p.add_argument("--checkpoint", required=True, help="model.safetensors of a run")
-    p.add_argument("--data", help="dataset (default: the spec's train.data)")
+    p.add_argument("spec", metavar="RUN|SPEC",
+                   help="a run directory (its spec.yaml, model.safetensors, data and seed), or "
+                        "a spec file with --checkpoint")
+    p.add_argument("--set", dest="overrides", action="append", default=[],
+                   metavar="KEY=VALUE", help="override a parameter of a spec file")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.add_argument("--checkpoint", help="model.safetensors of a run (default with a run "
+                                        "directory: its own)")
+    p.add_argument("--data", help="dataset (default: the run's, else the spec's train.data)")
     p.add_argument("--split", choices=["train", "val", "test"], default="test")
-    p.add_argument("--seed", type=int, help="seed of the dataset split (default: the spec's)")
+    p.add_argument("--seed", type=int, help="seed of the dataset split (default: the run's, "
+                                            "else the spec's)")
     p.add_argument("--device", help="cpu, cuda, cuda:N, mps (default: the spec's train.device)")
 
     p = sub.add_parser("tensorize", help="replace dense linear layers of a trained pipeline "
@@ -300,18 +308,38 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from tngraph.compiler import compile as compile_spec
     from tngraph.data import load_dataset
     from tngraph.spec import load_spec
-    from tngraph.train import check_fit, evaluate, load_weights, resolve_device
+    from tngraph.train import (
+        MODEL_FILE,
+        TrainingError,
+        check_fit,
+        evaluate,
+        load_weights,
+        resolve_device,
+    )
 
-    spec = load_spec(Path(args.spec), _overrides(args.overrides))
-    device = resolve_device(args.device or spec.train.device)
-    seed = spec.train.seed if args.seed is None else args.seed
-    dataset = load_dataset(args.data or spec.train.data, seed=seed)
+    path, checkpoint = Path(args.spec), args.checkpoint
+    recorded: dict[str, Any] = {}          # a run's own training options: data, seed, device
+    if path.is_dir():
+        if not (path / "spec.yaml").is_file():
+            raise TrainingError(f"{path} is a folder without spec.yaml; give a run directory "
+                                "written by tngraph train, or a spec file with --checkpoint")
+        config = path / "config.json"
+        recorded = json.loads(config.read_text()).get("train", {}) if config.is_file() else {}
+        checkpoint = checkpoint or str(path / MODEL_FILE)
+        path = path / "spec.yaml"
+    elif checkpoint is None:
+        raise TrainingError("which weights? give --checkpoint RUN/model.safetensors, or the run "
+                            "directory itself instead of the spec")
+    spec = load_spec(path, _overrides(args.overrides))
+    device = resolve_device(args.device or recorded.get("device") or spec.train.device)
+    seed = args.seed if args.seed is not None else recorded.get("seed", spec.train.seed)
+    dataset = load_dataset(args.data or recorded.get("data") or spec.train.data, seed=seed)
     module = compile_spec(spec)
     check_fit(module, dataset)
-    load_weights(module, args.checkpoint)
+    load_weights(module, checkpoint)
     module = module.to(device)
     metrics = evaluate(module, dataset, args.split)
-    print(f"{args.checkpoint}: {dataset.name} {args.split} ({dataset.sizes[args.split]} "
+    print(f"{checkpoint}: {dataset.name} {args.split} ({dataset.sizes[args.split]} "
           "examples): " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
     return EXIT_OK
 
