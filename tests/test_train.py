@@ -180,6 +180,9 @@ def test_cli_eval_of_a_run_directory_uses_its_split(spec_file: Path, tmp_path: P
     assert main(["eval", str(run), "--split", "val"]) == 0
     last = result.history[-1]
     assert f"loss {last.val_loss:.4f}  accuracy {last.val_metric:.4f}" in capsys.readouterr().out
+    # a spec file with the run's checkpoint: the split is still the run's
+    assert main(["eval", str(spec_file), "--checkpoint", str(run / MODEL_FILE)]) == 0
+    assert f"loss {test['loss']:.4f}  accuracy {test['accuracy']:.4f}" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(("target", "message"), [

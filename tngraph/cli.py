@@ -126,7 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     p.add_argument("--checkpoint", help="model.safetensors of a run (default with a run "
                                         "directory: its own)")
-    p.add_argument("--data", help="dataset (default: the run's, else the spec's train.data)")
+    p.add_argument("--data", help="dataset (default: that of the run the weights come from, "
+                                  "else the spec's train.data)")
     p.add_argument("--split", choices=["train", "val", "test"], default="test")
     p.add_argument("--seed", type=int, help="seed of the dataset split (default: the run's, "
                                             "else the spec's)")
@@ -318,18 +319,23 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     )
 
     path, checkpoint = Path(args.spec), args.checkpoint
-    recorded: dict[str, Any] = {}          # a run's own training options: data, seed, device
     if path.is_dir():
         if not (path / "spec.yaml").is_file():
             raise TrainingError(f"{path} is a folder without spec.yaml; give a run directory "
                                 "written by tngraph train, or a spec file with --checkpoint")
-        config = path / "config.json"
-        recorded = json.loads(config.read_text()).get("train", {}) if config.is_file() else {}
         checkpoint = checkpoint or str(path / MODEL_FILE)
         path = path / "spec.yaml"
     elif checkpoint is None:
         raise TrainingError("which weights? give --checkpoint RUN/model.safetensors, or the run "
                             "directory itself instead of the spec")
+    # the training options of the run the weights come from (data, seed: its split; device)
+    config = Path(checkpoint).parent / "config.json"
+    recorded: dict[str, Any] = {}
+    if config.is_file():
+        try:
+            recorded = json.loads(config.read_text()).get("train", {})
+        except (ValueError, AttributeError):
+            recorded = {}                  # not a run's config: the spec's defaults
     spec = load_spec(path, _overrides(args.overrides))
     device = resolve_device(args.device or recorded.get("device") or spec.train.device)
     seed = args.seed if args.seed is not None else recorded.get("seed", spec.train.seed)
