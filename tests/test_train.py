@@ -109,6 +109,19 @@ def test_resume_continues_exactly(spec_file: Path, tmp_path: Path, model: str,
         torch.testing.assert_close(_weights(tmp_path / "split")[key], value)
 
 
+@pytest.mark.parametrize(("change", "message"), [
+    ({"seed": 5}, "was trained with seed 0; a resumed run keeps its seed"),
+    ({"data": "digits?val_fraction=0.2"}, "was trained with data 'digits'"),
+])
+def test_resume_keeps_the_data_split(spec_file: Path, tmp_path: Path, change: dict,
+                                     message: str) -> None:
+    run = tmp_path / "run"
+    train(spec_file, run_dir=run, echo=None, epochs=1)
+    with pytest.raises(TrainingError, match=message):
+        train(resume=run, echo=None, epochs=2, **change)
+    assert [h.epoch for h in train(resume=run, echo=None, epochs=2, seed=0).history] == [1, 2]
+
+
 def test_diverging_loss_stops_and_keeps_the_last_good_checkpoint(spec_file: Path,
                                                                  tmp_path: Path) -> None:
     run = tmp_path / "run"

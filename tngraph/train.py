@@ -779,6 +779,13 @@ def train(source: str | Path | Spec | None = None,
             raise TrainingError(f"{run} is a {config['objective'].get('kind', 'special')} run; "
                                 f"resume it with tngraph distill --resume {run}")
         train_options = _options(config["train"], options)
+        for key in ("data", "seed"):       # they make the split: the test set would change
+            was, now = config["train"].get(key), getattr(train_options, key)
+            if was is not None and now != was:
+                raise TrainingError(f"{run} was trained with {key} {was!r}; a resumed run keeps "
+                                    f"its {key} (another one changes the data split, so test "
+                                    f"examples would be trained on); drop --{key} {now}, or "
+                                    "start a new run with --init RUN/model.safetensors")
         spec = with_plan(spec, plan)
     else:
         if source is None:
