@@ -785,7 +785,7 @@ def train(source: str | Path | Spec | None = None,
                 raise TrainingError(f"{run} was trained with {key} {was!r}; a resumed run keeps "
                                     f"its {key} (another one changes the data split, so test "
                                     f"examples would be trained on); drop --{key} {now}, or "
-                                    "start a new run with --init RUN/model.safetensors")
+                                    "train a new run from the spec")
         spec = with_plan(spec, plan)
     else:
         if source is None:
