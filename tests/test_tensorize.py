@@ -301,6 +301,18 @@ def test_cli_tensorize_then_fine_tune(trained_run: Path, capsys: Capture) -> Non
     assert code == 0 and f"accuracy {metrics['after']:.4f}" in out
 
 
+def test_cli_tensorized_spec_keeps_the_runs_split(tmp_path: Path, capsys: Capture) -> None:
+    """A run trained with --seed 3: the tensorized spec trains (fine-tunes) and tests on the
+    seed-3 split, not the spec's default one (whose test examples the weights partly saw)."""
+    run = tmp_path / "mlp-seed3"
+    assert cli.main(["train", MLP, "--set", "hidden=16", "--epochs", "1", "--seed", "3",
+                     "--out", str(run)]) == 0
+    code, _, err = run_cli(capsys, "tensorize", str(run), "--layers", "fc2", "--rank", "2")
+    assert code == 0, err
+    tensorized = load_spec(tmp_path / "mlp-seed3-tt" / "spec.yaml")
+    assert (tensorized.train.seed, tensorized.train.data) == (3, "digits")
+
+
 def test_cli_spec_file_with_checkpoint(trained_run: Path, capsys: Capture) -> None:
     out_dir = trained_run.parent / "from-spec"
     code, out, err = run_cli(capsys, "tensorize", MLP, "--set", "hidden=16", "--checkpoint",

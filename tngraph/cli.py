@@ -360,6 +360,7 @@ def _cmd_tensorize(args: argparse.Namespace) -> int:
         load_model,
         parse_shape,
         tensorize_spec,
+        with_run_split,
         write_tensorized,
     )
 
@@ -371,6 +372,8 @@ def _cmd_tensorize(args: argparse.Namespace) -> int:
               if in_shape is not None or out_shape is not None else None)
     result = tensorize_spec(model.spec, model.state_dict, names, rank=args.rank, eps=args.eps,
                             shapes=shapes, cores=args.cores)
+    # fine-tuning (train NEW/spec.yaml --init ...) on the split the weights were trained on
+    result = result._replace(spec=with_run_split(result.spec, model.train_config))
     out = check_out_dir(args.out if args.out else default_out_dir(model))
     metrics = None
     if args.data:

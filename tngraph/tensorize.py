@@ -636,6 +636,24 @@ def load_model(model: str | Path, checkpoint: str | Path | None = None,
     return TrainedModel(spec, read_weights(weights), weights, run_dir, config)
 
 
+def with_run_split(spec: Spec, train_config: Mapping[str, Any]) -> Spec:
+    """``spec`` with the dataset and seed of the run its weights were trained in (``config.json``
+    ``train`` block) in its ``train:`` block: fine-tuning then trains and tests on that run's
+    split. (Another seed is another split, whose test examples the weights were partly
+    trained on.)
+
+    Examples
+    --------
+    >>> from tngraph.spec import load_spec
+    >>> with_run_split(load_spec("models/mlp.yaml"), {"seed": 3}).train.seed   # doctest: +SKIP
+    3
+    """
+    changes = {k: train_config[k] for k in ("data", "seed") if k in train_config}
+    if not changes:
+        return spec
+    return spec.model_copy(update={"train": spec.train.model_copy(update=changes)})
+
+
 def default_out_dir(model: TrainedModel) -> Path:
     """``<run>-tt`` beside the run directory (or the checkpoint's folder); ``<name>-tt``
     when the checkpoint lies in the current folder."""
