@@ -311,3 +311,17 @@ def test_init_starts_a_new_run_from_given_weights(spec_file: Path, tmp_path: Pat
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)   # lr ~0: weights kept
     with pytest.raises(TrainingError, match="give one of them"):
         train(spec_file, resume=first.run_dir, init=weights, echo=None)
+
+
+def test_init_from_a_run_keeps_its_split(spec_file: Path, tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """Weights of a seed-3 run on digits start a seed-0 digits run only if the seed says 3:
+    else the new run's test split holds examples the weights were trained on."""
+    weights = train(spec_file, run_dir=tmp_path / "a", echo=None, epochs=1, seed=3).run_dir \
+        / MODEL_FILE
+    assert main(["train", str(spec_file), "--init", str(weights), "--epochs", "1",
+                 "--out", str(tmp_path / "b")]) == 2
+    assert "trained on digits with seed 3" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()
+    assert main(["train", str(spec_file), "--init", str(weights), "--epochs", "1", "--seed",
+                 "3", "--out", str(tmp_path / "c")]) == 0

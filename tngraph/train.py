@@ -702,6 +702,23 @@ def with_plan(spec: Spec, changes: Mapping[str, Any] | None) -> Spec:
     return spec.model_copy(update={"plan": plan})
 
 
+def _check_init_split(init: Path, train_options: TrainOptions) -> None:
+    """Refuse ``--init`` weights from a run on the same dataset with another seed: this run's
+    test split would hold examples those weights were trained on. (Another dataset is a
+    transfer, any seed goes; weights outside a run directory carry no split to check.)"""
+    config = init.parent / "config.json"
+    try:
+        recorded = json.loads(config.read_text()).get("train", {}) if config.is_file() else {}
+    except (ValueError, AttributeError):
+        return
+    if recorded.get("data") == train_options.data and \
+            recorded.get("seed", train_options.seed) != train_options.seed:
+        raise TrainingError(
+            f"--init {init}: those weights were trained on {train_options.data} with seed "
+            f"{recorded['seed']} ({config}); with seed {train_options.seed} this run's test "
+            f"split would hold examples they were trained on; add --seed {recorded['seed']}")
+
+
 def _new_run_dir(name: str) -> Path:
     """``runs/NAME-YYYYmmdd-HHMMSS`` (with ``-2``, ``-3``, ... if taken); in a torchrun launch,
     rank 0's choice on every rank."""
@@ -797,6 +814,8 @@ def train(source: str | Path | Spec | None = None,
         if (run / METRICS_FILE).exists():
             raise TrainingError(f"{run} already holds a run; resume it with --resume {run}, "
                                 "or choose another --out")
+        if init is not None:
+            _check_init_split(Path(init), train_options)
     resolve_device(train_options.device, launch)       # before anything is written
     # Long products of near-identity cores drive some gradients (and Adam's moments) into
     # subnormal floats, which x86 CPUs process a hundred times slower: flush them to zero.
