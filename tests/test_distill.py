@@ -146,9 +146,24 @@ def test_a_teacher_spec_is_trained_first(student_file: Path, tmp_path: Path) -> 
                             .replace("hidden: 256", "hidden: 8")
                             .replace("epochs: 30", "epochs: 1"))
     lines: list[str] = []
-    distill(student_file, teacher_spec, run_dir=tmp_path / "r", echo=lines.append, epochs=1)
+    distill(student_file, teacher_spec, run_dir=tmp_path / "r", echo=lines.append, epochs=1,
+            seed=2)
     assert (tmp_path / "r" / "teacher" / "model.safetensors").is_file()
     assert any("training the teacher" in line for line in lines)
+    # on the student's split: the teacher never trains on the student's test examples
+    teacher_config = json.loads((tmp_path / "r" / "teacher" / "config.json").read_text())
+    assert teacher_config["train"]["seed"] == 2 and teacher_config["dataset"] == "digits"
+
+
+def test_a_teacher_run_on_another_split_is_refused(teacher_run: Path, student_file: Path,
+                                                   tmp_path: Path, capsys) -> None:
+    """The teacher run used seed 0: a seed-1 student would be tested on examples whose labels
+    the teacher was trained on."""
+    assert main(["distill", str(student_file), "--teacher", str(teacher_run), "--seed", "1",
+                 "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "the teacher" in err and "was trained on digits with seed 0" in err
+    assert "add --seed 0" in err and not (tmp_path / "r").exists()
 
 
 LAYERED_STUDENT = """\

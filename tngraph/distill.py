@@ -124,12 +124,14 @@ def check_distiller(named: NamedOptions, doc: Document | None, path: DocPath) ->
 
 
 def load_teacher(teacher: str | Path, *, run_dir: Path, data: str | None = None,
-                 device: str = "cpu", echo: Callable[[str], None] = print) -> tuple[Compiled, Path]:
+                 device: str = "cpu", echo: Callable[[str], None] = print,
+                 seed: int | None = None) -> tuple[Compiled, Path]:
     """The teacher as a frozen module in eval mode, and the run directory it came from.
 
     ``teacher`` is a run directory written by ``tngraph train`` (``spec.yaml`` +
     ``model.safetensors``), or a spec file, which is trained first into ``run_dir/teacher``
-    (on ``data`` when given, else its own ``train.data``).
+    (on ``data`` and with ``seed`` when given -- the student's, so that the teacher never trains
+    on the student's test split -- else its own ``train:`` values).
     """
     from tngraph.compiler import compile as compile_spec
     from tngraph.spec import load_spec
@@ -146,7 +148,8 @@ def load_teacher(teacher: str | Path, *, run_dir: Path, data: str | None = None,
         if not (teacher_run / MODEL_FILE).is_file() or not (teacher_run / "summary.json").is_file():
             echo(f"training the teacher {path} into {teacher_run}")
             train(path, run_dir=teacher_run, echo=echo, device=device,
-                  **({"data": data} if data else {}))
+                  **({"data": data} if data else {}), **({"seed": seed} if seed is not None
+                                                         else {}))
     else:
         raise DistillError(f"teacher {path} does not exist; give a run directory written by "
                            "tngraph train, or a spec file to train first")
@@ -232,10 +235,17 @@ def distill(student: str | Path | Spec | None = None, teacher: str | Path | None
     # each torchrun process on the GPU of its LOCAL_RANK; checked before anything is written
     device = str(resolve_device(options.get("device") or (
         spec.train.device if spec is not None else config["train"].get("device", "cpu")), launch))
+    # the student's split: a teacher trained on its test examples would leak their labels
+    defaults = spec.train.model_dump() if spec is not None else config["train"]
+    data = options.get("data") or defaults.get("data", "digits")
+    seed = options["seed"] if options.get("seed") is not None else defaults.get("seed", 0)
+    if Path(teacher).is_dir():
+        from tngraph.train import check_split
+
+        check_split(Path(teacher), data, seed, f"the teacher {teacher}")
     run.mkdir(parents=True, exist_ok=True)
-    data = options.get("data")
     teacher_module, teacher_run = load_teacher(
-        teacher, run_dir=run, data=data, device=device,
+        teacher, run_dir=run, data=data, device=device, seed=seed,
         echo=say if launch.main else (lambda _line: None))
 
     from tngraph.train import Objective

@@ -702,21 +702,27 @@ def with_plan(spec: Spec, changes: Mapping[str, Any] | None) -> Spec:
     return spec.model_copy(update={"plan": plan})
 
 
-def _check_init_split(init: Path, train_options: TrainOptions) -> None:
-    """Refuse ``--init`` weights from a run on the same dataset with another seed: this run's
-    test split would hold examples those weights were trained on. (Another dataset is a
-    transfer, any seed goes; weights outside a run directory carry no split to check.)"""
-    config = init.parent / "config.json"
+def check_split(run_dir: Path, data: str, seed: int, what: str) -> None:
+    """Refuse a model trained in ``run_dir`` (its ``config.json``) on the same dataset as this
+    run but with another seed: this run's test split would hold examples that model was trained
+    on. (Another dataset is a transfer, any seed goes; a folder that is not a run has nothing
+    to check.)
+
+    Raises
+    ------
+    TrainingError
+        Naming the ``--seed`` that keeps the split.
+    """
+    config = run_dir / "config.json"
     try:
         recorded = json.loads(config.read_text()).get("train", {}) if config.is_file() else {}
     except (ValueError, AttributeError):
         return
-    if recorded.get("data") == train_options.data and \
-            recorded.get("seed", train_options.seed) != train_options.seed:
+    if recorded.get("data") == data and recorded.get("seed", seed) != seed:
         raise TrainingError(
-            f"--init {init}: those weights were trained on {train_options.data} with seed "
-            f"{recorded['seed']} ({config}); with seed {train_options.seed} this run's test "
-            f"split would hold examples they were trained on; add --seed {recorded['seed']}")
+            f"{what} was trained on {data} with seed {recorded['seed']} ({config}); with seed "
+            f"{seed} this run's test split would hold examples it was trained on; add --seed "
+            f"{recorded['seed']}")
 
 
 def _new_run_dir(name: str) -> Path:
@@ -815,7 +821,8 @@ def train(source: str | Path | Spec | None = None,
             raise TrainingError(f"{run} already holds a run; resume it with --resume {run}, "
                                 "or choose another --out")
         if init is not None:
-            _check_init_split(Path(init), train_options)
+            check_split(Path(init).parent, train_options.data, train_options.seed,
+                        f"--init {init}")
     resolve_device(train_options.device, launch)       # before anything is written
     # Long products of near-identity cores drive some gradients (and Adam's moments) into
     # subnormal floats, which x86 CPUs process a hundred times slower: flush them to zero.
