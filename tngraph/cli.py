@@ -14,7 +14,6 @@ models/mps.yaml: ok (mps, mps: 10 nodes, 9 edges, 0 inputs, 272 parameters)
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import traceback
 from collections.abc import Sequence
@@ -316,6 +315,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         evaluate,
         load_weights,
         resolve_device,
+        run_train_config,
     )
 
     path, checkpoint = Path(args.spec), args.checkpoint
@@ -329,13 +329,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         raise TrainingError("which weights? give --checkpoint RUN/model.safetensors, or the run "
                             "directory itself instead of the spec")
     # the training options of the run the weights come from (data, seed: its split; device)
-    config = Path(checkpoint).parent / "config.json"
-    recorded: dict[str, Any] = {}
-    if config.is_file():
-        try:
-            recorded = json.loads(config.read_text()).get("train", {})
-        except (ValueError, AttributeError):
-            recorded = {}                  # not a run's config: the spec's defaults
+    recorded = run_train_config(Path(checkpoint).parent)
     spec = load_spec(path, _overrides(args.overrides))
     device = resolve_device(args.device or recorded.get("device") or spec.train.device)
     seed = args.seed if args.seed is not None else recorded.get("seed", spec.train.seed)

@@ -232,13 +232,12 @@ def distill(student: str | Path | Spec | None = None, teacher: str | Path | None
     from tngraph.train import current_launch, resolve_device
 
     launch = current_launch()
-    # each torchrun process on the GPU of its LOCAL_RANK; checked before anything is written
-    device = str(resolve_device(options.get("device") or (
-        spec.train.device if spec is not None else config["train"].get("device", "cpu")), launch))
-    # the student's split: a teacher trained on its test examples would leak their labels
     defaults = spec.train.model_dump() if spec is not None else config["train"]
-    data = options.get("data") or defaults.get("data", "digits")
-    seed = options["seed"] if options.get("seed") is not None else defaults.get("seed", 0)
+    # each torchrun process on the GPU of its LOCAL_RANK; checked before anything is written
+    device = str(resolve_device(options.get("device") or defaults["device"], launch))
+    # the student's split: a teacher trained on its test examples would leak their labels
+    data = options.get("data") or defaults["data"]
+    seed = options["seed"] if options.get("seed") is not None else defaults["seed"]
     if Path(teacher).is_dir():
         from tngraph.train import check_split
 

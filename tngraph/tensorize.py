@@ -603,6 +603,7 @@ def load_model(model: str | Path, checkpoint: str | Path | None = None,
     ``--set`` values for a spec file.
     """
     from tngraph.spec import load_spec
+    from tngraph.train import run_train_config
 
     path = Path(model)
     run_dir: Path | None = None
@@ -618,12 +619,7 @@ def load_model(model: str | Path, checkpoint: str | Path | None = None,
                                  "file with --checkpoint FILE")
         spec = load_spec(spec_file, overrides)
         run_dir = path
-        config_file = path / "config.json"
-        if config_file.is_file():
-            try:
-                config = dict(json.loads(config_file.read_text()).get("train") or {})
-            except (ValueError, AttributeError):
-                config = {}
+        config = run_train_config(path)
     elif path.is_file():
         if checkpoint is None:
             raise TensorizeError(f"{path} is a spec file; its trained weights are needed too",

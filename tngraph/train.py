@@ -695,11 +695,23 @@ def with_plan(spec: Spec, changes: Mapping[str, Any] | None) -> Spec:
         plan = PlanOptions.model_validate({**spec.plan.model_dump(), **changes})
     except ValidationError as exc:
         raise TrainingError(f"invalid plan option: {validation_message(exc)}") from None
-    problems = check_plan_options(spec.model_copy(update={"plan": plan}))
+    planned = spec.model_copy(update={"plan": plan})
+    problems = check_plan_options(planned)
     if problems:
         raise TrainingError("; ".join(p.message + (f" ({p.hint})" if p.hint else "")
                                       for p in problems))
-    return spec.model_copy(update={"plan": plan})
+    return planned
+
+
+def run_train_config(run_dir: Path) -> dict[str, Any]:
+    """The training options a run recorded (``config.json``'s ``train`` block: dataset, seed,
+    device, ...); empty for a folder that holds no run, or an unreadable file."""
+    config = run_dir / "config.json"
+    try:
+        return dict(json.loads(config.read_text()).get("train") or {}) if config.is_file() \
+            else {}
+    except (ValueError, AttributeError, TypeError):
+        return {}
 
 
 def check_split(run_dir: Path, data: str, seed: int, what: str) -> None:
@@ -713,14 +725,11 @@ def check_split(run_dir: Path, data: str, seed: int, what: str) -> None:
     TrainingError
         Naming the ``--seed`` that keeps the split.
     """
-    config = run_dir / "config.json"
-    try:
-        recorded = json.loads(config.read_text()).get("train", {}) if config.is_file() else {}
-    except (ValueError, AttributeError):
-        return
+    recorded = run_train_config(run_dir)
     if recorded.get("data") == data and recorded.get("seed", seed) != seed:
         raise TrainingError(
-            f"{what} was trained on {data} with seed {recorded['seed']} ({config}); with seed "
+            f"{what} was trained on {data} with seed {recorded['seed']} "
+            f"({run_dir / 'config.json'}); with seed "
             f"{seed} this run's test split would hold examples it was trained on; add --seed "
             f"{recorded['seed']}")
 
@@ -823,25 +832,24 @@ def train(source: str | Path | Spec | None = None,
         if init is not None:
             check_split(Path(init).parent, train_options.data, train_options.seed,
                         f"--init {init}")
-    resolve_device(train_options.device, launch)       # before anything is written
+    device = resolve_device(train_options.device, launch)   # before anything is written
     # Long products of near-identity cores drive some gradients (and Adam's moments) into
     # subnormal floats, which x86 CPUs process a hundred times slower: flush them to zero.
     flushed = torch.set_flush_denormal(True)
     try:
-        return _run(spec, train_options, run, resume is not None, echo, init, objective,
-                    launch, cache_dir)
+        return _run(spec, train_options, device, run, resume is not None, echo, init,
+                    objective, launch, cache_dir)
     finally:
         if flushed:
             torch.set_flush_denormal(False)
 
 
-def _run(spec: Spec, train_options: TrainOptions, run: Path, resuming: bool,
-         echo: Callable[[str], None] | None, init: str | Path | None = None,
+def _run(spec: Spec, train_options: TrainOptions, device: torch.device, run: Path,
+         resuming: bool, echo: Callable[[str], None] | None, init: str | Path | None = None,
          objective: Objective | None = None, launch: Launch = Launch(),
          cache_dir: str | Path | None = None) -> TrainResult:
     torch.manual_seed(train_options.seed)
     dataset = load_dataset(train_options.data, seed=train_options.seed)
-    device = resolve_device(train_options.device, launch)
     world = launch.world_size
     if launch.distributed:
         if device.type == "cuda":
