@@ -5,10 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from pydantic import BaseModel
 
 from tngraph.errors import PluginError, SpecError
-from tngraph.plugins import Registry
 from tngraph.spec import Spec, load_spec
 from tngraph.templates import (
     TEMPLATES,
@@ -240,26 +238,6 @@ def test_registered_template_is_usable(scratch_templates: None) -> None:
 
 def test_scratch_registration_did_not_leak() -> None:
     assert "star" not in list_templates()
-
-
-class _Thing(BaseModel):
-    n: int = 0
-
-
-def test_registry_rules() -> None:
-    reg: Registry[_Thing] = Registry("widget", "tngraph.no_such_group",
-                                     lambda: {"knob": _Thing(n=1)})
-    reg.register("dial", _Thing(n=2))
-    assert reg.list() == ["dial", "knob"]
-    assert list(reg) == ["dial", "knob"]
-    assert reg.get("knob").n == 1
-    with pytest.raises(PluginError, match="widget 'dial' is already registered"):
-        reg.register("dial", _Thing())
-    with pytest.raises(PluginError, match="not an identifier"):
-        reg.register("my-dial", _Thing())
-    with pytest.raises(PluginError, match=r"unknown widget 'knbo'; did you mean 'knob'\?"):
-        reg.get("knbo")
-    assert [i.distribution for i in reg.info()] == ["<runtime>", "tngraph"]
 
 
 @pytest.mark.parametrize(("feature_map", "init"), [

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from tngraph.errors import CompileError, PlanError, PluginError, SpecError, TNGraphError
 from tngraph.spec import Spec, load_spec
+from tngraph.yamlio import dump_yaml
 
 __version__ = "0.1.0"
 
@@ -46,8 +47,6 @@ def compile(source: Any, overrides: Any = None,  # noqa: A001
 
 def expand(source: Any, overrides: Any = None) -> str:
     """The canonical raw YAML of a spec (templates expanded, parameters substituted)."""
-    from tngraph.yamlio import dump_yaml
-
     spec = source if isinstance(source, Spec) else load_spec(source, overrides)
     return dump_yaml(spec.to_raw())
 

@@ -393,7 +393,7 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from tngraph.plugins import registries
+    from tngraph.kinds import registries
 
     table = Table(box=box.SIMPLE)
     for col in ("name", "kind", "distribution", "version", "status"):

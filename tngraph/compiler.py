@@ -28,11 +28,17 @@ from torch import nn
 
 from tngraph.errors import CompileError, PlanError
 from tngraph.executor import build_program, weights_key
-from tngraph.featuremaps import get_feature_map
 from tngraph.graph import EinsumProblem, parameter_count
-from tngraph.initializers import get_initializer
+from tngraph.kinds import NETWORK, get_feature_map, get_initializer, get_layer
+from tngraph.layer_modules import FeatureMapLayer, Permute, Reshape
+from tngraph.layers import summarize_layers
 from tngraph.plan import Plan, equation, make_plan, plan_spec
-from tngraph.spec import ParamValue, Spec, load_spec
+from tngraph.report import format_pipeline_report, format_report
+from tngraph.schema import ParamValue, Spec
+from tngraph.spec import load_spec
+
+__all__ = ["Compiled", "FeatureMapLayer", "Permute", "Pipeline", "Reshape", "TNModule",
+           "compile", "compile_pipeline", "synchronize"]
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16,
            "bfloat16": torch.bfloat16}
@@ -294,8 +300,6 @@ class TNModule(nn.Module):
     # -- information -------------------------------------------------------------------------
     def report(self, fmt: str = "text") -> str:
         """The cost report (see :func:`tngraph.report.format_report`)."""
-        from tngraph.report import format_report
-
         return format_report(self.plan, self.spec, fmt=fmt)
 
     def dense(self) -> torch.Tensor:
@@ -317,50 +321,6 @@ class TNModule(nn.Module):
     def extra_repr(self) -> str:
         return (f"name={self.spec.name!r}, nodes={len(self.spec.network.nodes)}, "
                 f"params={parameter_count(self.spec):,}, flops={self.plan.flops:.3g}")
-
-
-class Reshape(nn.Module):
-    """Reshape every example to ``shape`` (the batch axis stays)."""
-
-    def __init__(self, shape: tuple[int, ...]):
-        super().__init__()
-        self.shape = tuple(shape)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.reshape(x.shape[0], *self.shape)
-
-    def extra_repr(self) -> str:
-        return f"shape={self.shape}"
-
-
-class Permute(nn.Module):
-    """Permute the axes of every example (the batch axis stays first)."""
-
-    def __init__(self, dims: tuple[int, ...]):
-        super().__init__()
-        self.dims = tuple(dims)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.permute(0, *(d + 1 for d in self.dims))
-
-    def extra_repr(self) -> str:
-        return f"dims={self.dims}"
-
-
-class FeatureMapLayer(nn.Module):
-    """A local feature map as a layer: every entry ``x`` becomes the vector ``phi(x)``,
-    ``(batch, *shape) -> (batch, *shape, dim)``."""
-
-    def __init__(self, feature_map: Any, options: Mapping[str, Any]):
-        super().__init__()
-        self.feature_map = feature_map
-        self.options = dict(options)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.feature_map.apply(x, self.options)
-
-    def extra_repr(self) -> str:
-        return f"{self.feature_map.name}, options={self.options}"
 
 
 class Pipeline(nn.Module):
@@ -419,8 +379,6 @@ class Pipeline(nn.Module):
 
     def report(self, fmt: str = "text") -> str:
         """The pipeline's cost report (see :func:`tngraph.report.format_pipeline_report`)."""
-        from tngraph.report import format_pipeline_report
-
         plans = {name: m.plan for name, m in self.networks().items()}
         return format_pipeline_report(self.spec, plans, fmt=fmt)
 
@@ -456,8 +414,6 @@ def compile_pipeline(spec: Spec, *, cache_dir: str | Path | None = None, seed: i
     Parameters are those of :func:`compile`; layer ``k`` is initialised from ``seed + k``
     (without touching torch's global random state).
     """
-    from tngraph.layers import NETWORK, get_layer, summarize_layers
-
     assert spec.layers is not None
     base = seed if seed is not None else 0
     modules: dict[str, nn.Module] = {}
@@ -524,8 +480,6 @@ def compile(source: str | Path | Spec, overrides: Mapping[str, ParamValue] | Non
                                 **plan_options)
     plan = plan_spec(spec, cache_dir=cache_dir, path=path, **plan_options)
     if plan.over_limit:
-        from tngraph.report import format_report
-
         raise PlanError("; ".join(plan.over_limit)
                         + " (raise it with --memory-limit / plan.memory_limit, or shrink the "
                         "network)", report=format_report(plan, spec))

@@ -46,7 +46,7 @@ import gzip
 import math
 import struct
 import zlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -54,7 +54,14 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from tngraph.errors import TNGraphError, did_you_mean
-from tngraph.plugins import Registry
+from tngraph.kinds import DATASETS, DataRequest, DataSource, list_datasets, register_dataset
+
+__all__ = [
+    "CSV", "DATASETS", "DEFAULT_DATASET", "DIGITS", "FASHION_MNIST", "MNIST", "SPLITS",
+    "SYNTHETIC_REGRESSION", "TASKS", "DataError", "DataRequest", "DataSource", "DataSpec",
+    "Dataset", "get_dataset", "list_datasets", "load_dataset", "make_dataset",
+    "parse_dataset_spec", "read_idx", "register_dataset", "split_indices",
+]
 
 if TYPE_CHECKING:
     import torch
@@ -212,36 +219,6 @@ class DataSpec:
     options: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class DataRequest:
-    """What a data source is asked to load: its path, options and the split settings."""
-
-    name: str
-    path: Path | None
-    options: Mapping[str, Any]
-    seed: int = 0
-    val_fraction: float = 0.1
-    test_fraction: float = 0.2
-
-
-@dataclass(frozen=True)
-class DataSource:
-    """A named way to load a :class:`Dataset` (an entry of the ``dataset`` registry).
-
-    ``load(request)`` returns the dataset; ``path`` says whether the spec must (``required``),
-    may (``optional``) or must not (``none``) name a path; ``options`` lists the option names
-    ``load`` reads (others are refused before it is called).
-    """
-
-    name: str
-    load: Callable[[DataRequest], Dataset]
-    path: Literal["required", "optional", "none"] = "none"
-    options: tuple[str, ...] = ()
-    description: str = ""
-    #: shown with a missing path, e.g. ``a folder with the four MNIST IDX files``
-    path_help: str = "a path"
-
-
 def _option_value(text: str) -> Any:
     lowered = text.strip().lower()
     if lowered in ("true", "false"):
@@ -290,26 +267,6 @@ def parse_dataset_spec(spec: str) -> DataSpec:
     return DataSpec(name, path.strip() if colon else None, options)
 
 
-def _builtins() -> dict[str, DataSource]:
-    return {d.name: d for d in (DIGITS, MNIST, FASHION_MNIST, CSV, SYNTHETIC_REGRESSION)}
-
-
-DATASETS: Registry[DataSource] = Registry("dataset", "tngraph.datasets", _builtins,
-                                          expects=DataSource)
-
-
-def register_dataset(source: DataSource, **kwargs: Any) -> None:
-    """Register a data source under ``source.name`` (an identifier; ``replace=True`` overrides).
-
-    Examples
-    --------
-    >>> def load_xor(request):                                     # doctest: +SKIP
-    ...     ...                                                    # build and return a Dataset
-    >>> register_dataset(DataSource("xor", load_xor))              # doctest: +SKIP
-    """
-    DATASETS.register(source.name, source, **kwargs)
-
-
 def _registered_name(name: str) -> str | None:
     for candidate in (name, name.replace("-", "_")):
         if candidate in DATASETS:
@@ -327,11 +284,6 @@ def get_dataset(name: str) -> DataSource:
         raise DataError(f"unknown dataset '{name}'; "
                         f"{did_you_mean(name.replace('-', '_'), DATASETS.list())}")
     return DATASETS.get(key)
-
-
-def list_datasets() -> list[str]:
-    """Names of all registered data sources."""
-    return DATASETS.list()
 
 
 def _check_fraction(name: str, value: Any) -> float:

@@ -14,8 +14,9 @@ registered *distillation strategy*:
 
 The teacher is a finished run directory (``spec.yaml`` + ``model.safetensors``) or a spec file,
 which is trained first (into ``RUN/teacher``). Strategies register through the
-``tngraph.distillers`` entry-point group (built-ins in ``plugins/tngraph_plugins``). This module
-does not import torch at import time; the functions that run do.
+``tngraph.distillers`` entry-point group (built-ins in ``plugins/tngraph_plugins``); the
+strategy record and the registry are defined in :mod:`tngraph.kinds`, and a spec's
+``distill.strategy`` is checked there, without this module.
 
 Examples
 --------
@@ -28,95 +29,46 @@ True
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from pydantic import BaseModel
+import torch
 
-from tngraph.errors import PluginError, Problem, TNGraphError
-from tngraph.plugins import Registry
+from tngraph.compiler import Compiled
+from tngraph.compiler import compile as compile_spec
+from tngraph.errors import TNGraphError
+from tngraph.kinds import (
+    DISTILLERS,
+    DistillStrategy,
+    get_distiller,
+    list_distillers,
+    register_distiller,
+)
+from tngraph.schema import NamedOptions, ParamValue, Spec
+from tngraph.spec import load_spec
+from tngraph.train import (
+    MODEL_FILE,
+    Objective,
+    TrainResult,
+    _new_run_dir,
+    check_split,
+    current_launch,
+    load_weights,
+    resolve_device,
+    train,
+)
+from tngraph.validate import check_distiller
 
-if TYPE_CHECKING:
-    import torch
-
-    from tngraph.compiler import Compiled
-    from tngraph.spec import NamedOptions, ParamValue, Spec
-    from tngraph.train import Objective, TrainResult
-    from tngraph.yamlio import DocPath, Document
+__all__ = [
+    "DISTILLERS", "DistillError", "DistillStrategy", "check_distiller", "distill",
+    "get_distiller", "list_distillers", "load_teacher", "register_distiller", "teacher_outputs",
+]
 
 
 class DistillError(TNGraphError):
     """A distillation cannot start (teacher missing or incompatible, bad layer names, ...)."""
-
-
-@dataclass(frozen=True)
-class DistillStrategy:
-    """A registered distillation strategy.
-
-    Attributes
-    ----------
-    name
-        Registered name (``distill.strategy`` / ``--strategy``).
-    description
-        One line for listings.
-    options
-        Pydantic model of its options (``extra="forbid"``, defaults for all or required keys).
-    objective
-        ``objective(student, teacher, options) -> tngraph.train.Objective``: the loss of one
-        mini-batch and an optional preparation phase.
-    """
-
-    name: str
-    description: str
-    options: type[BaseModel]
-    objective: Callable[[Any, Any, Any], Objective]
-
-
-def _builtins() -> dict[str, DistillStrategy]:
-    try:
-        from tngraph_plugins.distillers import BUILTIN_DISTILLERS
-    except ImportError:   # pragma: no cover - a source tree without plugins/ on the path
-        return {}
-    return {s.name: s for s in BUILTIN_DISTILLERS}
-
-
-DISTILLERS: Registry[DistillStrategy] = Registry("distiller", "tngraph.distillers", _builtins,
-                                                  expects=DistillStrategy)
-
-
-def register_distiller(strategy: DistillStrategy, **kwargs: Any) -> None:
-    """Register ``strategy`` under ``strategy.name`` (a second registration is refused)."""
-    DISTILLERS.register(strategy.name, strategy, **kwargs)
-
-
-def get_distiller(name: str) -> DistillStrategy:
-    """The strategy called ``name``; unknown names list the valid ones."""
-    strategy = DISTILLERS.get(name)
-    if not isinstance(strategy, DistillStrategy):
-        raise PluginError(f"distiller plugin '{name}' is not a DistillStrategy "
-                          f"(got {type(strategy).__name__})")
-    return strategy
-
-
-def list_distillers() -> list[str]:
-    """Names of the working distillation strategies."""
-    return DISTILLERS.list()
-
-
-def check_distiller(named: NamedOptions, doc: Document | None, path: DocPath) -> list[Problem]:
-    """Problems of a ``distill.strategy`` entry (unknown name, bad options), located in ``doc``.
-
-    Examples
-    --------
-    >>> from tngraph.spec import NamedOptions
-    >>> [p.message for p in check_distiller(NamedOptions(name="respons"), None, ())]
-    ["unknown distiller 'respons'; did you mean 'response'? valid: layer, response"]
-    """
-    from tngraph.spec import check_named
-
-    return check_named(named, get_distiller, "distiller", doc, path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -133,10 +85,6 @@ def load_teacher(teacher: str | Path, *, run_dir: Path, data: str | None = None,
     (on ``data`` and with ``seed`` when given -- the student's, so that the teacher never trains
     on the student's test split -- else its own ``train:`` values).
     """
-    from tngraph.compiler import compile as compile_spec
-    from tngraph.spec import load_spec
-    from tngraph.train import MODEL_FILE, load_weights, train
-
     path = Path(teacher)
     if path.is_dir():
         if not (path / "spec.yaml").is_file() or not (path / MODEL_FILE).is_file():
@@ -164,8 +112,6 @@ def load_teacher(teacher: str | Path, *, run_dir: Path, data: str | None = None,
 
 def teacher_outputs(teacher: Compiled, x: torch.Tensor) -> torch.Tensor:
     """The teacher's outputs for a batch, ``(batch, -1)``, without gradients."""
-    import torch
-
     with torch.no_grad():
         out = teacher(x)
     return out.reshape(out.shape[0], -1)
@@ -197,9 +143,6 @@ def distill(student: str | Path | Spec | None = None, teacher: str | Path | None
     run_dir, resume, echo, **options
         As for :func:`tngraph.train.train`.
     """
-    from tngraph.spec import NamedOptions, Spec, load_spec
-    from tngraph.train import _new_run_dir, train
-
     say = echo or (lambda _line: None)
     if resume is not None:
         run = Path(resume)
@@ -229,8 +172,6 @@ def distill(student: str | Path | Spec | None = None, teacher: str | Path | None
         raise DistillError("; ".join(p.message for p in problems))
     chosen = get_distiller(named.name)
     strategy_options = chosen.options.model_validate(named.options)
-    from tngraph.train import current_launch, resolve_device
-
     launch = current_launch()
     defaults = spec.train.model_dump() if spec is not None else config["train"]
     # each torchrun process on the GPU of its LOCAL_RANK; checked before anything is written
@@ -239,15 +180,11 @@ def distill(student: str | Path | Spec | None = None, teacher: str | Path | None
     data = options.get("data") or defaults["data"]
     seed = options["seed"] if options.get("seed") is not None else defaults["seed"]
     if Path(teacher).is_dir():
-        from tngraph.train import check_split
-
         check_split(Path(teacher), data, seed, f"the teacher {teacher}")
     run.mkdir(parents=True, exist_ok=True)
     teacher_module, teacher_run = load_teacher(
         teacher, run_dir=run, data=data, device=device, seed=seed,
         echo=say if launch.main else (lambda _line: None))
-
-    from tngraph.train import Objective
 
     # the student module is built inside the run: the strategy's objective is made from it there
     bound: dict[str, Objective] = {}
@@ -273,10 +210,6 @@ def distill(student: str | Path | Spec | None = None, teacher: str | Path | None
 
 
 def _check_outputs(student: Any, teacher: Any, dataset: Any) -> None:
-    import math
-
-    import torch
-
     x, _ = dataset.split("val")
     probe = x[:2].to(next(teacher.parameters()).device)
     with torch.no_grad():

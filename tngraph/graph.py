@@ -25,8 +25,7 @@ from dataclasses import dataclass
 
 import networkx as nx
 
-from tngraph.spec import LEG_REF_RE, Spec
-from tngraph.validate import leg_table
+from tngraph.schema import LEG_REF_RE, Spec, leg_table
 
 BATCH = "batch"
 

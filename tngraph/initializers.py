@@ -21,12 +21,20 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from tngraph.plugins import Registry
+from tngraph.errors import PluginError
+from tngraph.kinds import (
+    INITIALIZERS,
+    Initializer,
+    get_initializer,
+    list_initializers,
+    register_initializer,
+)
 
-Initializer = Callable[[Sequence[int], Sequence[str], Mapping[str, Any], Any], Any]
+__all__ = ["INITIALIZERS", "Initializer", "get_initializer", "identity", "list_initializers",
+           "normal", "ones", "register_initializer", "rotation_generator", "uniform", "zeros"]
 
 
 def _default_std(shape: Sequence[int]) -> float:
@@ -91,7 +99,6 @@ def _rotation_core(shape: Sequence[int], legs: Sequence[str], leg: str, sign: An
     """The noise-free core of ``identity`` with ``rotation: leg`` (see there)."""
     import torch
 
-    from tngraph.errors import PluginError
 
     if sign not in (1, -1) or isinstance(sign, bool):
         raise PluginError(f"initializer 'identity': sign must be 1 or -1, got {sign!r}")
@@ -179,7 +186,6 @@ def identity(shape: Sequence[int], legs: Sequence[str], options: Mapping[str, An
     """
     import torch
 
-    from tngraph.errors import PluginError
 
     std = float(options.get("std", 1e-2))
     tensor = torch.randn(tuple(shape), generator=generator, dtype=torch.float64) * std
@@ -223,26 +229,3 @@ uniform.options = ("a",)                # type: ignore[attr-defined]
 zeros.options = ()                      # type: ignore[attr-defined]
 ones.options = ()                       # type: ignore[attr-defined]
 identity.options = ("std", "spread", "rotation", "sign")   # type: ignore[attr-defined]
-
-
-def _builtins() -> dict[str, Initializer]:
-    return {"normal": normal, "uniform": uniform, "zeros": zeros, "ones": ones,
-            "identity": identity}
-
-
-INITIALIZERS: Registry[Initializer] = Registry("initializer", "tngraph.initializers", _builtins)
-
-
-def register_initializer(name: str, fn: Initializer, **kwargs: Any) -> None:
-    """Register ``fn`` as the initialiser ``name``."""
-    INITIALIZERS.register(name, fn, **kwargs)
-
-
-def get_initializer(name: str) -> Initializer:
-    """The initialiser called ``name`` (PluginError listing valid names if unknown)."""
-    return INITIALIZERS.get(name)
-
-
-def list_initializers() -> list[str]:
-    """Names of all registered initialisers."""
-    return INITIALIZERS.list()

@@ -14,9 +14,11 @@ A spec can chain layers instead of declaring one network::
 Every layer type is a :class:`LayerType`: a pydantic model of its options, a pure shape function
 (one example's shape in, out; problems raise :class:`LayerError` and are located in the spec),
 parameter and FLOP counts for the cost report, and a ``build`` that makes the torch module (torch
-is imported only there). ``network`` layers are tensor networks (planned and compiled like a whole
-spec); the others are registered in :data:`LAYERS` (entry-point group ``tngraph.layers``), so a
-plugin can add its own.
+is imported only there; the builds that need tngraph's own modules are deferred references to
+:mod:`tngraph.layer_modules`). ``network`` layers are tensor networks (planned and compiled like a
+whole spec); the others are registered in :data:`~tngraph.kinds.LAYERS` through the entry-point
+group ``tngraph.layers``, the built-ins as well, so a plugin can add its own. This module does not
+import torch.
 
 Examples
 --------
@@ -35,25 +37,30 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from tngraph.errors import PluginError, TNGraphError
-from tngraph.plugins import Registry
+from tngraph.errors import PluginError
+from tngraph.graph import parameter_count
+from tngraph.kinds import (
+    LAYERS,
+    NETWORK,
+    LayerError,
+    LayerType,
+    Shape,
+    get_feature_map,
+    get_layer,
+    list_layers,
+    register_layer,
+)
+from tngraph.registry import Deferred
+from tngraph.schema import NetworkSpec
 
 if TYPE_CHECKING:
     from torch import nn
 
-    from tngraph.spec import NetworkSpec
-
-Shape = tuple[int, ...]
-#: the layer type of tensor networks (handled by the spec loader and the compiler)
-NETWORK = "network"
-
-
-class LayerError(TNGraphError):
-    """A layer cannot take the shape it receives (message and hint are shown at the layer)."""
-
-    def __init__(self, message: str, hint: str | None = None):
-        super().__init__(message)
-        self.hint = hint
+__all__ = [
+    "LAYERS", "NETWORK", "LayerError", "LayerSummary", "LayerType", "NoOptions", "get_layer",
+    "infer_shape", "layer_options", "list_layers", "network_input_size", "network_shape",
+    "register_layer", "summarize_layers",
+]
 
 
 class _Options(BaseModel):
@@ -62,37 +69,6 @@ class _Options(BaseModel):
 
 class NoOptions(_Options):
     """A layer without options."""
-
-
-@dataclass(frozen=True)
-class LayerType:
-    """A registered layer type.
-
-    Attributes
-    ----------
-    name
-        What ``type:`` says in the spec.
-    description
-        One line for listings.
-    options
-        Pydantic model of its options (``extra="forbid"``).
-    shape
-        ``(options, in_shape) -> out_shape`` for one example (no batch axis); raises LayerError.
-    build
-        ``(options, in_shape) -> torch.nn.Module`` acting on batches ``(batch, *in_shape)``.
-    params
-        ``(options, in_shape) -> int`` trainable parameters.
-    flops
-        ``(options, in_shape, out_shape) -> int`` floating-point operations per example.
-    """
-
-    name: str
-    description: str
-    options: type[BaseModel]
-    shape: Callable[[Any, Shape], Shape]
-    build: Callable[[Any, Shape], nn.Module]
-    params: Callable[[Any, Shape], int] = lambda _o, _s: 0
-    flops: Callable[[Any, Shape, Shape], int] = lambda _o, _i, out: math.prod(out)
 
 
 # -- shapes -------------------------------------------------------------------------------------
@@ -280,14 +256,8 @@ LOG_SOFTMAX = LayerType("log_softmax", "log-softmax over one axis", SoftmaxOptio
                         flops=lambda o, s, out: 3 * math.prod(out))
 
 
-def _flatten_build(o: NoOptions, s: Shape) -> nn.Module:
-    from tngraph.compiler import Reshape
-
-    return Reshape((math.prod(s),))
-
-
 FLATTEN = LayerType("flatten", "one axis per example", NoOptions, lambda o, s: (math.prod(s),),
-                    _flatten_build, flops=lambda o, s, out: 0)
+                    Deferred("tngraph.layer_modules:build_flatten"), flops=lambda o, s, out: 0)
 
 
 class ReshapeOptions(_Options):
@@ -296,7 +266,8 @@ class ReshapeOptions(_Options):
     shape: tuple[int, ...]
 
 
-def _reshape_shape(o: ReshapeOptions, s: Shape) -> Shape:
+def reshape_shape(o: ReshapeOptions, s: Shape) -> Shape:
+    """One example's shape after a ``reshape`` layer (its ``-1`` resolved)."""
     size = math.prod(s)
     if any(d == 0 or d < -1 for d in o.shape) or list(o.shape).count(-1) > 1:
         raise LayerError(f"invalid shape {list(o.shape)}",
@@ -313,14 +284,8 @@ def _reshape_shape(o: ReshapeOptions, s: Shape) -> Shape:
     return tuple(o.shape)
 
 
-def _reshape_build(o: ReshapeOptions, s: Shape) -> nn.Module:
-    from tngraph.compiler import Reshape
-
-    return Reshape(_reshape_shape(o, s))
-
-
-RESHAPE = LayerType("reshape", "reshape each example", ReshapeOptions, _reshape_shape,
-                    _reshape_build, flops=lambda o, s, out: 0)
+RESHAPE = LayerType("reshape", "reshape each example", ReshapeOptions, reshape_shape,
+                    Deferred("tngraph.layer_modules:build_reshape"), flops=lambda o, s, out: 0)
 
 
 class PermuteOptions(_Options):
@@ -336,14 +301,9 @@ def _permute_shape(o: PermuteOptions, s: Shape) -> Shape:
     return tuple(s[d] for d in o.dims)
 
 
-def _permute_build(o: PermuteOptions, s: Shape) -> nn.Module:
-    from tngraph.compiler import Permute
-
-    return Permute(o.dims)
-
-
 PERMUTE = LayerType("permute", "permute the axes of each example", PermuteOptions,
-                    _permute_shape, _permute_build, flops=lambda o, s, out: 0)
+                    _permute_shape, Deferred("tngraph.layer_modules:build_permute"),
+                    flops=lambda o, s, out: 0)
 
 
 class FeatureMapOptions(_Options):
@@ -354,9 +314,8 @@ class FeatureMapOptions(_Options):
     map: Any
 
 
-def _feature_map(o: FeatureMapOptions) -> tuple[Any, dict[str, Any]]:
-    from tngraph.featuremaps import get_feature_map
-
+def feature_map_of(o: FeatureMapOptions) -> tuple[Any, dict[str, Any]]:
+    """The feature map a ``feature_map`` layer names, and its options (LayerError if invalid)."""
     value = o.map
     if isinstance(value, str):
         name, options = value, {}
@@ -375,51 +334,19 @@ def _feature_map(o: FeatureMapOptions) -> tuple[Any, dict[str, Any]]:
 
 
 def _fmap_shape(o: FeatureMapOptions, s: Shape) -> Shape:
-    fmap, options = _feature_map(o)
+    fmap, options = feature_map_of(o)
     return (*s, fmap.dim(options))
 
 
-def _fmap_build(o: FeatureMapOptions, s: Shape) -> nn.Module:
-    from tngraph.compiler import FeatureMapLayer
-
-    fmap, options = _feature_map(o)
-    return FeatureMapLayer(fmap, options)
-
-
 FEATURE_MAP = LayerType("feature_map", "local feature map phi(x) of every entry (new last axis)",
-                        FeatureMapOptions, _fmap_shape, _fmap_build)
+                        FeatureMapOptions, _fmap_shape,
+                        Deferred("tngraph.layer_modules:build_feature_map"))
 
 
-def _builtins() -> dict[str, LayerType]:
-    types = [LINEAR, CONV2D, MAXPOOL, AVGPOOL, BATCHNORM, DROPOUT, FLATTEN, RESHAPE, PERMUTE,
-             FEATURE_MAP, SOFTMAX, LOG_SOFTMAX,
-             _activation("relu", "ReLU", "max(x, 0)"),
-             _activation("tanh", "Tanh", "tanh(x)"),
-             _activation("sigmoid", "Sigmoid", "1 / (1 + exp(-x)), into (0, 1)"),
-             _activation("gelu", "GELU", "Gaussian error linear unit")]
-    return {t.name: t for t in types}
-
-
-LAYERS: Registry[LayerType] = Registry("layer", "tngraph.layers", _builtins, expects=LayerType)
-
-
-def register_layer(layer: LayerType, **kwargs: Any) -> None:
-    """Register a layer type under ``layer.name`` (``network`` is reserved)."""
-    if layer.name == NETWORK:
-        raise PluginError("layer type 'network' is reserved for tensor networks")
-    LAYERS.register(layer.name, layer, **kwargs)
-
-
-def get_layer(name: str) -> LayerType:
-    """The layer type called ``name``; unknown names list the valid ones."""
-    if name == NETWORK:
-        raise PluginError("'network' layers are tensor networks, not a registered layer type")
-    return LAYERS.get(name)
-
-
-def list_layers() -> list[str]:
-    """Every layer type a spec may name (``network`` included)."""
-    return sorted([*LAYERS.list(), NETWORK])
+RELU = _activation("relu", "ReLU", "max(x, 0)")
+TANH = _activation("tanh", "Tanh", "tanh(x)")
+SIGMOID = _activation("sigmoid", "Sigmoid", "1 / (1 + exp(-x)), into (0, 1)")
+GELU = _activation("gelu", "GELU", "Gaussian error linear unit")
 
 
 def layer_options(name: str, options: dict[str, Any]) -> BaseModel:
@@ -455,7 +382,6 @@ def network_shape(network: NetworkSpec, in_shape: Shape) -> Shape:
 
     Examples
     --------
-    >>> from tngraph.spec import NetworkSpec
     >>> net = NetworkSpec(nodes={"W": {"legs": {"i": 6, "o": 3}}}, inputs={"x": {"legs": {"i": 6}}},
     ...                   edges=[["x.i", "W.i"]], outputs=["W.o"])
     >>> network_shape(net, (2, 3))
@@ -506,8 +432,6 @@ def summarize_layers(spec: Any) -> list[LayerSummary]:
     >>> [(s.name, s.shape, s.params) for s in summarize_layers(spec)]
     [('linear0', (3,), 21), ('relu1', (3,), 0)]
     """
-    from tngraph.graph import parameter_count
-
     out: list[LayerSummary] = []
     shape: Shape = tuple(spec.input_shape or ())
     for layer in spec.layers or ():

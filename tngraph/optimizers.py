@@ -1,5 +1,6 @@
-"""Optimizer strategies: how one training step updates a network (``adam``, ``sgd``, ``dmrg``,
-``riemannian``, ...), chosen by registered name.
+"""The optimizer toolkit: what steppers share (``TorchStepper``, the parameter buffer, the
+learning-rate schedule), for the strategies that say how one training step updates a network
+(``adam``, ``sgd``, ``dmrg``, ``riemannian``, ...), chosen by registered name.
 
 A strategy is an :class:`OptimizerStrategy`: a name, a pydantic model of its options (validated
 and located in the spec like any other key: ``train.optimizer: {name: dmrg, max_bond: 32}``) and
@@ -11,8 +12,10 @@ A stepper may *replace* the module it trains (``stepper.module``): DMRG sweeps c
 dimensions, so the network is rebuilt with the new shapes.
 
 Strategies register through the ``tngraph.optimizers`` entry-point group; the built-in ones live in
-``plugins/tngraph_plugins`` and register through that same group. This module does not import
-torch (specs are validated without it); steppers do.
+``plugins/tngraph_plugins`` and register through that same group. The strategy record, the
+:class:`Stepper` protocol and the registry are defined in :mod:`tngraph.kinds` (importable from
+here too); a spec's ``train.optimizer`` is checked there, without this module. This module
+imports torch only where a stepper runs.
 
 Examples
 --------
@@ -27,20 +30,32 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
-from tngraph.errors import PluginError, Problem, TNGraphError
-from tngraph.plugins import Registry
+from tngraph.errors import TNGraphError
+from tngraph.kinds import (
+    OPTIMIZERS,
+    OptimizerContext,
+    OptimizerStrategy,
+    Stepper,
+    get_optimizer,
+    list_optimizers,
+    register_optimizer,
+)
+from tngraph.schema import NamedOptions
+from tngraph.validate import check_optimizer
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from tngraph.spec import NamedOptions
-    from tngraph.yamlio import DocPath, Document
+__all__ = [
+    "OPTIMIZERS", "NonFiniteLoss", "OptimizerContext", "OptimizerStrategy", "Stepper",
+    "TorchStepper", "check_optimizer", "get_optimizer", "learning_rate", "list_optimizers",
+    "one_cpu_thread", "optimizer_options", "register_optimizer",
+]
 
 
 class NonFiniteLoss(TNGraphError):
@@ -51,122 +66,9 @@ class NonFiniteLoss(TNGraphError):
         self.value = value
 
 
-class Stepper(Protocol):
-    """One module being trained by one strategy (see the module docstring)."""
-
-    @property
-    def module(self) -> nn.Module:
-        """The network as it is now (a strategy may rebuild it, e.g. with new bond dims)."""
-
-    def step(self, x: torch.Tensor, objective: Callable[[torch.Tensor], torch.Tensor]
-             ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Update from one mini-batch; returns ``(loss, outputs)`` as computed before the update.
-
-        ``objective(outputs) -> loss`` (a scalar). Raises :class:`NonFiniteLoss` without
-        changing anything when the loss is not finite.
-        """
-
-    def set_lr(self, lr: float) -> None:
-        """The learning rate for the coming steps (the training loop's schedule)."""
-
-    def end_epoch(self) -> None:
-        """Called after the last step of each epoch (before evaluation and the checkpoint)."""
-
-    def state_dict(self) -> dict[str, Any]:
-        """Everything needed to continue exactly (moments, sweep position, ...)."""
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`'s result."""
-
-    def describe(self) -> dict[str, Any]:
-        """Short facts for the epoch line and the run summary (JSON-serialisable)."""
-
-
-@dataclass(frozen=True)
-class OptimizerContext:
-    """What the training loop tells a strategy besides its own options."""
-
-    lr: float
-    weight_decay: float = 0.0
-    #: ``classification`` or ``regression``
-    task: str = "classification"
-
-
-@dataclass(frozen=True)
-class OptimizerStrategy:
-    """A registered optimizer strategy.
-
-    Attributes
-    ----------
-    name
-        Registered name (``train.optimizer`` / ``--optimizer``).
-    description
-        One line for ``tngraph plugins list`` and error messages.
-    options
-        Pydantic model of the strategy's options (``extra="forbid"``; defaults for all).
-    create
-        ``create(module, options, context) -> Stepper``.
-    """
-
-    name: str
-    description: str
-    options: type[BaseModel]
-    create: Callable[[Any, Any, OptimizerContext], Stepper]
-
-
-def _builtins() -> dict[str, OptimizerStrategy]:
-    try:
-        from tngraph_plugins.optimizers import BUILTIN_OPTIMIZERS
-    except ImportError:   # pragma: no cover - a source tree without plugins/ on the path
-        return {}
-    return {s.name: s for s in BUILTIN_OPTIMIZERS}
-
-
-OPTIMIZERS: Registry[OptimizerStrategy] = Registry("optimizer", "tngraph.optimizers", _builtins,
-                                                   expects=OptimizerStrategy)
-
-
-def register_optimizer(strategy: OptimizerStrategy, **kwargs: Any) -> None:
-    """Register ``strategy`` under ``strategy.name`` (a second registration is refused).
-
-    Examples
-    --------
-    >>> register_optimizer(my_strategy)            # doctest: +SKIP
-    """
-    OPTIMIZERS.register(strategy.name, strategy, **kwargs)
-
-
-def get_optimizer(name: str) -> OptimizerStrategy:
-    """The strategy called ``name``; unknown names list the valid ones."""
-    strategy = OPTIMIZERS.get(name)
-    if not isinstance(strategy, OptimizerStrategy):
-        raise PluginError(f"optimizer plugin '{name}' is not an OptimizerStrategy "
-                          f"(got {type(strategy).__name__})")
-    return strategy
-
-
-def list_optimizers() -> list[str]:
-    """Names of the working optimizer strategies."""
-    return OPTIMIZERS.list()
-
-
 def optimizer_options(named: NamedOptions) -> BaseModel:
     """Validate ``named``'s options against its strategy (raises PluginError / ValidationError)."""
     return get_optimizer(named.name).options.model_validate(named.options)
-
-
-def check_optimizer(named: NamedOptions, doc: Document | None, path: DocPath) -> list[Problem]:
-    """Problems of a ``train.optimizer`` entry (unknown name, bad options), located in ``doc``.
-
-    Examples
-    --------
-    >>> from tngraph.spec import NamedOptions
-    >>> check_optimizer(NamedOptions(name="adam"), None, ("train", "optimizer"))
-    []
-    """
-    from tngraph.spec import check_named
-
-    return check_named(named, get_optimizer, "optimizer", doc, path)
 
 
 def learning_rate(base: float, epoch: int, epochs: int, schedule: str) -> float:

@@ -44,7 +44,7 @@ from pydantic import ValidationError
 from tngraph.errors import CompileError, PlanError, Problem, SpecError, did_you_mean
 from tngraph.files import atomic_write
 from tngraph.graph import EinsumProblem, einsum_problem, parameter_count
-from tngraph.spec import PlanOptions, Spec
+from tngraph.schema import PlanOptions, Spec
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # "couldn't import kahypar/optuna": optional extras

@@ -26,8 +26,9 @@ import math
 from typing import Any
 
 from tngraph.graph import dense_size, parameter_count
+from tngraph.layers import summarize_layers
 from tngraph.plan import Plan, format_bytes
-from tngraph.spec import Spec
+from tngraph.schema import Spec
 
 FORMATS = ("text", "json")
 
@@ -199,8 +200,6 @@ def pipeline_report_data(spec: Spec, plans: dict[str, Plan]) -> dict[str, Any]:
 
     ``plans`` maps every ``network`` layer's name to its plan.
     """
-    from tngraph.layers import summarize_layers
-
     rows = []
     networks = {}
     for layer in summarize_layers(spec):

@@ -1,12 +1,13 @@
-"""The spec schema (format version 1): parameters, templates, and the raw network form.
+"""Loading a spec: the front door from YAML text (or a file) to a validated :class:`Spec`.
 
-``load_spec`` is the front door::
+``load_spec`` runs every stage::
 
     YAML text -> Document (values + positions) -> ${param} substitution -> template expansion
-              -> pydantic models -> semantic validation (tngraph.validate) -> Spec
+              -> pydantic models (tngraph.schema) -> semantic validation (tngraph.validate) -> Spec
 
 Every template expands into the *raw* form (nodes, edges, inputs, outputs), which is what the rest
-of tngraph sees and what ``tngraph expand`` prints.
+of tngraph sees and what ``tngraph expand`` prints. The models themselves live in
+:mod:`tngraph.schema` and are importable from here too.
 
 Examples
 --------
@@ -28,300 +29,55 @@ Examples
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any
 
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    Strict,
-    ValidationError,
+from pydantic import ValidationError
+
+from tngraph.errors import Problem, SpecError, did_you_mean
+from tngraph.schema import (
+    DEVICE_TYPES,
+    FORMAT_VERSION,
+    IDENTIFIER_RE,
+    LEG_REF_RE,
+    MAX_DIM,
+    Count,
+    Device,
+    Dim,
+    DistillOptions,
+    InputSpec,
+    LayerSpec,
+    Named,
+    NamedOptions,
+    NetworkSpec,
+    NodeSpec,
+    ParamValue,
+    PlanOptions,
+    Spec,
+    TrainOptions,
+    check_device,
+    pydantic_problems,
+    validation_message,
 )
-
-from tngraph.errors import PluginError, Problem, SpecError, did_you_mean
+from tngraph.templates import expand_template
+from tngraph.validate import (
+    check_distiller,
+    check_named,
+    check_optimizer,
+    validate_layers,
+    validate_network,
+)
 from tngraph.yamlio import DocPath, Document, load_document, read_document
 
-FORMAT_VERSION = 1
-#: Largest dimension of a single leg.
-MAX_DIM = 2**31 - 1
-
-Dim = Annotated[int, Strict(), Field(gt=0, le=MAX_DIM)]
-Count = Annotated[int, Strict(), Field(gt=0)]
-ParamValue = int | float | str | bool
+__all__ = [
+    "DEVICE_TYPES", "FORMAT_VERSION", "IDENTIFIER_RE", "LEG_REF_RE", "MAX_DIM", "Count", "Device",
+    "Dim", "DistillOptions", "InputSpec", "LayerSpec", "Named", "NamedOptions", "NetworkSpec",
+    "NodeSpec", "ParamValue", "PlanOptions", "Spec", "TrainOptions", "check_device", "check_named",
+    "load_spec", "parse_override", "pydantic_problems", "validation_message",
+]
 
 _PARAM_RE = re.compile(r"\$\{([^}]*)\}")
-IDENTIFIER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-#: ``node.leg`` or ``port[k].leg`` (a copy of a stacked input)
-LEG_REF_RE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*(?:\[\d+\])?)\.([A-Za-z_][A-Za-z0-9_]*)$")
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class NamedOptions(_Model):
-    """A registered name with its options, written ``name`` or ``{name: ..., opt: ...}``."""
-
-    model_config = ConfigDict(extra="allow", frozen=True)
-    name: str
-
-    @property
-    def options(self) -> dict[str, Any]:
-        return dict(self.model_extra or {})
-
-    def to_data(self) -> str | dict[str, Any]:
-        return self.name if not self.options else {"name": self.name, **self.options}
-
-
-def _named(value: Any) -> Any:
-    return {"name": value} if isinstance(value, str) else value
-
-
-Named = Annotated[NamedOptions, BeforeValidator(_named)]
-
-#: the device kinds a run can train on (``--device``; ``cuda:N`` picks a GPU)
-DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")
-DEVICE_RE = re.compile(rf"^({'|'.join(DEVICE_TYPES)})(:\d+)?$")
-
-
-def check_device(value: Any) -> Any:
-    """``value`` if it names a device kind of :data:`DEVICE_TYPES` (availability is checked
-    when a run starts), else ValueError."""
-    if isinstance(value, str) and not DEVICE_RE.match(value):
-        raise ValueError(f"unknown device {value!r}: expected one of {', '.join(DEVICE_TYPES)}, "
-                         "optionally with an index (cuda:1)")
-    return value
-
-
-Device = Annotated[str, AfterValidator(check_device)]
-
-
-class NodeSpec(_Model):
-    """A tensor of the network: its legs (name -> dimension, in axis order) and initialiser."""
-
-    legs: dict[str, Dim]
-    init: Named | None = None
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return tuple(self.legs.values())
-
-
-class InputSpec(_Model):
-    """A data port: a tensor fed at call time, with a leading batch axis.
-
-    With ``stack: N`` the port is N independent copies (``x[0]`` ... ``x[N-1]``), fed together by
-    one tensor of shape ``(batch, N, *legs)``: a product state, as in an MPS classifier. With a
-    ``feature_map`` the port takes raw values (``(batch,)`` or ``(batch, N)``) and maps each
-    value to a vector of the single leg's dimension.
-    """
-
-    legs: dict[str, Dim]
-    stack: Count | None = None
-    feature_map: Named | None = None
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return tuple(self.legs.values())
-
-    def copies(self, name: str) -> list[str]:
-        """Graph-node names of this port: ``[name]`` or ``[name[0], ..., name[N-1]]``."""
-        if self.stack is None:
-            return [name]
-        return [f"{name}[{k}]" for k in range(self.stack)]
-
-
-class NetworkSpec(_Model):
-    """The raw network: what every template expands into."""
-
-    nodes: dict[str, NodeSpec]
-    edges: list[tuple[str, str]] = []
-    inputs: dict[str, InputSpec] = {}
-    outputs: list[str] = []
-    bias: bool = False
-    flatten_outputs: bool = False
-
-
-class LayerSpec(_Model):
-    """One layer of a pipeline (``layers:``): its type, name and options.
-
-    ``network`` layers carry a tensor network (raw form; ``template`` keeps the call as
-    written); other types keep their options (validated by :mod:`tngraph.layers`) in
-    :attr:`options`.
-    """
-
-    model_config = ConfigDict(extra="allow", frozen=True)
-    type: str
-    #: unique in the spec; default ``<type><position>`` (``conv2d0``, ``relu1``, ...)
-    name: str = ""
-    network: NetworkSpec | None = None
-    template: dict[str, Any] | None = None
-
-    @property
-    def options(self) -> dict[str, Any]:
-        return dict(self.model_extra or {})
-
-
-Optimize = str
-
-
-class PlanOptions(_Model):
-    """How to search for a contraction order (the spec's ``plan:`` block).
-
-    ``optimize`` is ``auto`` (exact for small networks, cotengra's HyperOptimizer otherwise),
-    ``hyper``, ``greedy``, ``optimal``, or any other cotengra / opt_einsum path optimizer name.
-    """
-
-    optimize: Optimize = "auto"
-    max_repeats: Count = 128
-    max_time: float | None = Field(default=30.0, gt=0)
-    minimize: Literal["flops", "size", "write", "combo"] = "flops"
-    batch_size: Count = 256
-    memory_limit: int | str = "4GiB"
-    dtype: Literal["float32", "float64", "float16", "bfloat16"] = "float32"
-    cache: bool = True
-    seed: int | None = 0
-    #: how a network with one data port runs: ``network`` (the planned steps), ``dense``
-    #: (contract the parameters into one weight, then one matmul with the data), or ``auto``
-    #: (time both at the first call of each batch size and keep the faster)
-    strategy: Literal["auto", "network", "dense"] = "auto"
-    #: which contraction path the ``network`` strategy runs: ``min-flops`` (the lowest-FLOP
-    #: path found), ``fused`` (the path of the search over tensors with their data ports folded
-    #: in, before local refinement: every port enters right after its tensor, so repeated
-    #: structure runs as few, large kernels), or ``auto`` (``fused`` when it costs at most
-    #: :data:`tngraph.plan.FUSED_TOLERANCE` times the lowest FLOPs, else ``min-flops``)
-    run_path: Literal["auto", "min-flops", "fused"] = "auto"
-
-
-class TrainOptions(_Model):
-    """Defaults of ``tngraph train`` (the spec's ``train:`` block); CLI flags override them."""
-
-    data: str = "digits"
-    epochs: Count = 20
-    batch_size: Count = 64
-    lr: float = Field(default=5e-3, gt=0)
-    #: a registered optimizer strategy (``tngraph plugins list``), ``name`` or
-    #: ``{name: ..., option: value}``: ``adam``, ``sgd``, ``dmrg``, ``riemannian``, ...
-    optimizer: Named = NamedOptions(name="adam")
-    #: learning rate over the run: ``cosine`` decays it to 0 by the last epoch
-    schedule: Literal["cosine", "constant"] = "cosine"
-    weight_decay: float = Field(default=0.0, ge=0)
-    seed: int = 0
-    #: ``cpu``, ``cuda`` (``cuda:N``), ``mps`` or ``xpu``; checked for availability when a run
-    #: starts (:func:`tngraph.train.resolve_device`)
-    device: Device = "cpu"
-
-
-class DistillOptions(_Model):
-    """Defaults of ``tngraph distill`` for this spec as the student (the ``distill:`` block)."""
-
-    #: a teacher run directory, or a spec file that is trained first (relative to the working
-    #: directory); ``--teacher`` overrides it
-    teacher: str | None = None
-    #: a registered distillation strategy, ``response`` or ``{name: layer, ...}``
-    strategy: Named = NamedOptions(name="response")
-
-
-class Spec(_Model):
-    """A loaded, substituted, expanded and validated spec."""
-
-    tngraph: Literal[1]
-    name: str
-    description: str = ""
-    params: dict[str, ParamValue] = {}
-    #: a single tensor network; ``None`` in a pipeline spec (then ``layers`` is set)
-    network: NetworkSpec | None = None
-    #: one example's shape as the data provides it (pipeline specs)
-    input_shape: tuple[Count, ...] | None = None
-    #: a pipeline of layers (feature maps, tensor networks, torch layers) instead of ``network``
-    layers: tuple[LayerSpec, ...] | None = None
-    plan: PlanOptions = PlanOptions()
-    train: TrainOptions = TrainOptions()
-    distill: DistillOptions = DistillOptions()
-    #: ``None`` for a raw network; else the template call as written (after substitution)
-    template: dict[str, Any] | None = None
-    #: where the spec came from, for error locations (not part of the model's equality)
-    source: Any = Field(default=None, exclude=True, repr=False)
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Spec):
-            return NotImplemented
-        return all(getattr(self, k) == getattr(other, k)
-                   for k in type(self).model_fields if k != "source")
-
-    __hash__ = None  # type: ignore[assignment]  # holds dicts
-
-    @property
-    def is_pipeline(self) -> bool:
-        """True for a ``layers:`` spec, False for a single ``network:``."""
-        return self.layers is not None
-
-    def network_spec(self, layer: str) -> Spec:
-        """A ``network`` layer of a pipeline as a spec of its own (named ``SPEC.LAYER``), with
-        this spec's plan and train options: what the planner and compiler take."""
-        for item in self.layers or ():
-            if item.name == layer and item.network is not None:
-                return Spec(tngraph=FORMAT_VERSION, name=f"{self.name}.{layer}",
-                            network=item.network, plan=self.plan, train=self.train,
-                            template=item.template, source=self.source)
-        valid = [i.name for i in self.layers or () if i.network is not None]
-        raise KeyError(f"no network layer '{layer}'; network layers: {', '.join(valid)}")
-
-    def to_raw(self) -> dict[str, Any]:
-        """The canonical raw form: no params, no template, all values written out."""
-        out: dict[str, Any] = {"tngraph": FORMAT_VERSION, "name": self.name}
-        if self.description:
-            out["description"] = self.description
-        if self.layers is not None:
-            out["input_shape"] = list(self.input_shape or ())
-            out["layers"] = [
-                {"type": item.type, "name": item.name,
-                 **({"network": _network_raw(item.network)} if item.network is not None
-                    else {}), **item.options}
-                for item in self.layers]
-        else:
-            assert self.network is not None
-            out["network"] = _network_raw(self.network)
-        plan = self.plan.model_dump(exclude_defaults=True)
-        if plan:
-            out["plan"] = plan
-        train = self.train.model_dump(exclude_defaults=True)
-        if train:
-            out["train"] = train
-        distill = self.distill.model_dump(exclude_defaults=True)
-        if distill:
-            out["distill"] = distill
-        return out
-
-
-def _network_raw(net: NetworkSpec) -> dict[str, Any]:
-    """The raw mapping of one network (what ``tngraph expand`` prints under ``network:``)."""
-    network: dict[str, Any] = {"nodes": {}}
-    for name, node in net.nodes.items():
-        entry: dict[str, Any] = {"legs": dict(node.legs)}
-        if node.init is not None:
-            entry["init"] = node.init.to_data()
-        network["nodes"][name] = entry
-    if net.inputs:
-        network["inputs"] = {}
-        for name, port in net.inputs.items():
-            entry = {"legs": dict(port.legs)}
-            if port.stack is not None:
-                entry["stack"] = port.stack
-            if port.feature_map is not None:
-                entry["feature_map"] = port.feature_map.to_data()
-            network["inputs"][name] = entry
-    network["edges"] = [list(e) for e in net.edges]
-    network["outputs"] = list(net.outputs)
-    if net.bias:
-        network["bias"] = True
-    if net.flatten_outputs:
-        network["flatten_outputs"] = True
-    return network
 
 
 # ---------------------------------------------------------------------------------------------
@@ -380,119 +136,6 @@ def _substitute(value: Any, params: Mapping[str, ParamValue], path: DocPath,
 # pydantic errors -> located problems
 
 
-def _model_fields(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
-    """Field names of the (nested) model that ``loc`` points into, for did-you-mean hints."""
-    current: Any = model
-    for part in loc:
-        fields = getattr(current, "model_fields", None)
-        if fields is None:
-            return []
-        if part in fields:
-            annotation = fields[part].annotation
-            args = getattr(annotation, "__args__", ()) or ()
-            nested = [a for a in (annotation, *args)
-                      if isinstance(a, type) and issubclass(a, BaseModel)]
-            dict_values = [a for a in args if isinstance(a, type) and issubclass(a, BaseModel)]
-            current = nested[0] if nested else (dict_values[0] if dict_values else None)
-        # a dict key (node name): stay on the value model
-    fields = getattr(current, "model_fields", None)
-    return list(fields) if fields else []
-
-
-def validation_message(exc: ValidationError, model: type[BaseModel] | None = None) -> str:
-    """A pydantic error as one line, ``key: what is wrong, got VALUE; ...`` (for values that
-    come from flags, where no spec location exists); with ``model``, an unknown key comes with
-    the valid ones.
-
-    Examples
-    --------
-    >>> try:
-    ...     TrainOptions(epochs=0)
-    ... except ValidationError as exc:
-    ...     print(validation_message(exc))
-    epochs: Input should be greater than 0, got 0
-    """
-    parts = []
-    for err in exc.errors():
-        where = ".".join(map(str, err["loc"]))
-        if err["type"] == "value_error":          # a validator's own message names the value
-            parts.append(f"{where}: {err['ctx']['error']}")
-        elif err["type"] == "extra_forbidden" and model is not None:
-            key = str(err["loc"][-1])
-            parts.append(f"unknown option '{key}'; "
-                         + did_you_mean(key, _model_fields(model, err["loc"][:-1])))
-        else:
-            parts.append(f"{where}: {err['msg']}, got {err.get('input')!r}")
-    return "; ".join(parts)
-
-
-def check_named(named: NamedOptions, get: Callable[[str], Any], kind: str,
-                doc: Document | None, path: DocPath) -> list[Problem]:
-    """Problems of a registered name with options (``train.optimizer``, ``distill.strategy``):
-    an unknown name (``get`` raises PluginError, listing the valid ones), or options that the
-    entry's ``options`` model refuses; located in ``doc`` where there is one, else one line
-    (the value came from a flag)."""
-    name_path = (*path, "name") if named.options else path
-    try:
-        entry = get(named.name)
-    except PluginError as exc:
-        return [Problem(str(exc), doc.locate(name_path) if doc is not None else None)]
-    try:
-        entry.options.model_validate(named.options)
-    except ValidationError as exc:
-        if doc is None:
-            return [Problem(f"{kind} '{named.name}': {validation_message(exc, entry.options)}",
-                            None)]
-        return pydantic_problems(exc, entry.options, doc, path,
-                                 what=f"options of {kind} '{named.name}'")
-    return []
-
-
-def pydantic_problems(exc: ValidationError, model: type[BaseModel], doc: Document,
-                      prefix: DocPath = (), what: str = "") -> list[Problem]:
-    """Turn a pydantic ValidationError into located :class:`Problem` objects."""
-    problems = []
-    for err in exc.errors():
-        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function")))
-        kind = err["type"]
-        dotted = ".".join(str(p) for p in (*prefix, *loc))
-        if kind == "extra_forbidden":
-            key = str(loc[-1])
-            valid = _model_fields(model, loc[:-1])
-            where = ".".join(str(p) for p in (*prefix, *loc[:-1])) or what or "the spec"
-            problems.append(Problem(f"unknown key '{key}' in {where}",
-                                    doc.locate(prefix + loc, key=True), did_you_mean(key, valid)))
-        elif kind == "missing" and isinstance(loc[-1], int):   # a too short pair (an edge)
-            where = ".".join(str(p) for p in (*prefix, *loc[:-1]))
-            problems.append(Problem(f"{where}: an edge joins exactly two legs",
-                                    doc.locate(prefix + loc[:-1]),
-                                    "write it as [NODE.LEG, NODE.LEG], e.g. [A.r, B.l]"))
-        elif kind == "missing":
-            where = ".".join(str(p) for p in (*prefix, *loc[:-1])) or "the spec"
-            if what:
-                where = f"{where} ({what})"
-            problems.append(Problem(f"missing required key '{loc[-1]}' in {where}",
-                                    doc.locate(prefix + loc[:-1])))
-        elif kind == "literal_error" and loc == ("tngraph",):
-            problems.append(Problem(
-                f"unsupported format version {err.get('input')!r}", doc.locate(prefix + loc),
-                f"this tngraph reads format version {FORMAT_VERSION}: write 'tngraph: 1'"))
-        elif kind == "value_error":         # a validator's own message names the value
-            problems.append(Problem(f"{dotted}: {err['ctx']['error']}", doc.locate(prefix + loc)))
-        else:
-            value = err.get("input")
-            shown = repr(value) if not isinstance(value, (dict, list)) else type(value).__name__
-            message = err["msg"]
-            hint = None
-            if loc and loc[-1] != "legs" and "legs" in loc and kind in (
-                    "greater_than", "int_type", "less_than_equal"):
-                message = f"dimension of leg must be a positive integer (up to {MAX_DIM})"
-                hint = "dimensions are whole numbers such as 2 or ${bond_dim}"
-            problems.append(Problem(f"{dotted}: {message}, got {shown}",
-                                    doc.locate(prefix + loc), hint))
-    return problems
-
-
 # ---------------------------------------------------------------------------------------------
 # loading
 
@@ -518,8 +161,6 @@ _TOP_KEYS = ("tngraph", "name", "description", "params", "network", "input_shape
 
 def _expand_layers(data: Any, doc: Document, problems: list[Problem]) -> Any:
     """Layers as mappings with a default name, ``network`` templates expanded in place."""
-    from tngraph.templates import expand_template
-
     if not isinstance(data, list) or not data:
         problems.append(Problem("'layers' must be a non-empty list of layers",
                                 doc.locate(("layers",)),
@@ -568,10 +209,6 @@ def load_spec(source: str | Path | Document,
     --------
     >>> spec = load_spec("models/mps.yaml", {"bond_dim": 4})   # doctest: +SKIP
     """
-    from tngraph.optimizers import check_optimizer
-    from tngraph.templates import expand_template
-    from tngraph.validate import validate_layers, validate_network
-
     doc = _source_document(source)
     data = doc.data
     problems: list[Problem] = []
@@ -672,8 +309,6 @@ def load_spec(source: str | Path | Document,
         problems += validate_network(spec.network, doc, fixed_path=where)
     problems += check_optimizer(spec.train.optimizer, doc, ("train", "optimizer"))
     if "distill" in body:
-        from tngraph.distill import check_distiller
-
         problems += check_distiller(spec.distill.strategy, doc, ("distill", "strategy"))
     if problems:
         raise SpecError(problems)

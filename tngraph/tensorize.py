@@ -39,6 +39,7 @@ from typing import Any, NamedTuple
 
 import torch
 
+from tngraph.compiler import compile as compile_spec
 from tngraph.decompose import (
     DecompositionError,
     max_ranks,
@@ -46,7 +47,14 @@ from tngraph.decompose import (
     tt_matrix_to_dense,
     tt_ranks,
 )
-from tngraph.spec import Spec
+from tngraph.files import atomic_write
+from tngraph.layers import summarize_layers
+from tngraph.plan import plan_spec
+from tngraph.report import pipeline_report_data
+from tngraph.schema import Spec
+from tngraph.spec import load_spec
+from tngraph.train import check_fit, evaluate, run_train_config, save_weights
+from tngraph.yamlio import dump_yaml
 
 #: number of cores of an automatically chosen factorisation (fewer when both sizes have fewer
 #: prime factors)
@@ -228,8 +236,6 @@ def linear_layers(spec: Spec) -> list[str]:
 
 def _input_shapes(spec: Spec) -> dict[str, tuple[int, ...]]:
     """One example's input shape of every layer of a pipeline."""
-    from tngraph.layers import summarize_layers
-
     shape = tuple(spec.input_shape or ())
     shapes: dict[str, tuple[int, ...]] = {}
     for layer in summarize_layers(spec):
@@ -387,8 +393,6 @@ def spec_yaml(spec: Spec) -> str:
     network layers made from a template are written as the template call (shorter, and it
     expands to the same network). What ``spec.yaml`` of a tensorized model holds.
     """
-    from tngraph.yamlio import dump_yaml
-
     raw = spec.to_raw()
     for entry, layer in zip(raw.get("layers") or [], spec.layers or ()):
         if layer.network is not None and layer.template is not None:
@@ -453,9 +457,6 @@ def tensorize_spec(spec: Spec, state_dict: Mapping[str, torch.Tensor], layers: S
     ((2, 2, 2, 2), (2, 2, 2, 2), True)
     """
     import yaml
-
-    from tngraph.spec import load_spec
-    from tngraph.yamlio import dump_yaml
 
     _check_rank_eps(rank, eps)
     names = _check_layers(spec, layers)
@@ -554,9 +555,6 @@ def tensorize_spec(spec: Spec, state_dict: Mapping[str, torch.Tensor], layers: S
 
 def _costs(spec: Spec, cache_dir: str | Path | None) -> dict[str, float]:
     """FLOPs per example of every layer, as the pipeline cost report counts them."""
-    from tngraph.plan import plan_spec
-    from tngraph.report import pipeline_report_data
-
     plans = {layer.name: plan_spec(spec.network_spec(layer.name), cache_dir=cache_dir)
              for layer in spec.layers or () if layer.network is not None}
     data = pipeline_report_data(spec, plans)
@@ -602,9 +600,6 @@ def load_model(model: str | Path, checkpoint: str | Path | None = None,
     ``checkpoint`` also overrides a run directory's ``model.safetensors``; ``overrides`` are
     ``--set`` values for a spec file.
     """
-    from tngraph.spec import load_spec
-    from tngraph.train import run_train_config
-
     path = Path(model)
     run_dir: Path | None = None
     config: dict[str, Any] = {}
@@ -663,9 +658,6 @@ def evaluate_state(spec: Spec, state_dict: Mapping[str, torch.Tensor], dataset: 
                    split: str = "test") -> dict[str, float]:
     """Compile ``spec``, load ``state_dict`` (every key, exact shapes) and return
     :func:`tngraph.train.evaluate` on ``split``: loss and accuracy, or MSE and R²."""
-    from tngraph.compiler import compile as compile_spec
-    from tngraph.train import check_fit, evaluate
-
     module = compile_spec(spec)
     check_fit(module, dataset)
     _load_exact(module, state_dict)
@@ -705,10 +697,6 @@ def write_tensorized(result: Tensorized | tuple[Spec, Mapping[str, torch.Tensor]
     """Write ``spec.yaml``, ``model.safetensors`` (spec in its metadata, as
     :func:`tngraph.train.save_weights` writes it) and ``tensorize.json`` (the rows and
     ``metrics``) into ``out_dir``; refuses a folder that already holds a model."""
-    from tngraph.compiler import compile as compile_spec
-    from tngraph.files import atomic_write
-    from tngraph.train import save_weights
-
     spec, state_dict, rows = result
     out = check_out_dir(out_dir)
     module = compile_spec(spec)

@@ -12,22 +12,37 @@ feature maps and initialisers are registered names with valid options.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
+
+from pydantic import ValidationError
 
 from tngraph.errors import Location, PluginError, Problem, did_you_mean
-from tngraph.featuremaps import get_feature_map
-from tngraph.initializers import get_initializer, list_initializers
-from tngraph.spec import IDENTIFIER_RE, LEG_REF_RE, NetworkSpec, Spec
+from tngraph.kinds import (
+    NETWORK,
+    LayerError,
+    get_distiller,
+    get_feature_map,
+    get_initializer,
+    get_layer,
+    get_optimizer,
+    list_initializers,
+    list_layers,
+)
+from tngraph.layers import network_shape
+from tngraph.schema import (
+    IDENTIFIER_RE,
+    LEG_REF_RE,
+    NamedOptions,
+    NetworkSpec,
+    Spec,
+    leg_table,
+    pydantic_problems,
+    validation_message,
+)
 from tngraph.yamlio import DocPath, Document
 
-
-def leg_table(network: NetworkSpec) -> dict[str, dict[str, int]]:
-    """Graph-node name -> {leg: dim} for tensors and (every copy of) data ports."""
-    table: dict[str, dict[str, int]] = {name: dict(node.legs) for name, node in
-                                        network.nodes.items()}
-    for name, port in network.inputs.items():
-        for copy in port.copies(name):
-            table[copy] = dict(port.legs)
-    return table
+__all__ = ["check_distiller", "check_named", "check_optimizer", "leg_table", "validate_layers",
+           "validate_network"]
 
 
 def validate_network(network: NetworkSpec, doc: Document | None = None,
@@ -49,7 +64,6 @@ def validate_network(network: NetworkSpec, doc: Document | None = None,
 
     Examples
     --------
-    >>> from tngraph.spec import NetworkSpec
     >>> net = NetworkSpec(nodes={"A": {"legs": {"i": 2}}}, outputs=[])
     >>> [p.message for p in validate_network(net)]
     ['leg A.i is not joined by an edge and not listed in outputs']
@@ -206,11 +220,6 @@ def validate_layers(spec: Spec, doc: Document | None = None) -> list[Problem]:
     ...           "layers: [{type: linear, out_features: 3}, relu]\\n").layers[1].name
     'relu1'
     """
-    from pydantic import ValidationError
-
-    from tngraph.layers import NETWORK, LayerError, get_layer, list_layers, network_shape
-    from tngraph.spec import pydantic_problems
-
     problems: list[Problem] = []
 
     def at(path: DocPath, key: bool = False) -> Location | None:
@@ -275,3 +284,54 @@ def validate_layers(spec: Spec, doc: Document | None = None) -> list[Problem]:
                 problems.append(Problem(f"{label}: {exc}", at(path), exc.hint))
                 shape = None
     return problems
+
+
+# ---------------------------------------------------------------------------------------------
+# registered strategies: ``train.optimizer`` and ``distill.strategy``
+
+
+def check_named(named: NamedOptions, get: Callable[[str], Any], kind: str,
+                doc: Document | None, path: DocPath) -> list[Problem]:
+    """Problems of a registered name with options (``train.optimizer``, ``distill.strategy``):
+    an unknown name (``get`` raises PluginError, listing the valid ones), or options that the
+    entry's ``options`` model refuses; located in ``doc`` where there is one, else one line
+    (the value came from a flag)."""
+    name_path = (*path, "name") if named.options else path
+    try:
+        entry = get(named.name)
+    except PluginError as exc:
+        return [Problem(str(exc), doc.locate(name_path) if doc is not None else None)]
+    try:
+        entry.options.model_validate(named.options)
+    except ValidationError as exc:
+        if doc is None:
+            return [Problem(f"{kind} '{named.name}': {validation_message(exc, entry.options)}",
+                            None)]
+        return pydantic_problems(exc, entry.options, doc, path,
+                                 what=f"options of {kind} '{named.name}'")
+    return []
+
+
+def check_optimizer(named: NamedOptions, doc: Document | None, path: DocPath) -> list[Problem]:
+    """Problems of a ``train.optimizer`` entry (unknown name, bad options), located in ``doc``.
+
+    The options are checked against the registered declaration's model: the strategy's
+    implementation (and torch) is not imported.
+
+    Examples
+    --------
+    >>> check_optimizer(NamedOptions(name="adam"), None, ("train", "optimizer"))
+    []
+    """
+    return check_named(named, get_optimizer, "optimizer", doc, path)
+
+
+def check_distiller(named: NamedOptions, doc: Document | None, path: DocPath) -> list[Problem]:
+    """Problems of a ``distill.strategy`` entry (unknown name, bad options), located in ``doc``.
+
+    Examples
+    --------
+    >>> [p.message for p in check_distiller(NamedOptions(name="respons"), None, ())]
+    ["unknown distiller 'respons'; did you mean 'response'? valid: layer, response"]
+    """
+    return check_named(named, get_distiller, "distiller", doc, path)

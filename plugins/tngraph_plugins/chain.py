@@ -34,13 +34,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from tngraph.compiler import compile as compile_spec
 from tngraph.errors import TNGraphError
+from tngraph.spec import load_spec
+from tngraph.yamlio import dump_yaml
 
 if TYPE_CHECKING:
     from torch import Tensor
 
     from tngraph.compiler import TNModule
-    from tngraph.spec import Spec
+    from tngraph.schema import Spec
 
 __all__ = ["Chain", "ChainError", "ChainSite", "find_chain", "rebuild"]
 
@@ -163,9 +166,6 @@ class Chain:
 
         The result is loaded and validated like any spec; it has no template and no params.
         """
-        from tngraph.spec import load_spec
-        from tngraph.yamlio import dump_yaml
-
         dims = [int(b) for b in bond_dims]
         if len(dims) != len(self.sites) - 1 or any(b < 1 for b in dims):
             raise ChainError(f"resize needs {len(self.sites) - 1} bond dimensions >= 1, got "
@@ -277,8 +277,6 @@ def rebuild(module: TNModule, spec: Spec, tensors: Mapping[str, Tensor]) -> TNMo
     True
     """
     import torch
-
-    from tngraph.compiler import compile as compile_spec
 
     ref = next(iter(module.parameters()))
     options = module.plan.options.model_dump()

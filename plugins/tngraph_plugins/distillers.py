@@ -1,4 +1,5 @@
-"""Distillation strategies ``response`` and ``layer`` (see :mod:`tngraph.distill`).
+"""The objectives of the distillation strategies ``response`` and ``layer`` (see
+:mod:`tngraph.distill`; declared in :mod:`tngraph_plugins.strategies`).
 
 ``response`` minimises ``(1 - alpha) * T^2 * KL(p_teacher^T || p_student^T) + alpha * CE(student,
 labels)`` with ``p^T = softmax(logits / T)`` (Hinton et al. 2015). This is the standard
@@ -25,37 +26,17 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+import torch
+import torch.nn.functional as F
 
-from tngraph.distill import DistillError, DistillStrategy, teacher_outputs
+from tngraph.compiler import Pipeline
+from tngraph.distill import DistillError, teacher_outputs
+from tngraph.errors import did_you_mean
+from tngraph.train import Objective
+from tngraph_plugins.strategies import LAYER, RESPONSE, LayerOptions, ResponseOptions
 
-
-class _Options(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ResponseOptions(_Options):
-    """Options of ``response``."""
-
-    #: softening temperature T of both distributions
-    temperature: float = Field(default=4.0, gt=0)
-    #: weight of the loss on the labels (0: the teacher only)
-    alpha: float = Field(default=0.1, ge=0, le=1)
-
-
-class LayerOptions(ResponseOptions):
-    """Options of ``layer`` (plus those of ``response``, used after the layer fit)."""
-
-    #: the last student layer of the part that is fitted (a pipeline layer name)
-    student_layer: str
-    #: the teacher layer whose outputs are the target (a pipeline layer name, or ``output``)
-    teacher_layer: str
-    #: epochs of the layer fit
-    epochs: int = Field(default=5, gt=0)
-    #: learning rate of the layer fit (Adam)
-    lr: float = Field(default=1e-3, gt=0)
-    #: always learn a linear projection (by default only when the sizes differ)
-    projection: bool = False
+__all__ = ["LAYER", "RESPONSE", "LayerOptions", "ResponseOptions", "layer_objective",
+           "response_loss", "response_objective"]
 
 
 def response_loss(student: Any, teacher: Any, labels: Any, *, temperature: float,
@@ -65,8 +46,6 @@ def response_loss(student: Any, teacher: Any, labels: Any, *, temperature: float
     ``labels`` of an integer dtype mean classification (logits in, KL + cross-entropy), others
     regression (squared errors).
     """
-    import torch.nn.functional as F
-
     s = student.reshape(student.shape[0], -1)
     t = teacher.reshape(teacher.shape[0], -1).to(s.dtype)
     if not labels.dtype.is_floating_point:
@@ -81,9 +60,7 @@ def response_loss(student: Any, teacher: Any, labels: Any, *, temperature: float
     return (1 - alpha) * soft + alpha * hard
 
 
-def _response(student: Any, teacher: Any, options: ResponseOptions) -> Any:
-    from tngraph.train import Objective
-
+def response_objective(student: Any, teacher: Any, options: ResponseOptions) -> Any:
     def loss(x: Any, y: Any, out: Any) -> Any:
         return response_loss(out, teacher_outputs(teacher, x), y,
                              temperature=options.temperature, alpha=options.alpha)
@@ -93,15 +70,11 @@ def _response(student: Any, teacher: Any, options: ResponseOptions) -> Any:
 
 def _layers_until(model: Any, name: str, role: str) -> list[Any]:
     """The layers of a pipeline up to and including ``name``."""
-    from tngraph.compiler import Pipeline
-
     if not isinstance(model, Pipeline):
         raise DistillError(f"layer distillation needs the {role} to be a pipeline (a spec with "
                            f"layers:) to pick its layer '{name}' from; use strategy 'response'")
     names = list(model.layers)
     if name not in names:
-        from tngraph.errors import did_you_mean
-
         raise DistillError(f"the {role} has no layer '{name}'; {did_you_mean(name, names)}")
     return [model.layers[n] for n in names[: names.index(name) + 1]]
 
@@ -115,9 +88,7 @@ def _prefix(model: Any, layers: list[Any]) -> Callable[[Any], Any]:
     return run
 
 
-def _layer(student: Any, teacher: Any, options: LayerOptions) -> Any:
-    from tngraph.train import Objective
-
+def layer_objective(student: Any, teacher: Any, options: LayerOptions) -> Any:
     student_part = _layers_until(student, options.student_layer, "student")
     if options.teacher_layer == "output":
         def teacher_part(x: Any) -> Any:
@@ -127,9 +98,6 @@ def _layer(student: Any, teacher: Any, options: LayerOptions) -> Any:
 
     def prepare(module: Any, dataset: Any, train_options: Any, echo: Callable[[str], None]
                 ) -> None:
-        import torch
-        import torch.nn.functional as F
-
         run_student = _prefix(module, student_part)
         x, _ = dataset.split("train")
         device = next(module.parameters()).device
@@ -167,16 +135,5 @@ def _layer(student: Any, teacher: Any, options: LayerOptions) -> Any:
         if not math.isfinite(total):
             raise DistillError("the layer fit produced non-finite values")
 
-    response = _response(student, teacher, options)
+    response = response_objective(student, teacher, options)
     return Objective(loss=response.loss, prepare=prepare)
-
-
-RESPONSE = DistillStrategy(
-    "response", "KL(teacher || student) of softened outputs x T^2, plus alpha x cross-entropy",
-    ResponseOptions, _response)
-LAYER = DistillStrategy(
-    "layer", "fit a student part to a teacher layer (MSE, learned projection), then response",
-    LayerOptions, _layer)
-
-#: the built-in distillers (also registered through entry points in pyproject.toml)
-BUILTIN_DISTILLERS = (RESPONSE, LAYER)

@@ -46,27 +46,21 @@ import contextlib
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field
-
-from tngraph.optimizers import (
-    NonFiniteLoss,
-    OptimizerContext,
-    OptimizerStrategy,
-    one_cpu_thread,
-)
-from tngraph_plugins.chain import Chain, ChainError, find_chain
+from tngraph.compiler import TNModule
+from tngraph.optimizers import NonFiniteLoss, OptimizerContext, one_cpu_thread
+from tngraph_plugins.chain import Chain, ChainError, find_chain, rebuild
+from tngraph_plugins.strategies import DMRG, DMRGOptions
 
 if TYPE_CHECKING:
     import torch
 
-    from tngraph.compiler import TNModule
-    from tngraph.spec import Spec
+    from tngraph.schema import Spec
 
 __all__ = ["DMRG", "DMRGError", "DMRGOptions", "DMRGStepper", "ChainLayout", "chain_layout",
-           "left_environment", "merge", "merged_forward", "next_bond", "right_canonicalize",
-           "right_environment", "robust_svd", "split", "truncation_rank"]
+           "create_stepper", "left_environment", "merge", "merged_forward", "next_bond",
+           "right_canonicalize", "right_environment", "robust_svd", "split", "truncation_rank"]
 
 _PORT_COPY = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)\[(\d+)\]\.([A-Za-z_][A-Za-z0-9_]*)$")
 _SUPPORTED = ("dmrg trains an open MPS-like chain with one data-port copy per site, e.g. "
@@ -79,37 +73,6 @@ _EPS = 1e-8
 class DMRGError(ChainError):
     """The network cannot be trained by ``dmrg`` (not an MPS-like chain fed site by site), or a
     decomposition failed beyond repair."""
-
-
-class DMRGOptions(BaseModel):
-    """Options of ``dmrg`` (the learning rate and weight decay are the loop's ``lr`` /
-    ``weight_decay``).
-
-    Attributes
-    ----------
-    max_bond
-        Largest bond dimension the truncation keeps.
-    cutoff
-        Largest relative discarded weight ``sum(dropped s^2) / sum(s^2)`` of a truncation.
-    steps_per_bond
-        Gradient steps (mini-batches) on a merged tensor before the sweep moves on.
-    inner
-        Update of the merged tensor: ``adam`` (moments reset at every bond; a per-entry step
-        of about ``lr`` whatever the scale of the environments) or ``sgd`` (plain gradient
-        step ``lr * grad``).
-
-    Examples
-    --------
-    >>> DMRGOptions(max_bond=8).steps_per_bond
-    1
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    max_bond: int = Field(default=32, ge=1)
-    cutoff: float = Field(default=1e-10, ge=0, lt=1)
-    steps_per_bond: int = Field(default=1, ge=1)
-    inner: Literal["adam", "sgd"] = "adam"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -545,8 +508,6 @@ class DMRGStepper:
     def __init__(self, module: TNModule, options: DMRGOptions, context: OptimizerContext):
         import torch
 
-        from tngraph.compiler import TNModule
-
         if not isinstance(module, TNModule):
             name = getattr(getattr(module, "spec", None), "name", type(module).__name__)
             raise DMRGError(f"'{name}' is not a single compiled tensor network (a pipeline?); "
@@ -740,8 +701,6 @@ class DMRGStepper:
         """Write the cores into the module, rebuilding it when bond dimensions changed."""
         import torch
 
-        from tngraph_plugins.chain import rebuild
-
         layout, module = self.layout, self._module
         spec = module.spec
         tensors = layout.chain.from_cores(layout.to_chain(self.cores, spec), spec)
@@ -755,10 +714,7 @@ class DMRGStepper:
         self._dirty = False
 
 
-def _create(module: Any, options: DMRGOptions, context: OptimizerContext) -> DMRGStepper:
+def create_stepper(module: Any, options: DMRGOptions, context: OptimizerContext
+                   ) -> DMRGStepper:
+    """The stepper of ``dmrg`` (declared in :mod:`tngraph_plugins.strategies`)."""
     return DMRGStepper(module, options, context)
-
-
-DMRG = OptimizerStrategy(
-    "dmrg", "two-site DMRG sweeps (Stoudenmire & Schwab 2016) with adaptive bond dimensions; "
-    "options max_bond, cutoff, steps_per_bond, inner", DMRGOptions, _create)

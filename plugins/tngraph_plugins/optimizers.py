@@ -1,4 +1,5 @@
-"""Gradient optimizers from ``torch.optim``: ``adam`` and ``sgd`` with their options.
+"""The steppers of the gradient optimizers ``adam`` and ``sgd`` (``torch.optim``; declared in
+:mod:`tngraph_plugins.strategies`).
 
 Examples
 --------
@@ -10,31 +11,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+import torch
 
-from tngraph.optimizers import OptimizerContext, OptimizerStrategy, TorchStepper
+from tngraph.optimizers import OptimizerContext, TorchStepper
+from tngraph_plugins.strategies import ADAM, SGD, AdamOptions, SGDOptions
 
-
-class _Options(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class AdamOptions(_Options):
-    """Options of ``adam`` (``torch.optim.Adam``; ``lr`` and ``weight_decay`` are train keys)."""
-
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = Field(default=1e-8, gt=0)
-    amsgrad: bool = False
-    #: decoupled weight decay (AdamW) instead of L2 added to the gradient
-    decoupled: bool = False
-
-
-class SGDOptions(_Options):
-    """Options of ``sgd`` (``torch.optim.SGD``)."""
-
-    momentum: float = Field(default=0.9, ge=0)
-    nesterov: bool = False
-    dampening: float = Field(default=0.0, ge=0)
+__all__ = ["ADAM", "SGD", "AdamOptions", "SGDOptions", "create_adam", "create_sgd"]
 
 
 def _fused(params: list[Any]) -> bool | None:
@@ -42,9 +24,9 @@ def _fused(params: list[Any]) -> bool | None:
     return True if all(p.device.type in ("cpu", "cuda") for p in params) else None
 
 
-def _create_adam(module: Any, options: AdamOptions, context: OptimizerContext) -> TorchStepper:
-    import torch
-
+def create_adam(module: Any, options: AdamOptions, context: OptimizerContext) -> TorchStepper:
+    """The stepper of ``adam``: ``torch.optim.Adam`` (``AdamW`` with ``decoupled``) over the
+    module's parameters as one buffer, fused where the device allows."""
     params = list(module.parameters())
     cls = torch.optim.AdamW if options.decoupled else torch.optim.Adam
     return TorchStepper.over_buffer(module, cls, lr=context.lr,
@@ -53,19 +35,9 @@ def _create_adam(module: Any, options: AdamOptions, context: OptimizerContext) -
                                     fused=_fused(params))
 
 
-def _create_sgd(module: Any, options: SGDOptions, context: OptimizerContext) -> TorchStepper:
-    import torch
-
+def create_sgd(module: Any, options: SGDOptions, context: OptimizerContext) -> TorchStepper:
+    """The stepper of ``sgd``: ``torch.optim.SGD`` over the module's parameters as one buffer."""
     return TorchStepper.over_buffer(module, torch.optim.SGD, lr=context.lr,
                                     momentum=options.momentum, nesterov=options.nesterov,
                                     dampening=options.dampening,
                                     weight_decay=context.weight_decay)
-
-
-ADAM = OptimizerStrategy("adam", "Adam (torch.optim, fused); options betas, eps, amsgrad, "
-                         "decoupled", AdamOptions, _create_adam)
-SGD = OptimizerStrategy("sgd", "SGD with momentum (torch.optim); options momentum, nesterov, "
-                        "dampening", SGDOptions, _create_sgd)
-
-#: the built-in optimizers (also registered through entry points in pyproject.toml)
-BUILTIN_OPTIMIZERS = (ADAM, SGD)

@@ -70,14 +70,10 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field
-
-from tngraph.optimizers import (
-    NonFiniteLoss,
-    OptimizerContext,
-    OptimizerStrategy,
-    one_cpu_thread,
-)
+from tngraph.decompose import _qr, _raw_svd, _svd, max_ranks
+from tngraph.optimizers import NonFiniteLoss, OptimizerContext, one_cpu_thread
+from tngraph_plugins.chain import ChainError, find_chain, rebuild
+from tngraph_plugins.strategies import RIEMANNIAN, TANGENT, RiemannianOptions, TangentOptions
 
 if TYPE_CHECKING:
     import torch
@@ -92,6 +88,8 @@ __all__ = [
     "ManifoldStepper",
     "RiemannianOptions",
     "TangentOptions",
+    "create_riemannian",
+    "create_tangent",
     "feasible_ranks",
     "left_orthogonalize",
     "project",
@@ -99,28 +97,6 @@ __all__ = [
     "round_to_ranks",
     "tangent_cores",
 ]
-
-
-class _Options(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class RiemannianOptions(_Options):
-    """Options of ``riemannian`` (``lr`` and ``weight_decay`` are train keys)."""
-
-    #: heavy-ball momentum; the previous direction is transported by projection (0: none)
-    momentum: float = Field(default=0.0, ge=0, lt=1)
-    #: cap on every TT-rank (default: keep the network's ranks)
-    max_rank: int | None = Field(default=None, ge=1)
-
-
-class TangentOptions(_Options):
-    """Options of ``tangent`` (``lr`` is the rotation angle per step, in radians)."""
-
-    #: norm the network is kept at (default: its norm at the start)
-    radius: float | None = Field(default=None, gt=0)
-    #: cap on every TT-rank (default: keep the network's ranks)
-    max_rank: int | None = Field(default=None, ge=1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -138,8 +114,6 @@ def feasible_ranks(phys: Sequence[int], ranks: Sequence[int],
     >>> feasible_ranks([16, 16, 16, 16], [8, 8, 8], max_rank=4)
     [4, 4, 4]
     """
-    from tngraph.decompose import max_ranks
-
     bounds = max_ranks(list(phys)) if len(phys) > 1 else ()
     out = [min(int(r), int(b)) for r, b in zip(ranks, bounds)]
     return [min(r, max_rank) for r in out] if max_rank is not None else out
@@ -162,8 +136,6 @@ def _guarded(sweep: Callable[..., list[Any]], *args: Any) -> list[Any]:
     """Run a sweep of small QRs / SVDs with the plain torch calls, checking once at the end;
     if that fails (an error or a non-finite result), run it again with
     :mod:`tngraph.decompose`'s guarded ``_qr`` / ``_svd`` (float64 CPU fallback, clear error)."""
-    from tngraph.decompose import _qr, _raw_svd, _svd
-
     try:
         out = sweep(*args, qr=_fast_qr, svd=_raw_svd)
         if _all_finite(out):
@@ -398,8 +370,6 @@ class ManifoldStepper:
                  sphere: bool = False, radius: float | None = None):
         import torch
 
-        from tngraph_plugins.chain import find_chain, rebuild
-
         self.chain: Chain = find_chain(module.spec)
         self.lr = float(lr)
         self.momentum = float(momentum)
@@ -583,8 +553,6 @@ class ManifoldStepper:
         ref = self.cores[0]
         cores = [c.to(ref.device, ref.dtype) for c in state["cores"]]
         if [tuple(c.shape) for c in cores] != [tuple(c.shape) for c in self.cores]:
-            from tngraph_plugins.chain import ChainError
-
             raise ChainError("the saved optimizer state has cores of shapes "
                              f"{[tuple(c.shape) for c in cores]}, the network "
                              f"{[tuple(c.shape) for c in self.cores]}")
@@ -606,22 +574,14 @@ class ManifoldStepper:
         return facts
 
 
-def _create_riemannian(module: Any, options: RiemannianOptions,
+def create_riemannian(module: Any, options: RiemannianOptions,
                        context: OptimizerContext) -> ManifoldStepper:
     return ManifoldStepper(module, context.lr, momentum=options.momentum,
                            max_rank=options.max_rank, weight_decay=context.weight_decay)
 
 
-def _create_tangent(module: Any, options: TangentOptions,
+def create_tangent(module: Any, options: TangentOptions,
                     context: OptimizerContext) -> ManifoldStepper:
     return ManifoldStepper(module, context.lr, max_rank=options.max_rank,
                            weight_decay=context.weight_decay, sphere=True,
                            radius=options.radius)
-
-
-RIEMANNIAN = OptimizerStrategy(
-    "riemannian", "Riemannian gradient descent on fixed-rank tensor trains (chain networks); "
-    "options momentum, max_rank", RiemannianOptions, _create_riemannian)
-TANGENT = OptimizerStrategy(
-    "tangent", "tangent-space gradient steps of a fixed-norm tensor-train state, lr is the "
-    "angle (chain networks); options radius, max_rank", TangentOptions, _create_tangent)

@@ -9,9 +9,11 @@ A template turns a few options into the raw network form (nodes, edges, inputs, 
       bond_dim: "${chi}"
 
 Each template declares its options as a pydantic model (unknown options are errors with a
-"did you mean" hint) and an ``expand(options) -> dict`` that returns raw network data. Third
-parties register more through the ``tngraph.templates`` entry-point group or
-:func:`register_template`.
+"did you mean" hint) and an ``expand(options) -> dict`` that returns raw network data. The
+built-ins (``mps``, ``mpo``, ``tt_linear``, ``peps``, one submodule each) register through the
+``tngraph.templates`` entry-point group like a third party's; :func:`register_template` adds one
+at run time. The :class:`~tngraph.kinds.Template` record and the registry live in
+:mod:`tngraph.kinds`; this package only expands template calls and never imports its submodules.
 
 Examples
 --------
@@ -21,70 +23,25 @@ Examples
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import ValidationError
 
 from tngraph.errors import Problem, SpecError, did_you_mean
-from tngraph.plugins import Registry
+from tngraph.kinds import (
+    TEMPLATES,
+    Template,
+    TemplateError,
+    TemplateOptions,
+    get_template,
+    list_templates,
+    register_template,
+)
+from tngraph.schema import pydantic_problems
 from tngraph.yamlio import DocPath, Document
 
-
-class TemplateOptions(BaseModel):
-    """Base class of template option models (unknown options are errors).
-
-    Strict like the raw form's dimensions: ``sites: "4"`` or ``phys_dim: true`` are mistakes,
-    not 4 and 1.
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
-
-
-@dataclass(frozen=True)
-class Template:
-    """A named network template: an options model and a function expanding it."""
-
-    name: str
-    options: type[TemplateOptions]
-    expand: Callable[[Any], dict[str, Any]]
-    description: str = ""
-
-
-class TemplateError(ValueError):
-    """Raised by a template's ``expand`` for options that are individually valid but
-    inconsistent together; ``option`` names the offending key for the error location."""
-
-    def __init__(self, message: str, option: str | None = None, hint: str | None = None):
-        super().__init__(message)
-        self.option = option
-        self.hint = hint
-
-
-def _builtins() -> dict[str, Template]:
-    from tngraph.templates import mpo, mps, peps, tt_linear
-
-    return {t.name: t for t in (mps.TEMPLATE, mpo.TEMPLATE, tt_linear.TEMPLATE, peps.TEMPLATE)}
-
-
-TEMPLATES: Registry[Template] = Registry("template", "tngraph.templates", _builtins,
-                                         expects=Template)
-
-
-def register_template(template: Template, **kwargs: Any) -> None:
-    """Register ``template`` under its name (a name can be registered once)."""
-    TEMPLATES.register(template.name, template, **kwargs)
-
-
-def get_template(name: str) -> Template:
-    """The template called ``name`` (PluginError listing valid names if unknown)."""
-    return TEMPLATES.get(name)
-
-
-def list_templates() -> list[str]:
-    """Names of all registered templates."""
-    return TEMPLATES.list()
+__all__ = ["TEMPLATES", "Template", "TemplateError", "TemplateOptions", "expand_template",
+           "get_template", "list_templates", "register_template"]
 
 
 def expand_template(call: dict[str, Any], doc: Document | None = None,
@@ -94,8 +51,6 @@ def expand_template(call: dict[str, Any], doc: Document | None = None,
     Problems are raised as a SpecError located at the template call's keys (the call sits at
     ``base`` in the document).
     """
-    from tngraph.spec import pydantic_problems
-
     doc = doc or Document({})
     name = call.get("template")
     if not isinstance(name, str) or name not in TEMPLATES:

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from tngraph.templates import Template, TemplateOptions
+from tngraph.kinds import Template, TemplateOptions
 from tngraph.templates.mps import chain_nodes
 
 

@@ -38,7 +38,8 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from tngraph.templates import Template, TemplateError, TemplateOptions
+from tngraph.errors import PluginError
+from tngraph.kinds import Template, TemplateError, TemplateOptions, get_feature_map
 
 
 class MPSOptions(TemplateOptions):
@@ -79,9 +80,6 @@ def _feature_kind(feature_map: str | dict[str, Any] | None) -> str:
     """
     if feature_map is None:
         return "constant"
-    from tngraph.errors import PluginError
-    from tngraph.featuremaps import get_feature_map
-
     name = feature_map if isinstance(feature_map, str) else feature_map.get("name", "")
     try:
         fmap = get_feature_map(str(name))

@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import Field
 
-from tngraph.templates import Template, TemplateOptions
+from tngraph.kinds import Template, TemplateOptions
 
 
 class PEPSOptions(TemplateOptions):

@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import Field
 
-from tngraph.templates import Template, TemplateError, TemplateOptions
+from tngraph.kinds import Template, TemplateError, TemplateOptions
 
 
 class TTLinearOptions(TemplateOptions):
