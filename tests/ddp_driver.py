@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-import tngraph.train
+import tngraph.train.loop
 from tngraph.cli import main
 
 SEPARATOR = "+++"
@@ -25,14 +25,14 @@ SEPARATOR = "+++"
 def run(dump: Path, commands: list[list[str]]) -> int:
     """Run the CLI with each of ``commands``; dump this rank's exit codes and trained states."""
     steppers: list[Any] = []
-    make_stepper = tngraph.train.make_stepper
+    make_stepper = tngraph.train.loop.make_stepper
 
     def catching(*args: Any, **kwargs: Any) -> Any:
         stepper = make_stepper(*args, **kwargs)
         steppers.append(stepper)
         return stepper
 
-    tngraph.train.make_stepper = catching  # type: ignore[assignment]
+    tngraph.train.loop.make_stepper = catching  # type: ignore[assignment]
     results = []
     for argv in commands:
         steppers.clear()

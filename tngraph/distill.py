@@ -28,7 +28,6 @@ True
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -56,6 +55,7 @@ from tngraph.train import (
     check_split,
     current_launch,
     load_weights,
+    read_config,
     resolve_device,
     train,
 )
@@ -146,10 +146,8 @@ def distill(student: str | Path | Spec | None = None, teacher: str | Path | None
     say = echo or (lambda _line: None)
     if resume is not None:
         run = Path(resume)
-        config_file = run / "config.json"
-        if not config_file.is_file():
-            raise DistillError(f"cannot resume {run}: no config.json there")
-        config = json.loads(config_file.read_text())
+        config = read_config(run, missing=f"cannot resume {run}: no config.json there",
+                             error=DistillError)
         recorded = config.get("objective") or {}
         if recorded.get("kind") != "distill":
             raise DistillError(f"{run} is not a distillation run; resume it with tngraph train")

@@ -1,0 +1,416 @@
+"""The training loop: :func:`train` (a new or resumed run), its options and the stepper of its
+optimizer strategy, one epoch after another with a checkpoint after each.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import ValidationError
+
+from tngraph.compiler import compile as compile_spec
+from tngraph.data import load_dataset
+from tngraph.optimizers import (
+    NonFiniteLoss,
+    OptimizerContext,
+    Stepper,
+    check_optimizer,
+    get_optimizer,
+    learning_rate,
+)
+from tngraph.plan import check_plan_options
+from tngraph.spec import (
+    ParamValue,
+    PlanOptions,
+    Spec,
+    TrainOptions,
+    load_spec,
+    validation_message,
+)
+from tngraph.train.base import EpochMetrics, TrainingError, TrainResult
+from tngraph.train.distributed import (
+    Launch,
+    _broadcast,
+    _data_parallel,
+    _ensure_group,
+    _plain_torch_stepper,
+    _rank_seed,
+    _share_buffers,
+    _sum_over_ranks,
+    _weighted,
+    current_launch,
+    resolve_device,
+    shard_batches,
+)
+from tngraph.train.evaluation import Objective, _flat, batch_loss, check_fit, evaluate
+from tngraph.train.plots import _fact, plot_curves, summary_table
+from tngraph.train.rundir import (
+    CONFIG_FILE,
+    METRICS_FILE,
+    MODEL_FILE,
+    PLOT_FILE,
+    SPEC_FILE,
+    STATE_FILE,
+    _device_of,
+    _new_run_dir,
+    load_weights,
+    random_state,
+    read_config,
+    restore_random_state,
+    run_train_config,
+    save_checkpoint,
+    write_config,
+)
+
+#: the launch of a process outside torchrun (``_run``'s default)
+_ONE_PROCESS = Launch()
+
+
+def make_stepper(module: torch.nn.Module, options: TrainOptions, task: str) -> Stepper:
+    """The stepper of ``options.optimizer`` (a registered strategy) for ``module``."""
+    problems = check_optimizer(options.optimizer, None, ("train", "optimizer"))
+    if problems:
+        raise TrainingError("; ".join(p.message for p in problems))
+    strategy = get_optimizer(options.optimizer.name)
+    strategy_options = strategy.options.model_validate(options.optimizer.options)
+    context = OptimizerContext(lr=options.lr, weight_decay=options.weight_decay, task=task)
+    return strategy.create(module, strategy_options, context)
+
+
+def _progress(total: int, label: str) -> Any:
+    if not sys.stderr.isatty() or os.environ.get("TNGRAPH_NO_PROGRESS"):
+        return None
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("{task.fields[info]}"), console=Console(stderr=True),
+                        transient=True)
+    progress.start()
+    progress.add_task(label, total=total, info="")
+    return progress
+
+
+def _options(base: Mapping[str, Any], changes: Mapping[str, Any]) -> TrainOptions:
+    """``base`` training options updated by ``changes``; a bad value is a TrainingError."""
+    try:
+        return TrainOptions.model_validate({**base, **changes})
+    except ValidationError as exc:
+        raise TrainingError(f"invalid training option: {validation_message(exc)}") from None
+
+
+def with_plan(spec: Spec, changes: Mapping[str, Any] | None) -> Spec:
+    """``spec`` with its ``plan:`` block updated by ``changes`` (None values ignored).
+
+    Raises
+    ------
+    TrainingError
+        A value the plan block does not accept (every such value named).
+
+    Examples
+    --------
+    >>> with_plan(load_spec("models/mps.yaml"), {"dtype": "float64"}).plan.dtype
+    'float64'
+    """
+    changes = {k: v for k, v in (changes or {}).items() if v is not None}
+    if not changes:
+        return spec
+    try:
+        plan = PlanOptions.model_validate({**spec.plan.model_dump(), **changes})
+    except ValidationError as exc:
+        raise TrainingError(f"invalid plan option: {validation_message(exc)}") from None
+    planned = spec.model_copy(update={"plan": plan})
+    problems = check_plan_options(planned)
+    if problems:
+        raise TrainingError("; ".join(p.message + (f" ({p.hint})" if p.hint else "")
+                                      for p in problems))
+    return planned
+
+
+def check_split(run_dir: Path, data: str, seed: int, what: str) -> None:
+    """Refuse a model trained in ``run_dir`` (its ``config.json``) on the same dataset as this
+    run but with another seed: this run's test split would hold examples that model was trained
+    on. (Another dataset is a transfer, any seed goes; a folder that is not a run has nothing
+    to check.)
+
+    Raises
+    ------
+    TrainingError
+        Naming the ``--seed`` that keeps the split.
+    """
+    recorded = run_train_config(run_dir)
+    if recorded.get("data") == data and recorded.get("seed", seed) != seed:
+        raise TrainingError(
+            f"{what} was trained on {data} with seed {recorded['seed']} "
+            f"({run_dir / CONFIG_FILE}); with seed "
+            f"{seed} this run's test split would hold examples it was trained on; add --seed "
+            f"{recorded['seed']}")
+
+
+def train(source: str | Path | Spec | None = None,
+          overrides: Mapping[str, ParamValue] | None = None, *,
+          run_dir: str | Path | None = None, resume: str | Path | None = None,
+          init: str | Path | None = None, objective: Objective | None = None,
+          plan: Mapping[str, Any] | None = None, cache_dir: str | Path | None = None,
+          echo: Callable[[str], None] | None = print, **options: Any) -> TrainResult:
+    """Train a spec's network on a dataset; see the module docstring for the files written.
+
+    Parameters
+    ----------
+    source
+        Spec path, YAML text or Spec (not needed with ``resume``).
+    overrides
+        ``--set`` parameter values.
+    run_dir
+        Where the run's files go (created; must not hold another run). Default
+        ``runs/<spec name>-<date>-<time>``.
+    resume
+        A run directory to continue: its spec, config, weights and optimizer state are loaded
+        and training goes on from the next epoch (``epochs`` may be raised).
+    init
+        A ``model.safetensors`` to start from (a new run that fine-tunes those weights, e.g.
+        after ``tngraph tensorize``); shapes must fit the spec.
+    objective
+        What to minimise instead of the loss on the labels (:mod:`tngraph.distill` passes one).
+    plan
+        Overrides of the spec's ``plan:`` block (``optimize``, ``dtype``, ``memory_limit``,
+        ``strategy``, ...; None values ignored), kept in the run's ``spec.yaml``. The plan's
+        batch size is always the training batch per process.
+    cache_dir
+        Plan cache directory (default ``$TNGRAPH_CACHE_DIR`` or ``~/.cache/tngraph/plans``).
+    echo
+        Receives one line per epoch and the summary (``None``: silent).
+    **options
+        Overrides of the spec's ``train:`` block: ``data``, ``epochs``, ``batch_size``, ``lr``,
+        ``optimizer``, ``weight_decay``, ``seed``, ``device``.
+
+    Notes
+    -----
+    Under ``torchrun`` with more than one process the run is data-parallel (see
+    :func:`shard_batches` and docs/training.md); every rank returns the same result.
+    """
+    options = {k: v for k, v in options.items() if v is not None}
+    launch = current_launch()
+    if resume is not None and init is not None:
+        raise TrainingError("--init starts a new run from given weights; --resume continues a "
+                            "run with its own: give one of them")
+    if resume is not None:
+        run = Path(resume)
+        if not (run / CONFIG_FILE).is_file() or not (run / SPEC_FILE).is_file():
+            raise TrainingError(f"cannot resume {run}: no {CONFIG_FILE} / {SPEC_FILE} there; "
+                                "expected a run directory written by tngraph train")
+        spec = load_spec(run / SPEC_FILE)
+        config = read_config(run)
+        if config.get("objective") and objective is None:
+            raise TrainingError(f"{run} is a {config['objective'].get('kind', 'special')} run; "
+                                f"resume it with tngraph distill --resume {run}")
+        train_options = _options(config["train"], options)
+        for key in ("data", "seed"):       # they make the split: the test set would change
+            was, now = config["train"].get(key), getattr(train_options, key)
+            if was is not None and now != was:
+                raise TrainingError(f"{run} was trained with {key} {was!r}; a resumed run keeps "
+                                    f"its {key} (another one changes the data split, so test "
+                                    f"examples would be trained on); drop --{key} {now}, or "
+                                    "train a new run from the spec")
+        spec = with_plan(spec, plan)
+    else:
+        if source is None:
+            raise TrainingError("nothing to train: give a spec, or resume=RUN_DIR")
+        spec = source if isinstance(source, Spec) else load_spec(source, overrides)
+        spec = with_plan(spec, plan)
+        train_options = _options(spec.train.model_dump(), options)
+        run = Path(run_dir) if run_dir is not None else _new_run_dir(spec.name)
+        if (run / METRICS_FILE).exists():
+            raise TrainingError(f"{run} already holds a run; resume it with --resume {run}, "
+                                "or choose another --out")
+        if init is not None:
+            check_split(Path(init).parent, train_options.data, train_options.seed,
+                        f"--init {init}")
+    device = resolve_device(train_options.device, launch)   # before anything is written
+    # Long products of near-identity cores drive some gradients (and Adam's moments) into
+    # subnormal floats, which x86 CPUs process a hundred times slower: flush them to zero.
+    flushed = torch.set_flush_denormal(True)
+    try:
+        return _run(spec, train_options, device, run, resume is not None, echo, init,
+                    objective, launch, cache_dir)
+    finally:
+        if flushed:
+            torch.set_flush_denormal(False)
+
+
+def _run(spec: Spec, train_options: TrainOptions, device: torch.device, run: Path,
+         resuming: bool, echo: Callable[[str], None] | None, init: str | Path | None = None,
+         objective: Objective | None = None, launch: Launch = _ONE_PROCESS,
+         cache_dir: str | Path | None = None) -> TrainResult:
+    torch.manual_seed(train_options.seed)
+    dataset = load_dataset(train_options.data, seed=train_options.seed)
+    world = launch.world_size
+    if launch.distributed:
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        if train_options.batch_size < world:
+            raise TrainingError(f"batch_size {train_options.batch_size} is split over {world} "
+                                f"processes; raise it to at least {world}")
+    say = (echo or (lambda _line: None)) if launch.main else (lambda _line: None)
+    if launch.distributed:
+        _ensure_group(launch)
+        # every rank has checked the run dir before rank 0 goes on (and writes); rank 0 plans
+        # first, the others then read its plans from the plan cache: the same contraction
+        # trees everywhere, whatever the plan search's randomness
+        if not launch.main:
+            torch.distributed.barrier()
+    # the plan is made for what one process contracts: its share of the global batch
+    module = compile_spec(spec, batch_size=-(-train_options.batch_size // world),
+                          seed=train_options.seed, cache_dir=cache_dir).to(device)
+    if launch.distributed and launch.main:
+        torch.distributed.barrier()
+    check_fit(module, dataset)
+    generator = torch.Generator().manual_seed(train_options.seed)
+    first_epoch = 1
+    history: list[EpochMetrics] = []
+    if resuming:
+        load_weights(module, run / MODEL_FILE)
+    elif init is not None:
+        load_weights(module, init)
+    if objective is not None and objective.bind is not None:
+        objective.bind(module)
+    if not resuming and objective is not None and objective.prepare is not None:
+        objective.prepare(module, dataset, train_options, say)
+    stepper = make_stepper(module, train_options, dataset.task)
+    if launch.distributed and not _plain_torch_stepper(stepper):
+        raise TrainingError(
+            f"optimizer '{train_options.optimizer.name}' cannot run data-parallel (torchrun, "
+            f"WORLD_SIZE={world}): only optimizers over torch.optim (adam, sgd) do; its "
+            "updates are not averaged gradients. Run it in one process, or choose "
+            "--optimizer adam / sgd")
+    x_train, y_train = dataset.split("train")
+    state: dict[str, Any] = {}
+    if resuming:
+        # on the CPU whatever device wrote it (optimizers move their state to the parameters)
+        state = torch.load(run / STATE_FILE, weights_only=False, map_location="cpu")
+        stepper.load_state_dict(state["stepper"])
+        generator.set_state(state["generator"])
+        restore_random_state(state, device)
+        first_epoch = int(state["epoch"]) + 1
+        history = [EpochMetrics(**json.loads(line))
+                   for line in (run / METRICS_FILE).read_text().splitlines() if line.strip()]
+        history = [h for h in history if h.epoch < first_epoch]
+    if launch.distributed:
+        stepper = _data_parallel(stepper, train_options, x_train, device, launch)
+        ranks_rng = state.get("rng_ranks") or [
+            {"torch_rng": rng} for rng in state.get("torch_rng_ranks", ())]   # older runs
+        if len(ranks_rng) == world:
+            restore_random_state(ranks_rng[launch.rank], device)
+        elif not launch.main:
+            torch.manual_seed(_rank_seed(train_options.seed + first_epoch, launch.rank))
+    if not resuming and launch.main:
+        # made once the data, network and optimizer are known good: a refused run leaves none
+        run.mkdir(parents=True, exist_ok=True)
+        write_config(run, {"train": train_options.model_dump(), "dataset": dataset.name,
+                           "sizes": dataset.sizes, "task": dataset.task,
+                           **({"objective": dict(objective.config)} if objective else {})})
+        (run / METRICS_FILE).write_text("")
+    if not resuming:
+        _checkpoint(run, stepper, 0, generator, launch)   # last good, so far
+
+    metric = "accuracy" if dataset.task == "classification" else "r2"
+    start_all = time.perf_counter()
+    if first_epoch == 1:
+        say(dataset.summary())
+    if launch.distributed:
+        per_rank = -(-train_options.batch_size // world)
+        say(f"data-parallel: {world} processes ({torch.distributed.get_backend()}), each "
+            f"takes ~{per_rank} of every batch of {train_options.batch_size}")
+    for epoch in range(first_epoch, train_options.epochs + 1):
+        start = time.perf_counter()
+        stepper.set_lr(learning_rate(train_options.lr, epoch, train_options.epochs,
+                                     train_options.schedule))
+        stepper.module.train()
+        total, correct, seen = 0.0, 0, 0
+        batches = shard_batches(x_train.shape[0], train_options.batch_size, generator, launch)
+        progress = (_progress(len(batches), f"epoch {epoch}/{train_options.epochs}")
+                    if launch.main else None)
+        try:
+            for step, (index, weight) in enumerate(batches, 1):
+                xb, yb = x_train[index].to(device), y_train[index].to(device)
+                loss_of: Callable[[torch.Tensor], torch.Tensor] = (
+                    (lambda out, xb=xb, yb=yb: objective.loss(xb, yb, out)) if objective
+                    else (lambda out, yb=yb: batch_loss(out, yb, dataset.task)))
+                if weight != 1.0:    # uneven shares of a batch over the ranks
+                    loss_of = _weighted(loss_of, weight)
+                try:
+                    loss, out = stepper.step(xb, loss_of)
+                    if weight != 1.0:
+                        loss = loss / weight
+                except NonFiniteLoss as exc:
+                    raise TrainingError(
+                        f"the loss became {exc.value} at epoch {epoch}, step {step}; training "
+                        f"stopped, the last good checkpoint (epoch {epoch - 1}) is kept in {run}; "
+                        "lower the learning rate (--lr) or check the data") from None
+                out = _flat(out)
+                total += loss.item() * xb.shape[0]
+                seen += xb.shape[0]
+                if dataset.task == "classification":
+                    correct += int((out.detach().argmax(1) == yb).sum())
+                if progress is not None:
+                    progress.update(progress.task_ids[0], advance=1,
+                                    info=f"loss {total / seen:.4f}")
+        finally:
+            if progress is not None:
+                progress.stop()
+        stepper.end_epoch()
+        module = stepper.module
+        seconds = time.perf_counter() - start
+        total, correct, seen = _sum_over_ranks([total, correct, seen], launch)
+        _share_buffers(module, launch)
+        record = None
+        if launch.main:     # rank 0 alone evaluates (the parameters are the same everywhere)
+            val = evaluate(module, dataset, "val")
+            train_metric = correct / seen if dataset.task == "classification" else float("nan")
+            record = EpochMetrics(epoch, total / seen, train_metric, val["loss"], val[metric],
+                                  seconds, seen / seconds)
+        record = _broadcast(record, launch)
+        history.append(record)
+        _checkpoint(run, stepper, epoch, generator, launch)
+        if launch.main:
+            with open(run / METRICS_FILE, "a") as fh:
+                fh.write(json.dumps(asdict(record)) + "\n")
+        facts = "".join(f"  {k} {_fact(v)}" for k, v in stepper.describe().items())
+        say(f"epoch {epoch:3d}  loss {record.train_loss:.4f}  val loss {record.val_loss:.4f}  "
+            f"val {metric} {record.val_metric:.4f}  {record.samples_per_s:,.0f} samples/s"
+            + facts)
+    test, seconds = _broadcast((evaluate(module, dataset, "test"),
+                                time.perf_counter() - start_all) if launch.main else None, launch)
+    result = TrainResult(run, metric, tuple(history), test, seconds)
+    if launch.main:
+        plot_curves(result, run / PLOT_FILE)
+        (run / "summary.json").write_text(json.dumps(
+            {"test": test, "epochs": len(history), "seconds": result.seconds,
+             "processes": world,
+             "optimizer": {"name": train_options.optimizer.name, **stepper.describe()}},
+            indent=2))
+    say(summary_table(result))
+    if launch.distributed:
+        torch.distributed.barrier()     # no rank leaves before rank 0 has written everything
+    return result
+
+
+def _checkpoint(run: Path, stepper: Stepper, epoch: int, generator: torch.Generator,
+                launch: Launch) -> None:
+    """:func:`save_checkpoint` by rank 0, with every rank's random state in a launch."""
+    extra = {}
+    if launch.distributed:
+        states: list[Any] = [None] * launch.world_size
+        torch.distributed.all_gather_object(states, random_state(_device_of(stepper.module)))
+        extra["rng_ranks"] = states
+    if launch.main:
+        save_checkpoint(run, stepper, epoch, generator, **extra)
+
