@@ -197,7 +197,7 @@ def test_internal_error_is_exit_1(capsys: Capture, monkeypatch: pytest.MonkeyPat
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr("tngraph.spec.load_spec", broken)
+    monkeypatch.setattr("tngraph.cli.load_spec", broken)
     code, _, err = run(capsys, "validate", RING3)
     assert code == 1
     assert "internal error: RuntimeError: boom" in err and "--debug" in err

@@ -20,7 +20,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from tngraph import __version__, kinds
 from tngraph.errors import Problem, SpecError, TNGraphError
+from tngraph.graph import parameter_count
+from tngraph.layers import summarize_layers
+from tngraph.spec import load_spec, parse_override
+from tngraph.templates import TEMPLATES
+from tngraph.yamlio import dump_yaml
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USER = 0, 1, 2
 
@@ -85,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tngraph",
         description="Declare tensor networks in YAML, plan them with cotengra, run them in torch.")
-    parser.add_argument("--version", action="version", version=f"tngraph {_version()}")
+    parser.add_argument("--version", action="version", version=f"tngraph {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
@@ -164,15 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _version() -> str:
-    from tngraph import __version__
-
-    return __version__
-
-
 def _overrides(items: Sequence[str]) -> dict[str, Any]:
-    from tngraph.spec import parse_override
-
     return dict(parse_override(item) for item in items)
 
 
@@ -189,17 +187,13 @@ def _plan_kwargs(args: argparse.Namespace, training: bool = False) -> dict[str, 
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from tngraph.graph import parameter_count
     from tngraph.plan import check_plan_options
-    from tngraph.spec import load_spec
 
     spec = load_spec(Path(args.spec), _overrides(args.overrides))
     problems = check_plan_options(spec)
     if problems:
         raise SpecError(problems)
     if spec.is_pipeline:
-        from tngraph.layers import summarize_layers
-
         layers = summarize_layers(spec)
         networks = sum(layer.type == "network" for layer in layers)
         print(f"{args.spec}: ok ({spec.name}, pipeline: {len(layers)} layers, {networks} "
@@ -216,7 +210,6 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 def _cmd_compile(args: argparse.Namespace) -> int:
     from tngraph.plan import plan_spec
     from tngraph.report import format_pipeline_report, format_report
-    from tngraph.spec import load_spec
 
     spec = load_spec(Path(args.spec), _overrides(args.overrides))
     if spec.is_pipeline:
@@ -252,9 +245,6 @@ def _cmd_compile(args: argparse.Namespace) -> int:
 
 
 def _cmd_expand(args: argparse.Namespace) -> int:
-    from tngraph.spec import load_spec
-    from tngraph.yamlio import dump_yaml
-
     spec = load_spec(Path(args.spec), _overrides(args.overrides))
     print(dump_yaml(spec.to_raw()), end="")
     return EXIT_OK
@@ -307,7 +297,6 @@ def _cmd_distill(args: argparse.Namespace) -> int:
 def _cmd_eval(args: argparse.Namespace) -> int:
     from tngraph.compiler import compile as compile_spec
     from tngraph.data import load_dataset
-    from tngraph.spec import load_spec
     from tngraph.train import (
         MODEL_FILE,
         TrainingError,
@@ -393,12 +382,10 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from tngraph.kinds import registries
-
     table = Table(box=box.SIMPLE)
     for col in ("name", "kind", "distribution", "version", "status"):
         table.add_column(col)
-    for registry in registries():
+    for registry in kinds.registries():
         for info in registry.info():
             status = f"BROKEN: {info.error}" if info.error else "ok"
             table.add_row(info.name, info.kind, info.distribution, info.version, status)
@@ -407,8 +394,6 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
 
 
 def _cmd_templates(args: argparse.Namespace) -> int:
-    from tngraph.templates import TEMPLATES
-
     for info in TEMPLATES.info():
         if info.error:
             print(f"{info.name:12s} BROKEN ({info.distribution}): {info.error}")
