@@ -27,7 +27,8 @@ LAYERS: dict[str, int] = {
     "tngraph.templates": 2, "tngraph.featuremaps": 2, "tngraph.initializers": 2,
     "tngraph.graph": 2, "tngraph.layers": 2, "tngraph.validate": 2, "tngraph.spec": 2,
     "tngraph.plan": 2, "tngraph.report": 2, "tngraph.data": 2,
-    "tngraph.executor": 3, "tngraph.layer_modules": 3, "tngraph.compiler": 3,
+    "tngraph.executor": 3, "tngraph.linalg": 3, "tngraph.layer_modules": 3,
+    "tngraph.compiler": 3,
     "tngraph.optimizers": 4, "tngraph.train": 4, "tngraph.decompose": 4, "tngraph.distill": 4,
     "tngraph.tensorize": 4, "tngraph": 4,
     "tngraph.cli": 5, "tngraph_plugins": 5,
@@ -97,8 +98,18 @@ KNOWN = modules()
 IMPORTS = [imp for module, path in KNOWN.items() for imp in imports(module, path, KNOWN)]
 
 
+def _owner(module: str) -> str | None:
+    """The entry of LAYERS that ``module`` belongs to: itself, or the package holding it (the
+    ``tngraph`` front door holds nothing but itself)."""
+    while module and module not in LAYERS:
+        module = module.rpartition(".")[0]
+        if module == "tngraph":
+            return None
+    return module or None
+
+
 def layer(module: str) -> int:
-    owner = _resolve(module, LAYERS)      # type: ignore[arg-type]
+    owner = _owner(module)
     if owner is None:
         raise AssertionError(f"{module} has no layer: add it to LAYERS in {__file__} and to "
                              "docs/architecture.md")
@@ -106,7 +117,7 @@ def layer(module: str) -> int:
 
 
 def test_every_module_has_a_layer() -> None:
-    assert [m for m in KNOWN if _resolve(m, LAYERS) is None] == []   # type: ignore[arg-type]
+    assert [m for m in KNOWN if _owner(m) is None] == []
 
 
 def test_the_import_graph_has_no_cycle() -> None:

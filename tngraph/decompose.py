@@ -38,20 +38,21 @@ True
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 
-from tngraph.errors import TNGraphError
+from tngraph.linalg import GUARDED, DecompositionError, Kernels, svd
 
 __all__ = [
     "DecompositionError",
     "bond_spectra",
     "entanglement_entropy",
+    "left_orthogonalize",
     "max_ranks",
     "qtt",
+    "right_orthogonalize",
     "tt_add",
     "tt_dot",
     "tt_hadamard",
@@ -68,21 +69,8 @@ __all__ = [
 ]
 
 
-class DecompositionError(TNGraphError):
-    """A decomposition was asked for something impossible (bad ranks, shapes, non-finite data).
-
-    A user error: the CLI maps it to exit code 2. The message says what was found, what was
-    expected, and, after ``hint:``, how to fix it.
-    """
-
-    def __init__(self, message: str, hint: str | None = None):
-        self.message = message
-        self.hint = hint
-        super().__init__(message + (f"\n  hint: {hint}" if hint else ""))
-
-
 # ---------------------------------------------------------------------------------------------
-# input checks and guarded linear algebra
+# input checks
 
 
 def _as_float_tensor(x: Any, what: str = "tensor") -> torch.Tensor:
@@ -112,61 +100,6 @@ def _check_finite(t: torch.Tensor, what: str) -> None:
 def _fnorm(t: torch.Tensor) -> float:
     """Frobenius norm as a Python float, accumulated in float64 (no float32 overflow)."""
     return float(torch.linalg.vector_norm(t, dtype=torch.float64))
-
-
-def _raw_svd(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Thin SVD; a wide matrix is decomposed through its transpose (2-5x faster on CPU)."""
-    if matrix.shape[0] < matrix.shape[1]:
-        v, s, uh = torch.linalg.svd(matrix.T, full_matrices=False)
-        return uh.T, s, v.T
-    return torch.linalg.svd(matrix, full_matrices=False)
-
-
-def _svd(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``torch.linalg.svd(matrix, full_matrices=False)`` with a fallback.
-
-    If the SVD raises or returns non-finite values (ill-conditioned or degenerate input, a
-    failing GPU driver), it is retried in float64 on the CPU and the result is cast back, with a
-    ``RuntimeWarning``. If that fails too, a :class:`DecompositionError` is raised; NaNs are
-    never returned silently.
-    """
-    m, n = matrix.shape
-    try:
-        u, s, vh = _raw_svd(matrix)
-        if bool(torch.isfinite(s).all()) and bool(torch.isfinite(u).all()) \
-                and bool(torch.isfinite(vh).all()):
-            return u, s, vh
-        reason = "it returned non-finite values"
-    except RuntimeError as exc:  # torch.linalg.LinAlgError is a RuntimeError
-        reason = f"it raised {type(exc).__name__}: {exc}"
-    warnings.warn(f"SVD of a {m}x{n} unfolding ({matrix.dtype}, {matrix.device}) failed: "
-                  f"{reason}; retrying in float64 on the CPU", RuntimeWarning, stacklevel=3)
-    try:
-        u, s, vh = _raw_svd(matrix.to("cpu", torch.float64))
-    except RuntimeError as exc:
-        raise DecompositionError(f"SVD of a {m}x{n} unfolding failed even in float64 on the "
-                                 f"CPU: {exc}", "check the input for huge or tiny values; "
-                                 "rescale it first") from exc
-    if not (bool(torch.isfinite(s).all()) and bool(torch.isfinite(u).all())
-            and bool(torch.isfinite(vh).all())):
-        raise DecompositionError(f"SVD of a {m}x{n} unfolding returned non-finite values even "
-                                 "in float64 on the CPU", "rescale the input first")
-    return tuple(t.to(matrix.device, matrix.dtype) for t in (u, s, vh))  # type: ignore[return-value]
-
-
-def _qr(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Reduced QR, with the same float64/CPU fallback as :func:`_svd`."""
-    try:
-        q, r = torch.linalg.qr(matrix, mode="reduced")
-        if bool(torch.isfinite(q).all()) and bool(torch.isfinite(r).all()):
-            return q, r
-    except RuntimeError:
-        pass
-    q, r = torch.linalg.qr(matrix.to("cpu", torch.float64), mode="reduced")
-    if not (bool(torch.isfinite(q).all()) and bool(torch.isfinite(r).all())):
-        raise DecompositionError(f"QR of a {tuple(matrix.shape)} core unfolding returned "
-                                 "non-finite values", "rescale the cores first")
-    return q.to(matrix.device, matrix.dtype), r.to(matrix.device, matrix.dtype)
 
 
 def _truncation_rank(s: torch.Tensor, *, delta: float | None, cap: int | None,
@@ -229,7 +162,7 @@ def unfolding_ranks(tensor: Any, rtol: float | None = None) -> tuple[int, ...]:
     for k in range(1, t.dim()):
         m = math.prod(t.shape[:k])
         mat = t.reshape(m, -1)
-        s = _svd(mat)[1]
+        s = svd(mat)[1]
         tol = (rtol if rtol is not None else max(mat.shape) * torch.finfo(t.dtype).eps)
         out.append(int((s > tol * s[0]).sum()) if s.numel() and float(s[0]) > 0 else 0)
     return tuple(out)
@@ -399,7 +332,7 @@ def tt_svd(tensor: Any, ranks: int | Sequence[int] | None = None, eps: float | N
     r_prev = 1
     for k in range(d - 1):
         mat = rest.reshape(r_prev * shape[k], -1)
-        u, s, vh = _svd(mat)
+        u, s, vh = svd(mat)
         if rank_list is not None:
             r = rank_list[k]
         else:
@@ -439,12 +372,22 @@ def qtt(values: Any, ranks: int | Sequence[int] | None = None, eps: float | None
 # rounding, norms, arithmetic
 
 
-def _right_orthogonalize(flat: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Make cores ``1..d-1`` right-orthonormal (rows of ``(r, n r')``), moving weight left."""
-    flat = list(flat)
+def right_orthogonalize(cores: Sequence[torch.Tensor], *, kernels: Kernels = GUARDED
+                        ) -> list[torch.Tensor]:
+    """The same TT with cores ``1..d-1`` right-orthonormal (rows of ``(r, n r')``), the weight
+    moved into core 0 (a QR sweep from the right; ranks are kept).
+
+    Examples
+    --------
+    >>> a = right_orthogonalize(tt_svd(torch.randn(3, 4, 5, dtype=torch.float64)))
+    >>> m = a[2].reshape(a[2].shape[0], -1)
+    >>> bool(torch.allclose(m @ m.T, torch.eye(m.shape[0], dtype=torch.float64)))
+    True
+    """
+    flat = list(cores)
     for k in range(len(flat) - 1, 0, -1):
         c = flat[k]
-        q, r = _qr(c.reshape(c.shape[0], -1).T)              # c^T = q r  ->  c = r^T q^T
+        q, r = kernels.qr(c.reshape(c.shape[0], -1).T)       # c^T = q r  ->  c = r^T q^T
         flat[k] = q.T.reshape(q.shape[1], c.shape[1], c.shape[2])
         prev = flat[k - 1]
         flat[k - 1] = (prev.reshape(-1, prev.shape[-1]) @ r.T).reshape(
@@ -452,12 +395,23 @@ def _right_orthogonalize(flat: list[torch.Tensor]) -> list[torch.Tensor]:
     return flat
 
 
-def _left_orthogonalize(flat: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Make cores ``0..d-2`` left-orthonormal (columns of ``(r n, r')``), moving weight right."""
-    flat = list(flat)
+def left_orthogonalize(cores: Sequence[torch.Tensor], *, kernels: Kernels = GUARDED
+                       ) -> list[torch.Tensor]:
+    """The same TT with cores ``0..d-2`` left-orthonormal (columns of ``(r n, r')``), the weight
+    (the norm) moved into the last core (a QR sweep from the left; ranks are kept: Householder
+    QR gives orthonormal factors even for rank-deficient cores).
+
+    Examples
+    --------
+    >>> a = left_orthogonalize(tt_svd(torch.randn(3, 4, 5, dtype=torch.float64)))
+    >>> m = a[0].reshape(-1, a[0].shape[-1])
+    >>> bool(torch.allclose(m.T @ m, torch.eye(m.shape[1], dtype=torch.float64)))
+    True
+    """
+    flat = list(cores)
     for k in range(len(flat) - 1):
         c = flat[k]
-        q, r = _qr(c.reshape(-1, c.shape[-1]))
+        q, r = kernels.qr(c.reshape(-1, c.shape[-1]))
         flat[k] = q.reshape(c.shape[0], c.shape[1], q.shape[1])
         nxt = flat[k + 1]
         flat[k + 1] = (r @ nxt.reshape(nxt.shape[0], -1)).reshape(r.shape[0], *nxt.shape[1:])
@@ -489,14 +443,14 @@ def tt_round(cores: Sequence[torch.Tensor], eps: float | None = None,
     d = len(flat)
     if d == 1:
         return [c.to(out_dtype).clone() for c in cores]
-    flat = _right_orthogonalize(flat)
+    flat = right_orthogonalize(flat)
     norm = _fnorm(flat[0])
     delta = eps / math.sqrt(d - 1) * norm if eps is not None else None
     machine_eps = torch.finfo(flat[0].dtype).eps
     for k in range(d - 1):
         c = flat[k]
         mat = c.reshape(-1, c.shape[-1])
-        u, s, vh = _svd(mat)
+        u, s, vh = svd(mat)
         r = _truncation_rank(s, delta=delta, cap=max_rank, rtol=max(mat.shape) * machine_eps)
         flat[k] = u[:, :r].reshape(c.shape[0], c.shape[1], r)
         nxt = flat[k + 1]
@@ -517,7 +471,7 @@ def tt_dot(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> torch.Tensor
 def tt_norm(cores: Sequence[torch.Tensor]) -> torch.Tensor:
     """Frobenius norm of a TT, by left-orthogonalisation (no cancellation), a 0-d tensor."""
     cores = _check_cores(cores)
-    flat = _left_orthogonalize([c.to(_compute_dtype(c.dtype)) for c in _flat(cores)])
+    flat = left_orthogonalize([c.to(_compute_dtype(c.dtype)) for c in _flat(cores)])
     return torch.linalg.vector_norm(flat[-1]).to(cores[0].dtype)
 
 
@@ -745,11 +699,11 @@ def bond_spectra(cores: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     for k, c in enumerate(cores):
         _check_finite(c, f"cores[{k}]")
     out_dtype = cores[0].dtype
-    flat = _left_orthogonalize([c.to(_compute_dtype(out_dtype)) for c in _flat(cores)])
+    flat = left_orthogonalize([c.to(_compute_dtype(out_dtype)) for c in _flat(cores)])
     spectra: list[torch.Tensor] = [flat[0].new_zeros(0)] * (len(flat) - 1)
     for k in range(len(flat) - 1, 0, -1):
         c = flat[k]
-        u, s, vh = _svd(c.reshape(c.shape[0], -1))
+        u, s, vh = svd(c.reshape(c.shape[0], -1))
         spectra[k - 1] = s.to(out_dtype)
         flat[k] = vh.reshape(vh.shape[0], c.shape[1], c.shape[2])
         prev = flat[k - 1]

@@ -49,6 +49,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from tngraph.compiler import TNModule
+from tngraph.linalg import DecompositionError, svd
 from tngraph.optimizers import NonFiniteLoss, OptimizerContext, one_cpu_thread
 from tngraph_plugins.chain import Chain, ChainError, find_chain, rebuild
 from tngraph_plugins.strategies import DMRG, DMRGOptions
@@ -270,11 +271,8 @@ def truncation_rank(s: torch.Tensor, max_bond: int, cutoff: float) -> int:
 
 
 def robust_svd(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Thin SVD in float64 that never returns NaN.
-
-    Tried in order: ``torch.linalg.svd`` on the matrix's device; on CUDA the ``gesvd`` driver,
-    on the CPU the transposed matrix (another LAPACK path); then the CPU with a tiny jitter
-    (``1e-12 * |matrix|``, fixed seed) that splits exactly degenerate spectra. Raises
+    """Thin SVD in float64 that never returns NaN: :func:`tngraph.linalg.svd` with every
+    fallback, the jittered one included (it splits exactly degenerate spectra). Raises
     :class:`DMRGError` if every attempt fails or the matrix itself is not finite.
 
     Examples
@@ -290,41 +288,10 @@ def robust_svd(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.
     if not bool(torch.isfinite(m).all()):
         raise DMRGError(f"cannot split a {tuple(m.shape)} merged tensor with non-finite "
                         "entries; lower the learning rate (--lr)")
-
-    def finite(*ts: torch.Tensor) -> bool:
-        return all(bool(torch.isfinite(t).all()) for t in ts)
-
-    def transposed(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        v, s, uh = torch.linalg.svd(a.T, full_matrices=False)
-        return uh.T, s, v.T
-
-    attempts: list[Callable[[], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = [
-        lambda: torch.linalg.svd(m, full_matrices=False)]
-    if m.device.type == "cuda":
-        attempts.append(lambda: torch.linalg.svd(m, full_matrices=False, driver="gesvd"))
-    else:
-        attempts.append(lambda: transposed(m))
-
-    def jittered() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        cpu = m.cpu()
-        g = torch.Generator().manual_seed(0)
-        scale = 1e-12 * max(float(torch.linalg.matrix_norm(cpu)), 1e-300)
-        return torch.linalg.svd(cpu + scale * torch.randn(cpu.shape, generator=g,
-                                                          dtype=torch.float64),
-                                full_matrices=False)
-
-    attempts.append(jittered)
-    errors = []
-    for attempt in attempts:
-        try:
-            u, s, vh = attempt()
-        except RuntimeError as exc:          # torch.linalg.LinAlgError is a RuntimeError
-            errors.append(str(exc).splitlines()[0])
-            continue
-        if finite(u, s, vh):
-            return u.to(m.device), s.to(m.device), vh.to(m.device)
-        errors.append("non-finite result")
-    raise DMRGError(f"SVD of a {tuple(m.shape)} merged tensor failed: {'; '.join(errors)}")
+    try:
+        return svd(m, what="merged tensor", jitter=True)
+    except DecompositionError as exc:
+        raise DMRGError(exc.message) from exc
 
 
 def merge(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

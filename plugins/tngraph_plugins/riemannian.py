@@ -45,9 +45,9 @@ network* has the block cores ``C_1 = [U_1, dG_1]``, ``C_k = [[U_k, dG_k], [0, V_
 exactly the projection of the Euclidean gradient onto the tangent space (Novikov et al. 2021).
 The doubled network (bonds ``2 r``) is compiled once, at the start. The retraction rounds the
 block TT of ``X - lr xi`` (ranks ``2 r``) back to exactly ``r`` by a QR sweep and a sweep of
-SVDs (:mod:`tngraph.decompose`'s guarded ``_svd`` / ``_qr``); keeping ``r`` singular vectors
-even when some singular values are zero keeps the cores orthonormal, so a degenerate start
-(zero cores, a rank-deficient ``X``) gives no NaN.
+SVDs (:mod:`tngraph.linalg`'s guarded ``svd`` / ``qr`` where the plain calls fail); keeping ``r``
+singular vectors even when some singular values are zero keeps the cores orthonormal, so a
+degenerate start (zero cores, a rank-deficient ``X``) gives no NaN.
 
 Ranks: a declared bond larger than the TT can use (``min(prod n_<=k, prod n_>k)``, e.g. the
 first bonds of an MPS with ``bond_dim: 20``) is reduced to that bound at the start, without
@@ -70,7 +70,8 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
-from tngraph.decompose import _qr, _raw_svd, _svd, max_ranks
+from tngraph import decompose
+from tngraph.linalg import Kernels, with_fallback
 from tngraph.optimizers import NonFiniteLoss, OptimizerContext, one_cpu_thread
 from tngraph_plugins.chain import ChainError, find_chain, rebuild
 from tngraph_plugins.strategies import RIEMANNIAN, TANGENT, RiemannianOptions, TangentOptions
@@ -114,67 +115,17 @@ def feasible_ranks(phys: Sequence[int], ranks: Sequence[int],
     >>> feasible_ranks([16, 16, 16, 16], [8, 8, 8], max_rank=4)
     [4, 4, 4]
     """
-    bounds = max_ranks(list(phys)) if len(phys) > 1 else ()
+    bounds = decompose.max_ranks(list(phys)) if len(phys) > 1 else ()
     out = [min(int(r), int(b)) for r, b in zip(ranks, bounds)]
     return [min(r, max_rank) for r in out] if max_rank is not None else out
 
 
-def _all_finite(tensors: Sequence[torch.Tensor | None]) -> bool:
-    import torch
-
-    values = [t.reshape(-1) for t in tensors if t is not None]
-    return bool(torch.isfinite(torch.cat(values)).all()) if values else True
-
-
-def _fast_qr(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    import torch
-
-    return torch.linalg.qr(matrix, mode="reduced")
-
-
-def _guarded(sweep: Callable[..., list[Any]], *args: Any) -> list[Any]:
-    """Run a sweep of small QRs / SVDs with the plain torch calls, checking once at the end;
-    if that fails (an error or a non-finite result), run it again with
-    :mod:`tngraph.decompose`'s guarded ``_qr`` / ``_svd`` (float64 CPU fallback, clear error)."""
-    try:
-        out = sweep(*args, qr=_fast_qr, svd=_raw_svd)
-        if _all_finite(out):
-            return out
-    except RuntimeError:   # torch.linalg.LinAlgError is one
-        pass
-    return sweep(*args, qr=_qr, svd=_svd)
-
-
-def _left_sweep(cores: Sequence[torch.Tensor], *, qr: Any, svd: Any) -> list[torch.Tensor]:
-    out = list(cores)
-    for k in range(len(out) - 1):
-        c = out[k]
-        q, r = qr(c.reshape(-1, c.shape[-1]))
-        out[k] = q.reshape(c.shape[0], c.shape[1], q.shape[1])
-        nxt = out[k + 1]
-        out[k + 1] = (r @ nxt.reshape(nxt.shape[0], -1)).reshape(r.shape[0], *nxt.shape[1:])
-    return out
-
-
-def _right_sweep(cores: Sequence[torch.Tensor], *, qr: Any, svd: Any) -> list[torch.Tensor]:
-    """Cores ``1..d-1`` right-orthonormal, the weight moved into core 0."""
-    work = list(cores)
-    for k in range(len(work) - 1, 0, -1):
-        c = work[k]
-        q, r = qr(c.reshape(c.shape[0], -1).T)             # c = r^T q^T
-        work[k] = q.T.reshape(q.shape[1], c.shape[1], c.shape[2])
-        prev = work[k - 1]
-        work[k - 1] = (prev.reshape(-1, prev.shape[-1]) @ r.T).reshape(
-            prev.shape[0], prev.shape[1], r.shape[0])
-    return work
-
-
-def _round_sweep(cores: Sequence[torch.Tensor], ranks: Sequence[int], *, qr: Any,
-                 svd: Any) -> list[torch.Tensor]:
-    flat = _right_sweep(cores, qr=qr, svd=svd)
+def _round_sweep(cores: Sequence[torch.Tensor], ranks: Sequence[int], *, kernels: Kernels
+                 ) -> list[torch.Tensor]:
+    flat = decompose.right_orthogonalize(cores, kernels=kernels)
     for k in range(len(flat) - 1):
         c = flat[k]
-        u, s, vh = svd(c.reshape(-1, c.shape[-1]))
+        u, s, vh = kernels.svd(c.reshape(-1, c.shape[-1]))
         r = int(ranks[k])
         flat[k] = u[:, :r].reshape(c.shape[0], c.shape[1], r)
         nxt = flat[k + 1]
@@ -201,7 +152,7 @@ def left_orthogonalize(cores: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     >>> bool(torch.allclose(tt_to_dense(u), tt_to_dense(cores)))
     True
     """
-    return _guarded(_left_sweep, cores)
+    return with_fallback(decompose.left_orthogonalize, cores)
 
 
 def right_cores(cores: Sequence[torch.Tensor]) -> list[torch.Tensor | None]:
@@ -216,7 +167,7 @@ def right_cores(cores: Sequence[torch.Tensor]) -> list[torch.Tensor | None]:
     >>> bool(torch.allclose(m @ m.T, torch.eye(2), atol=1e-6))
     True
     """
-    return [None, *_guarded(_right_sweep, cores)[1:]]
+    return [None, *with_fallback(decompose.right_orthogonalize, cores)[1:]]
 
 
 def tangent_cores(u: Sequence[torch.Tensor], v: Sequence[torch.Tensor | None],
@@ -317,7 +268,7 @@ def round_to_ranks(cores: Sequence[torch.Tensor], ranks: Sequence[int]) -> list[
     flat = [c.reshape(c.shape[0], -1, c.shape[-1]) for c in cores]
     if len(flat) == 1:
         return list(flat)
-    return [c.contiguous() for c in _guarded(_round_sweep, flat, ranks)]
+    return [c.contiguous() for c in with_fallback(_round_sweep, flat, ranks)]
 
 
 def _small_linalg(ref: torch.Tensor) -> AbstractContextManager:
