@@ -230,7 +230,7 @@ def tt_section(quick: bool) -> list[list[str]]:
              ["candidate", "fwd ms", "iqr", "fwd/best-peer", "fwd+bwd ms", "iqr",
               "f+b/best-peer"],
              _peer_rows(timings),
-             [f"tngraph plan: {module.plan.optimizer}, 10^{math.log10(module.plan.flops):.2f} "
+             [f"tngraph plan: {module.plan.path_finder}, 10^{math.log10(module.plan.flops):.2f} "
               f"FLOPs/forward; peers = every candidate but tngraph; iqr = inter-quartile "
               "range / median"])
         for mode, ts in timings.items():

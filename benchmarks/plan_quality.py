@@ -222,7 +222,7 @@ def quality_table(quick: bool, cache_dir: Path) -> tuple[bool, dict[str, Any]]:
         good = ratio <= FLOPS_TARGET
         ok &= good
         rows.append([
-            label, len(problem.leaves), f"{plan.optimizer}",
+            label, len(problem.leaves), f"{plan.path_finder}",
             fmt_log10(tn_flops), fmt_log10(ref_flops), fmt_ratio(ratio),
             fmt_log10(hq_flops), fmt_ratio(hq_flops / ref_flops),
             fmt_log10(gr_flops), fmt_ratio(gr_flops / ref_flops),
@@ -272,12 +272,12 @@ def tiny_table(quick: bool) -> None:
     for label, spec in cases:
         plan = plan_spec(spec, cache=False)
         first, median = _median_ms(lambda s=spec: plan_spec(s, cache=False), repeats)
-        rows.append([label, len(plan.problem.terms), plan.optimizer, f"{first:.2f}",
+        rows.append([label, len(plan.problem.terms), plan.path_finder, f"{first:.2f}",
                      f"{median:.2f}", f"{plan.search_time * 1e3:.2f}"])
     show("Tiny networks: plan_spec(spec, cache=False) wall time (ms)",
-         ["network", "terms", "optimizer", "2nd call ms", f"median of {repeats} ms",
+         ["network", "terms", "path finder", "2nd call ms", f"median of {repeats} ms",
           "search ms"], rows,
-         ["'search ms' = Plan.search_time of the last call (the optimizer alone)."])
+         ["'search ms' = Plan.search_time of the last call (the path finder alone)."])
 
 
 def cached_table(spec: Any, label: str, cache_dir: Path, quick: bool) -> bool:

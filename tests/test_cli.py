@@ -145,7 +145,7 @@ def test_memory_limit_exceeded(capsys: Capture, tmp_path: Path) -> None:
 @pytest.mark.parametrize("argv,expected", [
     (["--memory-limit", "foo"], "cannot read memory limit 'foo'"),
     (["--memory-limit=-5MB"], "cannot read memory limit"),
-    (["--optimize", "foo"], "unknown optimizer 'foo'; valid: auto"),
+    (["--optimize", "foo"], "unknown path finder 'foo' (plan.optimize); valid: auto"),
     (["--batch-size", "0"], "invalid plan option"),
 ])
 def test_bad_plan_options(capsys: Capture, tmp_path: Path, argv: list[str],
@@ -153,7 +153,7 @@ def test_bad_plan_options(capsys: Capture, tmp_path: Path, argv: list[str],
     code, out, err = run(capsys, *compile_args(tmp_path, *argv))
     assert code == 2
     assert expected in err
-    if "optimizer" in expected:
+    if "path finder" in expected:
         assert "greedy" in err
 
 

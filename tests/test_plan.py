@@ -15,7 +15,7 @@ import tngraph
 import tngraph.plan as plan_mod
 from tngraph.errors import PlanError
 from tngraph.graph import einsum_problem
-from tngraph.plan import list_optimizers, make_plan, parse_memory, plan_spec, step_flops
+from tngraph.plan import list_path_finders, make_plan, parse_memory, plan_spec, step_flops
 from tngraph.spec import PlanOptions, load_spec
 
 SMALL_CLASSIFIER = """
@@ -47,7 +47,7 @@ def test_auto_plans_tiny_networks_exactly(source: str) -> None:
     spec = _spec(source)
     plan = plan_spec(spec, cache=False)
     assert len(plan.problem.terms) <= 6
-    assert plan.optimizer == "optimal"
+    assert plan.path_finder == "optimal"
 
 
 @pytest.mark.parametrize("source", [pytest.param(TETRA, id="tetra")]
@@ -85,19 +85,19 @@ def test_single_tensor_has_no_steps() -> None:
     assert_matches(module(), dense_oracle(module))
 
 
-@pytest.mark.parametrize("optimizer", ["greedy", "optimal", "auto", "hyper"])
-def test_each_optimizer_gives_a_correct_plan(optimizer: str) -> None:
+@pytest.mark.parametrize("path_finder", ["greedy", "optimal", "auto", "hyper"])
+def test_each_path_finder_gives_a_correct_plan(path_finder: str) -> None:
     module = tngraph.compile(str(ROOT / "models/ring3.yaml"), dtype="float64", cache=False,
-                             optimize=optimizer, max_repeats=4, max_time=5)
+                             optimize=path_finder, max_repeats=4, max_time=5)
     assert_matches(module(), dense_oracle(module))
 
 
-def test_unknown_optimizer_lists_valid_names() -> None:
+def test_unknown_path_finder_lists_valid_names() -> None:
     with pytest.raises(PlanError) as info:
         plan_spec(_spec(TETRA), optimize="gredy", cache=False)
     message = str(info.value)
     assert "gredy" in message and "did you mean 'greedy'" in message
-    assert "auto" in list_optimizers() and "greedy" in list_optimizers()
+    assert "auto" in list_path_finders() and "greedy" in list_path_finders()
 
 
 def test_invalid_plan_option_is_a_plan_error() -> None:
@@ -144,7 +144,7 @@ def test_cached_replan_does_not_search(tmp_path: Path, monkeypatch: pytest.Monke
     assert second.steps == first.steps
     assert (second.flops, second.naive_flops, second.largest_intermediate) == \
         (first.flops, first.naive_flops, first.largest_intermediate)
-    assert second.optimizer == first.optimizer
+    assert second.path_finder == first.path_finder
     module = tngraph.compile(spec, cache_dir=tmp_path, optimize=optimize, dtype="float64")
     assert module.plan.cache_hit
     assert_matches(module(), dense_oracle(module))
@@ -298,7 +298,7 @@ def test_make_plan_defaults() -> None:
 
 
 @pytest.mark.parametrize(("block", "message", "column"), [
-    ("{optimize: gredy}", "unknown optimizer 'gredy'", 18),
+    ("{optimize: gredy}", "unknown path finder 'gredy'", 18),
     ("{memory_limit: 4GiBs}", "cannot read memory limit '4GiBs'", 22),
 ])
 def test_bad_plan_options_are_located(block: str, message: str, column: int) -> None:
@@ -330,13 +330,13 @@ def test_a_reused_path_plans_a_resized_network_without_search() -> None:
     path = small.plan.tree.get_ssa_path()
     big = tngraph.compile(text.format(b=5), cache=False, dtype="float64", batch_size=4,
                           path=path)
-    assert big.plan.optimizer == "reused" and big.plan.search_time < 1.0
+    assert big.plan.path_finder == "reused" and big.plan.search_time < 1.0
     assert [tuple(p) for p in big.plan.tree.get_ssa_path()] == [tuple(p) for p in path]
     inputs = random_inputs(big, 4)
     assert_matches(big(**inputs), dense_oracle(big, inputs))
     other = tngraph.compile(text.replace("sites: 6", "sites: 5").format(b=3), cache=False,
                             path=path)       # another structure: searched as usual
-    assert other.plan.optimizer != "reused"
+    assert other.plan.path_finder != "reused"
 
 
 # -- the port-fused path -------------------------------------------------------------------

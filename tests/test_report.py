@@ -38,7 +38,7 @@ def test_json_fields_consistent_with_plan(tt: tuple) -> None:
     assert li["elements"] == plan.largest_intermediate
     assert li["bytes"] == plan.largest_intermediate * 4
     assert li["elements"] >= max(s["size"] for s in data["steps"])
-    assert data["optimizer"] == "greedy" and data["cache_hit"] is False
+    assert data["path_finder"] == "greedy" and data["cache_hit"] is False
     assert data["over_limit"] == [] and data["sliced"] == {"indices": [], "slices": 1}
     assert data["inputs"] == {"x": {"legs": {"i0": 8, "i1": 8, "i2": 8, "i3": 8},
                                     "stack": None, "feature_map": None}}
@@ -77,7 +77,7 @@ def test_text_report_rows(tt: tuple) -> None:
     for row in ("tngraph cost report: tt_linear (template tt_linear)", "nodes / edges",
                 "4 / 7", "parameters", f"{plan.param_count:,}", "FLOPs (planned)",
                 "FLOPs (naive single einsum)", "speed-up over naive", "largest intermediate",
-                "memory limit", "4.0 GiB", "slicing", "none", "optimizer", "greedy",
+                "memory limit", "4.0 GiB", "slicing", "none", "path finder", "greedy",
                 "plan cache", "miss", "contraction steps", "x(i0=8, i1=8, i2=8, i3=8)",
                 "batch size (costs are per batch)"):
         assert row in text, row

@@ -16,7 +16,7 @@ Examples
 >>> spec = load_spec("tngraph: 1\\nname: t\\nnetwork: {template: mps, sites: 4, phys_dim: 2, "
 ...                  "bond_dim: 3}\\n")
 >>> plan = make_plan(einsum_problem(spec), PlanOptions(cache=False))
->>> len(plan.steps), plan.optimizer
+>>> len(plan.steps), plan.path_finder
 (3, 'optimal')
 """
 
@@ -52,7 +52,7 @@ with warnings.catch_warnings():
     from cotengra.interface import _PRESETS_PATH
     from cotengra.presets import estimate_optimal_hardness
 
-CACHE_VERSION = 4
+CACHE_VERSION = 5
 #: ``run_path: auto`` runs the port-fused path while it costs at most this many times the lowest
 #: FLOPs found: it saves per-kernel overhead (stacked chains, fused feature maps) that the FLOP
 #: count does not see; measured on 64-site MPS classifiers, where refinement saves 7-12 %
@@ -100,7 +100,8 @@ class Plan:
     largest_intermediate: int                   # elements, per slice
     sliced_inds: tuple[str, ...]
     n_slices: int
-    optimizer: str
+    #: the contraction-path search that found the tree (``optimal``, ``hyper``, ``greedy``, ...)
+    path_finder: str
     search_time: float
     cache_hit: bool
     memory_limit: int                           # bytes
@@ -213,8 +214,9 @@ def parse_memory(value: int | str) -> int:
     return limit
 
 
-def list_optimizers() -> list[str]:
-    """Names accepted by ``optimize`` (``auto``, ``hyper`` and cotengra's presets)."""
+def list_path_finders() -> list[str]:
+    """The contraction-path searches ``plan.optimize`` / ``--optimize`` may name (``auto``,
+    ``hyper`` and cotengra's presets); "optimizer" is the training strategy, not these."""
     return sorted({"auto", "hyper", *_PRESETS_PATH})
 
 
@@ -554,10 +556,11 @@ def _cache_write(path: Path, data: dict[str, Any]) -> None:
 # search
 
 
-def _resolve_optimizer(options: PlanOptions, leaves: Sequence[tuple[str, ...]]) -> str:
+def _resolve_path_finder(options: PlanOptions, leaves: Sequence[tuple[str, ...]]) -> str:
     name = options.optimize
-    if name not in list_optimizers():
-        raise PlanError(f"unknown optimizer '{name}'; {did_you_mean(name, list_optimizers())}")
+    if name not in list_path_finders():
+        raise PlanError(f"unknown path finder '{name}' (plan.optimize); "
+                        f"{did_you_mean(name, list_path_finders())}")
     if name == "auto":
         easy = len(leaves) <= 2 or estimate_optimal_hardness(leaves) < OPTIMAL_HARDNESS_CUTOFF
         return "optimal" if easy else "hyper"
@@ -681,7 +684,7 @@ def make_plan(problem: EinsumProblem, options: PlanOptions | None = None, *,
 
     absorption = absorb_ports(problem, leaves)
     merged = absorption.merged
-    method = _resolve_optimizer(options, merged)
+    method = _resolve_path_finder(options, merged)
     target = limit // itemsize
     # keyed by the real leaves and which of them are data: the merged view alone can be the
     # same for different networks
@@ -711,7 +714,7 @@ def make_plan(problem: EinsumProblem, options: PlanOptions | None = None, *,
         tree = _tree_from_path(leaves, output, sizes, full_path)
         sliced = tuple(cached.get("sliced_inds", ()))
         search_time = float(cached.get("search_time", 0.0))
-        method = cached.get("optimizer", method)
+        method = cached.get("path_finder", method)
         cache_hit = True
         replan_time = time.perf_counter() - start
         notes.append(f"plan read from cache in {replan_time * 1e3:.1f} ms")
@@ -741,7 +744,7 @@ def make_plan(problem: EinsumProblem, options: PlanOptions | None = None, *,
             _cache_write(path, {"version": CACHE_VERSION, "ssa_path": full_path,
                                 "fused_path": fused_path,
                                 "sliced_inds": list(sliced), "search_time": search_time,
-                                "optimizer": method})
+                                "path_finder": method})
 
     removed = frozenset(sliced)
     steps, final = steps_from_path(leaves, output, sizes, full_path, removed)
@@ -781,7 +784,7 @@ def make_plan(problem: EinsumProblem, options: PlanOptions | None = None, *,
                 final_inds=final, flops=flops,
                 naive_flops=naive_flops(problem.inputs, output, sizes),
                 largest_intermediate=largest, sliced_inds=tuple(sliced), n_slices=n_slices,
-                optimizer=method, search_time=search_time, cache_hit=cache_hit,
+                path_finder=method, search_time=search_time, cache_hit=cache_hit,
                 memory_limit=limit, itemsize=itemsize, param_count=params,
                 over_limit=tuple(over), notes=tuple(notes), **fused)
 
@@ -836,7 +839,7 @@ def format_bytes(n: int) -> str:
 
 
 def check_plan_options(spec: Spec) -> list[Problem]:
-    """Problems of the spec's ``plan:`` block that the schema cannot see (optimizer names,
+    """Problems of the spec's ``plan:`` block that the schema cannot see (path finder names,
     memory sizes), located in the spec file."""
     doc = spec.source
     problems = []
@@ -844,9 +847,9 @@ def check_plan_options(spec: Spec) -> list[Problem]:
     def at(key: str) -> Any:
         return doc.locate(("plan", key)) if doc is not None else None
 
-    if spec.plan.optimize not in list_optimizers():
-        problems.append(Problem(f"unknown optimizer '{spec.plan.optimize}'", at("optimize"),
-                                did_you_mean(spec.plan.optimize, list_optimizers())))
+    if spec.plan.optimize not in list_path_finders():
+        problems.append(Problem(f"unknown path finder '{spec.plan.optimize}'", at("optimize"),
+                                did_you_mean(spec.plan.optimize, list_path_finders())))
     try:
         parse_memory(spec.plan.memory_limit)
     except PlanError as exc:

@@ -5,7 +5,7 @@
 ``batch_size``, ``params``, ``dense_size``, ``compression``, ``flops`` (the lowest found),
 ``path`` and ``executed_flops`` (the path the ``network`` strategy runs), ``naive_flops``,
 ``speedup``, ``largest_intermediate`` (``elements``, ``bytes``), ``dtype``, ``memory_limit``,
-``over_limit``, ``sliced`` (``indices``, ``slices``), ``optimizer``, ``strategy``,
+``over_limit``, ``sliced`` (``indices``, ``slices``), ``path_finder``, ``strategy``,
 ``search_time``, ``cache_hit``, ``notes`` and ``steps`` (each ``step``, ``left``, ``right``,
 ``result``, ``contracted``, ``legs``, ``equation``, ``flops``, ``size``; the executed path's).
 
@@ -87,7 +87,7 @@ def report_data(plan: Plan, spec: Spec) -> dict[str, Any]:
         "memory_limit": plan.memory_limit,
         "over_limit": list(plan.over_limit),
         "sliced": {"indices": [names[i] for i in plan.sliced_inds], "slices": plan.n_slices},
-        "optimizer": plan.optimizer,
+        "path_finder": plan.path_finder,
         "strategy": plan.options.strategy,
         "search_time": plan.search_time,
         "cache_hit": plan.cache_hit,
@@ -158,7 +158,7 @@ def _text(d: dict[str, Any], width: int) -> str:
         ("memory limit", limit),
         ("slicing", (f"{d['sliced']['slices']} slices over {', '.join(d['sliced']['indices'])}"
                      if d["sliced"]["indices"] else "none")),
-        ("optimizer", d["optimizer"]),
+        ("path finder", d["path_finder"]),
         ("execution strategy", d["strategy"]),
         ("plan search time", f"{d['search_time']:.3f} s"),
         ("plan cache", "hit" if d["cache_hit"] else "miss"),
