@@ -15,7 +15,8 @@ import torch.nn.functional as F
 
 import tngraph
 from tngraph.cli import main
-from tngraph.optimizers import NonFiniteLoss, OptimizerContext, get_optimizer
+from tngraph.optimizers import NonFiniteLoss, OptimizerContext, check_optimizer, get_optimizer
+from tngraph.schema import NamedOptions
 from tngraph.train import train
 from tngraph_plugins.chain import ChainError
 from tngraph_plugins.dmrg import (
@@ -45,7 +46,7 @@ train:
   epochs: 2
   batch_size: 64
   lr: 0.02
-  optimizer: {{name: dmrg, max_bond: 8, steps_per_bond: 3}}
+  optimizer: {{name: dmrg, max_rank: 8, steps_per_bond: 3}}
 """
 
 #: a raw chain with copies fed out of order, outputs on two sites (declared before the data
@@ -187,7 +188,7 @@ def test_split_inverts_merge_and_canonical_form_keeps_the_function() -> None:
         torch.testing.assert_close(iso.T @ iso, torch.eye(iso.shape[1], dtype=torch.float64))
 
 
-def test_truncation_keeps_max_bond_and_cutoff() -> None:
+def test_truncation_keeps_max_rank_and_cutoff() -> None:
     s = torch.tensor([1.0, 0.5, 0.1, 0.01, 0.0])
     assert truncation_rank(s, 10, 0.0) == 4                  # zeros always dropped
     assert truncation_rank(s, 10, 1e-3) == 3                  # 0.01^2 / 1.2601 < 1e-3
@@ -250,7 +251,7 @@ def test_failing_svd_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_degenerate_chain_trains_without_nan() -> None:
     """An all-constant chain (every merged tensor of rank 1, repeated zero singular values)."""
     stepper = _stepper(_mps16(4).replace("output_dim: 10}", "output_dim: 10, init: ones}"),
-                       max_bond=8)
+                       max_rank=8)
     x, y = _data16()
     for k in range(10):
         stepper.step(x[:32], lambda o: F.cross_entropy(o / 1e4, y[:32]))
@@ -265,7 +266,7 @@ def test_degenerate_chain_trains_without_nan() -> None:
 @pytest.mark.parametrize("spec", [_mps16(3), RAW], ids=["mps16", "raw"])
 def test_merged_forward_equals_compiled_module(spec: str) -> None:
     torch.manual_seed(0)
-    stepper = _stepper(spec, lr=0.05, max_bond=6)
+    stepper = _stepper(spec, lr=0.05, max_rank=6)
     n = stepper.layout.n
     x = torch.rand(9, n)
     y = torch.randint(0, 2, (9,))
@@ -280,9 +281,9 @@ def test_merged_forward_equals_compiled_module(spec: str) -> None:
             stepper.layout.chain.sites[1].left] == stepper.bond_dims()[0]
 
 
-def test_loss_decreases_and_bond_dims_grow_within_max_bond() -> None:
+def test_loss_decreases_and_bond_dims_grow_within_max_rank() -> None:
     x, y = _data16()
-    stepper = _stepper(_mps16(2), lr=0.02, max_bond=8)
+    stepper = _stepper(_mps16(2), lr=0.02, max_rank=8)
     assert stepper.bond_dims() == [2] * 15
 
     def full_loss() -> float:
@@ -316,9 +317,9 @@ def test_one_step_lowers_the_batch_loss(inner: str) -> None:
     assert stepper.bond == 1 and stepper.state_dict()["moments"] is None
 
 
-def test_a_start_above_max_bond_is_truncated_at_the_first_step() -> None:
+def test_a_start_above_max_rank_is_truncated_at_the_first_step() -> None:
     x, y = _data16()
-    stepper = _stepper(_mps16(12), max_bond=4)
+    stepper = _stepper(_mps16(12), max_rank=4)
     stepper.step(x[:16], lambda o: F.cross_entropy(o, y[:16]))
     assert max(stepper.bond_dims()) <= 4
     assert max(stepper.layout.chain.bond_dims(stepper.module.spec)) <= 4
@@ -381,12 +382,12 @@ def test_unsuitable_networks_are_refused(spec: str, error: type, message: str) -
 
 
 def test_options_are_validated() -> None:
-    assert DMRG.options().model_dump() == {"max_bond": 32, "cutoff": 1e-10,
+    assert DMRG.options().model_dump() == {"max_rank": 32, "cutoff": 1e-10,
                                            "steps_per_bond": 1, "inner": "adam"}
     with pytest.raises(ValueError, match="steps_per_bond"):
         DMRGOptions(steps_per_bond=0)
     with pytest.raises(ValueError, match="extra"):
-        DMRGOptions(max_rank=3)
+        DMRGOptions(rank=3)
 
 
 def test_cli_refuses_a_ring_with_exit_code_2(tmp_path: Path,
@@ -406,9 +407,16 @@ def test_cli_refuses_a_ring_with_exit_code_2(tmp_path: Path,
 
 
 def test_cli_trains_the_mps_classifier(tmp_path: Path) -> None:
-    assert main(["train", "models/mps_classifier.yaml", "--optimizer", "dmrg?max_bond=20",
+    assert main(["train", "models/mps_classifier.yaml", "--optimizer", "dmrg?max_rank=20",
                  "--epochs", "1", "--out", str(tmp_path / "run")]) == 0
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["optimizer"]["name"] == "dmrg"
     assert max(summary["optimizer"]["bond_dims"]) <= 20
     assert np.isfinite(summary["test"]["loss"])
+
+
+def test_the_rank_cap_is_max_rank_and_reads_its_old_name() -> None:
+    assert DMRG.options(max_bond=12).max_rank == 12
+    assert not check_optimizer(NamedOptions(name="dmrg", max_bond=12), None, ())
+    (problem,) = check_optimizer(NamedOptions(name="dmrg", max_bnd=12), None, ())
+    assert "unknown option 'max_bnd'; did you mean 'max_rank'" in problem.message

@@ -210,7 +210,7 @@ def test_deferred_loads_on_first_call_and_pickles() -> None:
     ("tngraph.load_spec('models/cnn_mps.yaml'); "
      "tngraph.load_spec('models/mps_classifier.yaml', None) and None; "
      "from tngraph.validate import check_optimizer; from tngraph.schema import NamedOptions; "
-     "assert not check_optimizer(NamedOptions(name='dmrg', max_bond=8), None, ())",
+     "assert not check_optimizer(NamedOptions(name='dmrg', max_rank=8), None, ())",
      ("torch", "tngraph.train", "tngraph.optimizers", "tngraph_plugins.dmrg",
       "tngraph_plugins.distillers", "tngraph.layer_modules")),
 ])

@@ -73,7 +73,7 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, help="learning rate")
     p.add_argument("--optimizer", metavar="NAME[?KEY=VALUE&...]",
                    help="optimizer strategy and options, e.g. sgd, adam?amsgrad=true, "
-                        "dmrg?max_bond=32 (tngraph plugins list shows them)")
+                        "dmrg?max_rank=32 (tngraph plugins list shows them)")
     p.add_argument("--weight-decay", type=float)
     p.add_argument("--device", help="cpu, cuda, cuda:N, mps (default: the spec's "
                                     "train.device)")

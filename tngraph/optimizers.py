@@ -3,7 +3,7 @@ learning-rate schedule), for the strategies that say how one training step updat
 (``adam``, ``sgd``, ``dmrg``, ``riemannian``, ...), chosen by registered name.
 
 A strategy is an :class:`OptimizerStrategy`: a name, a pydantic model of its options (validated
-and located in the spec like any other key: ``train.optimizer: {name: dmrg, max_bond: 32}``) and
+and located in the spec like any other key: ``train.optimizer: {name: dmrg, max_rank: 32}``) and
 a ``create`` factory that returns a :class:`Stepper` for one module. The training loop
 (:mod:`tngraph.train`) only talks to the stepper: ``step(x, objective)`` per mini-batch,
 ``set_lr`` per epoch, ``end_epoch``, ``state_dict`` / ``load_state_dict`` for checkpoints, and

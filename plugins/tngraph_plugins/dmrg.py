@@ -9,13 +9,13 @@ mini-batch):
 2. computes the outputs from ``B``, the left environment (sites ``< j``) and the right
    environment (sites ``> j+1``) of the batch, each data vector given by the port's feature map,
    and takes one gradient step on ``B`` (the loop's learning rate; ``inner: adam`` or ``sgd``);
-3. splits ``B`` again by an SVD truncated to ``max_bond`` singular values and to the relative
+3. splits ``B`` again by an SVD truncated to ``max_rank`` singular values and to the relative
    discarded weight ``cutoff`` (``sum(dropped s^2) <= cutoff * sum(s^2)``), with the singular
    values on the side the sweep moves to, so that the orthogonality centre moves with it.
 
 After ``steps_per_bond`` steps the sweep moves to the next bond: left to right, then right to
 left, and so on. The bond dimension between the two cores is whatever the truncation keeps, so
-it grows where the data needs it (up to ``max_bond``) and shrinks where it does not. Output legs
+it grows where the data needs it (up to ``max_rank``) and shrinks where it does not. Output legs
 (the class label ``o`` of a classifier) stay on their own site: they belong to ``B`` when ``B``
 holds that site, else to the environment on their side.
 
@@ -34,8 +34,8 @@ CLI). A network ``bias`` is kept fixed.
 
 Examples
 --------
->>> DMRG.options(max_bond=16).model_dump()
-{'max_bond': 16, 'cutoff': 1e-10, 'steps_per_bond': 1, 'inner': 'adam'}
+>>> DMRG.options(max_rank=16).model_dump()
+{'max_rank': 16, 'cutoff': 1e-10, 'steps_per_bond': 1, 'inner': 'adam'}
 >>> next_bond(2, 1, 3)          # at the last bond of a chain of 4 sites: turn around
 (1, -1)
 """
@@ -247,9 +247,9 @@ def next_bond(bond: int, direction: int, n_bonds: int) -> tuple[int, int]:
     return (nxt if 0 <= nxt < n_bonds else bond), direction
 
 
-def truncation_rank(s: torch.Tensor, max_bond: int, cutoff: float) -> int:
+def truncation_rank(s: torch.Tensor, max_rank: int, cutoff: float) -> int:
     """How many of the descending singular values ``s`` to keep: the fewest whose dropped tail
-    has ``sum(s^2) <= cutoff * sum(all s^2)``, at most ``max_bond``, at least 1 (zero singular
+    has ``sum(s^2) <= cutoff * sum(all s^2)``, at most ``max_rank``, at least 1 (zero singular
     values are always dropped).
 
     Examples
@@ -267,7 +267,7 @@ def truncation_rank(s: torch.Tensor, max_bond: int, cutoff: float) -> int:
         return 1
     tail = torch.flip(torch.cumsum(torch.flip(w, [0]), 0), [0])   # tail[i] = sum w[i:]
     keep = int((tail > cutoff * total).sum())
-    return max(1, min(keep, max_bond))
+    return max(1, min(keep, max_rank))
 
 
 def robust_svd(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -308,7 +308,7 @@ def merge(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a.reshape(-1, m) @ b.reshape(m, -1)).reshape(l_dim, d, k, d2, k2, r_dim)
 
 
-def split(merged: torch.Tensor, max_bond: int, cutoff: float, absorb: str = "right"
+def split(merged: torch.Tensor, max_rank: int, cutoff: float, absorb: str = "right"
           ) -> tuple[torch.Tensor, torch.Tensor]:
     """Inverse of :func:`merge`, truncated (:func:`truncation_rank`); the singular values go
     into the ``absorb`` (``"left"`` / ``"right"``) core, the other one is an isometry.
@@ -322,7 +322,7 @@ def split(merged: torch.Tensor, max_bond: int, cutoff: float, absorb: str = "rig
     """
     l_dim, d, k, d2, k2, r_dim = merged.shape
     u, s, vh = robust_svd(merged.reshape(l_dim * d * k, d2 * k2 * r_dim))
-    keep = truncation_rank(s, max_bond, cutoff)
+    keep = truncation_rank(s, max_rank, cutoff)
     u, s, vh = u[:, :keep], s[:keep], vh[:keep]
     if absorb == "right":
         vh = s[:, None] * vh
@@ -332,11 +332,11 @@ def split(merged: torch.Tensor, max_bond: int, cutoff: float, absorb: str = "rig
     return (u.to(dtype).reshape(l_dim, d, k, keep), vh.to(dtype).reshape(keep, d2, k2, r_dim))
 
 
-def right_canonicalize(cores: Sequence[torch.Tensor], max_bond: int | None = None,
+def right_canonicalize(cores: Sequence[torch.Tensor], max_rank: int | None = None,
                        cutoff: float = 0.0) -> list[torch.Tensor]:
     """The same chain with cores ``1 ... n-1`` right-orthonormal (rows of ``(l, d*K*r)``
     orthonormal), by SVDs from the right; the orthogonality centre is core 0. Every bond keeps
-    at most ``max_bond`` singular values and drops a relative weight of at most ``cutoff``
+    at most ``max_rank`` singular values and drops a relative weight of at most ``cutoff``
     (:func:`truncation_rank`); with the defaults only exact zeros go, so a bond larger than
     its rank shrinks to it and the chain's function is unchanged.
 
@@ -359,7 +359,7 @@ def right_canonicalize(cores: Sequence[torch.Tensor], max_bond: int | None = Non
         core = out[k]
         l_dim, d, kk, r_dim = core.shape
         u, s, vh = robust_svd(core.reshape(l_dim, -1))          # float64
-        keep = truncation_rank(s, max_bond if max_bond is not None else l_dim, cutoff)
+        keep = truncation_rank(s, max_rank if max_rank is not None else l_dim, cutoff)
         out[k] = vh[:keep].reshape(keep, d, kk, r_dim).to(core.dtype)
         prev = out[k - 1]
         pl, pd, pk, _ = prev.shape
@@ -464,7 +464,7 @@ class DMRGStepper:
     >>> module = tngraph.compile("tngraph: 1\\nname: t\\nnetwork: {template: mps, sites: 4, "
     ...     "phys_dim: 2, bond_dim: 2, input: x, feature_map: multilinear, output_dim: 3}\\n",
     ...     cache=False)
-    >>> stepper = DMRG.create(module, DMRGOptions(max_bond=4), OptimizerContext(lr=0.01))
+    >>> stepper = DMRG.create(module, DMRGOptions(max_rank=4), OptimizerContext(lr=0.01))
     >>> y = torch.tensor([0, 1])
     >>> loss, out = stepper.step(torch.rand(2, 4),
     ...                          lambda o: torch.nn.functional.cross_entropy(o, y))
@@ -562,9 +562,9 @@ class DMRGStepper:
         import torch
 
         # the first step brings the chain into right-canonical form (centre at site 0, bonds
-        # within max_bond), kept only if the step succeeds
+        # within max_rank), kept only if the step succeeds
         cores = self.cores if self.canonical else right_canonicalize(
-            self.cores, self.options.max_bond, self.options.cutoff)
+            self.cores, self.options.max_rank, self.options.cutoff)
         j = self.bond
         with torch.no_grad():
             phis = self.features(x)
@@ -586,7 +586,7 @@ class DMRGStepper:
             nxt, direction = next_bond(j, self.direction, self.layout.n - 1) if advance \
                 else (j, self.direction)
             absorb = "left" if nxt < j else "right"
-            a, b = split(new, self.options.max_bond, self.options.cutoff, absorb)
+            a, b = split(new, self.options.max_rank, self.options.cutoff, absorb)
         self.cores = list(cores)
         self.cores[j], self.cores[j + 1] = a, b
         self.canonical = True

@@ -10,8 +10,8 @@ uses the strategy. So validating a spec imports neither torch nor any implementa
 
 Examples
 --------
->>> DMRG.options(max_bond=16).model_dump()
-{'max_bond': 16, 'cutoff': 1e-10, 'steps_per_bond': 1, 'inner': 'adam'}
+>>> DMRG.options(max_rank=16).model_dump()
+{'max_rank': 16, 'cutoff': 1e-10, 'steps_per_bond': 1, 'inner': 'adam'}
 >>> ADAM.create
 Deferred('tngraph_plugins.optimizers:create_adam')
 """
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 from tngraph.kinds import DistillStrategy, OptimizerStrategy
 from tngraph.registry import Deferred
@@ -75,8 +75,9 @@ class DMRGOptions(_Options):
 
     Attributes
     ----------
-    max_bond
-        Largest bond dimension the truncation keeps.
+    max_rank
+        Largest bond dimension (TT-rank) the truncation keeps; ``max_bond``, its earlier name,
+        is read as well.
     cutoff
         Largest relative discarded weight ``sum(dropped s^2) / sum(s^2)`` of a truncation.
     steps_per_bond
@@ -88,11 +89,12 @@ class DMRGOptions(_Options):
 
     Examples
     --------
-    >>> DMRGOptions(max_bond=8).steps_per_bond
+    >>> DMRGOptions(max_rank=8).steps_per_bond
     1
     """
 
-    max_bond: int = Field(default=32, ge=1)
+    max_rank: int = Field(default=32, ge=1,
+                          validation_alias=AliasChoices("max_rank", "max_bond"))
     cutoff: float = Field(default=1e-10, ge=0, lt=1)
     steps_per_bond: int = Field(default=1, ge=1)
     inner: Literal["adam", "sgd"] = "adam"
@@ -100,7 +102,7 @@ class DMRGOptions(_Options):
 
 DMRG = OptimizerStrategy(
     "dmrg", "two-site DMRG sweeps (Stoudenmire & Schwab 2016) with adaptive bond dimensions; "
-    "options max_bond, cutoff, steps_per_bond, inner", DMRGOptions,
+    "options max_rank, cutoff, steps_per_bond, inner", DMRGOptions,
     Deferred("tngraph_plugins.dmrg:create_stepper"))
 
 
