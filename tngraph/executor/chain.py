@@ -1,0 +1,127 @@
+"""Fused chain runs: lockstep chain steps executed as one autograd node.
+
+A run of (stacked matmul, fused feature map) steps, as the two half-chains of an MPS advance,
+is described by one :class:`ChainStep` per step and executed by :class:`_ChainRun`, whose
+hand-written backward replaces about ten recorded autograd nodes per step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from tngraph.executor.kernels import _weighted_sum
+
+
+@dataclass(frozen=True)
+class ChainStep:
+    """One step of a fused chain run: a stacked matmul, then a fused-feature sum.
+
+    ``a_size``/``a_transposed``: how the incoming environment is viewed as the matmul's left
+    operand; ``result``: the matmul's ``(batch, rows, cols)``; ``terms_size``/``terms_dim``: how
+    that result is viewed and split into the ``terms`` feature slices; ``ones``: the first
+    slice's weight is the constant 1; ``weights``: the step's ``(start, stop)`` among the run's
+    weight tensors.
+    """
+
+    a_size: tuple[int, ...]
+    a_transposed: bool
+    result: tuple[int, int, int]
+    terms_size: tuple[int, ...]
+    terms_dim: int
+    terms: int
+    ones: bool
+    weights: tuple[int, int]
+
+
+def _result_buffer(buffers: dict[ChainStep, tuple[torch.Tensor, tuple[torch.Tensor, ...]]],
+                   step: ChainStep, like: torch.Tensor
+                   ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """A reusable tensor in the layout of ``step``'s matmul result, and its feature slices."""
+    key = (step.result, step.terms_size, step.terms_dim)
+    found = buffers.get(key)
+    if found is None:
+        buffer = like.new_empty(step.result)
+        found = buffers[key] = (buffer, buffer.view(step.terms_size).unbind(step.terms_dim))
+    return found
+
+
+class _ChainRun(torch.autograd.Function):
+    """A run of lockstep chain steps (matmul with stacked cores, then the fused feature map) as
+    one autograd node, with a hand-written backward.
+
+    Recorded op by op, a step costs about ten autograd nodes (views, split, multiply-add, matmul)
+    whose bookkeeping, at small bond dimensions, costs more than the arithmetic. Here the
+    forward runs unrecorded, each matmul writing into one buffer per shape whose feature slices
+    are viewed once (the multiply-add allocates the step's environment, kept for the backward);
+    the backward is four tensor ops per step into reused buffers (the cores' gradients aside):
+    the incoming gradient and its feature-weighted copies written into the matmul-result
+    layout, then the two matmuls of the step. What each step needs is prepared in the forward,
+    so that the backward loop does little besides those calls.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, steps: tuple[ChainStep, ...], env: torch.Tensor,
+                *tensors: torch.Tensor) -> torch.Tensor:
+        cores, weights = tensors[:len(steps)], tensors[len(steps):]
+        keep_terms = any(w.requires_grad for w in weights)
+        buffers: dict[Any, tuple[torch.Tensor, tuple[torch.Tensor, ...]]] = {}
+        records = []
+        for step, core in zip(steps, cores):
+            shape = env.shape
+            a = env.view(step.a_size)
+            if step.a_transposed:
+                a = a.transpose(1, 2)
+            if keep_terms:            # the terms are needed for the weights' gradients
+                terms = torch.bmm(a, core).view(step.terms_size).unbind(step.terms_dim)
+            else:
+                buffer, terms = _result_buffer(buffers, step, env)
+                torch.bmm(a, core, out=buffer)
+            w = weights[step.weights[0]:step.weights[1]]
+            env = _weighted_sum(terms, (None, *w) if step.ones else w, step.ones)
+            if step.ones and step.terms == 1:
+                env = env.clone()         # not a view of the reused matmul buffer
+            records.append((step, a.transpose(1, 2), core.transpose(1, 2), w, shape,
+                            terms if keep_terms else None))
+        ctx.records = records
+        ctx.save_for_backward(*cores, *weights)
+        return env
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        records = ctx.records
+        n = len(records)
+        ctx.saved_tensors                          # noqa: B018 - checks for in-place changes
+        need_env, need_cores = ctx.needs_input_grad[1], ctx.needs_input_grad[2:2 + n]
+        need_weights = ctx.needs_input_grad[2 + n:]
+        grad_cores: list[torch.Tensor | None] = [None] * n
+        grad_weights: list[torch.Tensor | None] = [None] * len(need_weights)
+        buffers: dict[Any, tuple[torch.Tensor, tuple[torch.Tensor, ...]]] = {}
+        grad = grad.contiguous()
+        for k in range(n - 1, -1, -1):
+            step, a_t, core_t, w, shape, terms = records[k]
+            if terms is not None:
+                start, offset = step.weights[0], 1 if step.ones else 0
+                for j, weight in enumerate(w):
+                    if need_weights[start + j]:
+                        grad_weights[start + j] = (terms[j + offset] * grad).sum(
+                            tuple(range(1, grad.dim())), keepdim=True).reshape(weight.shape)
+            # the gradient of the matmul's result, in its layout: slice j is weight_j * grad
+            grad_r, slices = _result_buffer(buffers, step, grad)
+            if step.ones:
+                slices[0].copy_(grad)
+                for target, weight in zip(slices[1:], w):
+                    torch.mul(grad, weight, out=target)
+            else:
+                for target, weight in zip(slices, w):
+                    torch.mul(grad, weight, out=target)
+            if need_cores[k]:
+                grad_cores[k] = torch.bmm(a_t, grad_r)
+            if k == 0 and not need_env:
+                break
+            grad_a = torch.bmm(grad_r, core_t)
+            grad = (grad_a.transpose(1, 2) if step.a_transposed else grad_a).reshape(shape)
+        return (None, grad if need_env else None, *grad_cores, *grad_weights)

@@ -1,0 +1,383 @@
+"""Kernel design and execution: one pairwise step as a matmul-shaped kernel.
+
+:func:`design_kernel` decides, without touching data, how the two operands of a step are viewed
+as ``(batch, rows, inner)`` and ``(batch, inner, cols)`` matrices (:class:`Operand`) and which
+kernel mode runs the step (:class:`Kernel`); :func:`run_kernel` executes a designed kernel, and
+the ``_small`` / ``_select`` / ``_matvec`` functions implement the modes that are not a plain
+(batched) GEMM.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import itertools
+import math
+import operator
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+#: contractions over at most this many inner entries run as unrolled multiply-adds
+#: (``small`` / ``select`` kernels)
+SMALL_INNER = 4
+
+#: batched matrix-vector products at least this large run as multiply + sum: batched GEMM
+#: kernels are slow on them (measured 2-3x on this CPU for 10x40 and larger per batch entry)
+MATVEC_MIN = 400
+
+
+@dataclass(frozen=True)
+class Operand:
+    """How one operand is viewed as a 3-d ``(batch, x, y)`` array."""
+
+    perm: tuple[int, ...] | None     # permute first (forces a copy in reshape), or None
+    shape3: tuple[int, int, int]     # (batch, x, y) after the (optional) permute
+    transposed: bool                 # take the view's transpose: (batch, y, x)
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """One pairwise step, designed: operands ``a`` (rows x inner), ``b`` (inner x cols)."""
+
+    left: int
+    right: int
+    out: int
+    swap: bool                       # a is the step's right operand
+    mode: str                        # mm | bmm | outer | small
+    a: Operand
+    b: Operand
+    out_shape: tuple[int, ...]
+    out_layout: tuple[str, ...]
+    ones_a: bool = False             # a[..., 0] is all ones (skip that multiply)
+    ones_b: bool = False
+    # index groups: shared kept (batch), contracted (inner), free in a, free in b
+    groups: tuple[tuple[str, ...], ...] = ((), (), (), ())
+    layouts: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())   # layouts of a and b
+    axis: int | None = None          # 'select': the contracted axis of a (kept in its layout)
+
+    @property
+    def signature(self) -> tuple[Any, ...]:
+        """Kernels with equal signatures can run stacked as one kernel."""
+        nb, m, k = _logical(self.a)
+        return (self.mode, nb, m, k, _logical(self.b)[2], self.ones_a, self.ones_b)
+
+    @property
+    def stack_size(self) -> int:
+        """Elements copied when this kernel's operands are stacked with others."""
+        return math.prod(self.a.shape3) + math.prod(self.b.shape3)
+
+
+def _by_target(free: list[str], target: dict[str, int]) -> list[str]:
+    """``free`` sorted by final output position (indices not in the output last, in order)."""
+    return sorted(free, key=lambda index: (target.get(index, len(target)), free.index(index)))
+
+
+def _runs(layout: Sequence[str], target: dict[str, int]) -> int:
+    """Number of runs of consecutive target positions among the output indices of ``layout``."""
+    positions = [target[i] for i in layout if i in target]
+    return 1 + sum(b != a + 1 for a, b in zip(positions, positions[1:])) if positions else 1
+
+
+def _logical(op: Operand) -> tuple[int, int, int]:
+    """(batch, rows, cols) of the operand as the kernel sees it (after any transpose)."""
+    nb, x, y = op.shape3
+    return (nb, y, x) if op.transposed else (nb, x, y)
+
+
+def _operand(layout: Sequence[str], first: Sequence[str], second: Sequence[str],
+             batch: Sequence[str], sizes: dict[str, int], copy_transposed: bool = False
+             ) -> tuple[Operand, int]:
+    """View ``layout`` as (batch, first, second); returns the operand and the copy cost.
+
+    When no view fits, the operand is copied: as (batch, first, second), or with
+    ``copy_transposed`` as (batch, second, first) and used transposed. The right operand is
+    copied that way (inner index last, like ``nn.Linear``'s weight), which keeps the GEMMs of
+    its backward pass in their fast orientation.
+    """
+    nb = math.prod(sizes[i] for i in batch)
+    n1 = math.prod(sizes[i] for i in first)
+    n2 = math.prod(sizes[i] for i in second)
+    layout = list(layout)
+    if layout == [*batch, *first, *second]:
+        return Operand(None, (nb, n1, n2), False), 0
+    if layout == [*batch, *second, *first]:
+        return Operand(None, (nb, n2, n1), True), 0
+    if copy_transposed:
+        perm = tuple(layout.index(i) for i in (*batch, *second, *first))
+        return Operand(perm, (nb, n2, n1), True), nb * n1 * n2
+    perm = tuple(layout.index(i) for i in (*batch, *first, *second))
+    return Operand(perm, (nb, n1, n2), False), nb * n1 * n2
+
+
+def design_kernel(left: int, right: int, out: int, left_layout: Sequence[str],
+                  right_layout: Sequence[str], kept: set[str], sizes: dict[str, int],
+                  ones: set[int] = frozenset(), lead: str | None = None,
+                  target: dict[str, int] | None = None) -> Kernel:
+    """Choose roles, index orders and kernel of one pairwise step with the fewest copies.
+
+    ``kept`` holds the indices the result must keep; ``ones`` holds the slots whose first
+    entry along their (single) inner index is known to be all ones. A result that holds the
+    ``lead`` index (the data batch) anywhere but first is charged its size, as the next step
+    would have to copy it (batched matmuls want the batch outermost).
+
+    ``target`` gives each output index its position in the final result. A result whose output
+    indices lie in many separate runs (relative to that order) will have to be permuted in
+    small pieces later, which is slow; it is charged a quarter of its size per extra run, and
+    an operand may be copied with its free indices sorted into target order when that is
+    cheaper (e.g. rebuilding a TT-matrix: in- and out-legs come out grouped, not interleaved).
+    """
+    in_right = set(right_layout)
+    in_left = set(left_layout)
+    shared = [i for i in left_layout if i in in_right]
+    batch = [i for i in shared if i in kept]
+    inner = [i for i in shared if i not in kept]
+    free_left = [i for i in left_layout if i not in in_right]
+    free_right = [i for i in right_layout if i not in in_left]
+    best: tuple[int, int, int, Kernel] | None = None
+    for swap in (False, True):
+        la, lb = (right_layout, left_layout) if swap else (left_layout, right_layout)
+        fa, fb = (free_right, free_left) if swap else (free_left, free_right)
+        orders = [(fa, fb)]
+        if target:
+            sorted_orders = (_by_target(fa, target), _by_target(fb, target))
+            if sorted_orders != (fa, fb):
+                orders.append(sorted_orders)
+        for rank, (source, (fa, fb)) in enumerate(itertools.product((la, lb), orders)):
+            bt = [i for i in source if i in batch]
+            ct = [i for i in source if i in inner]
+            a, cost_a = _operand(la, fa, ct, bt, sizes)
+            b, cost_b = _operand(lb, ct, fb, bt, sizes, copy_transposed=True)
+            nb, m, k = _logical(a)
+            n = _logical(b)[2]
+            if not ct:
+                mode = "outer"
+            elif k <= SMALL_INNER and nb > 1 and (m == 1 or n == 1):
+                mode = "small"
+            elif nb > 1 and (m == 1 or n == 1) and max(m, n) * k >= MATVEC_MIN and (
+                    not a.transposed if n == 1 else b.transposed):
+                mode = "matvec"      # dot products along the matrix's contiguous inner axis
+            else:
+                mode = "bmm" if nb > 1 else "mm"
+            # a batched matrix-vector product whose matrix holds the inner index first runs
+            # fast only as (vector row) x (matrix): batched GEMV kernels are slow otherwise
+            slow_gemv = mode == "bmm" and (m == 1 or n == 1) and max(m, n) > 1 and not (
+                m == 1 and not b.transposed)
+            slot_a, slot_b = (right, left) if swap else (left, right)
+            if mode == "small" and n == 1 and cost_a and len(ct) == 1:
+                selected = _select_kernel(left, right, out, swap, la, lb, ct[0], batch, sizes,
+                                          ones_b=slot_b in ones)
+                if selected is not None:
+                    kernel, cost = selected
+                    out_size = math.prod(kernel.out_shape)
+                    misplaced = lead is not None and lead in kernel.out_layout and \
+                        kernel.out_layout[0] != lead
+                    penalty = (out_size if misplaced else 0) + (
+                        out_size * (_runs(kernel.out_layout, target) - 1) // 4 if target else 0)
+                    score = (cost + penalty, 0, 2 * swap + rank)
+                    if best is None or score < best[:3]:
+                        best = (*score, kernel)
+                    continue
+            kernel = Kernel(left, right, out, swap, mode, a, b,
+                            tuple(sizes[i] for i in (*bt, *fa, *fb)), (*bt, *fa, *fb),
+                            ones_a=mode == "small" and slot_a in ones and len(ct) == 1,
+                            ones_b=mode == "small" and slot_b in ones and len(ct) == 1,
+                            groups=(tuple(bt), tuple(ct), tuple(fa), tuple(fb)),
+                            layouts=(tuple(la), tuple(lb)))
+            # among equally cheap layouts prefer rows >= cols: a canonical orientation lets
+            # mirror-image steps (e.g. the two half-chains of an MPS) share one signature
+            out_layout = (*bt, *fa, *fb)
+            misplaced = lead is not None and lead in out_layout and out_layout[0] != lead
+            out_size = math.prod(sizes[i] for i in out_layout)
+            penalty = out_size if misplaced else 0
+            if target:
+                penalty += out_size * (_runs(out_layout, target) - 1) // 4
+            score = (cost_a + cost_b + penalty, int(slow_gemv) * 2 + int(m < n),
+                     2 * swap + rank)
+            if best is None or score < best[:3]:
+                best = (*score, kernel)
+    assert best is not None
+    return best[3]
+
+
+def larger_inside(kernel: Kernel, sizes: dict[str, int]) -> Kernel:
+    """``kernel`` with the free indices of its ``b`` operand ordered by size, largest last.
+
+    For kernels whose ``b`` is copied anyway (stacked parameters): a result such as an MPS
+    environment ``(batch, p, r)`` keeps the bond innermost, so the next step's tiny contraction
+    over ``p`` reads whole contiguous rows (``(batch, r, p)`` would make it read every p-th
+    value, about twice as slow).
+    """
+    bt, ct, fa, fb = kernel.groups
+    if kernel.mode not in ("bmm", "mm") or not 1 < len(fb) <= 4:
+        return kernel
+    pb = tuple(sorted(fb, key=lambda i: sizes[i]))
+    if pb == fb:
+        return kernel
+    b, _ = _operand(kernel.layouts[1], ct, pb, bt, sizes, copy_transposed=True)
+    layout = (*bt, *fa, *pb)
+    return dataclasses.replace(kernel, b=b, out_shape=tuple(sizes[i] for i in layout),
+                               out_layout=layout, groups=(bt, ct, fa, pb))
+
+
+def _select_kernel(left: int, right: int, out: int, swap: bool, la: Sequence[str],
+                   lb: Sequence[str], inner: str, batch: Sequence[str], sizes: dict[str, int],
+                   ones_b: bool) -> tuple[Kernel, int] | None:
+    """A ``select`` kernel: ``a`` (layout ``la``, batch indices leading) weighted along its
+    ``inner`` axis in place by the per-batch vector ``b``; None where ``a`` does not start with
+    the batch indices. Returns the kernel and its copy cost (``b``'s, if any)."""
+    bt = [i for i in la if i in batch]
+    if list(la[:len(bt)]) != bt or set(lb) != {*bt, inner}:
+        return None
+    nb = math.prod(sizes[i] for i in bt)
+    a = Operand(None, (nb, math.prod(sizes[i] for i in la) // nb, 1), False)
+    b, cost_b = _operand(lb, [inner], [], bt, sizes)
+    out_layout = tuple(i for i in la if i != inner)
+    kernel = Kernel(left, right, out, swap, "select", a, b,
+                    tuple(sizes[i] for i in out_layout), out_layout, ones_b=ones_b,
+                    groups=(tuple(bt), (inner,), tuple(out_layout[len(bt):]), ()),
+                    layouts=(tuple(la), tuple(lb)), axis=la.index(inner))
+    return kernel, cost_b
+
+
+def conform(kernel: Kernel, target: Kernel, sizes: dict[str, int]) -> Kernel:
+    """``kernel`` with its free indices reordered so that its result has ``target``'s shape.
+
+    Used for kernels that run stacked with ``target``: their operands are copied by the stack
+    anyway, so a permutation is free, and results of equal layout let the next stacked step
+    reuse the stacked result without another copy.
+    """
+    if kernel.out_shape == target.out_shape or sorted(kernel.out_shape) != sorted(
+            target.out_shape) or kernel.mode in ("small", "select"):
+        return kernel
+    bt, ct, fa, fb = kernel.groups
+    if len(fa) > 4 or len(fb) > 4:
+        return kernel
+    for pa in itertools.permutations(fa):
+        for pb in itertools.permutations(fb):
+            layout = (*bt, *pa, *pb)
+            if tuple(sizes[i] for i in layout) == target.out_shape:
+                a, _ = _operand(kernel.layouts[0], pa, ct, bt, sizes)
+                b, _ = _operand(kernel.layouts[1], ct, pb, bt, sizes, copy_transposed=True)
+                return Kernel(kernel.left, kernel.right, kernel.out, kernel.swap, kernel.mode,
+                              a, b, target.out_shape, layout, kernel.ones_a, kernel.ones_b,
+                              (bt, ct, pa, pb), kernel.layouts)
+    return kernel
+
+
+def _as3(t: torch.Tensor, op: Operand) -> torch.Tensor:
+    if op.perm is not None:
+        # copy: a permuted view that happens to reshape without one can leave the batch
+        # with stride 1, which batched matmuls handle very slowly
+        t = t.permute(op.perm).contiguous()
+    t = t.reshape(op.shape3)
+    return t.transpose(1, 2) if op.transposed else t
+
+
+def run_kernel(kernel: Kernel, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Execute one designed step on the step's left and right operands ``x`` and ``y``."""
+    if kernel.mode == "select":
+        return _select(kernel, y if kernel.swap else x, x if kernel.swap else y)
+    a = _as3(y if kernel.swap else x, kernel.a)   # (nb, m, k)
+    b = _as3(x if kernel.swap else y, kernel.b)   # (nb, k, n)
+    mode = kernel.mode
+    if mode == "bmm":
+        result = torch.bmm(a, b)
+    elif mode == "mm":
+        a, b = (t.contiguous() if flag else t for t, flag in zip((a, b), _mm_materialise(kernel)))
+        result = torch.mm(a[0], b[0])
+    elif mode == "outer":
+        result = a * b                     # (nb, m, 1) * (nb, 1, n)
+    elif mode == "matvec":
+        result = _matvec(a, b)
+    else:
+        result = _small(a, b, kernel.ones_a, kernel.ones_b)
+    return result.reshape(kernel.out_shape)
+
+
+def _mm_materialise(kernel: Kernel) -> tuple[bool, bool]:
+    """Which operands of an ``mm`` kernel to copy out of their transposed view.
+
+    BLAS reads a transposed operand at no cost, but autograd then computes that operand's
+    gradient in the same column-major layout, from the *result's* gradient transposed: for a
+    small operand of a large result (a TT-core half-train meeting the other half in a 1024 x 1024
+    weight), that product runs 3-4x slower than the row-major one on this CPU (measured:
+    (1024x1024)^T (1024x8) 2.5 ms, 1024x1024 (1024x8) 0.66 ms). Copying the small operand
+    costs a few microseconds. Operands at least 1/16 of the result stay views."""
+    out = math.prod(kernel.out_shape)
+    return tuple(op.transposed and math.prod(op.shape3) * 16 <= out
+                 for op in (kernel.a, kernel.b))
+
+
+def _kernel_function(kernel: Kernel) -> Any:
+    """The function that runs ``kernel``'s mode on 3-d operands ``(a, b)``."""
+    if kernel.mode == "small":
+        return functools.partial(_small, ones_a=kernel.ones_a, ones_b=kernel.ones_b)
+    if kernel.mode == "matvec":
+        return _matvec
+    if kernel.mode == "outer":
+        return operator.mul
+    return torch.bmm
+
+
+def _weighted_sum(terms: Sequence[torch.Tensor], weights: Sequence[Any],
+                  skip_first: bool) -> torch.Tensor:
+    """``sum_j terms[j] * weights[j]`` as fused multiply-adds; with ``skip_first`` the first
+    weight is known to be all ones and not read (it may be None). The sum is a new tensor except
+    for a lone skipped term, which is returned as it is."""
+    if skip_first:
+        if len(terms) == 1:
+            return terms[0]
+        acc, start = torch.addcmul(terms[0], terms[1], weights[1]), 2
+    else:
+        acc, start = terms[0] * weights[0], 1
+    for term, weight in zip(terms[start:], weights[start:]):
+        acc.addcmul_(term, weight)
+    return acc
+
+
+def _select(kernel: Kernel, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``sum_k a.select(axis, k) * b[:, k]`` with ``b``'s entries broadcast over ``a``'s other
+    axes (``a`` keeps its layout; the slices are strided views)."""
+    n_batch = len(kernel.groups[0])
+    terms = a.unbind(kernel.axis)
+    # weights (nb, k, 1) -> one (batch..., 1, ..., 1) column per slice
+    weights = _as3(b, kernel.b).reshape(*a.shape[:n_batch], len(terms),
+                                        *([1] * (a.dim() - 1 - n_batch)))
+    return _weighted_sum(terms, weights.unbind(n_batch), kernel.ones_b)
+
+
+def _small_weighted(a: torch.Tensor, weights: Sequence[torch.Tensor], skip_first: bool
+                    ) -> torch.Tensor:
+    """``_small`` with the weights (one ``(nb, 1)`` column per inner index) already split."""
+    return _weighted_sum(a.unbind(2), weights, skip_first)
+
+
+def _matvec(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Batched matrix-vector product as one broadcast multiply and a sum over the inner axis."""
+    if b.shape[2] == 1:                              # (nb, m, k) x (nb, k, 1) -> (nb, m)
+        return (a * b.transpose(1, 2)).sum(-1)
+    return (a.transpose(1, 2) * b).sum(1)            # (nb, 1, k) x (nb, k, n) -> (nb, n)
+
+
+def _small(a: torch.Tensor, b: torch.Tensor, ones_a: bool, ones_b: bool) -> torch.Tensor:
+    """sum_k a[:, :, k, None] * b[:, None, k, :] for a tiny k, as fused multiply-adds.
+
+    Returns ``(nb, n)`` when a has one row, else ``(nb, m)`` (b has one column); the caller
+    reshapes. A weight known to be all ones (``ones_*``) is not multiplied.
+    """
+    if a.shape[1] == 1:       # weights per batch entry (from a) on the rows of b
+        weights, terms, skip = a.unbind(2), b.unbind(1), ones_a     # (nb, 1) and (nb, n)
+    else:                     # weights (from b's single column) on the columns of a
+        weights, terms, skip = b.unbind(1), a.unbind(2), ones_b     # (nb, 1) and (nb, m)
+    return _weighted_sum(terms, weights, skip)
+
+
+def _role_slot(kernel: Kernel, role: str) -> int:
+    """The slot that plays operand ``role`` ("a" or "b") in ``kernel``."""
+    if role == "a":
+        return kernel.right if kernel.swap else kernel.left
+    return kernel.left if kernel.swap else kernel.right
+

@@ -1,0 +1,325 @@
+"""Running a program: the :class:`Program` built from a schedule, and what it runs with.
+
+:func:`build_program` schedules a plan (:mod:`tngraph.executor.schedule`) and builds its
+:class:`Program`, which generates and compiles its source (:mod:`tngraph.executor.codegen`),
+gathers the operands of stacked groups before each call, and runs inference calls in a
+workspace kept between calls (one at a time: :data:`_WORKSPACE_LOCK`). :func:`weights_key`
+tells when values derived from the parameters must be recomputed.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook
+
+from tngraph.executor.chain import _ChainRun
+from tngraph.executor.codegen import (
+    GroupOp,
+    WsEmpty,
+    WsSpec,
+    WsView,
+    chain_runs,
+    generate_source,
+    group_ops,
+)
+from tngraph.executor.kernels import Operand, _as3, _logical, _role_slot, run_kernel
+from tngraph.executor.schedule import (
+    Group,
+    LeafSource,
+    ParamGather,
+    gather_params,
+    plan_param_gather,
+    plan_schedule,
+)
+
+#: bumped after every optimizer step (any torch optimizer, through a global hook): fused
+#: optimizers update parameters in place without bumping their version counters
+_STEPS = [0]
+
+
+#: one inference call at a time uses its program's workspace; a concurrent one (another
+#: thread) runs the allocating code instead
+_WORKSPACE_LOCK = threading.Lock()
+
+
+def _count_step(*_: Any) -> None:
+    _STEPS[0] += 1
+
+
+register_optimizer_step_post_hook(_count_step)
+
+
+def weights_key(tensors: Sequence[torch.Tensor]) -> tuple[Any, ...]:
+    """Changes whenever any of ``tensors`` may have changed: an in-place edit or
+    ``load_state_dict`` (version counters), an optimizer step (global count), or other
+    tensor objects (``.to()``). Values derived from the tensors are cached under it."""
+    return (_STEPS[0], tuple((id(t), t._version) for t in tensors))
+
+
+#: largest workspace (elements) kept between inference calls: the stacked intermediates of
+#: one forward pass, reused instead of allocated at every step
+WORKSPACE_LIMIT = 1 << 24
+
+
+class PortGather(NamedTuple):
+    """A class of port operands of stacked groups gathered together: all from data port
+    ``port``, ``size`` members per group, viewed as ``operand``; with ``split``, the weights
+    of a 'small' kernel handed over split into columns, and with ``skip_first`` the first
+    column (all ones) not gathered."""
+
+    port: int
+    size: int
+    operand: Operand
+    split: bool
+    skip_first: bool
+
+
+@dataclass
+class Program:
+    """The plan as a list of kernel groups over numbered slots.
+
+    ``run(tensors, ports)`` takes the parameter tensors (in term order) and the data ports, each
+    ``(N, batch, *legs)`` for a stacked port (copy-major) or ``(batch, *legs)``; leaves are cut
+    from them only where a kernel needs one alone, while operands of stacked groups are gathered
+    for all groups at once (one ``stack`` of parameters per shape, one ``index_select`` per
+    port).
+    """
+
+    n_leaves: int
+    leaf_equations: list[str | None]
+    groups: list[Group]
+    final_perm: tuple[int, ...] | None
+    result_slot: int
+    sliced: list[tuple[int, list[tuple[int, int]]]] = field(default_factory=list)
+    sources: dict[int, LeafSource] = field(default_factory=dict)
+    #: the final permutation with neighbouring axes merged
+    #: (:func:`~tngraph.executor.schedule.merged_permutation`)
+    final_merged: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]] | None = None
+
+    def __post_init__(self) -> None:
+        # gather classes: operands of stacked groups fetched for all groups at once, keyed by
+        # everything that lets their chunks come out of one tensor by a single unbind
+        self._param_gathers: dict[tuple[Any, ...], list[tuple[int, str]]] = {}
+        self._port_gathers: dict[PortGather, list[tuple[int, str]]] = {}
+        split_weights: set[int] = set()     # groups whose 'b' weights arrive split
+        for g, group in enumerate(self.groups):
+            for role, flag in (("a", group.prefetch_a), ("b", group.prefetch_b)):
+                if not flag:
+                    continue
+                slots = [_role_slot(k, role) for k in group.kernels]
+                kinds = {self.sources[slot].kind for slot in slots}
+                ports = {self.sources[slot].index for slot in slots}
+                ops = [getattr(k, role) for k in group.kernels]
+                size = len(group.kernels)
+                if kinds == {"port"} and len(ports) == 1 and len(set(ops)) == 1 and all(
+                        self.sources[slot].copy is not None for slot in slots) \
+                        and ops[0].perm is None:
+                    # the weights of a 'small' kernel are handed over already split
+                    # (its first column is not gathered where it is known to be all ones)
+                    weights = (role == "b" and group.kernels[0].mode == "small"
+                               and _logical(group.kernels[0].a)[1] > 1)
+                    skip = weights and all(k.ones_b for k in group.kernels)
+                    port_key = PortGather(ports.pop(), size, ops[0], weights, skip)
+                    self._port_gathers.setdefault(port_key, []).append((g, role))
+                    if weights:
+                        split_weights.add(g)
+                elif kinds == {"tensor"}:
+                    key = (size, _logical(ops[0]))
+                    self._param_gathers.setdefault(key, []).append((g, role))
+                else:
+                    setattr(group, f"prefetch_{role}", False)
+        self._port_idx = {key: [self.sources[_role_slot(k, role)].copy for g, role in reqs
+                                for k in self.groups[g].kernels]
+                          for key, reqs in self._port_gathers.items()}
+        # split weights: (gather number, position) of each group's weights in that gather's
+        # columns; groups written out inline read them there (no per-group tuple at each call)
+        self._weight_slots = {req: (n, i) for n, (key, reqs) in
+                              enumerate(self._port_gathers.items()) if key.split
+                              for i, req in enumerate(reqs)}
+        self._inlined: set[int] = set()
+        self._port_idx_tensor: dict[tuple[Any, ...], torch.Tensor] = {}
+        self._param_cache: tuple[Any, dict[tuple[int, str], torch.Tensor]] | None = None
+        self._gather_plans: dict[tuple[Any, ...], ParamGather] = {}
+        # per group, what to do, decided once (see codegen.group_ops)
+        self._ops: list[GroupOp] = group_ops(self.groups, split_weights)
+        self._ws_specs: list[WsSpec] = []
+
+        self.source_code = self._generate_source()
+        namespace = {"torch": torch, "run_kernel": run_kernel, "_as3": _as3,
+                     "_ChainRun": _ChainRun, **self._constants}
+        exec(compile(self.source_code, "<tngraph program>", "exec"), namespace)  # noqa: S102
+        self._generated = namespace["contract"]
+        # inference variant: stacked results written into a workspace kept between calls
+        self._workspaces: dict[tuple[Any, ...], tuple[list[Any], set[int]]] = {}
+        self._generated_ws = None
+        if not self.sliced:
+            self.workspace_source = self._generate_source(workspace=True)
+            size = sum(math.prod(spec.shape) for spec in self._ws_specs
+                       if isinstance(spec, WsEmpty))
+            if self._ws_specs and size <= WORKSPACE_LIMIT:
+                namespace = {"torch": torch, "run_kernel": run_kernel, "_as3": _as3,
+                             **self._constants}
+                exec(compile(self.workspace_source, "<tngraph program (workspace)>",  # noqa: S102
+                             "exec"), namespace)
+                self._generated_ws = namespace["contract"]
+
+    # -- code generation ----------------------------------------------------------------------
+    def _generate_source(self, workspace: bool = False) -> str:
+        """Straight-line Python for the whole contraction (see
+        :func:`~tngraph.executor.codegen.generate_source`); with ``workspace``, the inference
+        variant, whose workspace entries go to ``self._ws_specs``. The constants it binds are
+        kept in ``self._constants``; the caller keeps the text (``self.source_code``,
+        ``self.workspace_source``) for inspection."""
+        generated = generate_source(
+            self._ops, self.sources, self.leaf_equations, sliced=bool(self.sliced),
+            result_slot=self.result_slot, final_perm=self.final_perm,
+            final_merged=self.final_merged, weight_slots=self._weight_slots,
+            runs={} if workspace else self._chain_runs(), workspace=workspace)
+        if workspace:
+            self._ws_specs = list(generated.ws_specs)
+        self._inlined |= generated.inlined
+        self._constants = generated.constants
+        return generated.text
+
+    def _chain_runs(self) -> dict[int, list[int]]:
+        """Runs of chain steps fused into one autograd node (see
+        :func:`~tngraph.executor.codegen.chain_runs`): first group -> the run's groups."""
+        return chain_runs(self._ops, self._weight_slots)
+
+    def _workspace(self, tensors: Sequence[torch.Tensor], ports: Sequence[torch.Tensor]
+                   ) -> tuple[list[Any], set[int]]:
+        """The workspace for this dtype and device (built at first use): its entries as the
+        workspace source refers to them, and the data pointers of its tensors."""
+        ref = tensors[0] if tensors else ports[0]
+        key = (ref.dtype, ref.device, torch.is_inference_mode_enabled())
+        found = self._workspaces.get(key)
+        if found is None:
+            entries: list[Any] = []
+            for spec in self._ws_specs:
+                if isinstance(spec, WsEmpty):
+                    entries.append(torch.empty(spec.shape, dtype=ref.dtype, device=ref.device))
+                elif isinstance(spec, WsView):
+                    view = entries[spec.base].view(spec.size)
+                    entries.append(view.transpose(1, 2) if spec.transposed else view)
+                else:
+                    entries.append(entries[spec.base].view(spec.size).unbind(spec.dim))
+            pointers = {e.untyped_storage().data_ptr() for e, spec in zip(entries, self._ws_specs)
+                        if isinstance(spec, WsEmpty)}
+            found = self._workspaces[key] = (entries, pointers)
+        return found
+
+    # -- leaves -----------------------------------------------------------------------------
+    def _leaf(self, slot: int, tensors: Sequence[torch.Tensor],
+              ports: Sequence[torch.Tensor]) -> torch.Tensor:
+        source = self.sources[slot]
+        if source.kind == "tensor":
+            t = tensors[source.index]
+        else:
+            t = ports[source.index] if source.copy is None else ports[source.index].select(
+                0, source.copy)
+        eq = self.leaf_equations[slot]
+        return t if eq is None else torch.einsum(eq, t)
+
+    def _prefetch(self, tensors: Sequence[torch.Tensor], ports: Sequence[torch.Tensor]
+                  ) -> dict[tuple[int, str], torch.Tensor]:
+        out: dict[tuple[int, str], torch.Tensor] = {}
+        # Without autograd, parameters gathered once are reused until any of them may have
+        # changed (see weights_key).
+        cacheable = not torch.is_grad_enabled()
+        version = weights_key(tensors) if cacheable else None
+        if cacheable and self._param_cache is not None and self._param_cache[0] == version:
+            out.update(self._param_cache[1])
+        else:
+            for key, reqs in self._param_gathers.items():
+                size, (nb, x, y) = key
+                plan = self._gather_plans.get(key)
+                if plan is None:
+                    members = [(self.sources[_role_slot(k, role)].index, getattr(k, role))
+                               for g, role in reqs for k in self.groups[g].kernels]
+                    plan = self._gather_plans[key] = plan_param_gather(
+                        [tuple(t.shape) for t in tensors], members)
+                gathered = gather_params(tensors, plan)               # (n * size, nb, x, y)
+                chunks = gathered.view(len(reqs), size * nb, x, y).unbind(0)
+                out.update(zip(reqs, chunks))
+            self._param_cache = (version, dict(out)) if cacheable else None
+        for number, (key, reqs) in enumerate(self._port_gathers.items()):
+            p, size, op, weights, skip = key
+            data = ports[p]
+            cache_key = (key, data.device)
+            idx = self._port_idx_tensor.get(cache_key)
+            if idx is None:
+                idx = self._port_idx_tensor[cache_key] = torch.tensor(self._port_idx[key],
+                                                                      device=data.device)
+            nb, x, y = op.shape3
+            if weights:       # per group the k weights (G*nb, 1), each contiguous (strided
+                # weights slow the multiply-adds down): one gather per column, for all groups
+                table = data.reshape(data.shape[0], nb, x)                    # (N, nb, k)
+                columns: list[Any] = [None] if skip else []
+                for j in range(1 if skip else 0, x):
+                    column = table.select(2, j).index_select(0, idx)          # (n * size, nb)
+                    columns.append(column.view(len(reqs), size * nb, 1).unbind(0))
+                out[("columns", number)] = columns
+                out.update((req, tuple(c if c is None else c[i] for c in columns))
+                           for i, req in enumerate(reqs) if req[0] not in self._inlined)
+                continue
+            gathered = data.index_select(0, idx)   # (n * size, batch, *legs)
+            gathered = gathered.view(len(reqs), size * nb, x, y)
+            if op.transposed:
+                gathered = gathered.transpose(2, 3)
+            out.update(zip(reqs, gathered.unbind(0)))
+        return out
+
+    # -- running ----------------------------------------------------------------------------
+    def run(self, tensors: Sequence[torch.Tensor], ports: Sequence[torch.Tensor]
+            ) -> torch.Tensor:
+        """Contract the network for these parameters and data ports."""
+        if not self.sliced:
+            fetched = self._prefetch(tensors, ports)
+            if self._generated_ws is not None and not torch.is_grad_enabled() \
+                    and _WORKSPACE_LOCK.acquire(blocking=False):
+                try:
+                    ws, pointers = self._workspace(tensors, ports)
+                    result = self._generated_ws(tensors, ports, fetched, None, ws)
+                    if result.untyped_storage().data_ptr() in pointers:
+                        result = result.clone()    # never hand out workspace memory
+                    return result
+                finally:
+                    _WORKSPACE_LOCK.release()
+            return self._generated(tensors, ports, fetched, None)
+        leaves = [self._leaf(k, tensors, ports) for k in range(self.n_leaves)]
+        total = None
+        for choice in itertools.product(*(range(n) for n, _ in self.sliced)):
+            picked: dict[int, list[tuple[int, int]]] = {}
+            for value, (_, where) in zip(choice, self.sliced):
+                for leaf, axis in where:
+                    picked.setdefault(leaf, []).append((axis, value))
+            parts = list(leaves)
+            for leaf, selections in picked.items():
+                tensor = parts[leaf]
+                for axis, value in sorted(selections, reverse=True):  # high axes first
+                    tensor = tensor.select(axis, value)
+                parts[leaf] = tensor
+            part = self._generated(tensors, ports, {}, parts)
+            total = part if total is None else total + part
+        assert total is not None
+        return total
+
+
+def build_program(plan: Any, ones: set[int] = frozenset(), batch_size: int | None = None
+                  ) -> Program:
+    """Design every kernel of ``plan`` for ``batch_size`` and schedule them into stacked groups
+    (:func:`~tngraph.executor.schedule.plan_schedule`): the plan's :class:`Program`.
+
+    Kernel shapes are concrete, so a program serves one batch size (the caller keeps one per
+    batch size seen).
+    """
+    s = plan_schedule(plan, ones, batch_size)
+    return Program(s.n_leaves, s.leaf_equations, s.groups, s.final_perm, s.result_slot, s.sliced,
+                   s.sources, s.final_merged)
