@@ -15,7 +15,7 @@ Part 2, a TT-matrix linear layer ``y = x W^T + b`` (CPU float32, forward under
 ``torch.no_grad`` and forward+backward of ``y.sum()``), every candidate holding the same
 weights (outputs checked equal first):
 
-* ``tngraph-net``  -- ``tngraph.compile(tt_linear_spec(cores))`` with ``plan.strategy:
+* ``tngraph-net``  -- ``tngraph.compile(tt_linear_spec(cores))`` with ``plan.execution:
   network`` (the planned pairwise contraction, data included, every call);
 * ``tngraph-auto`` -- the same with the default ``strategy: auto`` (times ``network`` and
   ``dense`` at the first call of each batch size and keeps the faster; under ``no_grad`` the
@@ -474,7 +474,7 @@ def linear_section(quick: bool) -> tuple[list[list[str]], dict[str, list[bool]]]
                          fmt_ms(train[name].median), f"{train[name].spread * 100:.0f}%",
                          fmt_ratio(_ratio(train[name], base_t))])
         auto = layers["tngraph-auto"]
-        choice = getattr(auto, "strategy_choice", {})
+        choice = getattr(auto, "execution_choice", {})
         choices = {grad: c for (_, grad), c in choice.items()}
         ranks = tt_ranks(cores)
         notes = [] if tltorch is not None else [tl_info]

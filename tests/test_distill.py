@@ -229,7 +229,7 @@ def test_cli(teacher_run: Path, student_file: Path, tmp_path: Path, capsys) -> N
                  "response?temperature=2", "--out", str(tmp_path / "r"), "--epochs", "1",
                  "--plan-strategy", "network", "--dtype", "float64"]) == 0
     student = tngraph.load_spec(tmp_path / "r" / "spec.yaml")       # the plan flags: kept
-    assert (student.plan.strategy, student.plan.dtype) == ("network", "float64")
+    assert (student.plan.execution, student.plan.dtype) == ("network", "float64")
     assert main(["distill", str(student_file), "--teacher", str(teacher_run), "--strategy",
                  "response?temperatur=2", "--out", str(tmp_path / "r4")]) == 2
     assert "distiller 'response': unknown option 'temperatur'; did you mean 'temperature'?" \

@@ -139,7 +139,7 @@ def test_strategies_agree(strategy: str, grad: bool) -> None:
     torch.testing.assert_close(out, expected)
     torch.testing.assert_close(again, expected)
     if strategy == "auto":
-        assert module.strategy_choice[(7, grad)] in ("network", "dense")
+        assert module.execution_choice[(7, grad)] in ("network", "dense")
 
 
 @pytest.mark.parametrize("grad", [True, False])
@@ -193,7 +193,7 @@ def test_dense_strategy_gradients_match_network() -> None:
 def test_dense_strategy_refused_for_stacked_ports() -> None:
     module = _classifier(bond=2, sites=4, strategy="dense")
     x = random_inputs(module, 2)["x"]
-    with pytest.raises(tngraph.CompileError, match="strategy 'dense'"):
+    with pytest.raises(tngraph.CompileError, match="execution 'dense'"):
         module(x)
 
 

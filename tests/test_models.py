@@ -59,7 +59,7 @@ def test_model_matches_oracle(path: Path, grad: bool) -> None:
                              cache=False, batch_size=8)
     shape, has_inputs = SHAPES[path.stem]
     assert bool(module.input_names) == has_inputs
-    assert module.plan.optimizer == "greedy"
+    assert module.plan.path_finder == "greedy"
     assert module.plan.over_limit == ()
     inputs = random_inputs(module, 3, seed=len(path.stem))
     with torch.set_grad_enabled(grad):

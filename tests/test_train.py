@@ -230,7 +230,7 @@ def test_cli_plan_flags_reach_the_run_and_its_resume(spec_file: Path, tmp_path: 
                  "float64", "--optimize", "greedy", "--plan-strategy", "network",
                  "--run-path", "min-flops", "--no-cache"]) == 0
     plan = tngraph.load_spec(run / "spec.yaml").plan
-    assert (plan.dtype, plan.optimize, plan.strategy, plan.run_path, plan.cache) == (
+    assert (plan.dtype, plan.optimize, plan.execution, plan.run_path, plan.cache) == (
         "float64", "greedy", "network", "min-flops", False)
     assert {t.dtype for t in _weights(run).values()} == {torch.float64}
     resumed = train(resume=run, echo=None, epochs=2)
@@ -251,7 +251,7 @@ NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is availabl
                  marks=NO_CUDA),
     (["--device", f"cuda:{max(torch.cuda.device_count(), 1) + 7}"], "not available"
      if not torch.cuda.is_available() else "device(s), numbered from 0"),
-    (["--optimize", "greedyy"], "unknown optimizer 'greedyy' (did you mean 'greedy'?"),
+    (["--optimize", "greedyy"], "unknown path finder 'greedyy' (did you mean 'greedy'?"),
     (["--memory-limit", "12XB"], "cannot read memory limit '12XB'"),
     (["--memory-limit", "1kB"], "over the memory limit"),
 ])

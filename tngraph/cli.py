@@ -40,19 +40,22 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 
 def _add_plan_options(parser: argparse.ArgumentParser, training: bool = False) -> None:
     """The ``plan:`` overrides. In train / distill (``training``) ``--batch-size`` is the
-    training batch (which is then also the plan's) and ``--strategy`` the distillation
-    strategy: the execution strategy is ``--plan-strategy`` there (accepted everywhere)."""
+    training batch (which is then also the plan's) and ``--strategy`` the distiller: there the
+    execution is ``--execution`` (or its earlier spelling ``--plan-strategy``; both accepted
+    everywhere)."""
     group = parser.add_argument_group("planning (override the spec's plan: block)")
-    group.add_argument("--optimize", help="auto (default), hyper, greedy, optimal, ...")
+    group.add_argument("--optimize", help="path finder: auto (default), hyper, greedy, optimal, "
+                       "...")
     group.add_argument("--max-time", type=float, help="seconds for the plan search")
-    group.add_argument("--max-repeats", type=int, help="trials of the hyper-optimizer")
+    group.add_argument("--max-repeats", type=int, help="trials of the hyper-optimizing path finder")
     group.add_argument("--minimize", choices=["flops", "size", "write", "combo"])
     group.add_argument("--memory-limit", help="e.g. 4GiB, 512MB (intermediates and parameters)")
     if not training:
         group.add_argument("--batch-size", type=int,
                            help="batch size the plan and costs are for")
     group.add_argument("--dtype", choices=["float32", "float64", "float16", "bfloat16"])
-    group.add_argument(*(["--plan-strategy"] if training else ["--strategy", "--plan-strategy"]),
+    group.add_argument(*(["--execution", "--plan-strategy"] if training
+                         else ["--execution", "--strategy", "--plan-strategy"]),
                        dest="execution", choices=["auto", "network", "dense"],
                        help="execution of one-port networks (default auto: timed per batch)")
     group.add_argument("--run-path", choices=["auto", "min-flops", "fused"],
@@ -181,7 +184,7 @@ def _plan_kwargs(args: argparse.Namespace, training: bool = False) -> dict[str, 
         "optimize": args.optimize, "max_time": args.max_time, "max_repeats": args.max_repeats,
         "minimize": args.minimize, "memory_limit": args.memory_limit,
         **({} if training else {"batch_size": args.batch_size}),
-        "dtype": args.dtype, "strategy": args.execution, "run_path": args.run_path,
+        "dtype": args.dtype, "execution": args.execution, "run_path": args.run_path,
         "cache": False if args.no_cache else None,
     }
 

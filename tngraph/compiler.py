@@ -44,7 +44,7 @@ _DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.
            "bfloat16": torch.bfloat16}
 
 
-#: largest dense weight (entries) the ``dense`` strategy may build
+#: largest dense weight (entries) the ``dense`` execution may build
 DENSE_MAX_ENTRIES = 1 << 26
 
 
@@ -155,7 +155,7 @@ class TNModule(nn.Module):
         self._dense: _DenseWeight | None = None
         self._dense_applies = _DenseWeight.applies(plan)
         #: (batch size, grad enabled) -> "network" | "dense", decided at the first such call
-        self.strategy_choice: dict[tuple[int | None, bool], str] = {}
+        self.execution_choice: dict[tuple[int | None, bool], str] = {}
         self._ports = list(spec.network.inputs.items())
 
     # -- call ------------------------------------------------------------------------------
@@ -176,24 +176,24 @@ class TNModule(nn.Module):
 
     def _execute(self, tensors: list[torch.Tensor], ports: list[torch.Tensor],
                  batch: int | None) -> torch.Tensor:
-        """Run the chosen strategy (bias included); under ``auto``, time both (forward, and
+        """Run the chosen execution (bias included); under ``auto``, time both (forward, and
         backward when training) the first time a batch size is seen, keep the faster."""
-        strategy = self.plan.options.strategy
-        if strategy == "network" or batch is None or (
-                strategy == "auto" and not self._dense_applies):
+        execution = self.plan.options.execution
+        if execution == "network" or batch is None or (
+                execution == "auto" and not self._dense_applies):
             return self._network(tensors, ports, batch)
         if self._dense is None:
             if not self._dense_applies:
-                raise CompileError("strategy 'dense' needs exactly one data port (not stacked) "
+                raise CompileError("execution 'dense' needs exactly one data port (not stacked) "
                                    "and a dense weight within the memory limit")
             self._dense = _DenseWeight(self.plan, self._cache_dir)
         dense = self._dense
         runs = {"network": lambda: self._network(tensors, ports, batch),
                 "dense": lambda: dense(tensors, ports[0], self.bias)}
-        if strategy == "dense":
+        if execution == "dense":
             return runs["dense"]()
         key = (batch, torch.is_grad_enabled())
-        choice = self.strategy_choice.get(key)
+        choice = self.execution_choice.get(key)
         if choice is None:
             timings = {}
             trainable = [t for t in tensors if t.requires_grad]
@@ -208,7 +208,7 @@ class TNModule(nn.Module):
                     synchronize(device)
                     if repeat:
                         timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
-            choice = self.strategy_choice[key] = min(timings, key=timings.get)
+            choice = self.execution_choice[key] = min(timings, key=timings.get)
         return runs[choice]()
 
     @property

@@ -117,14 +117,14 @@ class Plan:
 
     @property
     def runs_fused(self) -> bool:
-        """Whether the ``network`` strategy runs the port-fused path instead of ``steps``."""
+        """Whether the ``network`` execution runs the port-fused path instead of ``steps``."""
         if self.fused_steps is None or self.options.run_path == "min-flops":
             return False
         return self.options.run_path == "fused" or (
             self.fused_flops is not None and self.fused_flops <= FUSED_TOLERANCE * self.flops)
 
     def executed(self) -> Plan:
-        """The plan whose steps the ``network`` strategy runs: ``self``, or the same plan
+        """The plan whose steps the ``network`` execution runs: ``self``, or the same plan
         with the port-fused steps (and their FLOPs) in place of the lowest-FLOP ones."""
         if not self.runs_fused:
             return self
@@ -135,7 +135,7 @@ class Plan:
 
     @property
     def executed_path(self) -> list[tuple[int, int]]:
-        """The SSA contraction path of :meth:`executed` (what the ``network`` strategy runs):
+        """The SSA contraction path of :meth:`executed` (what the ``network`` execution runs):
         pass it as ``path=`` to plan a network of the same structure with other dimensions
         the same way (e.g. after DMRG changed bond dimensions)."""
         return [(s.left, s.right) for s in self.executed().steps]
@@ -864,9 +864,8 @@ def plan_spec(spec: Spec, *, cache_dir: str | Path | None = None,
     problems = check_plan_options(spec)
     if problems:
         raise SpecError(problems)
-    changes = {k: v for k, v in plan_options.items() if v is not None}
     try:
-        options = PlanOptions.model_validate({**spec.plan.model_dump(), **changes})
+        options = spec.plan.updated(plan_options)
     except ValidationError as exc:
         bad = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise PlanError(f"invalid plan option: {bad}") from None

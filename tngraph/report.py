@@ -3,9 +3,9 @@
 ``format_report(plan, spec, fmt="text"|"json")``. The JSON object carries (documented in
 ``docs/spec.md``): ``name``, ``template``, ``nodes``, ``edges``, ``inputs``, ``outputs``,
 ``batch_size``, ``params``, ``dense_size``, ``compression``, ``flops`` (the lowest found),
-``path`` and ``executed_flops`` (the path the ``network`` strategy runs), ``naive_flops``,
+``path`` and ``executed_flops`` (the path the ``network`` execution runs), ``naive_flops``,
 ``speedup``, ``largest_intermediate`` (``elements``, ``bytes``), ``dtype``, ``memory_limit``,
-``over_limit``, ``sliced`` (``indices``, ``slices``), ``path_finder``, ``strategy``,
+``over_limit``, ``sliced`` (``indices``, ``slices``), ``path_finder``, ``execution``,
 ``search_time``, ``cache_hit``, ``notes`` and ``steps`` (each ``step``, ``left``, ``right``,
 ``result``, ``contracted``, ``legs``, ``equation``, ``flops``, ``size``; the executed path's).
 
@@ -88,7 +88,7 @@ def report_data(plan: Plan, spec: Spec) -> dict[str, Any]:
         "over_limit": list(plan.over_limit),
         "sliced": {"indices": [names[i] for i in plan.sliced_inds], "slices": plan.n_slices},
         "path_finder": plan.path_finder,
-        "strategy": plan.options.strategy,
+        "execution": plan.options.execution,
         "search_time": plan.search_time,
         "cache_hit": plan.cache_hit,
         "notes": list(plan.notes),
@@ -159,7 +159,7 @@ def _text(d: dict[str, Any], width: int) -> str:
         ("slicing", (f"{d['sliced']['slices']} slices over {', '.join(d['sliced']['indices'])}"
                      if d["sliced"]["indices"] else "none")),
         ("path finder", d["path_finder"]),
-        ("execution strategy", d["strategy"]),
+        ("execution", d["execution"]),
         ("plan search time", f"{d['search_time']:.3f} s"),
         ("plan cache", "hit" if d["cache_hit"] else "miss"),
     ]

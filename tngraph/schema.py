@@ -17,10 +17,12 @@ Examples
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
+    AliasChoices,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -158,8 +160,15 @@ Optimize = str
 class PlanOptions(_Model):
     """How to search for a contraction order (the spec's ``plan:`` block).
 
-    ``optimize`` is ``auto`` (exact for small networks, cotengra's HyperOptimizer otherwise),
-    ``hyper``, ``greedy``, ``optimal``, or any other cotengra / opt_einsum path optimizer name.
+    ``optimize`` names the path finder: ``auto`` (exact for small networks, cotengra's
+    HyperOptimizer otherwise), ``hyper``, ``greedy``, ``optimal``, or any other cotengra /
+    opt_einsum path finder. ``execution`` was called ``strategy`` before; that key is still
+    read (:data:`PLAN_ALIASES`).
+
+    Examples
+    --------
+    >>> PlanOptions().updated({"strategy": "dense", "dtype": None}).execution
+    'dense'
     """
 
     optimize: Optimize = "auto"
@@ -174,13 +183,27 @@ class PlanOptions(_Model):
     #: how a network with one data port runs: ``network`` (the planned steps), ``dense``
     #: (contract the parameters into one weight, then one matmul with the data), or ``auto``
     #: (time both at the first call of each batch size and keep the faster)
-    strategy: Literal["auto", "network", "dense"] = "auto"
-    #: which contraction path the ``network`` strategy runs: ``min-flops`` (the lowest-FLOP
+    execution: Literal["auto", "network", "dense"] = Field(
+        default="auto", validation_alias=AliasChoices("execution", "strategy"))
+    #: which contraction path the ``network`` execution runs: ``min-flops`` (the lowest-FLOP
     #: path found), ``fused`` (the path of the search over tensors with their data ports folded
     #: in, before local refinement: every port enters right after its tensor, so repeated
     #: structure runs as few, large kernels), or ``auto`` (``fused`` when it costs at most
     #: :data:`tngraph.plan.FUSED_TOLERANCE` times the lowest FLOPs, else ``min-flops``)
     run_path: Literal["auto", "min-flops", "fused"] = "auto"
+
+    def updated(self, changes: Mapping[str, Any]) -> PlanOptions:
+        """These options with ``changes`` applied (``None`` values ignored, earlier key names
+        read), validated (raises ValidationError)."""
+        data = self.model_dump()
+        for key, value in changes.items():
+            if value is not None:
+                data[PLAN_ALIASES.get(key, key)] = value
+        return PlanOptions.model_validate(data)
+
+
+#: earlier names of ``plan:`` keys, still read in specs and keyword arguments
+PLAN_ALIASES = {"strategy": "execution"}
 
 
 class TrainOptions(_Model):

@@ -246,14 +246,14 @@ def _shard_sizes(n: int, batch_size: int, world_size: int) -> set[int]:
     return sizes
 
 
-def _agree_on_strategies(module: torch.nn.Module, x: torch.Tensor, sizes: set[int],
+def _agree_on_executions(module: torch.nn.Module, x: torch.Tensor, sizes: set[int],
                          device: torch.device, launch: Launch) -> None:
-    """Make every rank run the same contraction strategy: rank 0 times ``plan.strategy: auto``
+    """Make every rank run the same execution: rank 0 times ``plan.execution: auto``
     at each per-rank training batch size (a forward pass, as its first training step would),
     and every rank adopts its choices. The warm-up leaves the random state and the buffers
     (BatchNorm statistics) as they were."""
     networks = [m for m in module.modules() if isinstance(m, TNModule)]
-    if not any(m.plan.options.strategy == "auto" and getattr(m, "_dense_applies", True)
+    if not any(m.plan.options.execution == "auto" and getattr(m, "_dense_applies", True)
                for m in networks):
         return
     choices = None
@@ -268,9 +268,9 @@ def _agree_on_strategies(module: torch.nn.Module, x: torch.Tensor, sizes: set[in
             for k, b in module.named_buffers():
                 b.copy_(saved[k])
         module.train(was_training)
-        choices = [dict(m.strategy_choice) for m in networks]
+        choices = [dict(m.execution_choice) for m in networks]
     for m, chosen in zip(networks, _broadcast(choices, launch)):
-        m.strategy_choice.update(chosen)
+        m.execution_choice.update(chosen)
 
 
 class DataParallelStepper:
@@ -323,9 +323,9 @@ class DataParallelStepper:
 
 def _data_parallel(stepper: Stepper, train_options: TrainOptions, x_train: torch.Tensor,
                    device: torch.device, launch: Launch) -> DataParallelStepper:
-    """Wrap a torch-optimizer stepper for a data-parallel run (strategy choices agreed,
+    """Wrap a torch-optimizer stepper for a data-parallel run (execution choices agreed,
     BatchNorm synchronised on CUDA)."""
-    _agree_on_strategies(stepper.module, x_train,
+    _agree_on_executions(stepper.module, x_train,
                          _shard_sizes(x_train.shape[0], train_options.batch_size,
                                       launch.world_size), device, launch)
     if device.type == "cuda":

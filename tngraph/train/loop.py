@@ -29,7 +29,6 @@ from tngraph.optimizers import (
 from tngraph.plan import check_plan_options
 from tngraph.spec import (
     ParamValue,
-    PlanOptions,
     Spec,
     TrainOptions,
     load_spec,
@@ -124,7 +123,7 @@ def with_plan(spec: Spec, changes: Mapping[str, Any] | None) -> Spec:
     if not changes:
         return spec
     try:
-        plan = PlanOptions.model_validate({**spec.plan.model_dump(), **changes})
+        plan = spec.plan.updated(changes)
     except ValidationError as exc:
         raise TrainingError(f"invalid plan option: {validation_message(exc)}") from None
     planned = spec.model_copy(update={"plan": plan})
