@@ -122,6 +122,19 @@ def test_resume_keeps_the_data_split(spec_file: Path, tmp_path: Path, change: di
     assert [h.epoch for h in train(resume=run, echo=None, epochs=2, seed=0).history] == [1, 2]
 
 
+@pytest.mark.parametrize("damage", ["{\"train\": {\"epo", "[1, 2]", ""])
+def test_resume_of_a_damaged_config_is_a_user_error(spec_file: Path, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str],
+                                                     damage: str) -> None:
+    run = tmp_path / "run"
+    train(spec_file, run_dir=run, echo=None, epochs=1)
+    (run / "config.json").write_text(damage)
+    assert main(["train", "--resume", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "config.json" in err and "it is not the config.json tngraph train writes" in err
+    assert "Traceback" not in err
+
+
 def test_diverging_loss_stops_and_keeps_the_last_good_checkpoint(spec_file: Path,
                                                                  tmp_path: Path) -> None:
     run = tmp_path / "run"

@@ -51,10 +51,10 @@ from tngraph.train import (
     MODEL_FILE,
     Objective,
     TrainResult,
-    _new_run_dir,
     check_split,
     current_launch,
     load_weights,
+    new_run_dir,
     read_config,
     resolve_device,
     train,
@@ -164,7 +164,7 @@ def distill(student: str | Path | Spec | None = None, teacher: str | Path | None
         if teacher is None:
             raise DistillError("no teacher: give --teacher RUN_DIR|SPEC or distill.teacher in "
                                "the student spec")
-        run = Path(run_dir) if run_dir is not None else _new_run_dir(f"{spec.name}-distill")
+        run = Path(run_dir) if run_dir is not None else new_run_dir(f"{spec.name}-distill")
     problems = check_distiller(named, None, ("distill", "strategy"))
     if problems:
         raise DistillError("; ".join(p.message for p in problems))

@@ -59,8 +59,8 @@ from tngraph.train.rundir import (
     SPEC_FILE,
     STATE_FILE,
     _device_of,
-    _new_run_dir,
     load_weights,
+    new_run_dir,
     random_state,
     read_config,
     restore_random_state,
@@ -226,7 +226,7 @@ def train(source: str | Path | Spec | None = None,
         spec = source if isinstance(source, Spec) else load_spec(source, overrides)
         spec = with_plan(spec, plan)
         train_options = _options(spec.train.model_dump(), options)
-        run = Path(run_dir) if run_dir is not None else _new_run_dir(spec.name)
+        run = Path(run_dir) if run_dir is not None else new_run_dir(spec.name)
         if (run / METRICS_FILE).exists():
             raise TrainingError(f"{run} already holds a run; resume it with --resume {run}, "
                                 "or choose another --out")

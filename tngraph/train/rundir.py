@@ -183,7 +183,7 @@ def run_train_config(run_dir: Path) -> dict[str, Any]:
 # a new run directory
 
 
-def _new_run_dir(name: str) -> Path:
+def new_run_dir(name: str) -> Path:
     """``runs/NAME-YYYYmmdd-HHMMSS`` (with ``-2``, ``-3``, ... if taken); in a torchrun launch,
     rank 0's choice on every rank."""
     launch = current_launch()
