@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import CUDA
+from helpers import CUDA, ROOT
 
 import tngraph
 from tngraph.cli import main
@@ -133,6 +133,18 @@ def test_resume_of_a_damaged_config_is_a_user_error(spec_file: Path, tmp_path: P
     err = capsys.readouterr().err
     assert "config.json" in err and "it is not the config.json tngraph train writes" in err
     assert "Traceback" not in err
+
+
+def test_the_same_seed_gives_bitwise_the_same_weights(tmp_path: Path) -> None:
+    """Three runs of a TT-layer model (whose execution is chosen from its plan, never timed)
+    end with equal bits."""
+    runs = [train(ROOT / "models/mlp_tt.yaml", run_dir=tmp_path / f"run{k}", echo=None,
+                  epochs=2, seed=3) for k in range(3)]
+    weights = [_weights(tmp_path / f"run{k}") for k in range(3)]
+    for other in weights[1:]:
+        assert other.keys() == weights[0].keys()
+        assert all(torch.equal(other[key], weights[0][key]) for key in weights[0])
+    assert runs[0].history[-1].train_loss == runs[2].history[-1].train_loss
 
 
 def test_diverging_loss_stops_and_keeps_the_last_good_checkpoint(spec_file: Path,

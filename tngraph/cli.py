@@ -57,7 +57,7 @@ def _add_plan_options(parser: argparse.ArgumentParser, training: bool = False) -
     group.add_argument(*(["--execution", "--plan-strategy"] if training
                          else ["--execution", "--strategy", "--plan-strategy"]),
                        dest="execution", choices=["auto", "network", "dense"],
-                       help="execution of one-port networks (default auto: timed per batch)")
+                       help="execution of one-port networks (default auto: from the plan's costs)")
     group.add_argument("--run-path", choices=["auto", "min-flops", "fused"],
                        help="contraction path that runs (default auto: the port-fused one while "
                             "within 1.25x of the lowest FLOPs)")

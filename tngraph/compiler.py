@@ -17,7 +17,6 @@ Examples
 from __future__ import annotations
 
 import math
-import time
 from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
@@ -27,7 +26,7 @@ import torch
 from torch import nn
 
 from tngraph.errors import CompileError, PlanError
-from tngraph.executor import build_program, weights_key
+from tngraph.executor import build_program, einsum_program
 from tngraph.graph import EinsumProblem, parameter_count
 from tngraph.kinds import NETWORK, get_feature_map, get_initializer, get_layer
 from tngraph.layer_modules import FeatureMapLayer, Permute, Reshape
@@ -38,7 +37,7 @@ from tngraph.schema import ParamValue, Spec
 from tngraph.spec import load_spec
 
 __all__ = ["Compiled", "FeatureMapLayer", "Permute", "Pipeline", "Reshape", "TNModule",
-           "compile", "compile_pipeline", "synchronize"]
+           "compile", "compile_pipeline", "network_flops"]
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16,
            "bfloat16": torch.bfloat16}
@@ -46,6 +45,24 @@ _DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.
 
 #: largest dense weight (entries) the ``dense`` execution may build
 DENSE_MAX_ENTRIES = 1 << 26
+#: what the execution choice (``auto``) counts for one kernel call, in floating-point
+#: operations: a few microseconds of dispatch at a few GFLOP/s
+KERNEL_COST = 50_000
+#: how many times slower a FLOP of the network's pairwise steps (batched, permuted, smaller)
+#: runs than one of the single large matmul of the ``dense`` execution: measured 4-6x on a
+#: 1024 x 1024 TT-layer, rank 8, batch 512 (CPU); the choice counts network FLOPs this many times
+STEP_FLOP_COST = 4.0
+
+
+def network_flops(plan: Plan, batch: int | None) -> float:
+    """FLOPs of the executed steps of ``plan`` at ``batch`` (steps without the batch index do
+    not grow with it)."""
+    executed = plan.executed()
+    planned = plan.batch_size
+    scale = batch / planned if batch is not None and planned else 1.0
+    b = plan.problem.batch
+    return sum(step.flops * (scale if b in (*step.left_inds, *step.right_inds) else 1.0)
+               for step in executed.steps)
 
 
 class _DenseWeight:
@@ -53,8 +70,8 @@ class _DenseWeight:
     legs, as ``nn.Linear`` stores it), then run one ``F.linear`` with the data. For a TT-layer
     that is "rebuild W, then x @ W.T + b".
 
-    Under ``torch.no_grad`` the weight is kept until a parameter may have changed
-    (:func:`tngraph.executor.weights_key`), so inference costs one matmul.
+    The weight is rebuilt at every call: nothing derived from the parameters is kept, since a
+    weight can change in ways no cache sees (``p.data.copy_(...)``).
     """
 
     def __init__(self, plan: Plan, cache_dir: str | Path | None):
@@ -72,7 +89,6 @@ class _DenseWeight:
         self.rows = math.prod(problem.size_dict[i] for i in port_inds)
         self.cols = math.prod(problem.size_dict[i] for i in out_inds)
         self.out_shape = tuple(problem.size_dict[i] for i in out_inds)
-        self._cached: tuple[Any, torch.Tensor] | None = None
 
     @staticmethod
     def applies(plan: Plan) -> bool:
@@ -89,14 +105,23 @@ class _DenseWeight:
         return entries <= min(DENSE_MAX_ENTRIES, plan.memory_limit // plan.itemsize)
 
     def weight(self, tensors: list[torch.Tensor]) -> torch.Tensor:
-        if torch.is_grad_enabled():
-            self._cached = None
-            return self.program.run(tensors, []).reshape(self.cols, self.rows)
-        version = weights_key(tensors)
-        if self._cached is None or self._cached[0] != version:
-            self._cached = (version, self.program.run(tensors, []).reshape(self.cols,
-                                                                           self.rows))
-        return self._cached[1]
+        """``W`` (output entries x data entries) from the current parameters."""
+        return self.program.run(tensors, []).reshape(self.cols, self.rows)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        del state["program"]              # generated code: rebuilt from the plan
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.program = build_program(self.plan)
+
+    def cost(self, batch: int) -> float:
+        """The execution choice's cost of one call at ``batch``: building ``W`` (pairwise steps,
+        :data:`STEP_FLOP_COST` per FLOP), the matmul, and :data:`KERNEL_COST` per kernel."""
+        return (STEP_FLOP_COST * self.plan.flops + 2.0 * batch * self.rows * self.cols
+                + KERNEL_COST * (len(self.plan.steps) + 1))
 
     def __call__(self, tensors: list[torch.Tensor], data: torch.Tensor,
                  bias: torch.Tensor | None) -> torch.Tensor:
@@ -152,11 +177,35 @@ class TNModule(nn.Module):
         self._ones = ones
         self._programs: dict[int | None, Any] = {}
         self._cache_dir = cache_dir
-        self._dense: _DenseWeight | None = None
         self._dense_applies = _DenseWeight.applies(plan)
-        #: (batch size, grad enabled) -> "network" | "dense", decided at the first such call
-        self.execution_choice: dict[tuple[int | None, bool], str] = {}
+        self._dense = _DenseWeight(plan, cache_dir) if self._dense_applies and \
+            plan.options.execution != "network" else None
+        #: how a batched call runs, ``network`` or ``dense``: ``plan.execution``, with ``auto``
+        #: decided here from the plan (deterministic: the same plan always runs the same way)
+        self.execution = self._choose_execution()
         self._ports = list(spec.network.inputs.items())
+        #: the plan as batch-agnostic einsums, what torch.compile traces
+        self._traceable = einsum_program(plan)
+
+    def _choose_execution(self) -> str:
+        """``auto``: ``dense`` when one weight and one matmul cost less than the network's
+        steps at the plan's batch size: FLOPs (those of pairwise steps :data:`STEP_FLOP_COST`
+        times), plus :data:`KERNEL_COST` per kernel."""
+        chosen = self.plan.options.execution
+        if chosen != "auto":
+            return chosen
+        if self._dense is None:
+            return "network"
+        batch = self.plan.batch_size or 1
+        network = (STEP_FLOP_COST * network_flops(self.plan, batch)
+                   + KERNEL_COST * len(self.plan.executed().steps))
+        return "dense" if self._dense.cost(batch) < network else "network"
+
+    def __getstate__(self) -> dict[str, Any]:
+        """What pickling keeps: everything but the generated programs (rebuilt on use)."""
+        state = dict(self.__dict__)
+        state["_programs"] = {}
+        return state
 
     # -- call ------------------------------------------------------------------------------
     def _program(self, batch: int | None) -> Any:
@@ -171,45 +220,21 @@ class TNModule(nn.Module):
 
     def _network(self, tensors: list[torch.Tensor], ports: list[torch.Tensor],
                  batch: int | None) -> torch.Tensor:
-        result = self._program(batch).run(tensors, ports)
+        if torch.compiler.is_compiling():   # nothing is built while a compiler traces
+            result = self._traceable.run(tensors, ports)
+        else:
+            result = self._program(batch).run(tensors, ports)
         return result if self.bias is None else result + self.bias
 
     def _execute(self, tensors: list[torch.Tensor], ports: list[torch.Tensor],
                  batch: int | None) -> torch.Tensor:
-        """Run the chosen execution (bias included); under ``auto``, time both (forward, and
-        backward when training) the first time a batch size is seen, keep the faster."""
-        execution = self.plan.options.execution
-        if execution == "network" or batch is None or (
-                execution == "auto" and not self._dense_applies):
+        """Run the chosen execution (:attr:`execution`), bias included."""
+        if self.execution == "network" or batch is None:
             return self._network(tensors, ports, batch)
         if self._dense is None:
-            if not self._dense_applies:
-                raise CompileError("execution 'dense' needs exactly one data port (not stacked) "
-                                   "and a dense weight within the memory limit")
-            self._dense = _DenseWeight(self.plan, self._cache_dir)
-        dense = self._dense
-        runs = {"network": lambda: self._network(tensors, ports, batch),
-                "dense": lambda: dense(tensors, ports[0], self.bias)}
-        if execution == "dense":
-            return runs["dense"]()
-        key = (batch, torch.is_grad_enabled())
-        choice = self.execution_choice.get(key)
-        if choice is None:
-            timings = {}
-            trainable = [t for t in tensors if t.requires_grad]
-            device = ports[0].device
-            for name, run in runs.items():
-                for repeat in range(4):   # the first run warms up (builds programs, caches)
-                    synchronize(device)
-                    start = time.perf_counter()
-                    out = run()
-                    if out.requires_grad and trainable:   # training: time the backward too
-                        torch.autograd.grad(out.sum(), trainable, allow_unused=True)
-                    synchronize(device)
-                    if repeat:
-                        timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
-            choice = self.execution_choice[key] = min(timings, key=timings.get)
-        return runs[choice]()
+            raise CompileError("execution 'dense' needs exactly one data port (not stacked) "
+                               "and a dense weight within the memory limit")
+        return self._dense(tensors, ports[0], self.bias)
 
     @property
     def input_names(self) -> list[str]:
@@ -385,26 +410,6 @@ class Pipeline(nn.Module):
 
 #: what :func:`compile` returns: one network, or a pipeline of layers
 Compiled = TNModule | Pipeline
-
-
-def synchronize(device: torch.device) -> None:
-    """Wait until ``device`` has run what was queued on it, so that a clock read after it
-    measures the work (GPU kernels run asynchronously); nothing to wait for on the CPU.
-
-    Examples
-    --------
-    >>> synchronize(torch.device("cpu"))
-    """
-    if device.type == "cpu":
-        return
-    backend = getattr(torch, device.type, None)       # torch.cuda, torch.mps, torch.xpu
-    wait = getattr(backend, "synchronize", None)
-    if wait is None:
-        return
-    if device.type == "mps":
-        wait()                                        # one device, no argument
-    else:
-        wait(device)
 
 
 def compile_pipeline(spec: Spec, *, cache_dir: str | Path | None = None, seed: int | None = None,

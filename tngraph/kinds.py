@@ -132,6 +132,11 @@ class FeatureMap:
     #: the feature vector has Euclidean norm 1 for every input value
     unit_norm: bool = False
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # pickled by its registered name (its functions may be lambdas): a module holding it
+        # unpickles wherever the same feature map is registered
+        return (get_feature_map, (self.name,))
+
     def check_options(self, options: Mapping[str, Any]) -> None:
         """Refuse option names the map does not declare (PluginError naming the valid ones)."""
         unknown = sorted(set(options) - set(self.options))

@@ -182,7 +182,7 @@ class PlanOptions(_Model):
     seed: int | None = 0
     #: how a network with one data port runs: ``network`` (the planned steps), ``dense``
     #: (contract the parameters into one weight, then one matmul with the data), or ``auto``
-    #: (time both at the first call of each batch size and keep the faster)
+    #: (decided from the plan's costs when the module is compiled: never timed)
     execution: Literal["auto", "network", "dense"] = Field(
         default="auto", validation_alias=AliasChoices("execution", "strategy"))
     #: which contraction path the ``network`` execution runs: ``min-flops`` (the lowest-FLOP

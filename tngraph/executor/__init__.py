@@ -84,13 +84,12 @@ from tngraph.executor.kernels import (
     run_kernel,
 )
 from tngraph.executor.runtime import (
-    _STEPS,
     _WORKSPACE_LOCK,
     WORKSPACE_LIMIT,
     PortGather,
     Program,
     build_program,
-    weights_key,
+    traced,
 )
 from tngraph.executor.schedule import (
     MERGED_PERMUTE_MIN,
@@ -104,8 +103,12 @@ from tngraph.executor.schedule import (
     plan_param_gather,
     plan_schedule,
 )
+from tngraph.executor.traced import EinsumProgram, einsum_program
 
 __all__ = [
+    "EinsumProgram",
+    "einsum_program",
+    "traced",
     "MATVEC_MIN",
     "MERGED_PERMUTE_MIN",
     "SMALL_INNER",
@@ -144,9 +147,7 @@ __all__ = [
     "plan_param_gather",
     "plan_schedule",
     "run_kernel",
-    "weights_key",
     # private, imported by tests and kept importable from here
-    "_STEPS",
     "_WORKSPACE_LOCK",
     "_ChainRun",
     "_as3",

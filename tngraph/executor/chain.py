@@ -2,7 +2,10 @@
 
 A run of (stacked matmul, fused feature map) steps, as the two half-chains of an MPS advance,
 is described by one :class:`ChainStep` per step and executed by :class:`_ChainRun`, whose
-hand-written backward replaces about ten recorded autograd nodes per step.
+hand-written backward replaces about ten recorded autograd nodes per step. Its gradients are
+differentiable again: under ``create_graph=True`` (gradient penalties, Hessian-vector
+products) the backward recomputes the run from its inputs with recorded torch ops
+(:func:`chain_forward`) and differentiates that.
 """
 
 from __future__ import annotations
@@ -48,6 +51,20 @@ def _result_buffer(buffers: dict[ChainStep, tuple[torch.Tensor, tuple[torch.Tens
     return found
 
 
+def chain_forward(steps: tuple[ChainStep, ...], env: torch.Tensor,
+                  tensors: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """The run of ``steps`` as plain, recorded torch ops (what :class:`_ChainRun` computes)."""
+    cores, weights = tensors[:len(steps)], tensors[len(steps):]
+    for step, core in zip(steps, cores):
+        a = env.view(step.a_size)
+        if step.a_transposed:
+            a = a.transpose(1, 2)
+        terms = torch.bmm(a, core).view(step.terms_size).unbind(step.terms_dim)
+        w = weights[step.weights[0]:step.weights[1]]
+        env = _weighted_sum(terms, (None, *w) if step.ones else w, step.ones)
+    return env
+
+
 class _ChainRun(torch.autograd.Function):
     """A run of lockstep chain steps (matmul with stacked cores, then the fused feature map) as
     one autograd node, with a hand-written backward.
@@ -65,6 +82,7 @@ class _ChainRun(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, steps: tuple[ChainStep, ...], env: torch.Tensor,
                 *tensors: torch.Tensor) -> torch.Tensor:
+        env_in = env
         cores, weights = tensors[:len(steps)], tensors[len(steps):]
         keep_terms = any(w.requires_grad for w in weights)
         buffers: dict[Any, tuple[torch.Tensor, tuple[torch.Tensor, ...]]] = {}
@@ -86,12 +104,36 @@ class _ChainRun(torch.autograd.Function):
             records.append((step, a.transpose(1, 2), core.transpose(1, 2), w, shape,
                             terms if keep_terms else None))
         ctx.records = records
-        ctx.save_for_backward(*cores, *weights)
+        ctx.steps = steps
+        ctx.save_for_backward(env_in, *cores, *weights)
         return env
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        if torch.is_grad_enabled():          # create_graph=True: a differentiable backward
+            return _ChainRun._recorded_backward(ctx, grad)
+        with torch.no_grad():
+            return _ChainRun._fast_backward(ctx, grad)
+
+    @staticmethod
+    def _recorded_backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        """Recompute the run from its saved inputs with recorded ops and differentiate it with
+        ``create_graph``, so that the gradients have a graph back to the inputs (the fast
+        backward's saved intermediates have none)."""
+        saved = ctx.saved_tensors
+        needs = ctx.needs_input_grad[1:]
+        with torch.enable_grad():
+            inputs = [t if t.requires_grad else t.detach().requires_grad_(need)
+                      for t, need in zip(saved, needs)]
+            out = chain_forward(ctx.steps, inputs[0], tuple(inputs[1:]))
+            wanted = [t for t, need in zip(inputs, needs) if need]
+            found = iter(torch.autograd.grad(out, wanted, grad, create_graph=True,
+                                             allow_unused=True))
+        grads = [next(found) if need else None for need in needs]
+        return (None, *grads)
+
+    @staticmethod
+    def _fast_backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         records = ctx.records
         n = len(records)
         ctx.saved_tensors                          # noqa: B018 - checks for in-place changes

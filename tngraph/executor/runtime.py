@@ -3,8 +3,9 @@
 :func:`build_program` schedules a plan (:mod:`tngraph.executor.schedule`) and builds its
 :class:`Program`, which generates and compiles its source (:mod:`tngraph.executor.codegen`),
 gathers the operands of stacked groups before each call, and runs inference calls in a
-workspace kept between calls (one at a time: :data:`_WORKSPACE_LOCK`). :func:`weights_key`
-tells when values derived from the parameters must be recomputed.
+workspace kept between calls (one at a time: :data:`_WORKSPACE_LOCK`). Nothing derived from the
+parameters is kept between calls: a weight can change in ways no cache can see (an in-place
+edit of ``p.data`` keeps the parameter's version counter and data pointer).
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import torch
-from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from tngraph.executor.chain import _ChainRun
 from tngraph.executor.codegen import (
@@ -39,28 +39,17 @@ from tngraph.executor.schedule import (
     plan_schedule,
 )
 
-#: bumped after every optimizer step (any torch optimizer, through a global hook): fused
-#: optimizers update parameters in place without bumping their version counters
-_STEPS = [0]
+
+def traced() -> bool:
+    """Whether the call runs under ``torch.compile`` or a ``torch.func`` transform (``vmap``,
+    ``grad``, ``jacrev``, ``jvp``, ...): then programs run as recorded torch ops only, without
+    the fused chain Function and the inference workspace (``out=`` into kept buffers)."""
+    return torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active()
 
 
 #: one inference call at a time uses its program's workspace; a concurrent one (another
 #: thread) runs the allocating code instead
 _WORKSPACE_LOCK = threading.Lock()
-
-
-def _count_step(*_: Any) -> None:
-    _STEPS[0] += 1
-
-
-register_optimizer_step_post_hook(_count_step)
-
-
-def weights_key(tensors: Sequence[torch.Tensor]) -> tuple[Any, ...]:
-    """Changes whenever any of ``tensors`` may have changed: an in-place edit or
-    ``load_state_dict`` (version counters), an optimizer step (global count), or other
-    tensor objects (``.to()``). Values derived from the tensors are cached under it."""
-    return (_STEPS[0], tuple((id(t), t._version) for t in tensors))
 
 
 #: largest workspace (elements) kept between inference calls: the stacked intermediates of
@@ -145,17 +134,21 @@ class Program:
                               for i, req in enumerate(reqs)}
         self._inlined: set[int] = set()
         self._port_idx_tensor: dict[tuple[Any, ...], torch.Tensor] = {}
-        self._param_cache: tuple[Any, dict[tuple[int, str], torch.Tensor]] | None = None
         self._gather_plans: dict[tuple[Any, ...], ParamGather] = {}
         # per group, what to do, decided once (see codegen.group_ops)
         self._ops: list[GroupOp] = group_ops(self.groups, split_weights)
         self._ws_specs: list[WsSpec] = []
 
         self.source_code = self._generate_source()
-        namespace = {"torch": torch, "run_kernel": run_kernel, "_as3": _as3,
-                     "_ChainRun": _ChainRun, **self._constants}
-        exec(compile(self.source_code, "<tngraph program>", "exec"), namespace)  # noqa: S102
-        self._generated = namespace["contract"]
+        self._generated = self._compiled(self.source_code, "<tngraph program>")
+        # recorded torch ops only (no fused chain runs): what torch.func transforms and
+        # torch.compile trace (a custom Function with a hand-written backward is opaque to them)
+        self.plain_source = self.source_code
+        self._generated_plain = self._generated
+        if self._chain_runs():
+            self.plain_source = self._generate_source(fused=False)
+            self._generated_plain = self._compiled(self.plain_source,
+                                                   "<tngraph program (plain)>")
         # inference variant: stacked results written into a workspace kept between calls
         self._workspaces: dict[tuple[Any, ...], tuple[list[Any], set[int]]] = {}
         self._generated_ws = None
@@ -164,24 +157,29 @@ class Program:
             size = sum(math.prod(spec.shape) for spec in self._ws_specs
                        if isinstance(spec, WsEmpty))
             if self._ws_specs and size <= WORKSPACE_LIMIT:
-                namespace = {"torch": torch, "run_kernel": run_kernel, "_as3": _as3,
-                             **self._constants}
-                exec(compile(self.workspace_source, "<tngraph program (workspace)>",  # noqa: S102
-                             "exec"), namespace)
-                self._generated_ws = namespace["contract"]
+                self._generated_ws = self._compiled(self.workspace_source,
+                                                    "<tngraph program (workspace)>")
+
+    def _compiled(self, source: str, name: str) -> Any:
+        """The ``contract`` function of generated ``source`` (with the constants it binds)."""
+        namespace = {"torch": torch, "run_kernel": run_kernel, "_as3": _as3,
+                     "_ChainRun": _ChainRun, **self._constants}
+        exec(compile(source, name, "exec"), namespace)  # noqa: S102 - our own generated code
+        return namespace["contract"]
 
     # -- code generation ----------------------------------------------------------------------
-    def _generate_source(self, workspace: bool = False) -> str:
+    def _generate_source(self, workspace: bool = False, fused: bool = True) -> str:
         """Straight-line Python for the whole contraction (see
         :func:`~tngraph.executor.codegen.generate_source`); with ``workspace``, the inference
-        variant, whose workspace entries go to ``self._ws_specs``. The constants it binds are
+        variant, whose workspace entries go to ``self._ws_specs``; without ``fused``, chain
+        runs are written out as recorded ops. The constants it binds are
         kept in ``self._constants``; the caller keeps the text (``self.source_code``,
         ``self.workspace_source``) for inspection."""
         generated = generate_source(
             self._ops, self.sources, self.leaf_equations, sliced=bool(self.sliced),
             result_slot=self.result_slot, final_perm=self.final_perm,
             final_merged=self.final_merged, weight_slots=self._weight_slots,
-            runs={} if workspace else self._chain_runs(), workspace=workspace)
+            runs=self._chain_runs() if fused and not workspace else {}, workspace=workspace)
         if workspace:
             self._ws_specs = list(generated.ws_specs)
         self._inlined |= generated.inlined
@@ -230,25 +228,17 @@ class Program:
     def _prefetch(self, tensors: Sequence[torch.Tensor], ports: Sequence[torch.Tensor]
                   ) -> dict[tuple[int, str], torch.Tensor]:
         out: dict[tuple[int, str], torch.Tensor] = {}
-        # Without autograd, parameters gathered once are reused until any of them may have
-        # changed (see weights_key).
-        cacheable = not torch.is_grad_enabled()
-        version = weights_key(tensors) if cacheable else None
-        if cacheable and self._param_cache is not None and self._param_cache[0] == version:
-            out.update(self._param_cache[1])
-        else:
-            for key, reqs in self._param_gathers.items():
-                size, (nb, x, y) = key
-                plan = self._gather_plans.get(key)
-                if plan is None:
-                    members = [(self.sources[_role_slot(k, role)].index, getattr(k, role))
-                               for g, role in reqs for k in self.groups[g].kernels]
-                    plan = self._gather_plans[key] = plan_param_gather(
-                        [tuple(t.shape) for t in tensors], members)
-                gathered = gather_params(tensors, plan)               # (n * size, nb, x, y)
-                chunks = gathered.view(len(reqs), size * nb, x, y).unbind(0)
-                out.update(zip(reqs, chunks))
-            self._param_cache = (version, dict(out)) if cacheable else None
+        for key, reqs in self._param_gathers.items():
+            size, (nb, x, y) = key
+            plan = self._gather_plans.get(key)
+            if plan is None:
+                members = [(self.sources[_role_slot(k, role)].index, getattr(k, role))
+                           for g, role in reqs for k in self.groups[g].kernels]
+                plan = self._gather_plans[key] = plan_param_gather(
+                    [tuple(t.shape) for t in tensors], members)
+            gathered = gather_params(tensors, plan)                   # (n * size, nb, x, y)
+            chunks = gathered.view(len(reqs), size * nb, x, y).unbind(0)
+            out.update(zip(reqs, chunks))
         for number, (key, reqs) in enumerate(self._port_gathers.items()):
             p, size, op, weights, skip = key
             data = ports[p]
@@ -282,6 +272,8 @@ class Program:
         """Contract the network for these parameters and data ports."""
         if not self.sliced:
             fetched = self._prefetch(tensors, ports)
+            if traced():
+                return self._generated_plain(tensors, ports, fetched, None)
             if self._generated_ws is not None and not torch.is_grad_enabled() \
                     and _WORKSPACE_LOCK.acquire(blocking=False):
                 try:

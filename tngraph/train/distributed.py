@@ -18,7 +18,6 @@ from typing import Any
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from tngraph.compiler import TNModule
 from tngraph.optimizers import NonFiniteLoss, Stepper, TorchStepper
 from tngraph.spec import TrainOptions, check_device
 from tngraph.train.base import TrainingError
@@ -237,42 +236,6 @@ def shard_batches(n: int, batch_size: int, generator: torch.Generator,
     return out
 
 
-def _shard_sizes(n: int, batch_size: int, world_size: int) -> set[int]:
-    """Every per-rank batch size a data-parallel epoch can produce (on any rank)."""
-    sizes = set()
-    for total in {min(batch_size, n), n % batch_size}:
-        if total >= world_size:
-            sizes |= {-(-total // world_size), total // world_size}
-    return sizes
-
-
-def _agree_on_executions(module: torch.nn.Module, x: torch.Tensor, sizes: set[int],
-                         device: torch.device, launch: Launch) -> None:
-    """Make every rank run the same execution: rank 0 times ``plan.execution: auto``
-    at each per-rank training batch size (a forward pass, as its first training step would),
-    and every rank adopts its choices. The warm-up leaves the random state and the buffers
-    (BatchNorm statistics) as they were."""
-    networks = [m for m in module.modules() if isinstance(m, TNModule)]
-    if not any(m.plan.options.execution == "auto" and getattr(m, "_dense_applies", True)
-               for m in networks):
-        return
-    choices = None
-    if launch.main:
-        saved = {k: b.detach().clone() for k, b in module.named_buffers()}
-        was_training = module.training
-        module.train()
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            for size in sorted(sizes):
-                module(x[:size].to(device))
-        with torch.no_grad():
-            for k, b in module.named_buffers():
-                b.copy_(saved[k])
-        module.train(was_training)
-        choices = [dict(m.execution_choice) for m in networks]
-    for m, chosen in zip(networks, _broadcast(choices, launch)):
-        m.execution_choice.update(chosen)
-
-
 class DataParallelStepper:
     """A :class:`~tngraph.optimizers.TorchStepper` whose forward pass runs through
     ``DistributedDataParallel``: gradients are averaged over the ranks during ``backward``, so
@@ -323,11 +286,8 @@ class DataParallelStepper:
 
 def _data_parallel(stepper: Stepper, train_options: TrainOptions, x_train: torch.Tensor,
                    device: torch.device, launch: Launch) -> DataParallelStepper:
-    """Wrap a torch-optimizer stepper for a data-parallel run (execution choices agreed,
-    BatchNorm synchronised on CUDA)."""
-    _agree_on_executions(stepper.module, x_train,
-                         _shard_sizes(x_train.shape[0], train_options.batch_size,
-                                      launch.world_size), device, launch)
+    """Wrap a torch-optimizer stepper for a data-parallel run (BatchNorm synchronised on
+    CUDA). Every rank runs the same execution: it is decided from the plan alone."""
     if device.type == "cuda":
         # statistics over the global batch; the new modules keep the same parameters and
         # buffers, so the optimizer is unaffected (SyncBatchNorm needs CUDA: CPU runs keep
