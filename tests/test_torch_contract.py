@@ -259,7 +259,7 @@ def _inputs(module: torch.nn.Module, batch: int) -> dict[str, torch.Tensor]:
 
 
 #: models whose 64-site chains take most of a minute to trace twice (dynamic shapes are checked
-#: on the others, the 16-site chain of ``mps`` and the pipelines with TT-layers among them)
+#: on the others, short chains and pipelines with TT-layers among them)
 LONG_TRACES = {"two_mps", "mps_classifier", "cnn_mps"}
 COMPILE_CASES = [pytest.param(p, dynamic, id=f"{p.stem}-{'dynamic' if dynamic else 'static'}")
                  for p in MODELS for dynamic in (False, True)
