@@ -44,7 +44,11 @@ def traced() -> bool:
     """Whether the call runs under ``torch.compile`` or a ``torch.func`` transform (``vmap``,
     ``grad``, ``jacrev``, ``jvp``, ...): then programs run as recorded torch ops only, without
     the fused chain Function and the inference workspace (``out=`` into kept buffers)."""
-    return torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active()
+    return torch.compiler.is_compiling() or _transforms_active()
+
+
+#: torch's own test for an active torch.func transform (private; absent: assume none)
+_transforms_active = getattr(torch._C, "_are_functorch_transforms_active", lambda: False)
 
 
 #: one inference call at a time uses its program's workspace; a concurrent one (another
