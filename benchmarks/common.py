@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as ``python benchmarks/x.py`` from anywhere
@@ -168,6 +169,24 @@ def fmt_ratio(x: float) -> str:
 
 def fmt_log10(x: float) -> str:
     return f"{math.log10(x):.3f}" if x > 0 else "-"
+
+
+def matmul_peak(dtype: Any = None, size: int = 1024, repeats: int = 20) -> float:
+    """This CPU's measured matmul rate in GFLOP/s: the fastest of ``repeats`` products of two
+    ``size x size`` matrices (``torch.mm``, float32 by default) on torch's threads."""
+    import torch
+
+    dtype = dtype or torch.float32
+    a = torch.randn(size, size, dtype=dtype)
+    b = torch.randn(size, size, dtype=dtype)
+    for _ in range(3):
+        torch.mm(a, b)
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - start)
+    return 2.0 * size ** 3 / best / 1e9
 
 
 def fmt_rate(per_second: float) -> str:

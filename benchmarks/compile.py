@@ -28,10 +28,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import tngraph
 
-import tngraph  # noqa: E402
-from benchmarks.common import (  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script or imported
+from common import (  # noqa: E402
     fmt_ms,
     fmt_ratio,
     interleaved,
@@ -74,11 +74,11 @@ def _infer(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> Ca
     return run
 
 
-def rows_for(name: str, module: tngraph.TNModule, x: torch.Tensor, rounds: int
-             ) -> list[list[str]]:
+def rows_for(name: str, module: tngraph.TNModule, x: torch.Tensor, rounds: int,
+             backend: str = "inductor") -> list[list[str]]:
     """Eager and compiled timings of one network: its two table rows."""
     torch._dynamo.reset()
-    compiled = torch.compile(module, fullgraph=True)
+    compiled = torch.compile(module, fullgraph=True, backend=backend)
     outputs = module(x[:1]).reshape(1, -1).shape[1]
     labels = torch.randint(0, outputs, (x.shape[0],), generator=torch.Generator().manual_seed(0))
     params = list(module.parameters())
@@ -116,6 +116,8 @@ def rows_for(name: str, module: tngraph.TNModule, x: torch.Tensor, rounds: int
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="the 16-site classifier only")
+    parser.add_argument("--backend", default="inductor",
+                        help="torch.compile backend (aot_eager: a smoke test without C++ builds)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch.set_num_threads (default: torch's own choice)")
     args = parser.parse_args(argv)
@@ -133,9 +135,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     start = time.perf_counter()
     rows = []
     for name, make, x in cases:
-        rows += rows_for(name, make(), x, rounds=5 if args.quick else 7)
-    show("eager vs torch.compile(module, fullgraph=True) (Inductor), ms per call (median of "
-         "interleaved rounds)",
+        rows += rows_for(name, make(), x, rounds=5 if args.quick else 7, backend=args.backend)
+    show(f"eager vs torch.compile(module, fullgraph=True, backend={args.backend!r}), ms per "
+         "call (median of interleaved rounds)",
          ["network", "mode", "eager ms", "compiled ms", "eager/compiled", "compile s"], rows,
          ["eager/compiled > 1: the compiled module is faster; compile s = the first call "
           "(tracing + Inductor build).",

@@ -43,6 +43,7 @@ from common import (  # noqa: E402
     fmt_rate,
     fmt_ratio,
     interleaved,
+    matmul_peak,
     print_environment,
     progress,
     set_threads,
@@ -51,7 +52,9 @@ from common import (  # noqa: E402
 )
 
 #: the compiled MPS classifier should be at least as fast as the hand-written reference
-MPS_TARGET = 1.0
+#: the 64-site classifier's targets, tngraph / reference samples/s: inference and training
+MPS_INFER_TARGET = 1.2
+MPS_TRAIN_TARGET = 1.1
 
 _LETTERS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
@@ -432,7 +435,7 @@ def _tngraph_training_fn(module: Any, x: torch.Tensor, labels: torch.Tensor
 
 
 def _mps_rows(sites: int, bond: int, batch: int, rounds: int, plan_options: dict[str, Any],
-              quick: bool) -> tuple[list[list[str]], list[str]]:
+              quick: bool, peak: float) -> tuple[list[list[str]], list[str]]:
     """Time every candidate at one bond and batch: its table rows and its summary row."""
     network = {"template": "mps", "sites": sites, "phys_dim": 2, "bond_dim": bond,
                "input": "x", "feature_map": "multilinear", "output_dim": 10}
@@ -478,12 +481,15 @@ def _mps_rows(sites: int, bond: int, batch: int, rounds: int, plan_options: dict
     inf_best = infer["reference"].best / infer["tngraph"].best
     train_best = train["reference"].best / train["tngraph"].best
     grad_ratio = grads["reference"].median / grads["tngraph"].median
+    # achieved rate of inference: the FLOPs of the path that runs, per forward of the batch
+    gflops = module.plan.executed().flops / infer["tngraph"].median / 1e9
     ratios = [f"{sites} sites chi {bond} b{batch}", f"{compile_s:.1f}",
               f"10^{math.log10(module.plan.flops):.2f}",
               f"10^{math.log10(module.plan.executed().flops):.2f}",
-              fmt_ratio(inf_ratio), fmt_ratio(inf_best), verdict(inf_ratio >= MPS_TARGET),
+              fmt_ratio(inf_ratio), fmt_ratio(inf_best), verdict(inf_ratio >= MPS_INFER_TARGET),
               fmt_ratio(train_ratio), fmt_ratio(train_best),
-              verdict(train_ratio >= MPS_TARGET), fmt_ratio(grad_ratio)]
+              verdict(train_ratio >= MPS_TRAIN_TARGET), fmt_ratio(grad_ratio),
+              f"{gflops:.1f}", f"{gflops / peak * 100:.0f}%"]
     return rows, ratios
 
 
@@ -494,9 +500,10 @@ def mps_section(quick: bool) -> list[list[str]]:
     rounds = 5 if quick else 9
     plan_options: dict[str, Any] = {"max_repeats": 16} if quick else {}
     rows, summary = [], []
+    peak = matmul_peak()
     for bond in bonds:
         for batch in batches:
-            table, ratios = _mps_rows(sites, bond, batch, rounds, plan_options, quick)
+            table, ratios = _mps_rows(sites, bond, batch, rounds, plan_options, quick, peak)
             rows += table
             summary.append(ratios)
     show(f"MPS classifier, {sites} sites, feature map [1, x]: samples/s (median of {rounds} "
@@ -519,7 +526,8 @@ def mps_section(quick: bool) -> list[list[str]]:
     show("MPS classifier: compiled / reference speed (ratio of samples/s, >= 1.0 means tngraph "
          "is as fast)",
          ["network", "compile s", "planned", "executed", "infer tn/ref", "(fastest)",
-          f">= {MPS_TARGET}", "train tn/ref", "(fastest)", f">= {MPS_TARGET}", "f+b tn/ref"],
+          f">= {MPS_INFER_TARGET}", "train tn/ref", "(fastest)", f">= {MPS_TRAIN_TARGET}",
+          "f+b tn/ref", "infer GFLOP/s", "of peak"],
          summary,
          ["ratios of medians; '(fastest)' = ratio of the fastest samples, less sensitive to "
           "other processes.",
@@ -527,7 +535,9 @@ def mps_section(quick: bool) -> list[list[str]]:
           "runs (plan.run_path auto: port-fused);",
           "f+b = forward + backward without the Adam step (tngraph: one parameter per core, 64 "
           "tensors; the reference: 6 stacked).",
-          "compile s includes planning (read from the plan cache after the first run)."])
+          "compile s includes planning (read from the plan cache after the first run).",
+          f"infer GFLOP/s = executed FLOPs per forward / tngraph's inference time; of peak = "
+          f"against this CPU's torch.mm of 1024 x 1024 float32, {peak:.1f} GFLOP/s."])
     return summary
 
 

@@ -23,11 +23,13 @@ def _load(name: str):
     ("execution", ["--quick", "--only", "tt", "--threads", "1"],
      ["TT-linear summary", "best TN peer", "rebuild-W"]),
     ("execution", ["--quick", "--only", "mps", "--threads", "1"],
-     ["MPS classifier", "reference"]),
+     ["MPS classifier", "reference", "tngraph stepper", "infer GFLOP/s"]),
     ("decompose", ["--quick", "--threads", "1"],
      ["TT-SVD: tt_svd", "TT-rounding against the rank", "re-decomposing the dense tensor",
       "tt_linear summary", "tngraph-auto"]),
-], ids=["plan_quality", "execution-tt", "execution-mps", "decompose"])
+    ("compile", ["--quick", "--backend", "aot_eager", "--threads", "1"],
+     ["eager vs torch.compile", "train step", "eager/compiled"]),
+], ids=["plan_quality", "execution-tt", "execution-mps", "decompose", "compile"])
 def test_benchmark_quick_mode_runs(name: str, argv: list[str], expected: list[str],
                                    capsys: pytest.CaptureFixture[str]) -> None:
     assert _load(name).main(argv) == 0
