@@ -165,6 +165,43 @@ def test_a_changed_weight_is_seen_under_no_grad(make: Callable[[], tngraph.TNMod
         assert_matches(module(**inputs), dense_oracle(module, inputs))
 
 
+@pytest.mark.parametrize("make", [
+    pytest.param(lambda: small(MODELS[0].parent / "tt_linear.yaml", execution="dense"),
+                 id="tt-dense"),
+    pytest.param(lambda: classifier(16), id="chain-16"),
+])
+def test_frozen_builds_derived_values_once_and_keeps_nothing_after(
+        make: Callable[[], tngraph.TNModule], monkeypatch: pytest.MonkeyPatch) -> None:
+    from tngraph.compiler import _DenseWeight
+    from tngraph.executor import schedule
+
+    module = make()
+    inputs = {k: v.double() for k, v in random_inputs(module, 3).items()}
+    builds: list[str] = []
+    weight, gather = _DenseWeight.weight, schedule.gather_params
+    monkeypatch.setattr(_DenseWeight, "weight",
+                        lambda self, t: builds.append("W") or weight(self, t))
+    monkeypatch.setattr("tngraph.executor.runtime.gather_params",
+                        lambda t, g: builds.append("gather") or gather(t, g))
+    with torch.no_grad():
+        module(**inputs)
+        per_call = len(builds)
+        assert per_call > 0
+        with tngraph.frozen(module):
+            first = module(**inputs)
+            for _ in range(3):
+                torch.testing.assert_close(module(**inputs), first)
+        assert len(builds) == 2 * per_call               # once before, once in the block
+        before = len(builds)
+        with tngraph.frozen(module), torch.enable_grad():  # autograd: nothing reused
+            module(**inputs).sum().backward()
+            module(**inputs).sum().backward()
+        assert len(builds) == before + 2 * per_call
+        _change_data_copy(module, next(iter(module.tensors.values())))
+        assert_matches(module(**inputs), dense_oracle(module, inputs))
+    assert module._frozen is None
+
+
 def test_a_dtype_move_is_seen_under_no_grad() -> None:
     module = small(MODELS[0].parent / "tt_linear.yaml", execution="dense")
     x = random_inputs(module, 3)

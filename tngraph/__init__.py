@@ -29,11 +29,12 @@ __all__ = [
     "TNModule",
     "compile",
     "expand",
+    "frozen",
     "load_spec",
 ]
 
 if TYPE_CHECKING:
-    from tngraph.compiler import Pipeline, TNModule
+    from tngraph.compiler import Pipeline, TNModule, frozen
 
 
 def compile(source: Any, overrides: Any = None,  # noqa: A001
@@ -52,7 +53,7 @@ def expand(source: Any, overrides: Any = None) -> str:
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("TNModule", "Pipeline"):
+    if name in ("TNModule", "Pipeline", "frozen"):
         from tngraph import compiler
 
         return getattr(compiler, name)

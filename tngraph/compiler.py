@@ -16,9 +16,10 @@ Examples
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,7 @@ from tngraph.schema import ParamValue, Spec
 from tngraph.spec import load_spec
 
 __all__ = ["Compiled", "FeatureMapLayer", "Permute", "Pipeline", "Reshape", "TNModule",
-           "compile", "compile_pipeline", "network_flops"]
+           "compile", "compile_pipeline", "frozen", "network_flops"]
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16,
            "bfloat16": torch.bfloat16}
@@ -124,9 +125,16 @@ class _DenseWeight:
                 + KERNEL_COST * (len(self.plan.steps) + 1))
 
     def __call__(self, tensors: list[torch.Tensor], data: torch.Tensor,
-                 bias: torch.Tensor | None) -> torch.Tensor:
+                 bias: torch.Tensor | None, frozen: dict[Any, Any] | None = None
+                 ) -> torch.Tensor:
         batch = data.shape[0]
-        y = torch.nn.functional.linear(data.reshape(batch, self.rows), self.weight(tensors),
+        if frozen is not None:                 # inside tngraph.frozen(...): built once
+            weight = frozen.get("dense")
+            if weight is None:
+                weight = frozen["dense"] = self.weight(tensors)
+        else:
+            weight = self.weight(tensors)
+        y = torch.nn.functional.linear(data.reshape(batch, self.rows), weight,
                                        None if bias is None else bias.reshape(self.cols))
         return y.reshape(batch, *self.out_shape)
 
@@ -186,6 +194,8 @@ class TNModule(nn.Module):
         self._ports = list(spec.network.inputs.items())
         #: the plan as batch-agnostic einsums, what torch.compile traces
         self._traceable = einsum_program(plan)
+        #: values derived from the parameters, kept only inside ``tngraph.frozen(...)``
+        self._frozen: dict[Any, Any] | None = None
 
     def _choose_execution(self) -> str:
         """``auto``: ``dense`` when one weight and one matmul cost less than the network's
@@ -205,6 +215,7 @@ class TNModule(nn.Module):
         """What pickling keeps: everything but the generated programs (rebuilt on use)."""
         state = dict(self.__dict__)
         state["_programs"] = {}
+        state["_frozen"] = None
         return state
 
     # -- call ------------------------------------------------------------------------------
@@ -223,7 +234,7 @@ class TNModule(nn.Module):
         if torch.compiler.is_compiling():   # nothing is built while a compiler traces
             result = self._traceable.run(tensors, ports)
         else:
-            result = self._program(batch).run(tensors, ports)
+            result = self._program(batch).run(tensors, ports, self._frozen_cache())
         return result if self.bias is None else result + self.bias
 
     def _execute(self, tensors: list[torch.Tensor], ports: list[torch.Tensor],
@@ -234,7 +245,14 @@ class TNModule(nn.Module):
         if self._dense is None:
             raise CompileError("execution 'dense' needs exactly one data port (not stacked) "
                                "and a dense weight within the memory limit")
-        return self._dense(tensors, ports[0], self.bias)
+        return self._dense(tensors, ports[0], self.bias, self._frozen_cache())
+
+    def _frozen_cache(self) -> dict[Any, Any] | None:
+        """Where derived values may be kept: inside ``tngraph.frozen(...)`` and without autograd
+        (a value built under ``no_grad`` has no graph to differentiate), else nowhere."""
+        if self._frozen is None or torch.is_grad_enabled():
+            return None
+        return self._frozen
 
     @property
     def input_names(self) -> list[str]:
@@ -410,6 +428,33 @@ class Pipeline(nn.Module):
 
 #: what :func:`compile` returns: one network, or a pipeline of layers
 Compiled = TNModule | Pipeline
+
+
+@contextlib.contextmanager
+def frozen(module: nn.Module) -> Iterator[nn.Module]:
+    """Inference with the parameters promised not to change: inside the block, calls under
+    ``torch.no_grad`` build what they derive from the parameters (the ``dense`` weight of a
+    TT-layer, the stacked cores of a chain) once and reuse it. Outside it nothing is kept, and
+    any change to a weight (``p.data.copy_`` included) is seen at the next call. Like
+    ``torch.nn.utils.parametrize.cached``, changing a parameter inside the block is the
+    caller's error: it is not seen until the block ends.
+
+    Examples
+    --------
+    >>> layer = compile("models/tt_linear.yaml")                 # doctest: +SKIP
+    >>> with torch.no_grad(), frozen(layer):                     # doctest: +SKIP
+    ...     outputs = [layer(batch) for batch in batches]        # W built once
+    """
+    networks = [m for m in module.modules() if isinstance(m, TNModule)]
+    previous = [m._frozen for m in networks]
+    for m in networks:
+        if m._frozen is None:
+            m._frozen = {}
+    try:
+        yield module
+    finally:
+        for m, before in zip(networks, previous):
+            m._frozen = before
 
 
 def compile_pipeline(spec: Spec, *, cache_dir: str | Path | None = None, seed: int | None = None,

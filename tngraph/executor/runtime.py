@@ -229,10 +229,13 @@ class Program:
         eq = self.leaf_equations[slot]
         return t if eq is None else torch.einsum(eq, t)
 
-    def _prefetch(self, tensors: Sequence[torch.Tensor], ports: Sequence[torch.Tensor]
-                  ) -> dict[tuple[int, str], torch.Tensor]:
+    def _prefetch(self, tensors: Sequence[torch.Tensor], ports: Sequence[torch.Tensor],
+                  frozen: dict[Any, Any] | None = None) -> dict[tuple[int, str], torch.Tensor]:
         out: dict[tuple[int, str], torch.Tensor] = {}
-        for key, reqs in self._param_gathers.items():
+        kept = frozen.get(("gathers", id(self))) if frozen is not None else None
+        if kept is not None:
+            out.update(kept)
+        for key, reqs in () if kept is not None else self._param_gathers.items():
             size, (nb, x, y) = key
             plan = self._gather_plans.get(key)
             if plan is None:
@@ -243,6 +246,8 @@ class Program:
             gathered = gather_params(tensors, plan)                   # (n * size, nb, x, y)
             chunks = gathered.view(len(reqs), size * nb, x, y).unbind(0)
             out.update(zip(reqs, chunks))
+        if frozen is not None and kept is None:    # inside tngraph.frozen: gathered once
+            frozen[("gathers", id(self))] = dict(out)
         for number, (key, reqs) in enumerate(self._port_gathers.items()):
             p, size, op, weights, skip = key
             data = ports[p]
@@ -271,11 +276,12 @@ class Program:
         return out
 
     # -- running ----------------------------------------------------------------------------
-    def run(self, tensors: Sequence[torch.Tensor], ports: Sequence[torch.Tensor]
-            ) -> torch.Tensor:
-        """Contract the network for these parameters and data ports."""
+    def run(self, tensors: Sequence[torch.Tensor], ports: Sequence[torch.Tensor],
+            frozen: dict[Any, Any] | None = None) -> torch.Tensor:
+        """Contract the network for these parameters and data ports (``frozen``: where the
+        gathered parameters may be kept, inside ``tngraph.frozen``)."""
         if not self.sliced:
-            fetched = self._prefetch(tensors, ports)
+            fetched = self._prefetch(tensors, ports, frozen)
             if traced():
                 return self._generated_plain(tensors, ports, fetched, None)
             if self._generated_ws is not None and not torch.is_grad_enabled() \
