@@ -78,6 +78,29 @@ class Schedule:
     final_merged: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]] | None
 
 
+def leaf_sources(problem: Any) -> list[LeafSource]:
+    """Where each leaf of ``problem`` comes from: parameter tensor ``i`` (in term order), or a
+    data port (numbered in order of appearance) and its copy (``None``: not stacked)."""
+    ports: dict[str, int] = {}
+    sources = []
+    n_tensors = 0
+    for term in problem.terms:
+        if term.kind == "tensor":
+            sources.append(LeafSource("tensor", n_tensors))
+            n_tensors += 1
+        else:
+            sources.append(LeafSource("port", ports.setdefault(term.port, len(ports)),
+                                      term.copy))
+    return sources
+
+
+def trace_equations(plan: Any) -> tuple[str | None, ...]:
+    """Per leaf, the einsum that takes its traces and brings it into its planned index order
+    (``None`` where it already is)."""
+    return tuple(None if tuple(raw) == tuple(leaf) else equation([raw], leaf)
+                 for raw, leaf in zip(plan.problem.inputs, plan.leaf_inds))
+
+
 def plan_schedule(plan: Any, ones: set[int] = frozenset(), batch_size: int | None = None
                   ) -> Schedule:
     """Design every kernel of ``plan`` for ``batch_size`` and schedule them into stacked groups.
@@ -89,25 +112,13 @@ def plan_schedule(plan: Any, ones: set[int] = frozenset(), batch_size: int | Non
     """
     problem = plan.problem
     removed = set(plan.sliced_inds)
-    # where each leaf comes from: parameter tensor i, or a port (and copy index or None)
-    port_index: dict[str, int] = {}
-    sources: dict[int, LeafSource] = {}
-    n_tensors = 0
-    for k, term in enumerate(problem.terms):
-        if term.kind == "tensor":
-            sources[k] = LeafSource("tensor", n_tensors)
-            n_tensors += 1
-        else:
-            sources[k] = LeafSource("port", port_index.setdefault(term.port, len(port_index)),
-                                    term.copy)
+    sources = dict(enumerate(leaf_sources(problem)))
     sizes = dict(problem.size_dict)
     if problem.batch is not None and batch_size is not None:
         sizes[problem.batch] = batch_size
-    leaf_equations: list[str | None] = []
-    layouts: dict[int, tuple[str, ...]] = {}
-    for k, (raw, leaf) in enumerate(zip(problem.inputs, plan.leaf_inds)):
-        leaf_equations.append(None if tuple(raw) == tuple(leaf) else equation([raw], leaf))
-        layouts[k] = tuple(i for i in leaf if i not in removed)
+    leaf_equations = list(trace_equations(plan))
+    layouts = {k: tuple(i for i in leaf if i not in removed)
+               for k, leaf in enumerate(plan.leaf_inds)}
     steps = list(plan.steps)
     n_leaves = len(problem.inputs)
     target = {i: k for k, i in enumerate(problem.output)}

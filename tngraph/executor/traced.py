@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from tngraph.executor.schedule import LeafSource
+from tngraph.executor.schedule import LeafSource, leaf_sources, trace_equations
 from tngraph.plan import equation
 
 __all__ = ["EinsumProgram", "einsum_program"]
@@ -76,18 +76,8 @@ def einsum_program(plan: Any) -> EinsumProgram:
     memory limit runs unsliced here)."""
     plan = plan.executed()
     problem = plan.problem
-    sources: list[LeafSource] = []
-    ports: dict[str, int] = {}
-    n_tensors = 0
-    for term in problem.terms:
-        if term.kind == "tensor":
-            sources.append(LeafSource("tensor", n_tensors))
-            n_tensors += 1
-        else:
-            sources.append(LeafSource("port", ports.setdefault(term.port, len(ports)),
-                                      term.copy))
-    leaf_equations = tuple(None if tuple(raw) == tuple(leaf) else equation([raw], leaf)
-                           for raw, leaf in zip(problem.inputs, plan.leaf_inds))
+    sources = leaf_sources(problem)
+    leaf_equations = trace_equations(plan)
     # indices as planned, sliced ones included: every step keeps what a later step or the
     # output needs
     inds: list[tuple[str, ...]] = [tuple(leaf) for leaf in plan.leaf_inds]
