@@ -147,6 +147,39 @@ def test_the_same_seed_gives_bitwise_the_same_weights(tmp_path: Path) -> None:
     assert runs[0].history[-1].train_loss == runs[2].history[-1].train_loss
 
 
+class _Crafted:
+    """Unpickling this would run code: it calls ``Path.touch`` on a marker file."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return (Path.touch, (self.marker,))
+
+
+@pytest.mark.parametrize("damage", ["crafted", "truncated", "foreign"])
+def test_resume_reads_state_pt_as_data_only(spec_file: Path, tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str],
+                                            damage: str) -> None:
+    """A state.pt that would run code when unpickled is refused without running it; a damaged
+    or foreign one is a user error with the fix (exit 2, no traceback)."""
+    run = tmp_path / "run"
+    train(spec_file, run_dir=run, echo=None, epochs=1)
+    marker = tmp_path / "code-ran"
+    state = run / "state.pt"
+    if damage == "crafted":
+        torch.save({"epoch": 1, "stepper": _Crafted(marker)}, state)
+    elif damage == "truncated":
+        state.write_bytes(state.read_bytes()[:100])
+    else:
+        torch.save([1, 2, 3], state)
+    assert main(["train", "--resume", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot read {state}" in err and "Traceback" not in err
+    assert "train a new run from" in err
+    assert not marker.exists()
+
+
 def test_diverging_loss_stops_and_keeps_the_last_good_checkpoint(spec_file: Path,
                                                                  tmp_path: Path) -> None:
     run = tmp_path / "run"

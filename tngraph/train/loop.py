@@ -57,12 +57,12 @@ from tngraph.train.rundir import (
     MODEL_FILE,
     PLOT_FILE,
     SPEC_FILE,
-    STATE_FILE,
     _device_of,
     load_weights,
     new_run_dir,
     random_state,
     read_config,
+    read_state,
     restore_random_state,
     run_train_config,
     save_checkpoint,
@@ -293,8 +293,7 @@ def _run(spec: Spec, train_options: TrainOptions, device: torch.device, run: Pat
     x_train, y_train = dataset.split("train")
     state: dict[str, Any] = {}
     if resuming:
-        # on the CPU whatever device wrote it (optimizers move their state to the parameters)
-        state = torch.load(run / STATE_FILE, weights_only=False, map_location="cpu")
+        state = read_state(run)
         stepper.load_state_dict(state["stepper"])
         generator.set_state(state["generator"])
         restore_random_state(state, device)

@@ -66,6 +66,29 @@ def save_checkpoint(run_dir: Path, stepper: Stepper, epoch: int,
     atomic_write(run_dir / STATE_FILE, lambda tmp: torch.save(state, tmp))
 
 
+def read_state(run_dir: Path) -> dict[str, Any]:
+    """The training state a run checkpointed (``state.pt``), read onto the CPU whatever device
+    wrote it (optimizers move their state to the parameters).
+
+    Read with ``weights_only=True``: tensors, numbers, strings and containers only, so a
+    crafted file cannot run code. A damaged or foreign file is a :class:`TrainingError`
+    naming the fix.
+    """
+    path = run_dir / STATE_FILE
+    try:
+        state = torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TrainingError(
+            f"cannot read {path}: it is damaged or not a training state tngraph wrote "
+            f"({reason[:200]}); restore it, or train a new run from {run_dir / SPEC_FILE}"
+        ) from None
+    if not isinstance(state, dict) or "stepper" not in state or "epoch" not in state:
+        raise TrainingError(f"cannot read {path}: it holds no training state tngraph wrote; "
+                            f"restore it, or train a new run from {run_dir / SPEC_FILE}")
+    return state
+
+
 def _device_of(module: torch.nn.Module) -> torch.device:
     param = next(module.parameters(), None)
     return param.device if param is not None else torch.device("cpu")
