@@ -140,3 +140,26 @@ def test_report_names_the_executed_path() -> None:
     data = report_data(lowest, spec)
     assert data["path"] == "min-flops" and data["executed_flops"] == data["flops"]
     assert "FLOPs (executed path)" not in format_report(lowest, spec)
+
+
+def test_reports_of_chains_beyond_a_floats_range() -> None:
+    """A 784-site (MNIST-length) classifier: its naive FLOPs and speed-up overflow a float;
+    both reports still come out, in exact integers."""
+    import json
+    import math
+
+    from tngraph.plan import plan_spec
+    from tngraph.report import format_report
+    from tngraph.spec import load_spec
+
+    spec = load_spec("tngraph: 1\nname: long\nnetwork: {template: mps, sites: 784, phys_dim: 2, "
+                     "bond_dim: 4, input: x, feature_map: multilinear, output_dim: 10}\n"
+                     "plan: {optimize: greedy, cache: false, batch_size: 8}\n")
+    plan = plan_spec(spec)
+    assert plan.naive_flops > 10 ** 400
+    text = format_report(plan, spec)
+    naive = next(line for line in text.splitlines() if "FLOPs (naive single einsum)" in line)
+    assert naive.endswith(f"(10^{math.log10(plan.naive_flops):.2f})")
+    assert "speed-up over naive" in text
+    data = json.loads(format_report(plan, spec, fmt="json"))
+    assert data["speedup"] == plan.naive_flops // plan.flops

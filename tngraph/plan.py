@@ -147,7 +147,13 @@ class Plan:
 
     @property
     def speedup(self) -> float:
-        return self.naive_flops / max(self.flops, 1)
+        """Naive over planned FLOPs; an exact integer quotient where the ratio is beyond a
+        float's range (the naive FLOPs of a chain of hundreds of sites are)."""
+        naive, planned = self.naive_flops, max(self.flops, 1)
+        try:
+            return naive / planned
+        except OverflowError:
+            return naive // planned
 
     def step_equation(self, step: Step, named: bool = False) -> str:
         """``ab,bc->ac`` in letters, or in the spec's names with ``named=True``."""

@@ -34,11 +34,24 @@ FORMATS = ("text", "json")
 
 
 def _sci(x: float) -> str:
+    """A count for people: digits up to 10^5, then mantissa, exponent and the power of ten;
+    integers beyond a float's range (the naive FLOPs of a long chain) are written exactly so.
+
+    Examples
+    --------
+    >>> _sci(1234), _sci(1234567), _sci(10 ** 400)
+    ('1,234', '1.235e+06 (10^6.09)', '1.000e+400 (10^400.00)')
+    """
     if x == 0:
         return "0"
     if abs(x) < 1e5:
         return f"{x:,.0f}" if float(x).is_integer() else f"{x:.3g}"
-    return f"{x:.3e} (10^{math.log10(x):.2f})"
+    log = math.log10(abs(x))
+    exponent = math.floor(log)
+    mantissa = round(10 ** (log - exponent), 3)
+    if mantissa >= 10:
+        mantissa, exponent = mantissa / 10, exponent + 1
+    return f"{'-' if x < 0 else ''}{mantissa:.3f}e+{exponent:02d} (10^{log:.2f})"
 
 
 def report_data(plan: Plan, spec: Spec) -> dict[str, Any]:

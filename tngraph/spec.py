@@ -294,6 +294,10 @@ def load_spec(source: str | Path | Document,
                                     "add 'network:' with nodes/edges/outputs, or a 'template:'; "
                                     "or a pipeline with 'input_shape:' and 'layers:'"))
             raise SpecError(problems)
+        elif network_data is None:
+            problems.append(Problem("'network' is empty", doc.locate(("network",), key=True),
+                                    "give it nodes, edges and outputs, or a 'template:'"))
+            raise SpecError(problems)
 
     try:
         spec = Spec.model_validate({**body, "params": params, "template": template_call})
