@@ -180,6 +180,28 @@ def test_resume_reads_state_pt_as_data_only(spec_file: Path, tmp_path: Path,
     assert not marker.exists()
 
 
+def test_regression_metrics_are_strict_json_with_a_train_r2(tmp_path: Path) -> None:
+    """metrics.jsonl of a regression run parses as strict JSON (no NaN), and its train metric
+    is the epoch's R² (it was NaN on every line)."""
+    spec = tmp_path / "reg.yaml"
+    spec.write_text("tngraph: 1\nname: reg\ninput_shape: [8]\n"
+                    "layers: [{type: linear, out_features: 2}]\n")
+    run = tmp_path / "run"
+    result = train(spec, run_dir=run, echo=None, epochs=3, lr=0.05,
+                   data="synthetic-regression?n_samples=200&n_features=8&n_targets=2")
+
+    def refuse(value: str) -> None:
+        raise AssertionError(f"not strict JSON: {value}")
+
+    lines = [json.loads(line, parse_constant=refuse)
+             for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [line["epoch"] for line in lines] == [1, 2, 3]
+    assert all(isinstance(line["train_metric"], float) for line in lines)
+    assert lines[-1]["train_metric"] > lines[0]["train_metric"]          # R² rises
+    assert lines[-1]["train_metric"] <= 1.0
+    assert result.history[-1].train_metric == lines[-1]["train_metric"]
+
+
 def test_diverging_loss_stops_and_keeps_the_last_good_checkpoint(spec_file: Path,
                                                                  tmp_path: Path) -> None:
     run = tmp_path / "run"

@@ -102,6 +102,53 @@ def batch_loss(out: torch.Tensor, y: torch.Tensor, task: str) -> torch.Tensor:
     return F.mse_loss(out, y.reshape(out.shape))
 
 
+class RegressionFit:
+    """R² of an epoch's training predictions, accumulated batch by batch (per target column:
+    squared residuals, sums and sums of squares of the targets), so that data-parallel ranks can
+    add their sums up (:meth:`sums`) before :meth:`r2`.
+
+    Examples
+    --------
+    >>> fit = RegressionFit()
+    >>> fit.add(torch.tensor([[1.0], [2.0], [3.0]]), torch.tensor([1.0, 2.0, 4.0]))
+    >>> round(fit.r2(fit.sums()), 4)
+    0.7857
+    """
+
+    def __init__(self) -> None:
+        self._residual = 0.0
+        self._count = 0
+        self._sum: torch.Tensor | None = None
+        self._squares: torch.Tensor | None = None
+
+    def add(self, out: torch.Tensor, y: torch.Tensor) -> None:
+        """One batch's predictions ``(batch, k)`` and targets."""
+        pred = _flat(out).double()
+        target = y.reshape(pred.shape).double()
+        self._residual += float(((pred - target) ** 2).sum())
+        self._count += pred.shape[0]
+        total, squares = target.sum(0).cpu(), (target ** 2).sum(0).cpu()
+        self._sum = total if self._sum is None else self._sum + total
+        self._squares = squares if self._squares is None else self._squares + squares
+
+    def sums(self) -> list[float]:
+        """The sums, flat: residual, count, then per column the sum and the sum of squares."""
+        if self._sum is None or self._squares is None:
+            return [0.0, 0.0]
+        return [self._residual, float(self._count), *self._sum.tolist(), *self._squares.tolist()]
+
+    @staticmethod
+    def r2(sums: list[float]) -> float:
+        """``1 - residual / spread`` from (possibly rank-summed) :meth:`sums`; NaN without
+        spread (constant targets, or no examples)."""
+        residual, count, rest = sums[0], sums[1], sums[2:]
+        if not count or not rest:
+            return float("nan")
+        k = len(rest) // 2
+        spread = sum(sq - s * s / count for s, sq in zip(rest[:k], rest[k:]))
+        return 1.0 - residual / spread if spread > 0 else float("nan")
+
+
 @torch.no_grad()
 def evaluate(module: Compiled, dataset: Dataset, split: str = "test",
              batch_size: int = 512) -> dict[str, float]:

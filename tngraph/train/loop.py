@@ -9,7 +9,6 @@ import os
 import sys
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +48,14 @@ from tngraph.train.distributed import (
     resolve_device,
     shard_batches,
 )
-from tngraph.train.evaluation import Objective, _flat, batch_loss, check_fit, evaluate
+from tngraph.train.evaluation import (
+    Objective,
+    RegressionFit,
+    _flat,
+    batch_loss,
+    check_fit,
+    evaluate,
+)
 from tngraph.train.plots import _fact, plot_curves, summary_table
 from tngraph.train.rundir import (
     CONFIG_FILE,
@@ -59,6 +65,8 @@ from tngraph.train.rundir import (
     SPEC_FILE,
     _device_of,
     load_weights,
+    metrics_line,
+    metrics_record,
     new_run_dir,
     random_state,
     read_config,
@@ -298,7 +306,7 @@ def _run(spec: Spec, train_options: TrainOptions, device: torch.device, run: Pat
         generator.set_state(state["generator"])
         restore_random_state(state, device)
         first_epoch = int(state["epoch"]) + 1
-        history = [EpochMetrics(**json.loads(line))
+        history = [metrics_record(line)
                    for line in (run / METRICS_FILE).read_text().splitlines() if line.strip()]
         history = [h for h in history if h.epoch < first_epoch]
     if launch.distributed:
@@ -333,6 +341,7 @@ def _run(spec: Spec, train_options: TrainOptions, device: torch.device, run: Pat
                                      train_options.schedule))
         stepper.module.train()
         total, correct, seen = 0.0, 0, 0
+        fit = RegressionFit() if dataset.task == "regression" else None
         batches = shard_batches(x_train.shape[0], train_options.batch_size, generator, launch)
         progress = (_progress(len(batches), f"epoch {epoch}/{train_options.epochs}")
                     if launch.main else None)
@@ -358,6 +367,8 @@ def _run(spec: Spec, train_options: TrainOptions, device: torch.device, run: Pat
                 seen += xb.shape[0]
                 if dataset.task == "classification":
                     correct += int((out.detach().argmax(1) == yb).sum())
+                else:
+                    fit.add(out.detach(), yb)
                 if progress is not None:
                     progress.update(progress.task_ids[0], advance=1,
                                     info=f"loss {total / seen:.4f}")
@@ -367,12 +378,13 @@ def _run(spec: Spec, train_options: TrainOptions, device: torch.device, run: Pat
         stepper.end_epoch()
         module = stepper.module
         seconds = time.perf_counter() - start
-        total, correct, seen = _sum_over_ranks([total, correct, seen], launch)
+        total, correct, seen, *sums = _sum_over_ranks(
+            [total, correct, seen, *(fit.sums() if fit is not None else ())], launch)
         _share_buffers(module, launch)
         record = None
         if launch.main:     # rank 0 alone evaluates (the parameters are the same everywhere)
             val = evaluate(module, dataset, "val")
-            train_metric = correct / seen if dataset.task == "classification" else float("nan")
+            train_metric = correct / seen if fit is None else fit.r2(sums)
             record = EpochMetrics(epoch, total / seen, train_metric, val["loss"], val[metric],
                                   seconds, seen / seconds)
         record = _broadcast(record, launch)
@@ -380,7 +392,7 @@ def _run(spec: Spec, train_options: TrainOptions, device: torch.device, run: Pat
         _checkpoint(run, stepper, epoch, generator, launch)
         if launch.main:
             with open(run / METRICS_FILE, "a") as fh:
-                fh.write(json.dumps(asdict(record)) + "\n")
+                fh.write(metrics_line(record) + "\n")
         facts = "".join(f"  {k} {_fact(v)}" for k, v in stepper.describe().items())
         say(f"epoch {epoch:3d}  loss {record.train_loss:.4f}  val loss {record.val_loss:.4f}  "
             f"val {metric} {record.val_metric:.4f}  {record.samples_per_s:,.0f} samples/s"

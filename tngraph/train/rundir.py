@@ -10,8 +10,10 @@ the spec in its metadata), ``state.pt`` (optimizer strategy state, epoch, random
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Mapping
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +23,7 @@ from tngraph.compiler import Compiled
 from tngraph.errors import TNGraphError
 from tngraph.files import atomic_write
 from tngraph.optimizers import Stepper
-from tngraph.train.base import TrainingError
+from tngraph.train.base import EpochMetrics, TrainingError
 from tngraph.train.distributed import _broadcast, _ensure_group, current_launch
 from tngraph.yamlio import dump_yaml
 
@@ -64,6 +66,28 @@ def save_checkpoint(run_dir: Path, stepper: Stepper, epoch: int,
     state = {"epoch": epoch, "stepper": stepper.state_dict(),
              "generator": generator.get_state(), **random_state(_device_of(module)), **extra}
     atomic_write(run_dir / STATE_FILE, lambda tmp: torch.save(state, tmp))
+
+
+def metrics_line(record: EpochMetrics) -> str:
+    """One epoch of ``metrics.jsonl``: strict JSON, a value that is not a finite number (the R²
+    of constant targets) written as ``null``.
+
+    Examples
+    --------
+    >>> from tngraph.train.base import EpochMetrics
+    >>> metrics_line(EpochMetrics(1, 0.5, float("nan"), 0.4, 0.9, 1.0, 64.0))
+    '{"epoch": 1, "train_loss": 0.5, "train_metric": null, "val_loss": 0.4, "val_metric": 0.9, \
+"seconds": 1.0, "samples_per_s": 64.0}'
+    """
+    values = {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+              for k, v in asdict(record).items()}
+    return json.dumps(values, allow_nan=False)
+
+
+def metrics_record(line: str) -> EpochMetrics:
+    """One line of ``metrics.jsonl`` read back (``null`` as NaN); see :func:`metrics_line`."""
+    values = json.loads(line)
+    return EpochMetrics(**{k: float("nan") if v is None else v for k, v in values.items()})
 
 
 def read_state(run_dir: Path) -> dict[str, Any]:
