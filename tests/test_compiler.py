@@ -267,3 +267,9 @@ def test_dense_of_mps_state() -> None:
     assert tuple(dense.shape) == (2,) * 4
     torch.testing.assert_close(dense, module())
     assert math.prod(dense.shape) == 16
+
+
+def test_dense_of_a_large_network_names_its_size() -> None:
+    module = tngraph.compile("models/mps_classifier.yaml", {"bond_dim": 2}, cache=False)
+    with pytest.raises(tngraph.CompileError, match=r"has 1.84e\+20 entries \(65 axes"):
+        module.dense()

@@ -334,6 +334,10 @@ NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is availabl
     (["--optimize", "greedyy"], "unknown path finder 'greedyy' (did you mean 'greedy'?"),
     (["--memory-limit", "12XB"], "cannot read memory limit '12XB'"),
     (["--memory-limit", "1kB"], "over the memory limit"),
+    (["--seed", "-1"], "seed: Input should be greater than or equal to 0, got -1"),
+    (["--seed", str(2 ** 70)], "seed: Input should be less than 9223372036854775808"),
+    (["--lr", "inf"], "lr: Input should be a finite number, got inf"),
+    (["--weight-decay", "nan"], "weight_decay: Input should be a finite number"),
 ])
 def test_cli_train_errors_exit_2(spec_file: Path, tmp_path: Path, argv: list[str], message: str,
                                  capsys: pytest.CaptureFixture[str]) -> None:

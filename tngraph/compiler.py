@@ -359,6 +359,13 @@ class TNModule(nn.Module):
         port_inds = [i for t, inds in zip(problem.terms, problem.inputs) if t.kind == "input"
                      for i in inds if i != problem.batch]
         out = port_inds + [i for i in problem.output if i != problem.batch]
+        entries = math.prod(problem.size_dict[i] for i in out)
+        if entries > DENSE_MAX_ENTRIES:
+            raise CompileError(
+                f"the dense tensor of '{self.spec.name}' has {entries:.3g} entries "
+                f"({len(out)} axes: every data-port leg and output), beyond "
+                f"{DENSE_MAX_ENTRIES:,}; dense() is a testing aid for small networks: call the "
+                "module on data instead")
         return torch.einsum(equation(operands[1::2], out), *operands[0::2])
 
     def extra_repr(self) -> str:

@@ -212,14 +212,15 @@ class TrainOptions(_Model):
     data: str = "digits"
     epochs: Count = 20
     batch_size: Count = 64
-    lr: float = Field(default=5e-3, gt=0)
+    lr: float = Field(default=5e-3, gt=0, allow_inf_nan=False)
     #: a registered optimizer strategy (``tngraph plugins list``), ``name`` or
     #: ``{name: ..., option: value}``: ``adam``, ``sgd``, ``dmrg``, ``riemannian``, ...
     optimizer: Named = NamedOptions(name="adam")
     #: learning rate over the run: ``cosine`` decays it to 0 by the last epoch
     schedule: Literal["cosine", "constant"] = "cosine"
-    weight_decay: float = Field(default=0.0, ge=0)
-    seed: int = 0
+    weight_decay: float = Field(default=0.0, ge=0, allow_inf_nan=False)
+    #: of the weights, the data split and the batch order (torch's generators take 0 .. 2^63-1)
+    seed: int = Field(default=0, ge=0, lt=2**63)
     #: ``cpu``, ``cuda`` (``cuda:N``), ``mps`` or ``xpu``; checked for availability when a run
     #: starts (:func:`tngraph.train.resolve_device`)
     device: Device = "cpu"
