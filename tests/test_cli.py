@@ -230,3 +230,16 @@ def test_compile_run_path(capsys: Capture, tmp_path: Path, run_path: str,
     data = json.loads(out)
     assert data["path"] == expected
     assert (data["executed_flops"] > data["flops"]) == (expected == "fused")
+
+
+@pytest.mark.parametrize("command", ["train", "distill"])
+def test_a_spec_beside_resume_is_refused(capsys: Capture, tmp_path: Path, command: str) -> None:
+    """--resume continues a run with its own spec.yaml: a spec given too would be ignored."""
+    code, _, err = run(capsys, command, "models/mps.yaml", "--resume", str(tmp_path))
+    assert code == 2
+    assert f"--resume {tmp_path} continues that run with its own spec.yaml; drop " \
+           "models/mps.yaml" in err
+
+
+def test_the_mnist_hint_is_a_flag_the_shipped_classifier_takes(capsys: Capture) -> None:
+    assert run(capsys, "validate", "models/mps_classifier.yaml", "--set", "sites=784")[0] == 0

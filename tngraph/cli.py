@@ -271,6 +271,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     if args.spec is None and args.resume is None:
         raise TrainingError("give a spec to train, or --resume RUN_DIR")
+    if args.spec is not None and args.resume is not None:
+        raise TrainingError(f"--resume {args.resume} continues that run with its own spec.yaml; "
+                            f"drop {args.spec}, or train it as a new run without --resume")
     train(args.spec if args.resume is None else None, _overrides(args.overrides),
           run_dir=args.out, resume=args.resume, init=args.init, data=args.data,
           epochs=args.epochs,
@@ -285,6 +288,10 @@ def _cmd_distill(args: argparse.Namespace) -> int:
 
     if args.spec is None and args.resume is None:
         raise DistillError("give a student spec to distil into, or --resume RUN_DIR")
+    if args.spec is not None and args.resume is not None:
+        raise DistillError(f"--resume {args.resume} continues that run with its own "
+                           f"spec.yaml; drop {args.spec}, or distil it as a new run without "
+                           "--resume")
     if args.init is not None:
         raise DistillError("--init is for tngraph train; a distillation starts from the "
                            "student spec's initialisation")

@@ -69,7 +69,9 @@ def check_fit(module: Compiled, dataset: Dataset) -> None:
             f"input '{name}' of '{spec.name}' takes {per_sample} values per example but "
             f"dataset '{dataset.name}' has {dataset.n_features} features "
             f"(shape {'x'.join(map(str, dataset.feature_shape))}); "
-            "resize the network (e.g. --set sites=...) or choose another dataset")
+            f"resize the network to {dataset.n_features} values per example (the "
+            f"shipped models/mps_classifier.yaml takes --set sites={dataset.n_features}) or "
+            "choose another dataset")
     _check_outputs(spec.name, math.prod(module._out_legs_shape), dataset)
 
 
