@@ -202,6 +202,28 @@ def test_regression_metrics_are_strict_json_with_a_train_r2(tmp_path: Path) -> N
     assert result.history[-1].train_metric == lines[-1]["train_metric"]
 
 
+@pytest.mark.parametrize("occupant", ["own-spec", "a-file"])
+def test_out_refuses_a_folder_with_other_files(spec_file: Path, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str],
+                                               occupant: str) -> None:
+    """--out next to the user's own spec.yaml (or onto a file) would replace it: refused, the
+    file untouched."""
+    out = tmp_path / "out"
+    if occupant == "own-spec":
+        out.mkdir()
+        (out / "spec.yaml").write_text("# my own spec, with comments\n")
+        expected = f"{out} is not empty (spec.yaml)"
+    else:
+        out.write_text("not a folder")
+        expected = f"--out {out} is a file, not a folder"
+    before = (out / "spec.yaml").read_text() if out.is_dir() else out.read_text()
+    assert main(["train", str(spec_file), "--epochs", "1", "--out", str(out)]) == 2
+    assert expected in capsys.readouterr().err
+    assert ((out / "spec.yaml").read_text() if out.is_dir() else out.read_text()) == before
+    if out.is_dir():
+        assert sorted(p.name for p in out.iterdir()) == ["spec.yaml"]      # nothing written
+
+
 def test_diverging_loss_stops_and_keeps_the_last_good_checkpoint(spec_file: Path,
                                                                  tmp_path: Path) -> None:
     run = tmp_path / "run"

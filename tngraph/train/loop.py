@@ -64,6 +64,7 @@ from tngraph.train.rundir import (
     PLOT_FILE,
     SPEC_FILE,
     _device_of,
+    check_out_dir,
     load_weights,
     metrics_line,
     metrics_record,
@@ -238,6 +239,7 @@ def train(source: str | Path | Spec | None = None,
         if (run / METRICS_FILE).exists():
             raise TrainingError(f"{run} already holds a run; resume it with --resume {run}, "
                                 "or choose another --out")
+        check_out_dir(run)
         if init is not None:
             check_split(Path(init).parent, train_options.data, train_options.seed,
                         f"--init {init}")

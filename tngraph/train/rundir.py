@@ -68,6 +68,32 @@ def save_checkpoint(run_dir: Path, stepper: Stepper, epoch: int,
     atomic_write(run_dir / STATE_FILE, lambda tmp: torch.save(state, tmp))
 
 
+#: what may already be in a new run's folder: the teacher ``tngraph distill`` trained there
+FOREIGN_OK = frozenset({"teacher"})
+
+
+def check_out_dir(run_dir: Path) -> None:
+    """Refuse to start a run in a folder that holds anything but what tngraph put there for it
+    (a file that is a folder, or a folder with the user's own files: they would be overwritten).
+
+    Examples
+    --------
+    >>> check_out_dir(Path("no/such/folder/yet"))
+    """
+    if run_dir.exists() and not run_dir.is_dir():
+        raise TrainingError(f"--out {run_dir} is a file, not a folder; choose a new folder")
+    if not run_dir.is_dir():
+        return
+    found = sorted(p.name for p in run_dir.iterdir() if p.name not in FOREIGN_OK)
+    if found:
+        shown = ", ".join(found[:5]) + (", ..." if len(found) > 5 else "")
+        unfinished = (" (a run stopped before its first epoch ended leaves these: delete the "
+                      "folder to start again)" if (run_dir / CONFIG_FILE).exists() else "")
+        raise TrainingError(f"{run_dir} is not empty ({shown}){unfinished}; a run writes "
+                            "spec.yaml, config.json and model.safetensors there, which would "
+                            "replace files of the same name: choose a new or empty --out")
+
+
 def metrics_line(record: EpochMetrics) -> str:
     """One epoch of ``metrics.jsonl``: strict JSON, a value that is not a finite number (the R²
     of constant targets) written as ``null``.
