@@ -421,3 +421,22 @@ def test_fused_path_is_cached(tmp_path: Path) -> None:
     again = plan_spec(load_spec(LONG_CLASSIFIER), cache_dir=tmp_path, max_repeats=16)
     assert again.cache_hit and not first.cache_hit
     assert again.fused_flops == first.fused_flops and again.fused_steps == first.fused_steps
+
+
+@pytest.mark.parametrize("entry", [
+    {"ssa_path": [[0, 99], [1, 2], [3, 4]]},          # a slot that does not exist
+    {"ssa_path": "a path"},                             # valid JSON of the wrong shape
+    {"ssa_path": [[0, 1]]},                             # a path of another network
+    {"sliced_inds": ["no-such-index"]},
+])
+def test_a_cache_entry_that_does_not_fit_is_replanned_and_repaired(tmp_path: Path,
+                                                                   entry: dict) -> None:
+    from tngraph.plan import CACHE_VERSION
+
+    first = plan_spec(_spec(TETRA), cache_dir=tmp_path)
+    (cache_file,) = tmp_path.rglob("*.json")
+    damaged = {**json.loads(cache_file.read_text()), "version": CACHE_VERSION, **entry}
+    cache_file.write_text(json.dumps(damaged))
+    again = plan_spec(_spec(TETRA), cache_dir=tmp_path)
+    assert not again.cache_hit and again.flops == first.flops
+    assert plan_spec(_spec(TETRA), cache_dir=tmp_path).cache_hit      # rewritten

@@ -112,6 +112,9 @@ def test_resume_continues_exactly(spec_file: Path, tmp_path: Path, model: str,
 @pytest.mark.parametrize(("change", "message"), [
     ({"seed": 5}, "was trained with seed 0; a resumed run keeps its seed"),
     ({"data": "digits?val_fraction=0.2"}, "was trained with data 'digits'"),
+    # another optimizer's state would not fit (it was a KeyError: 'momentum')
+    ({"optimizer": "sgd"}, "was trained with optimizer 'adam'; a resumed run continues its "
+                           "optimizer state"),
 ])
 def test_resume_keeps_the_data_split(spec_file: Path, tmp_path: Path, change: dict,
                                      message: str) -> None:

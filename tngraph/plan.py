@@ -550,6 +550,43 @@ def _cache_read(path: Path) -> dict[str, Any] | None:
         return None  # absent or corrupt: search again
 
 
+def _cached_entry(cached: dict[str, Any], leaves: Sequence[tuple[str, ...]],
+                  output: tuple[str, ...], sizes: dict[str, int]) -> tuple[Any, ...] | None:
+    """A cache entry checked against this network: ``(path, fused path, tree, sliced indices,
+    search time, path finder)``, or ``None`` when it does not fit (of another shape, damaged
+    by hand, a path of another network): then the plan is searched again and the entry
+    rewritten.
+
+    Examples
+    --------
+    >>> _cached_entry({"ssa_path": "no"}, [("a",), ("a",)], (), {"a": 2}) is None
+    True
+    """
+    def path_of(value: Any) -> list[tuple[int, int]] | None:
+        if not isinstance(value, list) or len(value) != max(len(leaves) - 1, 0):
+            return None
+        pairs = [tuple(p) for p in value if isinstance(p, list) and len(p) == 2
+                 and all(type(i) is int and i >= 0 for i in p)]
+        return pairs if len(pairs) == len(value) else None
+
+    full_path = path_of(cached.get("ssa_path"))
+    fused = cached.get("fused_path")
+    fused_path = None if fused is None else path_of(fused)
+    sliced = cached.get("sliced_inds", [])
+    search_time = cached.get("search_time", 0.0)
+    finder = cached.get("path_finder")
+    if (full_path is None or (fused is not None and fused_path is None)
+            or not isinstance(sliced, list) or not all(i in sizes for i in sliced)
+            or isinstance(search_time, bool) or not isinstance(search_time, (int, float))
+            or not isinstance(finder, str)):
+        return None
+    try:
+        tree = _tree_from_path(leaves, output, sizes, full_path)
+    except Exception:  # noqa: BLE001 - a path of another network: search again
+        return None
+    return full_path, fused_path or None, tree, tuple(sliced), float(search_time), finder
+
+
 def _cache_write(path: Path, data: dict[str, Any]) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -713,14 +750,9 @@ def make_plan(problem: EinsumProblem, options: PlanOptions | None = None, *,
         method = "reused"
         cache_hit = False
         notes.append("contraction path reused from a network of the same structure")
-    elif cached is not None:
+    elif cached is not None and (entry := _cached_entry(cached, leaves, output, sizes)):
         start = time.perf_counter()
-        full_path = [tuple(p) for p in cached["ssa_path"]]
-        fused_path = [tuple(p) for p in cached.get("fused_path") or ()] or None
-        tree = _tree_from_path(leaves, output, sizes, full_path)
-        sliced = tuple(cached.get("sliced_inds", ()))
-        search_time = float(cached.get("search_time", 0.0))
-        method = cached.get("path_finder", method)
+        full_path, fused_path, tree, sliced, search_time, method = entry
         cache_hit = True
         replan_time = time.perf_counter() - start
         notes.append(f"plan read from cache in {replan_time * 1e3:.1f} ms")

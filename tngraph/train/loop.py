@@ -228,6 +228,15 @@ def train(source: str | Path | Spec | None = None,
                                     f"its {key} (another one changes the data split, so test "
                                     f"examples would be trained on); drop --{key} {now}, or "
                                     "train a new run from the spec")
+        was = (config["train"].get("optimizer") or {"name": "adam"})
+        was = was if isinstance(was, str) else was.get("name")
+        if was is not None and train_options.optimizer.name != was:
+            raise TrainingError(
+                f"{run} was trained with optimizer '{was}'; a resumed run continues its "
+                f"optimizer state, which '{train_options.optimizer.name}' cannot take: drop "
+                f"--optimizer {train_options.optimizer.name}, or start a new run from its "
+                f"weights (tngraph train SPEC --init {run / MODEL_FILE} --optimizer "
+                f"{train_options.optimizer.name})")
         spec = with_plan(spec, plan)
     else:
         if source is None:
