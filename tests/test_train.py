@@ -227,6 +227,20 @@ def test_out_refuses_a_folder_with_other_files(spec_file: Path, tmp_path: Path,
         assert sorted(p.name for p in out.iterdir()) == ["spec.yaml"]      # nothing written
 
 
+def test_the_plan_is_for_at_most_the_training_set(spec_file: Path, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch larger than the training set is the whole set: the plan is made for that many
+    examples, not for 10^8 (which ran out of memory)."""
+    import tngraph.train.loop as loop
+
+    planned: list[int] = []
+    real = loop.compile_spec
+    monkeypatch.setattr(loop, "compile_spec",
+                        lambda spec, **kw: planned.append(kw["batch_size"]) or real(spec, **kw))
+    train(spec_file, run_dir=tmp_path / "run", echo=None, epochs=1, batch_size=10 ** 8)
+    assert planned == [1258]                      # the digits training split
+
+
 def test_diverging_loss_stops_and_keeps_the_last_good_checkpoint(spec_file: Path,
                                                                  tmp_path: Path) -> None:
     run = tmp_path / "run"

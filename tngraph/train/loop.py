@@ -285,8 +285,10 @@ def _run(spec: Spec, train_options: TrainOptions, device: torch.device, run: Pat
         # trees everywhere, whatever the plan search's randomness
         if not launch.main:
             torch.distributed.barrier()
-    # the plan is made for what one process contracts: its share of the global batch
-    module = compile_spec(spec, batch_size=-(-train_options.batch_size // world),
+    # the plan is made for what one process contracts: its share of the global batch, which
+    # is never more than the training set (--batch-size 10^8 planned for 10^8 examples)
+    largest = min(train_options.batch_size, dataset.split("train")[0].shape[0])
+    module = compile_spec(spec, batch_size=max(-(-largest // world), 1),
                           seed=train_options.seed, cache_dir=cache_dir).to(device)
     if launch.distributed and launch.main:
         torch.distributed.barrier()
