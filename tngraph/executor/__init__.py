@@ -40,7 +40,10 @@ The package is layered; each module imports only from the ones named before it:
 :mod:`~tngraph.executor.kernels` (kernel design and execution),
 :mod:`~tngraph.executor.schedule` (waves, stacked groups, parameter gathering),
 :mod:`~tngraph.executor.chain` (fused chain runs), :mod:`~tngraph.executor.codegen` (the
-generated source) and :mod:`~tngraph.executor.runtime` (:class:`Program`, :func:`build_program`).
+generated source), :mod:`~tngraph.executor.runtime` (:class:`Program`, :func:`build_program`)
+and :mod:`~tngraph.executor.traced` (the plan as batch-agnostic einsums, for ``torch.compile``).
+Under ``torch.func`` transforms and ``torch.compile`` programs run as recorded torch ops only
+(:func:`traced`).
 """
 
 from tngraph.executor.chain import ChainStep, _ChainRun, _result_buffer
