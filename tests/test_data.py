@@ -6,6 +6,7 @@ IDX and CSV files are written into ``tmp_path`` by the tests; nothing is downloa
 from __future__ import annotations
 
 import gzip
+import re
 import struct
 from collections.abc import Iterator
 from pathlib import Path
@@ -614,3 +615,18 @@ def test_dataset_checks_its_contents(change: dict, message: str) -> None:
     Dataset(**fields)                                      # the unchanged fields are fine
     with pytest.raises(DataError, match=message):
         Dataset(**{**fields, **change})
+
+
+@pytest.mark.parametrize(("n", "message"), [
+    (4, "4 examples give an empty validation split (0.1 of 4 rounds to 0); use a dataset of at "
+        "least 6 examples"),
+    (5, "5 examples give an empty validation split"),        # round(0.5) is 0
+])
+def test_an_empty_split_is_refused(n: int, message: str) -> None:
+    """An empty validation or test split would report loss 0.0000, accuracy 0.0000."""
+    from tngraph.data import DataError, split_indices
+
+    with pytest.raises(DataError, match=re.escape(message)):
+        split_indices(n, val_fraction=0.1, test_fraction=0.2, seed=0)
+    assert [len(i) for i in split_indices(6, val_fraction=0.1, test_fraction=0.2, seed=0)] == \
+        [4, 1, 1]

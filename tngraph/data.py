@@ -372,6 +372,12 @@ def split_indices(n: int, *, val_fraction: float, test_fraction: float, seed: in
     if n - n_test - n_val < 1:
         raise DataError(f"{n} examples leave none for training with val_fraction "
                         f"{val_fraction} and test_fraction {test_fraction}")
+    for split, count, fraction in (("validation", n_val, val_fraction),
+                                   ("test", n_test, test_fraction)):
+        if count == 0 and fraction > 0:    # an empty split would report loss 0, accuracy 0
+            raise DataError(f"{n} examples give an empty {split} split ({fraction} of {n} "
+                            f"rounds to 0); use a dataset of at least "
+                            f"{math.floor(0.5 / fraction) + 1} examples, or a larger fraction")
     if stratify is None:
         order = rng.permutation(n)
     else:
