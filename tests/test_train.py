@@ -241,6 +241,23 @@ def test_the_plan_is_for_at_most_the_training_set(spec_file: Path, tmp_path: Pat
     assert planned == [1258]                      # the digits training split
 
 
+@pytest.mark.parametrize("damage", ["missing", "damaged"])
+def test_eval_of_a_run_without_its_config_asks_for_the_split(
+        spec_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        damage: str) -> None:
+    """Without its config.json a run's split is unknown: eval refused to guess seed 0 (its
+    test split could hold training examples) unless --data and --seed say which."""
+    run = tmp_path / "run"
+    train(spec_file, run_dir=run, echo=None, epochs=1, seed=3)
+    if damage == "missing":
+        (run / "config.json").unlink()
+    else:
+        (run / "config.json").write_text("{not json")
+    assert main(["eval", str(run)]) == 2
+    assert f"cannot tell which split {run} was trained on" in capsys.readouterr().err
+    assert main(["eval", str(run), "--data", "digits", "--seed", "3"]) == 0
+
+
 def test_diverging_loss_stops_and_keeps_the_last_good_checkpoint(spec_file: Path,
                                                                  tmp_path: Path) -> None:
     run = tmp_path / "run"

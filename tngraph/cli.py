@@ -313,6 +313,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         check_fit,
         evaluate,
         load_weights,
+        read_config,
         resolve_device,
         run_train_config,
     )
@@ -322,6 +323,13 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         if not (path / "spec.yaml").is_file():
             raise TrainingError(f"{path} is a folder without spec.yaml; give a run directory "
                                 "written by tngraph train, or a spec file with --checkpoint")
+        if not (args.data and args.seed is not None):
+            try:                            # the run's split: its recorded data and seed
+                read_config(path)
+            except TrainingError as exc:
+                raise TrainingError(
+                    f"cannot tell which split {path} was trained on ({exc}); give --data and "
+                    "--seed of that run, or its test split may hold training examples") from None
         checkpoint = checkpoint or str(path / MODEL_FILE)
         path = path / "spec.yaml"
     elif checkpoint is None:
