@@ -234,7 +234,11 @@ class TNModule(nn.Module):
         if torch.compiler.is_compiling():   # nothing is built while a compiler traces
             result = self._traceable.run(tensors, ports)
         else:
-            result = self._program(batch).run(tensors, ports, self._frozen_cache())
+            frozen = self._frozen_cache()
+            # one store per batch size: each size has its own program and gathers
+            result = self._program(batch).run(
+                tensors, ports, None if frozen is None else frozen.setdefault(("program", batch),
+                                                                              {}))
         return result if self.bias is None else result + self.bias
 
     def _execute(self, tensors: list[torch.Tensor], ports: list[torch.Tensor],

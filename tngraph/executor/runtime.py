@@ -232,22 +232,23 @@ class Program:
     def _prefetch(self, tensors: Sequence[torch.Tensor], ports: Sequence[torch.Tensor],
                   frozen: dict[Any, Any] | None = None) -> dict[tuple[int, str], torch.Tensor]:
         out: dict[tuple[int, str], torch.Tensor] = {}
-        kept = frozen.get(("gathers", id(self))) if frozen is not None else None
-        if kept is not None:
+        kept = frozen.get("gathers") if frozen is not None else None
+        if kept is not None:                  # inside tngraph.frozen: gathered once
             out.update(kept)
-        for key, reqs in () if kept is not None else self._param_gathers.items():
-            size, (nb, x, y) = key
-            plan = self._gather_plans.get(key)
-            if plan is None:
-                members = [(self.sources[_role_slot(k, role)].index, getattr(k, role))
-                           for g, role in reqs for k in self.groups[g].kernels]
-                plan = self._gather_plans[key] = plan_param_gather(
-                    [tuple(t.shape) for t in tensors], members)
-            gathered = gather_params(tensors, plan)                   # (n * size, nb, x, y)
-            chunks = gathered.view(len(reqs), size * nb, x, y).unbind(0)
-            out.update(zip(reqs, chunks))
-        if frozen is not None and kept is None:    # inside tngraph.frozen: gathered once
-            frozen[("gathers", id(self))] = dict(out)
+        else:
+            for key, reqs in self._param_gathers.items():
+                size, (nb, x, y) = key
+                plan = self._gather_plans.get(key)
+                if plan is None:
+                    members = [(self.sources[_role_slot(k, role)].index, getattr(k, role))
+                               for g, role in reqs for k in self.groups[g].kernels]
+                    plan = self._gather_plans[key] = plan_param_gather(
+                        [tuple(t.shape) for t in tensors], members)
+                gathered = gather_params(tensors, plan)               # (n * size, nb, x, y)
+                chunks = gathered.view(len(reqs), size * nb, x, y).unbind(0)
+                out.update(zip(reqs, chunks))
+            if frozen is not None:
+                frozen["gathers"] = dict(out)
         for number, (key, reqs) in enumerate(self._port_gathers.items()):
             p, size, op, weights, skip = key
             data = ports[p]
@@ -278,8 +279,8 @@ class Program:
     # -- running ----------------------------------------------------------------------------
     def run(self, tensors: Sequence[torch.Tensor], ports: Sequence[torch.Tensor],
             frozen: dict[Any, Any] | None = None) -> torch.Tensor:
-        """Contract the network for these parameters and data ports (``frozen``: where the
-        gathered parameters may be kept, inside ``tngraph.frozen``)."""
+        """Contract the network for these parameters and data ports (``frozen``: this program's
+        store for the gathered parameters, inside ``tngraph.frozen``)."""
         if not self.sliced:
             fetched = self._prefetch(tensors, ports, frozen)
             if traced():
