@@ -38,7 +38,7 @@ from tngraph.schema import ParamValue, Spec
 from tngraph.spec import load_spec
 
 __all__ = ["Compiled", "FeatureMapLayer", "Permute", "Pipeline", "Reshape", "TNModule",
-           "compile", "compile_pipeline", "frozen", "network_flops"]
+           "compile", "compile_pipeline", "frozen"]
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16,
            "bfloat16": torch.bfloat16}
@@ -55,19 +55,8 @@ KERNEL_COST = 50_000
 STEP_FLOP_COST = 4.0
 
 
-def network_flops(plan: Plan, batch: int | None) -> float:
-    """FLOPs of the executed steps of ``plan`` at ``batch`` (steps without the batch index do
-    not grow with it)."""
-    executed = plan.executed()
-    planned = plan.batch_size
-    scale = batch / planned if batch is not None and planned else 1.0
-    b = plan.problem.batch
-    return sum(step.flops * (scale if b in (*step.left_inds, *step.right_inds) else 1.0)
-               for step in executed.steps)
-
-
 class _DenseWeight:
-    """Strategy ``dense``: contract every parameter into one weight ``W`` (output legs x data
+    """Execution ``dense``: contract every parameter into one weight ``W`` (output legs x data
     legs, as ``nn.Linear`` stores it), then run one ``F.linear`` with the data. For a TT-layer
     that is "rebuild W, then x @ W.T + b".
 
@@ -206,10 +195,9 @@ class TNModule(nn.Module):
             return chosen
         if self._dense is None:
             return "network"
-        batch = self.plan.batch_size or 1
-        network = (STEP_FLOP_COST * network_flops(self.plan, batch)
-                   + KERNEL_COST * len(self.plan.executed().steps))
-        return "dense" if self._dense.cost(batch) < network else "network"
+        executed = self.plan.executed()
+        network = STEP_FLOP_COST * executed.flops + KERNEL_COST * len(executed.steps)
+        return "dense" if self._dense.cost(self.plan.batch_size or 1) < network else "network"
 
     def __getstate__(self) -> dict[str, Any]:
         """What pickling keeps: everything but the generated programs (rebuilt on use)."""

@@ -228,9 +228,8 @@ def train(source: str | Path | Spec | None = None,
                                     f"its {key} (another one changes the data split, so test "
                                     f"examples would be trained on); drop --{key} {now}, or "
                                     "train a new run from the spec")
-        was = (config["train"].get("optimizer") or {"name": "adam"})
-        was = was if isinstance(was, str) else was.get("name")
-        if was is not None and train_options.optimizer.name != was:
+        was = _options(config["train"], {}).optimizer.name
+        if train_options.optimizer.name != was:
             raise TrainingError(
                 f"{run} was trained with optimizer '{was}'; a resumed run continues its "
                 f"optimizer state, which '{train_options.optimizer.name}' cannot take: drop "
