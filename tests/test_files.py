@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tngraph.files import atomic_write
+from tngraph.files import WriteError, atomic_write
 
 
 @pytest.fixture()
@@ -38,9 +38,9 @@ def test_a_failed_write_leaves_the_file_and_no_temporary(tmp_path: Path) -> None
 
     def fail(tmp: str) -> None:
         Path(tmp).write_text("half")
-        raise OSError("No space left on device")
+        raise OSError(28, "No space left on device")
 
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(WriteError, match=f"cannot write {target}: No space left"):
         atomic_write(target, fail)
     assert target.read_text() == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["state.pt"]

@@ -311,11 +311,14 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         MODEL_FILE,
         TrainingError,
         check_fit,
+        data_drift,
         evaluate,
         load_weights,
         read_config,
+        recorded_data,
         resolve_device,
         run_train_config,
+        verified_file,
     )
 
     path, checkpoint = Path(args.spec), args.checkpoint
@@ -330,17 +333,26 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                 raise TrainingError(
                     f"cannot tell which split {path} was trained on ({exc}); give --data and "
                     "--seed of that run, or its test split may hold training examples") from None
-        checkpoint = checkpoint or str(path / MODEL_FILE)
+        checkpoint = checkpoint or str(verified_file(path, MODEL_FILE))
         path = path / "spec.yaml"
     elif checkpoint is None:
         raise TrainingError("which weights? give --checkpoint RUN/model.safetensors, or the run "
                             "directory itself instead of the spec")
-    # the training options of the run the weights come from (data, seed: its split; device)
-    recorded = run_train_config(Path(checkpoint).parent)
+    # the dataset the weights were trained on (its run's config.json, or their metadata): the
+    # split of its data and seed, the device
+    recorded = recorded_data(checkpoint)
+    device_name = run_train_config(Path(checkpoint).parent).get("device")
     spec = load_spec(path, _overrides(args.overrides))
-    device = resolve_device(args.device or recorded.get("device") or spec.train.device)
+    device = resolve_device(args.device or device_name or spec.train.device)
     seed = args.seed if args.seed is not None else recorded.get("seed", spec.train.seed)
-    dataset = load_dataset(args.data or recorded.get("data") or spec.train.data, seed=seed)
+    data = args.data or recorded.get("data") or spec.train.data
+    dataset = load_dataset(data, seed=seed)
+    drift = (data_drift(recorded, dataset)
+             if recorded.get("data") == data and recorded.get("seed") == seed else None)
+    if drift:
+        raise TrainingError(f"{checkpoint} was trained on {data} ({recorded['where']}), but "
+                            f"{drift}: the dataset changed since, so its test split may hold "
+                            "examples it was trained on; restore the data it was trained on")
     module = compile_spec(spec)
     check_fit(module, dataset)
     load_weights(module, checkpoint)

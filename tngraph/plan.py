@@ -42,7 +42,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from tngraph.errors import CompileError, PlanError, Problem, SpecError, did_you_mean
-from tngraph.files import atomic_write
+from tngraph.files import WriteError, atomic_write
 from tngraph.graph import EinsumProblem, einsum_problem, parameter_count
 from tngraph.schema import PlanOptions, Spec
 
@@ -590,8 +590,8 @@ def _cached_entry(cached: dict[str, Any], leaves: Sequence[tuple[str, ...]],
 def _cache_write(path: Path, data: dict[str, Any]) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(data)))
-    except OSError:
+        atomic_write(path, json.dumps(data).encode())
+    except (OSError, WriteError):
         pass  # a read-only cache must not break planning
 
 

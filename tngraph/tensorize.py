@@ -705,12 +705,11 @@ def write_tensorized(result: Tensorized | tuple[Spec, Mapping[str, torch.Tensor]
     paths = {"spec": out / "spec.yaml", "weights": out / "model.safetensors",
              "report": out / "tensorize.json"}
     text = spec_yaml(spec)
-    atomic_write(paths["spec"], lambda tmp: Path(tmp).write_text(text))
+    atomic_write(paths["spec"], text.encode())
     save_weights(module, paths["weights"])
     report = {"layers": [{**asdict(r), "compression": r.compression} for r in rows],
               "metrics": dict(metrics or {})}
-    atomic_write(paths["report"], lambda tmp: Path(tmp).write_text(json.dumps(report,
-                                                                               indent=2)))
+    atomic_write(paths["report"], json.dumps(report, indent=2).encode())
     return paths
 
 

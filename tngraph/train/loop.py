@@ -9,6 +9,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Mapping
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from pydantic import ValidationError
 
 from tngraph.compiler import compile as compile_spec
 from tngraph.data import load_dataset
+from tngraph.files import FolderLock, WriteError, atomic_write
 from tngraph.optimizers import (
     NonFiniteLoss,
     OptimizerContext,
@@ -59,22 +61,30 @@ from tngraph.train.evaluation import (
 from tngraph.train.plots import _fact, plot_curves, summary_table
 from tngraph.train.rundir import (
     CONFIG_FILE,
-    METRICS_FILE,
+    MANIFEST_FILE,
     MODEL_FILE,
     PLOT_FILE,
     SPEC_FILE,
+    STATE_FILE,
+    SUMMARY_FILE,
     _device_of,
     check_out_dir,
+    data_drift,
     load_weights,
-    metrics_line,
-    metrics_record,
     new_run_dir,
+    provenance,
     random_state,
     read_config,
+    read_history,
+    read_manifest,
     read_state,
+    recorded_data,
+    recover,
     restore_random_state,
     run_train_config,
     save_checkpoint,
+    unfinished_run,
+    verified_file,
     write_config,
 )
 
@@ -143,24 +153,34 @@ def with_plan(spec: Spec, changes: Mapping[str, Any] | None) -> Spec:
     return planned
 
 
-def check_split(run_dir: Path, data: str, seed: int, what: str) -> None:
-    """Refuse a model trained in ``run_dir`` (its ``config.json``) on the same dataset as this
-    run but with another seed: this run's test split would hold examples that model was trained
-    on. (Another dataset is a transfer, any seed goes; a folder that is not a run has nothing
-    to check.)
+def check_split(source: str | Path, data: str, seed: int, what: str,
+                dataset: Any = None) -> None:
+    """Refuse a model trained (``source``: its run directory, or a weights file, whose metadata
+    says) on the same dataset as this run but with another seed, or on rows that have changed
+    since (``dataset`` given): this run's test split would hold examples that model was trained
+    on. (Another dataset is a transfer, any seed goes; a source that records nothing has
+    nothing to check.)
 
     Raises
     ------
     TrainingError
-        Naming the ``--seed`` that keeps the split.
+        Naming the ``--seed`` that keeps the split, or what changed in the data.
     """
-    recorded = run_train_config(run_dir)
-    if recorded.get("data") == data and recorded.get("seed", seed) != seed:
+    recorded = recorded_data(source)
+    if recorded.get("data") != data:
+        return
+    if recorded.get("seed", seed) != seed:
         raise TrainingError(
             f"{what} was trained on {data} with seed {recorded['seed']} "
-            f"({run_dir / CONFIG_FILE}); with seed "
+            f"({recorded['where']}); with seed "
             f"{seed} this run's test split would hold examples it was trained on; add --seed "
             f"{recorded['seed']}")
+    drift = data_drift(recorded, dataset) if dataset is not None else None
+    if drift:
+        raise TrainingError(
+            f"{what} was trained on {data} ({recorded['where']}), but {drift}: the dataset "
+            "changed since, and this run's test split may hold examples it was trained on; "
+            "restore the data it was trained on, or start from scratch")
 
 
 def train(source: str | Path | Spec | None = None,
@@ -210,65 +230,131 @@ def train(source: str | Path | Spec | None = None,
     if resume is not None and init is not None:
         raise TrainingError("--init starts a new run from given weights; --resume continues a "
                             "run with its own: give one of them")
-    if resume is not None:
-        run = Path(resume)
-        if not (run / CONFIG_FILE).is_file() or not (run / SPEC_FILE).is_file():
-            raise TrainingError(f"cannot resume {run}: no {CONFIG_FILE} / {SPEC_FILE} there; "
-                                "expected a run directory written by tngraph train")
-        spec = load_spec(run / SPEC_FILE)
-        config = read_config(run)
-        if config.get("objective") and objective is None:
-            raise TrainingError(f"{run} is a {config['objective'].get('kind', 'special')} run; "
-                                f"resume it with tngraph distill --resume {run}")
-        train_options = _options(config["train"], options)
-        for key in ("data", "seed"):       # they make the split: the test set would change
-            was, now = config["train"].get(key), getattr(train_options, key)
-            if was is not None and now != was:
-                raise TrainingError(f"{run} was trained with {key} {was!r}; a resumed run keeps "
-                                    f"its {key} (another one changes the data split, so test "
-                                    f"examples would be trained on); drop --{key} {now}, or "
-                                    "train a new run from the spec")
-        was = _options(config["train"], {}).optimizer.name
-        if train_options.optimizer.name != was:
-            raise TrainingError(
-                f"{run} was trained with optimizer '{was}'; a resumed run continues its "
-                f"optimizer state, which '{train_options.optimizer.name}' cannot take: drop "
-                f"--optimizer {train_options.optimizer.name}, or start a new run from its "
-                f"weights (tngraph train SPEC --init {run / MODEL_FILE} --optimizer "
-                f"{train_options.optimizer.name})")
-        spec = with_plan(spec, plan)
-    else:
-        if source is None:
-            raise TrainingError("nothing to train: give a spec, or resume=RUN_DIR")
-        spec = source if isinstance(source, Spec) else load_spec(source, overrides)
-        spec = with_plan(spec, plan)
-        train_options = _options(spec.train.model_dump(), options)
-        run = Path(run_dir) if run_dir is not None else new_run_dir(spec.name)
-        if (run / METRICS_FILE).exists():
-            raise TrainingError(f"{run} already holds a run; resume it with --resume {run}, "
-                                "or choose another --out")
-        check_out_dir(run)
-        if init is not None:
-            check_split(Path(init).parent, train_options.data, train_options.seed,
-                        f"--init {init}")
-    device = resolve_device(train_options.device, launch)   # before anything is written
-    # Long products of near-identity cores drive some gradients (and Adam's moments) into
-    # subnormal floats, which x86 CPUs process a hundred times slower: flush them to zero.
-    flushed = torch.set_flush_denormal(True)
-    try:
-        return _run(spec, train_options, device, run, resume is not None, echo, init,
-                    objective, launch, cache_dir)
-    finally:
-        if flushed:
-            torch.set_flush_denormal(False)
+    with ExitStack() as held:               # the run folder's lock, while this run writes it
+        if resume is not None:
+            run = Path(resume)
+            spec, train_options = _resumed(run, options, objective, launch, held)
+            spec = with_plan(spec, plan)
+        else:
+            if source is None:
+                raise TrainingError("nothing to train: give a spec, or resume=RUN_DIR")
+            spec = source if isinstance(source, Spec) else load_spec(source, overrides)
+            spec = with_plan(spec, plan)
+            train_options = _options(spec.train.model_dump(), options)
+            run = Path(run_dir) if run_dir is not None else None
+            if run is not None:
+                check_out_dir(run)          # early; again under the lock when it is made
+            if init is not None:
+                check_split(init, train_options.data, train_options.seed, f"--init {init}")
+        device = resolve_device(train_options.device, launch)   # before anything is written
+        # Long products of near-identity cores drive some gradients (and Adam's moments) into
+        # subnormal floats, which x86 CPUs process a hundred times slower: flush them to zero.
+        flushed = torch.set_flush_denormal(True)
+        try:
+            return _run(spec, train_options, device, run, resume is not None, echo, init,
+                        objective, launch, cache_dir, held)
+        finally:
+            if flushed:
+                torch.set_flush_denormal(False)
 
 
-def _run(spec: Spec, train_options: TrainOptions, device: torch.device, run: Path,
+def _lock(run: Path, launch: Launch, held: ExitStack, command: str) -> None:
+    """Take ``run``'s lock for this run (rank 0 of a launch; the others follow it)."""
+    if launch.main:
+        held.enter_context(FolderLock(run, command))
+
+
+def _resumed(run: Path, options: Mapping[str, Any], objective: Objective | None,
+             launch: Launch, held: ExitStack) -> tuple[Spec, TrainOptions]:
+    """Lock and recover the run folder ``run`` and read what it recorded: its spec and the
+    training options updated by ``options`` (those that would change its split refused)."""
+    if not run.is_dir():
+        raise TrainingError(f"cannot resume {run}: no such folder; expected a run directory "
+                            "written by tngraph train")
+    _lock(run, launch, held, "tngraph train --resume")
+    if launch.distributed:
+        _ensure_group(launch)
+    manifest = recover(run) if launch.main else read_manifest(run)
+    if launch.distributed:
+        torch.distributed.barrier()         # rank 0 has recovered the folder
+    if manifest is None and unfinished_run(run):
+        config = run_train_config(run) and read_config(run)
+        command = ("tngraph distill" if config and config.get("objective")
+                   else "tngraph train")
+        raise TrainingError(
+            f"{run} stopped before its first checkpoint was complete, so there is nothing to "
+            f"resume; start it again: {command} SPEC --out {run} (that folder is reused)")
+    config = read_config(run, missing=f"cannot resume {run}: no {CONFIG_FILE} there; expected "
+                                      "a run directory written by tngraph train")
+    if manifest is None and not (run / STATE_FILE).is_file():
+        raise TrainingError(f"cannot resume {run}: it holds no checkpoint ({MANIFEST_FILE}); "
+                            "expected a run directory written by tngraph train")
+    if not (run / SPEC_FILE).is_file():
+        raise TrainingError(f"cannot resume {run}: no {SPEC_FILE} there; expected a run "
+                            "directory written by tngraph train")
+    spec = load_spec(run / SPEC_FILE)
+    if config.get("objective") and objective is None:
+        raise TrainingError(f"{run} is a {config['objective'].get('kind', 'special')} run; "
+                            f"resume it with tngraph distill --resume {run}")
+    if not isinstance(config.get("train"), dict):
+        raise TrainingError(f"cannot read {run / CONFIG_FILE}: it has no training options; "
+                            "it is not the config.json tngraph train writes")
+    train_options = _options(config["train"], options)
+    for key in ("data", "seed"):       # they make the split: the test set would change
+        was, now = config["train"].get(key), getattr(train_options, key)
+        if was is not None and now != was:
+            raise TrainingError(f"{run} was trained with {key} {was!r}; a resumed run keeps "
+                                f"its {key} (another one changes the data split, so test "
+                                f"examples would be trained on); drop --{key} {now}, or "
+                                "train a new run from the spec")
+    was = _options(config["train"], {}).optimizer.name
+    if train_options.optimizer.name != was:
+        raise TrainingError(
+            f"{run} was trained with optimizer '{was}'; a resumed run continues its "
+            f"optimizer state, which '{train_options.optimizer.name}' cannot take: drop "
+            f"--optimizer {train_options.optimizer.name}, or start a new run from its "
+            f"weights (tngraph train SPEC --init {run / MODEL_FILE} --optimizer "
+            f"{train_options.optimizer.name})")
+    return spec, train_options
+
+
+def _new_run_folder(run: Path | None, name: str, launch: Launch, held: ExitStack) -> Path:
+    """Make (``run`` None: a fresh ``runs/NAME-...``) and lock the folder of a new run; a run
+    stopped there before its first checkpoint leaves files that are removed."""
+    if run is None:
+        run = new_run_dir(name)             # created atomically; in a launch, rank 0's
+    elif launch.main:
+        try:
+            run.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise WriteError(f"cannot create {run}: {os.strerror(exc.errno or 0)}") from None
+    if launch.main:
+        _lock(run, launch, held, "tngraph train")
+        check_out_dir(run, locked=True)     # again: another process may have been quicker
+        if unfinished_run(run):
+            recover(run)
+            for left in (run / SPEC_FILE, run / CONFIG_FILE):    # config.json marks it ours
+                if left.exists():
+                    left.unlink()
+    return run
+
+
+def _run(spec: Spec, train_options: TrainOptions, device: torch.device, run: Path | None,
          resuming: bool, echo: Callable[[str], None] | None, init: str | Path | None = None,
          objective: Objective | None = None, launch: Launch = _ONE_PROCESS,
-         cache_dir: str | Path | None = None) -> TrainResult:
+         cache_dir: str | Path | None = None, held: ExitStack | None = None) -> TrainResult:
+    held = held if held is not None else ExitStack()
     torch.manual_seed(train_options.seed)
     dataset = load_dataset(train_options.data, seed=train_options.seed)
+    if resuming:
+        drift = data_drift(read_config(run), dataset)
+        if drift:
+            raise TrainingError(
+                f"{run} was trained on {train_options.data}, but {drift}: the dataset changed "
+                "since it was trained, so a resumed run would train and test on other "
+                "examples; restore that data, or train a new run from its spec")
+    elif init is not None:
+        check_split(init, train_options.data, train_options.seed, f"--init {init}", dataset)
     world = launch.world_size
     if launch.distributed:
         if device.type == "cuda":
@@ -296,7 +382,7 @@ def _run(spec: Spec, train_options: TrainOptions, device: torch.device, run: Pat
     first_epoch = 1
     history: list[EpochMetrics] = []
     if resuming:
-        load_weights(module, run / MODEL_FILE)
+        load_weights(module, verified_file(run, MODEL_FILE))
     elif init is not None:
         load_weights(module, init)
     if objective is not None and objective.bind is not None:
@@ -318,9 +404,7 @@ def _run(spec: Spec, train_options: TrainOptions, device: torch.device, run: Pat
         generator.set_state(state["generator"])
         restore_random_state(state, device)
         first_epoch = int(state["epoch"]) + 1
-        history = [metrics_record(line)
-                   for line in (run / METRICS_FILE).read_text().splitlines() if line.strip()]
-        history = [h for h in history if h.epoch < first_epoch]
+        history = [h for h in read_history(run) if h.epoch < first_epoch]
     if launch.distributed:
         stepper = _data_parallel(stepper, train_options, x_train, device, launch)
         ranks_rng = state.get("rng_ranks") or [
@@ -329,15 +413,20 @@ def _run(spec: Spec, train_options: TrainOptions, device: torch.device, run: Pat
             restore_random_state(ranks_rng[launch.rank], device)
         elif not launch.main:
             torch.manual_seed(_rank_seed(train_options.seed + first_epoch, launch.rank))
-    if not resuming and launch.main:
+    config = {"train": train_options.model_dump(), "dataset": dataset.name,
+              "sizes": dataset.sizes, "fingerprint": dataset.fingerprint(),
+              "task": dataset.task,
+              **({"objective": dict(objective.config)} if objective else {})}
+    if resuming:
+        config = read_config(run)
+    else:
         # made once the data, network and optimizer are known good: a refused run leaves none
-        run.mkdir(parents=True, exist_ok=True)
-        write_config(run, {"train": train_options.model_dump(), "dataset": dataset.name,
-                           "sizes": dataset.sizes, "task": dataset.task,
-                           **({"objective": dict(objective.config)} if objective else {})})
-        (run / METRICS_FILE).write_text("")
+        run = _new_run_folder(run, spec.name, launch, held)
+        if launch.main:
+            write_config(run, config)
+    origin = provenance(config)
     if not resuming:
-        _checkpoint(run, stepper, 0, generator, launch)   # last good, so far
+        _checkpoint(run, stepper, 0, generator, launch, history, origin)   # last good so far
 
     metric = "accuracy" if dataset.task == "classification" else "r2"
     start_all = time.perf_counter()
@@ -401,10 +490,7 @@ def _run(spec: Spec, train_options: TrainOptions, device: torch.device, run: Pat
                                   seconds, seen / seconds)
         record = _broadcast(record, launch)
         history.append(record)
-        _checkpoint(run, stepper, epoch, generator, launch)
-        if launch.main:
-            with open(run / METRICS_FILE, "a") as fh:
-                fh.write(metrics_line(record) + "\n")
+        _checkpoint(run, stepper, epoch, generator, launch, history, origin)
         facts = "".join(f"  {k} {_fact(v)}" for k, v in stepper.describe().items())
         say(f"epoch {epoch:3d}  loss {record.train_loss:.4f}  val loss {record.val_loss:.4f}  "
             f"val {metric} {record.val_metric:.4f}  {record.samples_per_s:,.0f} samples/s"
@@ -414,11 +500,11 @@ def _run(spec: Spec, train_options: TrainOptions, device: torch.device, run: Pat
     result = TrainResult(run, metric, tuple(history), test, seconds)
     if launch.main:
         plot_curves(result, run / PLOT_FILE)
-        (run / "summary.json").write_text(json.dumps(
+        atomic_write(run / SUMMARY_FILE, json.dumps(
             {"test": test, "epochs": len(history), "seconds": result.seconds,
              "processes": world,
              "optimizer": {"name": train_options.optimizer.name, **stepper.describe()}},
-            indent=2))
+            indent=2).encode())
     say(summary_table(result))
     if launch.distributed:
         torch.distributed.barrier()     # no rank leaves before rank 0 has written everything
@@ -426,13 +512,21 @@ def _run(spec: Spec, train_options: TrainOptions, device: torch.device, run: Pat
 
 
 def _checkpoint(run: Path, stepper: Stepper, epoch: int, generator: torch.Generator,
-                launch: Launch) -> None:
-    """:func:`save_checkpoint` by rank 0, with every rank's random state in a launch."""
+                launch: Launch, history: list[EpochMetrics], origin: Mapping[str, str]) -> None:
+    """:func:`save_checkpoint` by rank 0, with every rank's random state in a launch; a failed
+    write names the last complete checkpoint."""
     extra = {}
     if launch.distributed:
         states: list[Any] = [None] * launch.world_size
         torch.distributed.all_gather_object(states, random_state(_device_of(stepper.module)))
         extra["rng_ranks"] = states
-    if launch.main:
-        save_checkpoint(run, stepper, epoch, generator, **extra)
-
+    if not launch.main:
+        return
+    try:
+        save_checkpoint(run, stepper, epoch, generator, history, origin, **extra)
+    except WriteError as exc:
+        if epoch == 0:
+            raise TrainingError(f"{exc}; no checkpoint was written, the run did not start: "
+                                f"make room and start it again with --out {run}") from None
+        raise TrainingError(f"{exc}; the last complete checkpoint is epoch {epoch - 1}: make "
+                            f"room and resume it with tngraph train --resume {run}") from None
