@@ -155,6 +155,42 @@ def test_a_teacher_spec_is_trained_first(student_file: Path, tmp_path: Path) -> 
     assert teacher_config["train"]["seed"] == 2 and teacher_config["dataset"] == "digits"
 
 
+def test_the_teacher_epochs_and_a_distillation_stopped_while_its_teacher_trains(
+        student_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--teacher-epochs sets a spec teacher's epochs; a distillation stopped during the
+    teacher's training is rerun by the same command: the teacher's training goes on from
+    its checkpoint (it was "resume it" / "no config.json" before, each pointing to the other)."""
+    from faults import Stopped, Stops
+
+    teacher_spec = tmp_path / "teacher.yaml"
+    teacher_spec.write_text((ROOT / "models" / "mlp.yaml").read_text()
+                            .replace("hidden: 256", "hidden: 8"))
+    run = tmp_path / "r"
+    argv = ["distill", str(student_file), "--teacher", str(teacher_spec), "--teacher-epochs",
+            "2", "--epochs", "1", "--out", str(run)]
+    # the 20th change in the teacher's folder: its epoch 1 is committed, not yet renamed
+    stops = Stops(run / "teacher", 20)
+    with stops.active(), pytest.raises(Stopped):
+        main(argv)
+    assert main(["distill", "--resume", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "stopped while its teacher trained" in err and f"--out {run}" in err
+    assert main(argv) == 0
+    assert "resuming the teacher's training in" in capsys.readouterr().out
+    teacher_lines = (run / "teacher" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in teacher_lines] == [1, 2]
+    assert json.loads((run / "teacher" / "config.json").read_text())["train"]["epochs"] == 2
+    assert (run / "summary.json").is_file()
+
+
+def test_teacher_epochs_are_for_a_spec_teacher(teacher_run: Path, student_file: Path,
+                                               tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["distill", str(student_file), "--teacher", str(teacher_run),
+                 "--teacher-epochs", "3", "--out", str(tmp_path / "r")]) == 2
+    assert "--teacher-epochs is for a teacher given as a spec" in capsys.readouterr().err
+
+
 def test_a_teacher_run_on_another_split_is_refused(teacher_run: Path, student_file: Path,
                                                    tmp_path: Path, capsys) -> None:
     """The teacher run used seed 0: a seed-1 student would be tested on examples whose labels

@@ -120,6 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher", metavar="RUN_DIR|SPEC",
                    help="teacher run directory, or a spec to train first (default: the "
                         "student spec's distill.teacher)")
+    p.add_argument("--teacher-epochs", type=int, metavar="N",
+                   help="epochs of a teacher given as a spec (default: its spec's train.epochs)")
     p.add_argument("--strategy", metavar="NAME[?KEY=VALUE&...]",
                    help="distillation strategy and options, e.g. response?temperature=2, "
                         "layer?student_layer=mps1&teacher_layer=act2 (default: response)")
@@ -298,6 +300,7 @@ def _cmd_distill(args: argparse.Namespace) -> int:
     distill(args.spec if args.resume is None else None, args.teacher,
             _overrides(args.overrides), strategy=_named_option(args.strategy),
             run_dir=args.out, resume=args.resume, data=args.data, epochs=args.epochs,
+            teacher_epochs=args.teacher_epochs,
             batch_size=args.batch_size, lr=args.lr, optimizer=_named_option(args.optimizer),
             weight_decay=args.weight_decay, device=args.device, seed=args.seed,
             plan=_plan_kwargs(args, training=True), cache_dir=args.cache_dir)

@@ -48,9 +48,12 @@ from tngraph.kinds import (
 from tngraph.schema import NamedOptions, ParamValue, Spec
 from tngraph.spec import load_spec
 from tngraph.train import (
+    MANIFEST_FILE,
     MODEL_FILE,
+    SUMMARY_FILE,
     Objective,
     TrainResult,
+    check_out_dir,
     check_split,
     current_launch,
     load_weights,
@@ -77,15 +80,18 @@ class DistillError(TNGraphError):
 
 def load_teacher(teacher: str | Path, *, run_dir: Path, data: str | None = None,
                  device: str = "cpu", echo: Callable[[str], None] = print,
-                 seed: int | None = None) -> tuple[Compiled, Path]:
+                 seed: int | None = None,
+                 train_options: Mapping[str, Any] | None = None) -> tuple[Compiled, Path]:
     """The teacher as a frozen module in eval mode, and the run directory it came from.
 
     ``teacher`` is a run directory written by ``tngraph train`` (``spec.yaml`` +
     ``model.safetensors``), or a spec file, which is trained first into ``run_dir/teacher``
     (on ``data`` and with ``seed`` when given -- the student's, so that the teacher never trains
-    on the student's test split -- else its own ``train:`` values).
+    on the student's test split -- else its own ``train:`` values; ``train_options`` such as
+    ``epochs`` override its spec's). A teacher whose training stopped is resumed there.
     """
     path = Path(teacher)
+    extra = {k: v for k, v in (train_options or {}).items() if v is not None}
     if path.is_dir():
         if not (path / "spec.yaml").is_file() or not (path / MODEL_FILE).is_file():
             raise DistillError(f"teacher {path} is a folder without spec.yaml and {MODEL_FILE}; "
@@ -93,11 +99,14 @@ def load_teacher(teacher: str | Path, *, run_dir: Path, data: str | None = None,
         teacher_run = path
     elif path.is_file():
         teacher_run = run_dir / "teacher"
-        if not (teacher_run / MODEL_FILE).is_file() or not (teacher_run / "summary.json").is_file():
+        if (teacher_run / MANIFEST_FILE).is_file() and not (teacher_run / SUMMARY_FILE).is_file():
+            echo(f"resuming the teacher's training in {teacher_run}")
+            train(resume=teacher_run, echo=echo, device=device, **extra)
+        elif not (teacher_run / SUMMARY_FILE).is_file():
             echo(f"training the teacher {path} into {teacher_run}")
             train(path, run_dir=teacher_run, echo=echo, device=device,
                   **({"data": data} if data else {}), **({"seed": seed} if seed is not None
-                                                         else {}))
+                                                         else {}), **extra)
     else:
         raise DistillError(f"teacher {path} does not exist; give a run directory written by "
                            "tngraph train, or a spec file to train first")
@@ -125,7 +134,7 @@ def distill(student: str | Path | Spec | None = None, teacher: str | Path | None
             overrides: Mapping[str, ParamValue] | None = None, *,
             strategy: str | Mapping[str, Any] | None = None, run_dir: str | Path | None = None,
             resume: str | Path | None = None, echo: Callable[[str], None] | None = print,
-            **options: Any) -> TrainResult:
+            teacher_epochs: int | None = None, **options: Any) -> TrainResult:
     """Distil ``teacher`` into ``student``; the run is a :func:`tngraph.train.train` run.
 
     Parameters
@@ -140,14 +149,20 @@ def distill(student: str | Path | Spec | None = None, teacher: str | Path | None
     strategy
         A registered strategy name or ``{name: ..., option: ...}``; default: the spec's
         ``distill.strategy`` (``response``).
+    teacher_epochs
+        Epochs of a teacher given as a spec (default: its spec's ``train.epochs``).
     run_dir, resume, echo, **options
         As for :func:`tngraph.train.train`.
     """
     say = echo or (lambda _line: None)
     if resume is not None:
         run = Path(resume)
-        config = read_config(run, missing=f"cannot resume {run}: no config.json there",
-                             error=DistillError)
+        stopped = (f"{run} stopped while its teacher trained (in {run / 'teacher'}), before "
+                   "the student's run began; run the same tngraph distill command again with "
+                   f"--out {run}: the teacher's training goes on where it stopped"
+                   if (run / "teacher").is_dir() else f"cannot resume {run}: no config.json "
+                   "there; expected a run directory written by tngraph distill")
+        config = read_config(run, missing=stopped, error=DistillError)
         recorded = config.get("objective") or {}
         if recorded.get("kind") != "distill":
             raise DistillError(f"{run} is not a distillation run; resume it with tngraph train")
@@ -179,10 +194,16 @@ def distill(student: str | Path | Spec | None = None, teacher: str | Path | None
     seed = options["seed"] if options.get("seed") is not None else defaults["seed"]
     if Path(teacher).is_dir():
         check_split(Path(teacher), data, seed, f"the teacher {teacher}")
+        if teacher_epochs is not None and Path(teacher).resolve() != (run / "teacher").resolve():
+            raise DistillError(f"--teacher-epochs is for a teacher given as a spec; {teacher} "
+                               "is a trained run: drop --teacher-epochs")
+    if resume is None:
+        check_out_dir(run)                  # before a teacher is trained into it
     run.mkdir(parents=True, exist_ok=True)
     teacher_module, teacher_run = load_teacher(
         teacher, run_dir=run, data=data, device=device, seed=seed,
-        echo=say if launch.main else (lambda _line: None))
+        echo=say if launch.main else (lambda _line: None),
+        train_options={"epochs": teacher_epochs})
 
     # the student module is built inside the run: the strategy's objective is made from it there
     bound: dict[str, Objective] = {}

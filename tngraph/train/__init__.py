@@ -45,11 +45,14 @@ from tngraph.train.loop import check_split, make_stepper, train, with_plan
 from tngraph.train.plots import plot_curves, summary_table
 from tngraph.train.rundir import (
     CONFIG_FILE,
+    MANIFEST_FILE,
     METRICS_FILE,
     MODEL_FILE,
     PLOT_FILE,
     SPEC_FILE,
     STATE_FILE,
+    SUMMARY_FILE,
+    check_out_dir,
     commit_checkpoint,
     data_drift,
     load_weights,
@@ -70,11 +73,13 @@ from tngraph.train.rundir import (
 
 __all__ = [
     "CONFIG_FILE",
+    "MANIFEST_FILE",
     "METRICS_FILE",
     "MODEL_FILE",
     "PLOT_FILE",
     "SPEC_FILE",
     "STATE_FILE",
+    "SUMMARY_FILE",
     "DataParallelStepper",
     "EpochMetrics",
     "Launch",
@@ -84,6 +89,7 @@ __all__ = [
     "new_run_dir",
     "batch_loss",
     "check_fit",
+    "check_out_dir",
     "check_split",
     "commit_checkpoint",
     "data_drift",
