@@ -162,7 +162,8 @@ def test_bad_dataset_specs(spec: str, message: str) -> None:
     ("mnist", {}, r"dataset 'mnist' needs a path: mnist:PATH \(a folder with the four standard "
                   r"IDX files train-images-idx3-ubyte\[\.gz\].*never downloads"),
     ("digits:/tmp", {}, "dataset 'digits' takes no path, got '/tmp'"),
-    ("digits?scale=minmax", {}, "dataset 'digits' has no option 'scale'; it takes none"),
+    ("digits?scale=minmax", {},
+     "dataset 'digits' has no option 'scale'; valid: test_fraction, val_fraction"),
     ("csv:x.csv?lable=y", {}, r"has no option 'lable'; did you mean 'label'\?"),
     ("synthetic-regression", {"n_sample": 3}, r"did you mean 'n_samples'\?"),
     ("synthetic-regression?n_samples=ten", {}, "n_samples must be an integer >= 3, got 'ten'"),
@@ -630,3 +631,24 @@ def test_an_empty_split_is_refused(n: int, message: str) -> None:
         split_indices(n, val_fraction=0.1, test_fraction=0.2, seed=0)
     assert [len(i) for i in split_indices(6, val_fraction=0.1, test_fraction=0.2, seed=0)] == \
         [4, 1, 1]
+
+
+@pytest.mark.parametrize(("source", "sizes"), [
+    ("digits?val_fraction=0.2&test_fraction=0.1", {"train": 1258, "val": 359, "test": 180}),
+    ("synthetic-regression?n_samples=100&n_features=8&val_fraction=0",
+     {"train": 80, "val": 0, "test": 20}),
+    ("synthetic-regression?n_samples=100&n_features=8&test_fraction=0&val_fraction=0.3",
+     {"train": 70, "val": 30, "test": 0}),
+])
+def test_split_fractions_are_options_of_every_dataset(source: str, sizes: dict) -> None:
+    assert load_dataset(source).sizes == sizes
+
+
+def test_a_keyword_fraction_wins_over_the_spec_string() -> None:
+    assert load_dataset("digits?val_fraction=0.3", val_fraction=0.1).sizes["val"] == 180
+
+
+def test_an_unknown_option_lists_the_split_options() -> None:
+    with pytest.raises(DataError, match="has no option 'val_frac'; did you mean "
+                                        "'val_fraction'"):
+        load_dataset("synthetic-regression?val_frac=0")

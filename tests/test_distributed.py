@@ -107,8 +107,8 @@ def test_rank_0_writes_one_run(launched: dict[str, Any]) -> None:
 
     run: Path = launched["run"]
     assert sorted(p.name for p in run.iterdir()) == [
-        "checkpoint.json", "config.json", "curves.png", "metrics.jsonl", "model.safetensors",
-        "spec.yaml", "state.pt", "summary.json"]
+        "best.safetensors", "checkpoint.json", "config.json", "curves.png", "metrics.jsonl",
+        "model.safetensors", "spec.yaml", "state.pt", "summary.json"]
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [line["epoch"] for line in lines] == [1, 2, 3]
     losses = [line["train_loss"] for line in lines]

@@ -420,3 +420,27 @@ def test_the_rank_cap_is_max_rank_and_reads_its_old_name() -> None:
     assert not check_optimizer(NamedOptions(name="dmrg", max_bond=12), None, ())
     (problem,) = check_optimizer(NamedOptions(name="dmrg", max_bnd=12), None, ())
     assert "unknown option 'max_bnd'; did you mean 'max_rank'" in problem.message
+
+
+def test_the_best_epoch_is_tested_in_its_own_network(digits16: Path, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """dmrg changes the bond dimensions from epoch to epoch: when an earlier epoch is the best,
+    its weights are tested (and evaluated by ``tngraph eval RUN``) in the network of that
+    epoch, from their metadata, not in the final spec.yaml's."""
+    import tngraph.train.loop as loop
+    from tngraph.cli import main
+    from tngraph.data import load_dataset
+    from tngraph.train import evaluate, load_weights, tested_weights
+
+    monkeypatch.setattr(loop, "best_epoch", lambda history: 1 if history else None)
+    run = tmp_path / "run"
+    result = train(tngraph.load_spec(_mps16(2, digits16)), run_dir=run, echo=None)
+    assert result.tested == ("best", 1)
+    path, text = tested_weights(run)
+    assert path.name == "best.safetensors" and text is not None     # another network
+    assert text != (run / "spec.yaml").read_text()
+    module = tngraph.compile(tngraph.load_spec(text))
+    load_weights(module, path)
+    dataset = load_dataset(f"csv:{digits16}?label=label")
+    assert evaluate(module, dataset, "test") == pytest.approx(result.test)
+    assert main(["eval", str(run)]) == 0

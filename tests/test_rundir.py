@@ -32,7 +32,7 @@ train: {epochs: 2, batch_size: 256, lr: 0.01}
 """
 #: the changes an uninterrupted two-epoch run makes in its folder (pinned: a new write in the
 #: protocol must be added to the stops tried below)
-CHANGES = 37
+CHANGES = 41
 CHECKPOINT = ("model.safetensors", "state.pt", "metrics.jsonl", "spec.yaml")
 
 
@@ -50,7 +50,9 @@ def _outcome(run: Path) -> tuple[dict[str, torch.Tensor], list[dict]]:
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     for line in lines:
         del line["seconds"], line["samples_per_s"]
-    return load_file(str(run / "model.safetensors")), lines
+    weights = {f"{name}:{key}": value for name in ("model", "best")
+               for key, value in load_file(str(run / f"{name}.safetensors")).items()}
+    return weights, lines
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +142,7 @@ def test_a_killed_process_resumes_to_the_same_run(spec_file: Path, tmp_path: Pat
     _assert_same_run(run, straight[0])
 
 
-@pytest.mark.parametrize("name", [*CHECKPOINT, "checkpoint.json"])
+@pytest.mark.parametrize("name", [*CHECKPOINT, "best.safetensors", "checkpoint.json"])
 @pytest.mark.parametrize("damage", ["truncated", "garbage"])
 def test_a_damaged_run_file_is_a_clear_error(spec_file: Path, tmp_path: Path,
                                              capsys: pytest.CaptureFixture[str], name: str,
@@ -158,7 +160,7 @@ def test_a_damaged_run_file_is_a_clear_error(spec_file: Path, tmp_path: Path,
     else:
         assert f"{path} does not match the checkpoint of epoch 1" in err
     assert "restore it, or train a new run from" in err
-    if name == "model.safetensors":                     # eval checks the weights it reads too
+    if name == "best.safetensors":                      # eval checks the weights it reads too
         assert main(["eval", str(run)]) == 2
         assert "does not match the checkpoint of epoch 1" in capsys.readouterr().err
 

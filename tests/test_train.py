@@ -302,7 +302,7 @@ def test_cli_train_then_eval(spec_file: Path, tmp_path: Path,
     run = tmp_path / "run"
     assert main(["train", str(spec_file), "--epochs", "1", "--out", str(run)]) == 0
     out = capsys.readouterr().out
-    assert "epoch   1" in out and "test: loss" in out
+    assert "epoch   1" in out and "test (best epoch 1): loss" in out
     assert main(["eval", str(spec_file), "--checkpoint", str(run / MODEL_FILE)]) == 0
     assert "digits test (359 examples): loss" in capsys.readouterr().out
 
@@ -317,7 +317,7 @@ def test_cli_eval_of_a_run_directory_uses_its_split(spec_file: Path, tmp_path: P
     out = capsys.readouterr().out
     test = result.test
     assert f"loss {test['loss']:.4f}  accuracy {test['accuracy']:.4f}" in out
-    assert str(run / MODEL_FILE) in out
+    assert str(run / "best.safetensors") in out         # the weights the run tested
     assert main(["eval", str(run), "--split", "val"]) == 0
     last = result.history[-1]
     assert f"loss {last.val_loss:.4f}  accuracy {last.val_metric:.4f}" in capsys.readouterr().out
@@ -457,3 +457,80 @@ def test_init_from_a_run_keeps_its_split(spec_file: Path, tmp_path: Path,
     assert not (tmp_path / "b").exists()
     assert main(["train", str(spec_file), "--init", str(weights), "--epochs", "1", "--seed",
                  "3", "--out", str(tmp_path / "c")]) == 0
+
+
+def test_the_best_epoch_is_kept_and_tested(spec_file: Path, tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """best.safetensors holds the best validation epoch's weights; the test split measures
+    them (the summary says which), or the last epoch's with --test-on last; eval RUN measures
+    what the run tested."""
+    from safetensors import safe_open
+
+    from tngraph.data import load_dataset
+    from tngraph.train import best_epoch, evaluate
+
+    run = tmp_path / "run"
+    # a learning rate so high that the last epochs are worse than an earlier one
+    result = train(spec_file, run_dir=run, echo=None, epochs=6, lr=0.05, schedule="constant")
+    best = best_epoch(result.history)
+    assert best == max(result.history, key=lambda h: h.val_metric).epoch
+    assert best < result.history[-1].epoch, [h.val_metric for h in result.history]
+    with safe_open(str(run / "best.safetensors"), "pt") as fh:
+        assert fh.metadata()["epoch"] == str(best)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["tested"] == {"weights": "best", "epoch": best, "file": "best.safetensors"}
+    assert result.tested == ("best", best)
+    module = tngraph.compile(run / "spec.yaml")
+    load_weights(module, run / "best.safetensors")
+    assert evaluate(module, load_dataset("digits"), "test") == pytest.approx(result.test)
+    capsys.readouterr()
+    assert main(["eval", str(run)]) == 0
+    assert f"accuracy {result.test['accuracy']:.4f}" in capsys.readouterr().out
+    last = train(spec_file, run_dir=tmp_path / "last", echo=None, epochs=6, lr=0.05,
+                 schedule="constant", test_on="last")
+    assert last.tested == ("last", 6) and last.test != result.test
+    assert json.loads((tmp_path / "last" / "summary.json").read_text())["tested"]["epoch"] == 6
+
+
+def test_grad_clip_bounds_the_step(spec_file: Path, tmp_path: Path) -> None:
+    """With grad_clip, one SGD step moves the weights by at most lr * grad_clip in total."""
+    from tngraph.train import make_stepper
+    from tngraph.train.evaluation import batch_loss
+
+    module = tngraph.compile(spec_file)
+    options = tngraph.spec.TrainOptions(optimizer="sgd", lr=0.1, grad_clip=1e-3)
+    stepper = make_stepper(module, options, "classification")
+    before = torch.cat([p.detach().flatten().clone() for p in module.parameters()])
+    x, y = torch.rand(32, 64), torch.randint(0, 10, (32,))
+    stepper.step(x, lambda out: batch_loss(out, y, "classification"))
+    after = torch.cat([p.detach().flatten() for p in module.parameters()])
+    assert float((after - before).norm()) == pytest.approx(0.1 * 1e-3, rel=1e-3)
+
+
+def test_grad_clip_is_refused_for_an_optimizer_without_gradients(spec_file: Path,
+                                                                 tmp_path: Path) -> None:
+    with pytest.raises(TrainingError, match="grad_clip 1: optimizer 'dmrg' does not step "
+                                            "along gradients"):
+        train(spec_file, run_dir=tmp_path / "run", echo=None, epochs=1, optimizer="dmrg",
+              grad_clip=1.0)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_run_without_validation_or_test_split_reports_them_absent(
+        spec_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """val_fraction=0: no validation metrics (null, never 0.0), the last epoch is tested;
+    test_fraction=0: no test metrics, and eval of that split is refused."""
+    run = tmp_path / "run"
+    data = "digits?val_fraction=0&test_fraction=0"
+    assert main(["train", str(spec_file), "--data", data, "--epochs", "2", "--out",
+                 str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "no validation split" in out and "test (best epoch 2): no test split" in out
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [(x["val_loss"], x["val_metric"]) for x in lines] == [(None, None)] * 2
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["test"] == {"loss": None, "accuracy": None}
+    assert summary["tested"]["epoch"] == 2
+    assert main(["eval", str(run)]) == 2
+    assert "digits has no test split (its fraction is 0)" in capsys.readouterr().err
+    assert main(["eval", str(run), "--split", "train"]) == 0

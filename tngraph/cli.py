@@ -78,6 +78,11 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
                    help="optimizer strategy and options, e.g. sgd, adam?amsgrad=true, "
                         "dmrg?max_rank=32 (tngraph plugins list shows them)")
     p.add_argument("--weight-decay", type=float)
+    p.add_argument("--grad-clip", type=float, metavar="NORM",
+                   help="clip the gradients' global norm to NORM before each step (adam, sgd)")
+    p.add_argument("--test-on", choices=["best", "last"],
+                   help="test the weights of the best validation epoch (default; kept as "
+                        "best.safetensors) or of the last one")
     p.add_argument("--device", help="cpu, cuda, cuda:N, mps (default: the spec's "
                                     "train.device)")
     p.add_argument("--seed", type=int)
@@ -281,6 +286,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
           epochs=args.epochs,
           batch_size=args.batch_size, lr=args.lr, optimizer=_named_option(args.optimizer),
           weight_decay=args.weight_decay, device=args.device, seed=args.seed,
+          grad_clip=args.grad_clip, test_on=args.test_on,
           plan=_plan_kwargs(args, training=True), cache_dir=args.cache_dir)
     return EXIT_OK
 
@@ -303,6 +309,7 @@ def _cmd_distill(args: argparse.Namespace) -> int:
             teacher_epochs=args.teacher_epochs,
             batch_size=args.batch_size, lr=args.lr, optimizer=_named_option(args.optimizer),
             weight_decay=args.weight_decay, device=args.device, seed=args.seed,
+            grad_clip=args.grad_clip, test_on=args.test_on,
             plan=_plan_kwargs(args, training=True), cache_dir=args.cache_dir)
     return EXIT_OK
 
@@ -311,7 +318,6 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from tngraph.compiler import compile as compile_spec
     from tngraph.data import load_dataset
     from tngraph.train import (
-        MODEL_FILE,
         TrainingError,
         check_fit,
         data_drift,
@@ -321,10 +327,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         recorded_data,
         resolve_device,
         run_train_config,
-        verified_file,
+        tested_weights,
     )
 
-    path, checkpoint = Path(args.spec), args.checkpoint
+    path, checkpoint, spec_text = Path(args.spec), args.checkpoint, None
     if path.is_dir():
         if not (path / "spec.yaml").is_file():
             raise TrainingError(f"{path} is a folder without spec.yaml; give a run directory "
@@ -336,7 +342,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                 raise TrainingError(
                     f"cannot tell which split {path} was trained on ({exc}); give --data and "
                     "--seed of that run, or its test split may hold training examples") from None
-        checkpoint = checkpoint or str(verified_file(path, MODEL_FILE))
+        if checkpoint is None:              # the weights the run was tested with
+            tested, spec_text = tested_weights(path)
+            checkpoint = str(tested)
         path = path / "spec.yaml"
     elif checkpoint is None:
         raise TrainingError("which weights? give --checkpoint RUN/model.safetensors, or the run "
@@ -345,7 +353,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     # split of its data and seed, the device
     recorded = recorded_data(checkpoint)
     device_name = run_train_config(Path(checkpoint).parent).get("device")
-    spec = load_spec(path, _overrides(args.overrides))
+    spec = load_spec(path if spec_text is None else spec_text, _overrides(args.overrides))
     device = resolve_device(args.device or device_name or spec.train.device)
     seed = args.seed if args.seed is not None else recorded.get("seed", spec.train.seed)
     data = args.data or recorded.get("data") or spec.train.data
@@ -360,6 +368,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     check_fit(module, dataset)
     load_weights(module, checkpoint)
     module = module.to(device)
+    if dataset.sizes[args.split] == 0:
+        raise TrainingError(f"{dataset.name} has no {args.split} split (its fraction is 0); "
+                            "choose another --split, or --data with a fraction above 0")
     metrics = evaluate(module, dataset, args.split)
     print(f"{checkpoint}: {dataset.name} {args.split} ({dataset.sizes[args.split]} "
           "examples): " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))

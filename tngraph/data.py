@@ -22,10 +22,15 @@ registered ``fashion_mnist``). Built-ins (nothing is ever downloaded):
   the TT regression experiment (256 samples, 4096 features, 128 informative (at most
   ``n_features``), 16 targets, noise 0.0); features and targets standardised with train statistics.
 
-Split fractions are fractions of all labelled examples: ``round(test_fraction * n)`` go to the
-test split, ``round(val_fraction * n)`` to the validation split and the rest to training. With a
-classification task the split is stratified (every class in about the same proportion in each
-split). The same seed gives the same split.
+Split fractions are options of every dataset (``digits?val_fraction=0.2&test_fraction=0.1``,
+defaults 0.1 and 0.2), fractions of all labelled examples: ``round(test_fraction * n)`` go to
+the test split, ``round(val_fraction * n)`` to the validation split and the rest to training. A
+fraction of 0 makes no such split (a run then reports it as absent); a fraction too small for
+the data to give one example is refused. With a classification task the split is stratified
+(every class in about the same proportion in each split). The same seed gives the same split.
+
+``synthetic-regression`` options: ``n_samples`` (256), ``n_features`` (4096), ``n_informative``
+(128, at most ``n_features``), ``n_targets`` (16), ``noise`` (0.0), and the split fractions.
 
 Examples
 --------
@@ -314,8 +319,13 @@ def _check_fraction(name: str, value: Any) -> float:
     return float(value)
 
 
-def load_dataset(spec: str = DEFAULT_DATASET, *, seed: int = 0, val_fraction: float = 0.1,
-                 test_fraction: float = 0.2, **options: Any) -> Dataset:
+#: the split options every dataset takes (``?val_fraction=0.2&test_fraction=0``)
+SPLIT_OPTIONS = {"val_fraction": 0.1, "test_fraction": 0.2}
+
+
+def load_dataset(spec: str = DEFAULT_DATASET, *, seed: int = 0,
+                 val_fraction: float | None = None, test_fraction: float | None = None,
+                 **options: Any) -> Dataset:
     """Load the dataset named by ``spec`` (see the module docstring for the syntax).
 
     Parameters
@@ -344,9 +354,14 @@ fashion_mnist, mnist, synthetic_regression
     parsed = parse_dataset_spec(spec)
     source = get_dataset(parsed.name)
     merged = {**parsed.options, **options}
+    fractions = {key: merged.pop(key, default) for key, default in SPLIT_OPTIONS.items()}
+    if val_fraction is not None:
+        fractions["val_fraction"] = val_fraction
+    if test_fraction is not None:
+        fractions["test_fraction"] = test_fraction
     unknown = sorted(set(merged) - set(source.options))
     if unknown:
-        hint = did_you_mean(unknown[0], source.options) if source.options else "it takes none"
+        hint = did_you_mean(unknown[0], [*source.options, *SPLIT_OPTIONS])
         raise DataError(f"dataset '{parsed.name}' has no option '{unknown[0]}'; {hint}")
     if parsed.path is None and source.path == "required":
         raise DataError(f"dataset '{parsed.name}' needs a path: {parsed.name}:PATH "
@@ -355,8 +370,8 @@ fashion_mnist, mnist, synthetic_regression
         raise DataError(f"dataset '{parsed.name}' takes no path, got '{parsed.path}'")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise DataError(f"seed must be an integer, got {seed!r}")
-    val = _check_fraction("val_fraction", val_fraction)
-    test = _check_fraction("test_fraction", test_fraction)
+    val = _check_fraction("val_fraction", fractions["val_fraction"])
+    test = _check_fraction("test_fraction", fractions["test_fraction"])
     if val + test >= 1:
         raise DataError(f"val_fraction + test_fraction must be below 1, got {val} + {test}")
     path = Path(parsed.path).expanduser() if parsed.path is not None else None

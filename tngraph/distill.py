@@ -60,6 +60,7 @@ from tngraph.train import (
     new_run_dir,
     read_config,
     resolve_device,
+    tested_weights,
     train,
 )
 from tngraph.validate import check_distiller
@@ -110,9 +111,10 @@ def load_teacher(teacher: str | Path, *, run_dir: Path, data: str | None = None,
     else:
         raise DistillError(f"teacher {path} does not exist; give a run directory written by "
                            "tngraph train, or a spec file to train first")
-    spec = load_spec(teacher_run / "spec.yaml")
+    weights, spec_text = tested_weights(teacher_run)     # best.safetensors of a new run
+    spec = load_spec(teacher_run / "spec.yaml" if spec_text is None else spec_text)
     module = compile_spec(spec)
-    load_weights(module, teacher_run / MODEL_FILE)
+    load_weights(module, weights)
     module = module.to(device).eval()
     for param in module.parameters():
         param.requires_grad_(False)

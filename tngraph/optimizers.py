@@ -341,6 +341,9 @@ class TorchStepper:
                  buffer: ParameterBuffer | None = None):
         self._module = module
         self.optimizer = optimizer
+        #: clip the global norm of the gradients to this before each step (None: no clipping;
+        #: the training option ``grad_clip`` sets it on any stepper that has this attribute)
+        self.max_grad_norm: float | None = None
         #: the buffer that ``optimizer`` steps, or None (it steps the parameters themselves)
         self.buffer = buffer
         self._options: dict[str, Any] = {}      # how ``optimizer`` was made (over_buffer)
@@ -400,6 +403,12 @@ class TorchStepper:
                 self._reseat()
             if not self.buffer.gather_grads():
                 self._per_parameter()
+        if self.max_grad_norm is not None:     # one norm over all: buffer or parameters
+            from torch.nn.utils import clip_grad_norm_
+
+            clip_grad_norm_(
+                [p for group in self.optimizer.param_groups for p in group["params"]],
+                self.max_grad_norm)
         self.optimizer.step()
 
     def _parameters_replaced(self) -> bool:

@@ -224,6 +224,11 @@ class TrainOptions(_Model):
     #: ``cpu``, ``cuda`` (``cuda:N``), ``mps`` or ``xpu``; checked for availability when a run
     #: starts (:func:`tngraph.train.resolve_device`)
     device: Device = "cpu"
+    #: clip the gradients' global norm to this before each step (optimizers over torch.optim)
+    grad_clip: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    #: the weights the test split measures: those of the ``best`` validation epoch (kept as
+    #: ``best.safetensors``) or of the ``last`` one
+    test_on: Literal["best", "last"] = "best"
 
 
 class DistillOptions(_Model):

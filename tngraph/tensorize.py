@@ -53,7 +53,14 @@ from tngraph.plan import plan_spec
 from tngraph.report import pipeline_report_data
 from tngraph.schema import Spec
 from tngraph.spec import load_spec
-from tngraph.train import check_fit, evaluate, run_train_config, save_weights
+from tngraph.train import (
+    TrainingError,
+    check_fit,
+    evaluate,
+    run_train_config,
+    save_weights,
+    tested_weights,
+)
 from tngraph.yamlio import dump_yaml
 
 #: number of cores of an automatically chosen factorisation (fewer when both sizes have fewer
@@ -605,14 +612,20 @@ def load_model(model: str | Path, checkpoint: str | Path | None = None,
     config: dict[str, Any] = {}
     if path.is_dir():
         spec_file = path / "spec.yaml"
-        weights = Path(checkpoint) if checkpoint is not None else path / "model.safetensors"
+        weights, spec_text = Path(checkpoint) if checkpoint is not None else None, None
+        if weights is None and spec_file.is_file() and (path / "model.safetensors").is_file():
+            try:                            # the weights the run was tested with
+                weights, spec_text = tested_weights(path)
+            except TrainingError as exc:
+                raise TensorizeError(str(exc), "restore the run's files") from None
+        weights = weights or path / "model.safetensors"
         if not spec_file.is_file() or not weights.is_file():
             missing = [str(p.name) for p in (spec_file, weights) if not p.is_file()]
             raise TensorizeError(f"{path} is not a tngraph run directory: no "
                                  f"{' / '.join(missing)} there",
                                  "give a run directory written by tngraph train, or a spec "
                                  "file with --checkpoint FILE")
-        spec = load_spec(spec_file, overrides)
+        spec = load_spec(spec_file if spec_text is None else spec_text, overrides)
         run_dir = path
         config = run_train_config(path)
     elif path.is_file():

@@ -32,7 +32,7 @@ Examples
 
 from __future__ import annotations
 
-from tngraph.train.base import EpochMetrics, TrainingError, TrainResult
+from tngraph.train.base import EpochMetrics, TrainingError, TrainResult, best_epoch
 from tngraph.train.distributed import (
     DataParallelStepper,
     Launch,
@@ -44,6 +44,7 @@ from tngraph.train.evaluation import Objective, batch_loss, check_fit, evaluate
 from tngraph.train.loop import check_split, make_stepper, train, with_plan
 from tngraph.train.plots import plot_curves, summary_table
 from tngraph.train.rundir import (
+    BEST_FILE,
     CONFIG_FILE,
     MANIFEST_FILE,
     METRICS_FILE,
@@ -67,11 +68,13 @@ from tngraph.train.rundir import (
     run_train_config,
     save_checkpoint,
     save_weights,
+    tested_weights,
     verified_file,
     write_config,
 )
 
 __all__ = [
+    "BEST_FILE",
     "CONFIG_FILE",
     "MANIFEST_FILE",
     "METRICS_FILE",
@@ -88,6 +91,7 @@ __all__ = [
     "TrainingError",
     "new_run_dir",
     "batch_loss",
+    "best_epoch",
     "check_fit",
     "check_out_dir",
     "check_split",
@@ -111,6 +115,7 @@ __all__ = [
     "save_weights",
     "shard_batches",
     "summary_table",
+    "tested_weights",
     "train",
     "verified_file",
     "with_plan",

@@ -154,7 +154,8 @@ class RegressionFit:
 @torch.no_grad()
 def evaluate(module: Compiled, dataset: Dataset, split: str = "test",
              batch_size: int = 512) -> dict[str, float]:
-    """Loss and accuracy (classification) or MSE and R² (regression) on one split.
+    """Loss and accuracy (classification) or MSE and R² (regression) on one split; NaN for a
+    split the dataset does not have (``val_fraction=0``).
 
     Examples
     --------
@@ -162,6 +163,9 @@ def evaluate(module: Compiled, dataset: Dataset, split: str = "test",
     {'loss': 0.12, 'accuracy': 0.97}
     """
     x, y = dataset.split(split)
+    if x.shape[0] == 0:                     # no such split (a fraction of 0): absent, not 0.0
+        return {"loss": math.nan, ("accuracy" if dataset.task == "classification" else "r2"):
+                math.nan}
     device = next(module.parameters()).device
     was_training = module.training
     module.eval()

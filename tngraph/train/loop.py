@@ -4,6 +4,7 @@ optimizer strategy, one epoch after another with a checkpoint after each.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import sys
@@ -35,7 +36,7 @@ from tngraph.spec import (
     load_spec,
     validation_message,
 )
-from tngraph.train.base import EpochMetrics, TrainingError, TrainResult
+from tngraph.train.base import EpochMetrics, TrainingError, TrainResult, best_epoch
 from tngraph.train.distributed import (
     Launch,
     _broadcast,
@@ -60,6 +61,7 @@ from tngraph.train.evaluation import (
 )
 from tngraph.train.plots import _fact, plot_curves, summary_table
 from tngraph.train.rundir import (
+    BEST_FILE,
     CONFIG_FILE,
     MANIFEST_FILE,
     MODEL_FILE,
@@ -83,6 +85,8 @@ from tngraph.train.rundir import (
     restore_random_state,
     run_train_config,
     save_checkpoint,
+    strict_json,
+    tested_weights,
     unfinished_run,
     verified_file,
     write_config,
@@ -100,7 +104,16 @@ def make_stepper(module: torch.nn.Module, options: TrainOptions, task: str) -> S
     strategy = get_optimizer(options.optimizer.name)
     strategy_options = strategy.options.model_validate(options.optimizer.options)
     context = OptimizerContext(lr=options.lr, weight_decay=options.weight_decay, task=task)
-    return strategy.create(module, strategy_options, context)
+    stepper = strategy.create(module, strategy_options, context)
+    if options.grad_clip is not None:
+        if not hasattr(stepper, "max_grad_norm"):
+            raise TrainingError(
+                f"grad_clip {options.grad_clip:g}: optimizer '{options.optimizer.name}' does "
+                "not step along gradients that could be clipped (its stepper has no "
+                "max_grad_norm); use it with an optimizer over torch.optim (adam, sgd), or "
+                "drop grad_clip")
+        stepper.max_grad_norm = options.grad_clip
+    return stepper
 
 
 def _progress(total: int, label: str) -> Any:
@@ -490,29 +503,52 @@ def _run(spec: Spec, train_options: TrainOptions, device: torch.device, run: Pat
                                   seconds, seen / seconds)
         record = _broadcast(record, launch)
         history.append(record)
-        _checkpoint(run, stepper, epoch, generator, launch, history, origin)
+        _checkpoint(run, stepper, epoch, generator, launch, history, origin,
+                    best=best_epoch(history) == epoch)
         facts = "".join(f"  {k} {_fact(v)}" for k, v in stepper.describe().items())
-        say(f"epoch {epoch:3d}  loss {record.train_loss:.4f}  val loss {record.val_loss:.4f}  "
-            f"val {metric} {record.val_metric:.4f}  {record.samples_per_s:,.0f} samples/s"
-            + facts)
-    test, seconds = _broadcast((evaluate(module, dataset, "test"),
+        val_part = (f"val loss {record.val_loss:.4f}  val {metric} {record.val_metric:.4f}"
+                    if dataset.sizes["val"] else "no validation split")
+        say(f"epoch {epoch:3d}  loss {record.train_loss:.4f}  {val_part}  "
+            f"{record.samples_per_s:,.0f} samples/s" + facts)
+    tested = (best_epoch(history) if train_options.test_on == "best" else None) or (
+        history[-1].epoch if history else 0)
+    test, seconds = _broadcast((evaluate(_tested_module(run, module, tested, history, cache_dir),
+                                         dataset, "test"),
                                 time.perf_counter() - start_all) if launch.main else None, launch)
-    result = TrainResult(run, metric, tuple(history), test, seconds)
+    result = TrainResult(run, metric, tuple(history), test, seconds,
+                         tested=("best" if train_options.test_on == "best" else "last", tested))
     if launch.main:
         plot_curves(result, run / PLOT_FILE)
-        atomic_write(run / SUMMARY_FILE, json.dumps(
-            {"test": test, "epochs": len(history), "seconds": result.seconds,
+        atomic_write(run / SUMMARY_FILE, json.dumps(strict_json(
+            {"test": test, "tested": {"weights": result.tested[0], "epoch": tested,
+                                      "file": BEST_FILE if result.tested[0] == "best"
+                                      else MODEL_FILE},
+             "epochs": len(history), "seconds": result.seconds,
              "processes": world,
-             "optimizer": {"name": train_options.optimizer.name, **stepper.describe()}},
-            indent=2).encode())
+             "optimizer": {"name": train_options.optimizer.name, **stepper.describe()}}),
+            indent=2, allow_nan=False).encode())
     say(summary_table(result))
     if launch.distributed:
         torch.distributed.barrier()     # no rank leaves before rank 0 has written everything
     return result
 
 
+def _tested_module(run: Path, module: Any, epoch: int, history: list[EpochMetrics],
+                   cache_dir: str | Path | None) -> Any:
+    """The module the test split measures: ``module`` itself when ``epoch`` is its last,
+    else the weights of ``best.safetensors`` (epoch ``epoch``) in a module of their spec."""
+    if not history or epoch == history[-1].epoch:
+        return module
+    path, text = tested_weights(run)
+    best = (compile_spec(load_spec(text), cache_dir=cache_dir) if text is not None
+            else copy.deepcopy(module))
+    load_weights(best, path)
+    return best.to(_device_of(module))
+
+
 def _checkpoint(run: Path, stepper: Stepper, epoch: int, generator: torch.Generator,
-                launch: Launch, history: list[EpochMetrics], origin: Mapping[str, str]) -> None:
+                launch: Launch, history: list[EpochMetrics], origin: Mapping[str, str],
+                best: bool = False) -> None:
     """:func:`save_checkpoint` by rank 0, with every rank's random state in a launch; a failed
     write names the last complete checkpoint."""
     extra = {}
@@ -523,7 +559,7 @@ def _checkpoint(run: Path, stepper: Stepper, epoch: int, generator: torch.Genera
     if not launch.main:
         return
     try:
-        save_checkpoint(run, stepper, epoch, generator, history, origin, **extra)
+        save_checkpoint(run, stepper, epoch, generator, history, origin, best, **extra)
     except WriteError as exc:
         if epoch == 0:
             raise TrainingError(f"{exc}; no checkpoint was written, the run did not start: "

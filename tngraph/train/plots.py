@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from tngraph.files import atomic_write
-from tngraph.train.base import TrainResult
+from tngraph.train.base import TrainResult, best_epoch
 
 
 def _fact(value: Any) -> str:
@@ -55,13 +55,16 @@ def summary_table(result: TrainResult) -> str:
     for col in ("", "epoch", "train loss", "val loss", f"val {result.metric}"):
         table.add_column(col, justify="right")
     if result.history:
-        best = max(result.history, key=lambda h: h.val_metric)
+        chosen = best_epoch(result.history)
+        best = next(h for h in result.history if h.epoch == chosen)
         for label, h in (("best", best), ("last", result.history[-1])):
             table.add_row(label, str(h.epoch), f"{h.train_loss:.4f}", f"{h.val_loss:.4f}",
                           f"{h.val_metric:.4f}")
     buf = io.StringIO()
     console = Console(file=buf, width=100, no_color=True, color_system=None)
     console.print(table)
-    tests = "  ".join(f"{k} {v:.4f}" for k, v in result.test.items())
-    console.print(f"test: {tests}   ({result.seconds:.1f} s)")
+    tests = ("  ".join(f"{k} {v:.4f}" for k, v in result.test.items())
+             if any(v == v for v in result.test.values()) else "no test split")
+    which, epoch = result.tested
+    console.print(f"test ({which} epoch {epoch}): {tests}   ({result.seconds:.1f} s)")
     return buf.getvalue().rstrip()

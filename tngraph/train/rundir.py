@@ -54,6 +54,7 @@ CONFIG_FILE = "config.json"
 SPEC_FILE = "spec.yaml"
 SUMMARY_FILE = "summary.json"
 MANIFEST_FILE = "checkpoint.json"
+BEST_FILE = "best.safetensors"
 LOCK_FILE = FolderLock.NAME
 #: the run-folder layout this version writes (``config.json``'s ``run_format``): 2 = with a
 #: checkpoint manifest; runs without the key are older ones, whose files are read as they are
@@ -61,7 +62,7 @@ RUN_FORMAT = 2
 #: the files of one checkpoint, in the order they are staged
 CHECKPOINT_FILES = (MODEL_FILE, STATE_FILE, METRICS_FILE, SPEC_FILE)
 #: every file a run writes (their staged and temporary copies are ``.NAME.*``)
-RUN_FILES = (*CHECKPOINT_FILES, CONFIG_FILE, MANIFEST_FILE, SUMMARY_FILE, PLOT_FILE)
+RUN_FILES = (*CHECKPOINT_FILES, BEST_FILE, CONFIG_FILE, MANIFEST_FILE, SUMMARY_FILE, PLOT_FILE)
 
 
 def is_leftover(name: str) -> bool:
@@ -116,10 +117,12 @@ def _staged(run_dir: Path, name: str, epoch: int) -> Path:
     return run_dir / f".{name}.epoch-{epoch}.staged"
 
 
-def commit_checkpoint(run_dir: Path, epoch: int, files: Mapping[str, bytes]) -> None:
+def commit_checkpoint(run_dir: Path, epoch: int, files: Mapping[str, bytes],
+                      kept: tuple[str, ...] = ()) -> None:
     """Write ``files`` (name to bytes) into ``run_dir`` as the checkpoint of ``epoch``, as one
     unit: staged and flushed, committed by replacing ``checkpoint.json``, then renamed into
-    place (see the module docstring).
+    place (see the module docstring). The files named in ``kept`` stay as the previous
+    checkpoint committed them (and in the manifest), when it has them.
 
     Raises
     ------
@@ -127,7 +130,8 @@ def commit_checkpoint(run_dir: Path, epoch: int, files: Mapping[str, bytes]) -> 
         A file cannot be written; the previous checkpoint stays the committed one, and
         what this one staged is removed.
     """
-    entries = {}
+    previous = read_manifest(run_dir) or {"files": {}}
+    entries = {name: previous["files"][name] for name in kept if name in previous["files"]}
     try:
         for name, data in files.items():
             write_durably(_staged(run_dir, name, epoch), data)
@@ -246,19 +250,47 @@ def state_bytes(stepper: Stepper, epoch: int, generator: torch.Generator,
 
 def save_checkpoint(run_dir: Path, stepper: Stepper, epoch: int, generator: torch.Generator,
                     history: list[EpochMetrics] | tuple[EpochMetrics, ...] = (),
-                    provenance: Mapping[str, str] | None = None, **extra: Any) -> None:
+                    provenance: Mapping[str, str] | None = None, best: bool = False,
+                    **extra: Any) -> None:
     """Commit the checkpoint of ``epoch`` (:func:`commit_checkpoint`): the weights (spec and
     ``provenance`` -- dataset, seed -- in their metadata), the training state, the metrics of
     epochs ``1..epoch`` (``history``) and the expanded spec (which ``dmrg`` changes: a resumed
-    run compiles the network the weights belong to). ``extra`` entries go into ``state.pt``.
+    run compiles the network the weights belong to); with ``best`` (the best validation epoch
+    so far) the weights as ``best.safetensors`` too, else the previous best is kept. ``extra``
+    entries go into ``state.pt``.
     """
     module = stepper.module
     lines = "".join(metrics_line(record) + "\n" for record in history)
+    weights = weights_bytes(module, epoch=str(epoch), **dict(provenance or {}))
     commit_checkpoint(run_dir, epoch, {
-        MODEL_FILE: weights_bytes(module, epoch=str(epoch), **dict(provenance or {})),
+        MODEL_FILE: weights,
         STATE_FILE: state_bytes(stepper, epoch, generator, **extra),
         METRICS_FILE: lines.encode(),
-        SPEC_FILE: dump_yaml(module.spec.to_raw()).encode()})
+        SPEC_FILE: dump_yaml(module.spec.to_raw()).encode(),
+        **({BEST_FILE: weights} if best else {})}, kept=() if best else (BEST_FILE,))
+
+
+def tested_weights(run_dir: str | Path) -> tuple[Path, str | None]:
+    """The weights file a run was tested with -- ``best.safetensors`` for a run that tests on
+    its best validation epoch (``test_on: best``), else ``model.safetensors`` -- checked
+    against the manifest, and the spec they belong to when it is not ``spec.yaml``'s (a
+    ``dmrg`` run's best epoch can have other bond dimensions): YAML text, else None.
+
+    Raises
+    ------
+    TrainingError
+        The file does not match the run's manifest.
+    """
+    run_dir = Path(run_dir)
+    chosen = MODEL_FILE
+    if run_train_config(run_dir).get("test_on") == "best" and (run_dir / BEST_FILE).exists():
+        chosen = BEST_FILE
+    path = verified_file(run_dir, chosen)
+    text = weights_metadata(path).get("tngraph_spec")
+    spec_file = run_dir / SPEC_FILE
+    if text is None or not spec_file.is_file() or spec_file.read_text() == text:
+        return path, None
+    return path, text
 
 
 #: what may already be in a new run's folder: the teacher ``tngraph distill`` trained there,
@@ -321,6 +353,24 @@ def check_out_dir(run_dir: Path, *, locked: bool = False) -> None:
         raise TrainingError(f"{run_dir} is not empty ({shown}); a run writes "
                             "spec.yaml, config.json and model.safetensors there, which would "
                             "replace files of the same name: choose a new or empty --out")
+
+
+def strict_json(value: Any) -> Any:
+    """``value`` with every float that is not a finite number replaced by None, in nested
+    dicts, lists and tuples: what ``json.dumps(..., allow_nan=False)`` takes.
+
+    Examples
+    --------
+    >>> strict_json({"test": {"loss": float("nan")}, "epochs": [1.5, float("inf")]})
+    {'test': {'loss': None}, 'epochs': [1.5, None]}
+    """
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    return value
 
 
 def metrics_line(record: EpochMetrics) -> str:
