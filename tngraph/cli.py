@@ -326,11 +326,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         read_config,
         recorded_data,
         resolve_device,
-        run_train_config,
         tested_weights,
     )
 
-    path, checkpoint, spec_text = Path(args.spec), args.checkpoint, None
+    path, checkpoint = Path(args.spec), args.checkpoint
     if path.is_dir():
         if not (path / "spec.yaml").is_file():
             raise TrainingError(f"{path} is a folder without spec.yaml; give a run directory "
@@ -343,18 +342,18 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                     f"cannot tell which split {path} was trained on ({exc}); give --data and "
                     "--seed of that run, or its test split may hold training examples") from None
         if checkpoint is None:              # the weights the run was tested with
-            tested, spec_text = tested_weights(path)
+            tested, path = tested_weights(path)
             checkpoint = str(tested)
-        path = path / "spec.yaml"
+        else:
+            path = path / "spec.yaml"
     elif checkpoint is None:
         raise TrainingError("which weights? give --checkpoint RUN/model.safetensors, or the run "
                             "directory itself instead of the spec")
     # the dataset the weights were trained on (its run's config.json, or their metadata): the
     # split of its data and seed, the device
     recorded = recorded_data(checkpoint)
-    device_name = run_train_config(Path(checkpoint).parent).get("device")
-    spec = load_spec(path if spec_text is None else spec_text, _overrides(args.overrides))
-    device = resolve_device(args.device or device_name or spec.train.device)
+    spec = load_spec(path, _overrides(args.overrides))
+    device = resolve_device(args.device or recorded.get("device") or spec.train.device)
     seed = args.seed if args.seed is not None else recorded.get("seed", spec.train.seed)
     data = args.data or recorded.get("data") or spec.train.data
     dataset = load_dataset(data, seed=seed)

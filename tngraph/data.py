@@ -178,6 +178,8 @@ class Dataset:
         """
         import hashlib
 
+        if "_fingerprint" in self.__dict__:      # hashed once per loaded dataset
+            return dict(self.__dict__["_fingerprint"])
         hashes = {}
         for name in SPLITS:
             digest = hashlib.sha256()
@@ -185,7 +187,8 @@ class Dataset:
                 digest.update(repr((str(tensor.dtype), tuple(tensor.shape))).encode())
                 digest.update(tensor.detach().contiguous().cpu().numpy().tobytes())
             hashes[name] = digest.hexdigest()
-        return hashes
+        self.__dict__["_fingerprint"] = hashes    # frozen: set past __setattr__
+        return dict(hashes)
 
     @property
     def n_features(self) -> int:

@@ -111,8 +111,8 @@ def load_teacher(teacher: str | Path, *, run_dir: Path, data: str | None = None,
     else:
         raise DistillError(f"teacher {path} does not exist; give a run directory written by "
                            "tngraph train, or a spec file to train first")
-    weights, spec_text = tested_weights(teacher_run)     # best.safetensors of a new run
-    spec = load_spec(teacher_run / "spec.yaml" if spec_text is None else spec_text)
+    weights, spec_source = tested_weights(teacher_run)   # best.safetensors of a new run
+    spec = load_spec(spec_source)
     module = compile_spec(spec)
     load_weights(module, weights)
     module = module.to(device).eval()

@@ -18,6 +18,7 @@ Examples
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -136,12 +137,8 @@ def atomic_write(path: Path, data: bytes | Callable[[str], object]) -> None:
 
 
 def _remove_quietly(path: Path) -> None:
-    try:
+    with contextlib.suppress(OSError):      # gone already, or a read-only folder
         os.unlink(path)
-    except FileNotFoundError:
-        pass
-    except OSError:                         # pragma: no cover - read-only: nothing was written
-        pass
 
 
 def sha256_file(path: Path) -> str:

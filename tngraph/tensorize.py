@@ -612,10 +612,11 @@ def load_model(model: str | Path, checkpoint: str | Path | None = None,
     config: dict[str, Any] = {}
     if path.is_dir():
         spec_file = path / "spec.yaml"
-        weights, spec_text = Path(checkpoint) if checkpoint is not None else None, None
+        weights = Path(checkpoint) if checkpoint is not None else None
+        spec_source: Path | str = spec_file
         if weights is None and spec_file.is_file() and (path / "model.safetensors").is_file():
             try:                            # the weights the run was tested with
-                weights, spec_text = tested_weights(path)
+                weights, spec_source = tested_weights(path)
             except TrainingError as exc:
                 raise TensorizeError(str(exc), "restore the run's files") from None
         weights = weights or path / "model.safetensors"
@@ -625,7 +626,7 @@ def load_model(model: str | Path, checkpoint: str | Path | None = None,
                                  f"{' / '.join(missing)} there",
                                  "give a run directory written by tngraph train, or a spec "
                                  "file with --checkpoint FILE")
-        spec = load_spec(spec_file if spec_text is None else spec_text, overrides)
+        spec = load_spec(spec_source, overrides)
         run_dir = path
         config = run_train_config(path)
     elif path.is_file():

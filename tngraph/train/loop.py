@@ -83,12 +83,10 @@ from tngraph.train.rundir import (
     recorded_data,
     recover,
     restore_random_state,
-    run_train_config,
     save_checkpoint,
     strict_json,
     tested_weights,
     unfinished_run,
-    verified_file,
     write_config,
 )
 
@@ -291,9 +289,11 @@ def _resumed(run: Path, options: Mapping[str, Any], objective: Objective | None,
     if launch.distributed:
         torch.distributed.barrier()         # rank 0 has recovered the folder
     if manifest is None and unfinished_run(run):
-        config = run_train_config(run) and read_config(run)
-        command = ("tngraph distill" if config and config.get("objective")
-                   else "tngraph train")
+        try:
+            objective_recorded = read_config(run).get("objective")
+        except TrainingError:               # no config.json yet
+            objective_recorded = None
+        command = "tngraph distill" if objective_recorded else "tngraph train"
         raise TrainingError(
             f"{run} stopped before its first checkpoint was complete, so there is nothing to "
             f"resume; start it again: {command} SPEC --out {run} (that folder is reused)")
@@ -359,8 +359,9 @@ def _run(spec: Spec, train_options: TrainOptions, device: torch.device, run: Pat
     held = held if held is not None else ExitStack()
     torch.manual_seed(train_options.seed)
     dataset = load_dataset(train_options.data, seed=train_options.seed)
-    if resuming:
-        drift = data_drift(read_config(run), dataset)
+    recorded = read_config(run) if resuming else None
+    if recorded is not None:
+        drift = data_drift(recorded, dataset)
         if drift:
             raise TrainingError(
                 f"{run} was trained on {train_options.data}, but {drift}: the dataset changed "
@@ -394,8 +395,8 @@ def _run(spec: Spec, train_options: TrainOptions, device: torch.device, run: Pat
     generator = torch.Generator().manual_seed(train_options.seed)
     first_epoch = 1
     history: list[EpochMetrics] = []
-    if resuming:
-        load_weights(module, verified_file(run, MODEL_FILE))
+    if resuming:                            # recover() has checked it against the manifest
+        load_weights(module, run / MODEL_FILE)
     elif init is not None:
         load_weights(module, init)
     if objective is not None and objective.bind is not None:
@@ -426,13 +427,13 @@ def _run(spec: Spec, train_options: TrainOptions, device: torch.device, run: Pat
             restore_random_state(ranks_rng[launch.rank], device)
         elif not launch.main:
             torch.manual_seed(_rank_seed(train_options.seed + first_epoch, launch.rank))
-    config = {"train": train_options.model_dump(), "dataset": dataset.name,
-              "sizes": dataset.sizes, "fingerprint": dataset.fingerprint(),
-              "task": dataset.task,
-              **({"objective": dict(objective.config)} if objective else {})}
-    if resuming:
-        config = read_config(run)
+    if recorded is not None:
+        config = recorded
     else:
+        config = {"train": train_options.model_dump(), "dataset": dataset.name,
+                  "sizes": dataset.sizes, "fingerprint": dataset.fingerprint(),
+                  "task": dataset.task,
+                  **({"objective": dict(objective.config)} if objective else {})}
         # made once the data, network and optimizer are known good: a refused run leaves none
         run = _new_run_folder(run, spec.name, launch, held)
         if launch.main:
@@ -516,7 +517,7 @@ def _run(spec: Spec, train_options: TrainOptions, device: torch.device, run: Pat
                                          dataset, "test"),
                                 time.perf_counter() - start_all) if launch.main else None, launch)
     result = TrainResult(run, metric, tuple(history), test, seconds,
-                         tested=("best" if train_options.test_on == "best" else "last", tested))
+                         tested=(train_options.test_on, tested))
     if launch.main:
         plot_curves(result, run / PLOT_FILE)
         atomic_write(run / SUMMARY_FILE, json.dumps(strict_json(
@@ -539,9 +540,9 @@ def _tested_module(run: Path, module: Any, epoch: int, history: list[EpochMetric
     else the weights of ``best.safetensors`` (epoch ``epoch``) in a module of their spec."""
     if not history or epoch == history[-1].epoch:
         return module
-    path, text = tested_weights(run)
-    best = (compile_spec(load_spec(text), cache_dir=cache_dir) if text is not None
-            else copy.deepcopy(module))
+    path, spec_source = tested_weights(run)
+    best = (compile_spec(load_spec(spec_source), cache_dir=cache_dir)
+            if isinstance(spec_source, str) else copy.deepcopy(module))
     load_weights(best, path)
     return best.to(_device_of(module))
 

@@ -270,11 +270,12 @@ def save_checkpoint(run_dir: Path, stepper: Stepper, epoch: int, generator: torc
         **({BEST_FILE: weights} if best else {})}, kept=() if best else (BEST_FILE,))
 
 
-def tested_weights(run_dir: str | Path) -> tuple[Path, str | None]:
+def tested_weights(run_dir: str | Path) -> tuple[Path, Path | str]:
     """The weights file a run was tested with -- ``best.safetensors`` for a run that tests on
     its best validation epoch (``test_on: best``), else ``model.safetensors`` -- checked
-    against the manifest, and the spec they belong to when it is not ``spec.yaml``'s (a
-    ``dmrg`` run's best epoch can have other bond dimensions): YAML text, else None.
+    against the manifest, and the spec they belong to, for :func:`tngraph.load_spec`: the
+    run's ``spec.yaml``, or the YAML text in their metadata where it differs (a ``dmrg`` run's
+    best epoch can have other bond dimensions).
 
     Raises
     ------
@@ -289,7 +290,7 @@ def tested_weights(run_dir: str | Path) -> tuple[Path, str | None]:
     text = weights_metadata(path).get("tngraph_spec")
     spec_file = run_dir / SPEC_FILE
     if text is None or not spec_file.is_file() or spec_file.read_text() == text:
-        return path, None
+        return path, spec_file
     return path, text
 
 
@@ -423,14 +424,11 @@ def read_state(run_dir: Path) -> dict[str, Any]:
 
     Read with ``weights_only=True``: tensors, numbers, strings and containers only, so a
     crafted file cannot run code. A damaged or foreign file is a :class:`TrainingError`
-    naming the fix.
+    naming the fix. (Its checksum is :func:`recover`'s to check, which a resume runs first.)
     """
     path = run_dir / STATE_FILE
     try:
-        state = torch.load(verified_file(run_dir, STATE_FILE), weights_only=True,
-                           map_location="cpu")
-    except TrainingError:
-        raise
+        state = torch.load(path, weights_only=True, map_location="cpu")
     except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise TrainingError(
@@ -573,9 +571,9 @@ def provenance(config: Mapping[str, Any]) -> dict[str, str]:
 
 def recorded_data(source: str | Path) -> dict[str, Any]:
     """The dataset a run or a weights file was trained on: ``data``, ``seed``, ``sizes`` and
-    ``fingerprint``, from the run's ``config.json`` (``source`` a run directory, or a file in
-    one) or else from a tngraph weights file's metadata (a checkpoint copied out of its run).
-    Empty when neither says.
+    ``fingerprint`` (and the run's ``device``), from the run's ``config.json`` (``source`` a
+    run directory, or a file in one) or else from a tngraph weights file's metadata (a
+    checkpoint copied out of its run). Empty when neither says.
 
     Examples
     --------
@@ -591,8 +589,8 @@ def recorded_data(source: str | Path) -> dict[str, Any]:
     if config is not None and isinstance(config.get("train"), dict):
         train = config["train"]
         return {"data": train.get("data"), "seed": train.get("seed"),
-                "sizes": config.get("sizes"), "fingerprint": config.get("fingerprint"),
-                "where": str(folder / CONFIG_FILE)}
+                "device": train.get("device"), "sizes": config.get("sizes"),
+                "fingerprint": config.get("fingerprint"), "where": str(folder / CONFIG_FILE)}
     if not source.is_file():
         return {}
     meta = weights_metadata(source)
