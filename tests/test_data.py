@@ -425,6 +425,10 @@ def test_csv_tab_delimiter_blank_lines_and_bom(tmp_path: Path) -> None:
     ("a,,label\n1,2,3\n", "", r"the header row has an empty column name"),
     ("a,label\n1,0\n", "?task=both", r"option task='both' is not valid; valid: auto, "),
     ("a,label\n1,0\n", "?delimiter=;;", "delimiter must be one character or 'tab'"),
+    ("a,label\n1,0\n-1e39,1\n", "", r"data\.csv:3: column 'a': '-1e39' is beyond float32's "
+                                  r"range \(±3\.4e\+38\), so it would be read as inf"),
+    ("a,label\n1,0.5\n2,1e39\n" + "3,1\n" * 8, "?task=regression",
+     r"some targets are beyond float32's range .* and would be inf"),
 ])
 def test_csv_errors(tmp_path: Path, text: str, spec_tail: str, message: str) -> None:
     path = write_csv(tmp_path, text)
@@ -439,6 +443,18 @@ def test_csv_errors(tmp_path: Path, text: str, spec_tail: str, message: str) -> 
 def test_csv_missing_path(tmp_path: Path, make, message: str) -> None:
     with pytest.raises(DataError, match=message):
         load_dataset(f"csv:{make(tmp_path)}")
+
+
+def test_csv_within_float32_range_is_kept(tmp_path: Path) -> None:
+    path = write_csv(tmp_path, "a,label\n3e38,0\n1,1\n2,0\n3,1\n4,0\n5,1\n6,0\n7,1\n8,0\n")
+    ds = load_dataset(f"csv:{path}", val_fraction=0, test_fraction=0)
+    assert torch.isfinite(ds.x_train).all() and ds.x_train.max().item() == pytest.approx(3e38)
+
+
+def test_csv_unreadable_file() -> None:
+    with pytest.raises(DataError, match=r"csv: /proc/self/mem: cannot be read \(Input/output "
+                                        r"error\); expected a regular CSV file"):
+        load_dataset("csv:/proc/self/mem")
 
 
 def test_csv_not_utf8(tmp_path: Path) -> None:
@@ -496,6 +512,14 @@ def test_synthetic_regression_is_linear_without_noise(synthetic: Dataset) -> Non
 def test_synthetic_regression_single_target(tmp_path: Path) -> None:
     ds = load_dataset("synthetic_regression", n_samples=20, n_features=3, n_targets=1, noise=1)
     assert ds.target_shape == () and tuple(ds.y_train.shape) == (14,)
+
+
+
+def test_synthetic_regression_too_large_is_refused_before_generating() -> None:
+    with pytest.raises(DataError, match=r"100,000,000,000 samples of 4,096 features and 16 "
+                                        r"targets need about [\d,.]+ GiB to generate, more than "
+                                        r"half of this machine's .* lower n_samples"):
+        load_dataset("synthetic-regression", n_samples=10**11)
 
 
 # -- loaders -----------------------------------------------------------------------------------

@@ -44,3 +44,32 @@ def test_a_failed_write_leaves_the_file_and_no_temporary(tmp_path: Path) -> None
         atomic_write(target, fail)
     assert target.read_text() == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["state.pt"]
+
+
+@pytest.mark.parametrize(("make", "kind"), [
+    (lambda p: p.mkdir(), "a folder"),
+    (lambda p: os.mkfifo(p), "a named pipe"),
+])
+def test_a_path_that_is_not_a_regular_file_is_refused_and_kept(tmp_path: Path, make,
+                                                               kind: str) -> None:
+    target = tmp_path / "out"
+    make(target)
+    with pytest.raises(WriteError, match=f"cannot write {target}: it is {kind}, not a regular "
+                                         "file; name a file to write"):
+        atomic_write(target, b"data")
+    assert not stat.S_ISREG(target.lstat().st_mode) and os.listdir(tmp_path) == ["out"]
+
+
+def test_a_character_device_is_never_replaced() -> None:
+    before = os.stat("/dev/null")
+    with pytest.raises(WriteError, match="it is a character device"):
+        atomic_write(Path("/dev/null"), b"data")
+    after = os.stat("/dev/null")
+    assert stat.S_ISCHR(after.st_mode) and after.st_ino == before.st_ino
+
+
+def test_a_symlink_is_kept_and_its_target_replaced(tmp_path: Path) -> None:
+    (tmp_path / "real").write_bytes(b"old")
+    (tmp_path / "link").symlink_to("real")
+    atomic_write(tmp_path / "link", b"new")
+    assert (tmp_path / "link").is_symlink() and (tmp_path / "real").read_bytes() == b"new"

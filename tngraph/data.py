@@ -49,6 +49,7 @@ from __future__ import annotations
 import csv
 import gzip
 import math
+import os
 import struct
 import zlib
 from collections.abc import Callable, Sequence
@@ -76,6 +77,8 @@ if TYPE_CHECKING:
 DEFAULT_DATASET = "digits"
 SPLITS = ("train", "val", "test")
 TASKS = ("classification", "regression")
+#: the largest finite float32: features beyond it would be read as inf
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 class DataError(TNGraphError):
@@ -464,6 +467,11 @@ def make_dataset(name: str, x: np.ndarray, y: np.ndarray, request: DataRequest, 
         y = _standardize(y.astype(np.float64), train)
     x = x.astype(np.float32)
     y = y.astype(np.int64 if classification else np.float32)
+    for what, values in (("features", x), ("targets", None if classification else y)):
+        if values is not None and not np.isfinite(values).all():
+            raise DataError(f"dataset '{name}': some {what} are beyond float32's range "
+                            f"(±{FLOAT32_MAX:.3g}) and would be inf; rescale them before "
+                            "loading")
     parts: dict[str, Any] = {}
     for split, index in zip(SPLITS, (train, val, test)):
         parts[f"x_{split}"] = torch.from_numpy(np.ascontiguousarray(x[index]))
@@ -482,6 +490,14 @@ def _standardize(a: np.ndarray, train: np.ndarray) -> np.ndarray:
 
 # ---------------------------------------------------------------------------------------------
 # digits and synthetic regression (scikit-learn)
+
+
+def physical_memory() -> int | None:
+    """This machine's physical memory in bytes, or None where the OS does not say."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, OSError, ValueError):
+        return None
 
 
 def _sklearn_datasets(name: str) -> Any:
@@ -522,6 +538,14 @@ def _load_synthetic_regression(request: DataRequest) -> Dataset:
     if n_informative > n_features:
         raise DataError(f"dataset '{request.name}': n_informative ({n_informative}) exceeds "
                         f"n_features ({n_features})")
+    # make_regression's float64 arrays, the standardised copy and the float32 splits
+    needed = 4 * 8 * n_samples * (n_features + n_targets)
+    available = physical_memory()
+    if available is not None and needed > available // 2:
+        raise DataError(f"dataset '{request.name}': {n_samples:,} samples of {n_features:,} "
+                        f"features and {n_targets:,} targets need about {needed / 2**30:,.1f} "
+                        f"GiB to generate, more than half of this machine's "
+                        f"{available / 2**30:,.1f} GiB; lower n_samples or n_features")
     x, y = _sklearn_datasets(request.name).make_regression(
         n_samples=n_samples, n_features=n_features, n_informative=n_informative,
         n_targets=n_targets, noise=float(noise), random_state=request.seed)
@@ -709,6 +733,11 @@ def _load_csv(request: DataRequest) -> Dataset:
                         raise DataError(f"csv: {path}:{line}: column '{header[k]}': {cell!r} "
                                         "is not a finite number; feature columns must be "
                                         "numeric")
+                    if abs(value) > FLOAT32_MAX and scale == "none":
+                        raise DataError(f"csv: {path}:{line}: column '{header[k]}': {cell!r} "
+                                        f"is beyond float32's range (±{FLOAT32_MAX:.3g}), "
+                                        "so it would be read as inf; rescale the column, or "
+                                        "load with csv:PATH?scale=standard")
                     values.append(value)
                 features.append(values)
                 cell = row[label_col].strip()
@@ -719,6 +748,9 @@ def _load_csv(request: DataRequest) -> Dataset:
         raise DataError(f"csv: {path}: not UTF-8 text ({exc})") from exc
     except csv.Error as exc:
         raise DataError(f"csv: {path}: {exc}") from exc
+    except OSError as exc:
+        raise DataError(f"csv: {path}: cannot be read ({exc.strerror or exc}); expected a "
+                        "regular CSV file with a header row") from exc
     if header is None:
         raise DataError(f"csv: {path}: the file is empty; expected a header row naming the "
                         f"columns (one of them '{label}') and data rows")

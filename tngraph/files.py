@@ -24,6 +24,7 @@ import hashlib
 import json
 import os
 import socket
+import stat
 import tempfile
 import time
 from collections.abc import Callable
@@ -117,6 +118,11 @@ def atomic_write(path: Path, data: bytes | Callable[[str], object]) -> None:
         Naming ``path`` and the cause ("No space left on device", "Read-only file system").
     """
     path = Path(path)
+    if path.is_symlink():                   # replace the file the link names, keep the link
+        path = Path(os.path.realpath(path))
+    if os.path.lexists(path) and not path.is_file():
+        raise WriteError(f"cannot write {path}: it is {_file_kind(path)}, not a regular file; "
+                         "name a file to write")
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as exc:
@@ -134,6 +140,17 @@ def atomic_write(path: Path, data: bytes | Callable[[str], object]) -> None:
     finally:
         if os.path.lexists(tmp):            # not renamed: a failed write
             _remove_quietly(Path(tmp))
+
+
+def _file_kind(path: Path) -> str:
+    """'a folder', 'a character device', ... for what ``path`` is."""
+    mode = path.lstat().st_mode
+    for test, kind in ((stat.S_ISDIR, "a folder"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a named pipe"),
+                       (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return kind
+    return "a special file"
 
 
 def _remove_quietly(path: Path) -> None:
