@@ -23,7 +23,7 @@ PACKAGES = {"tngraph": ROOT / "tngraph", "tngraph_plugins": ROOT / "plugins" / "
 #: own layer (without cycles) and the layers below
 LAYERS: dict[str, int] = {
     "tngraph.errors": 0, "tngraph.files": 0, "tngraph.yamlio": 0, "tngraph.registry": 0,
-    "tngraph.schema": 1, "tngraph.kinds": 1,
+    "tngraph.schema": 1, "tngraph.kinds": 1, "tngraph.throughput": 1,
     "tngraph.templates": 2, "tngraph.featuremaps": 2, "tngraph.initializers": 2,
     "tngraph.graph": 2, "tngraph.layers": 2, "tngraph.validate": 2, "tngraph.spec": 2,
     "tngraph.plan": 2, "tngraph.report": 2, "tngraph.data": 2,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -300,6 +301,8 @@ def test_make_plan_defaults() -> None:
 @pytest.mark.parametrize(("block", "message", "column"), [
     ("{optimize: gredy}", "unknown path finder 'gredy'", 18),
     ("{memory_limit: 4GiBs}", "cannot read memory limit '4GiBs'", 22),
+    ("{time_budget: 2 fortnights}", "cannot read time budget '2 fortnights'", 21),
+    ("{time_budget: -5}", "time budget must be a positive, finite duration, got -5", 21),
 ])
 def test_bad_plan_options_are_located(block: str, message: str, column: int) -> None:
     from tngraph.errors import SpecError
@@ -440,3 +443,66 @@ def test_a_cache_entry_that_does_not_fit_is_replanned_and_repaired(tmp_path: Pat
     again = plan_spec(_spec(TETRA), cache_dir=tmp_path)
     assert not again.cache_hit and again.flops == first.flops
     assert plan_spec(_spec(TETRA), cache_dir=tmp_path).cache_hit      # rewritten
+
+
+# -- time estimate and budget -------------------------------------------------------------------
+
+PEPS_SPEC = ("tngraph: 1\nname: grid\nnetwork: {{template: peps, rows: {n}, cols: {n}, "
+             "phys_dim: 2, bond_dim: 16, open_phys: false}}\n"
+             "plan: {{optimize: greedy, cache: false}}\n")
+
+
+@pytest.mark.parametrize(("text", "seconds"), [
+    ("30s", 30.0), ("2h", 7200.0), ("1.5d", 129600.0), ("90 s", 90.0), ("10min", 600.0),
+    (5, 5.0), (0.25, 0.25), ("1y", 365.25 * 86400), (None, None), ("none", None),
+])
+def test_parse_duration_accepts(text: float | str | None, seconds: float | None) -> None:
+    from tngraph.plan import parse_duration
+
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("junk", ["soon", "", "h", "0", 0, -1, "-2h", "inf", "nan", True,
+                                  "1e400s", "3 weeks"])
+def test_parse_duration_rejects(junk: float | str) -> None:
+    from tngraph.plan import parse_duration
+
+    with pytest.raises(PlanError, match="time budget"):
+        parse_duration(junk)
+
+
+def test_time_estimate_is_the_executed_flops_over_the_rate(monkeypatch: pytest.MonkeyPatch
+                                                            ) -> None:
+    import math
+
+    monkeypatch.setenv("TNGRAPH_FLOPS_PER_SECOND", "2.5e9")
+    spec = load_spec(str(ROOT / "models/mps_classifier.yaml"))
+    plan = plan_spec(spec, cache=False, optimize="greedy")
+    assert plan.rate == 2.5e9 and plan.rate_source == "stated by TNGRAPH_FLOPS_PER_SECOND"
+    assert plan.time_log10 == pytest.approx(math.log10(plan.executed().flops / 2.5e9))
+    assert plan.time_budget == 3600 and plan.over_limit == ()
+
+
+def test_a_plan_over_the_time_budget_is_refused_naming_the_estimate_and_the_option(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 12 x 12 PEPS of bond 16, sliced to fit 4 GiB into about 10^30 slices: about 10^28
+    years at 10 GFLOP/s. compile refuses it; a budget of none lets it plan."""
+    monkeypatch.setenv("TNGRAPH_FLOPS_PER_SECOND", "1e10")
+    spec = load_spec(PEPS_SPEC.format(n=12))
+    plan = plan_spec(spec)
+    (reason,) = plan.over_limit
+    assert re.fullmatch(r"one contraction needs about 10\^\d+\.\d years \([\d.]+e\+\d+ FLOPs at "
+                        r"10 GFLOP/s, stated by TNGRAPH_FLOPS_PER_SECOND\), over the time budget "
+                        r"of 1 h \(plan\.time_budget\)", reason), reason
+    with pytest.raises(PlanError, match=r"over the time budget of 1 h .*--time-budget"):
+        tngraph.compile(spec)
+    assert plan_spec(spec, time_budget="none").over_limit == ()
+    assert plan_spec(spec, time_budget="1e40y").over_limit == ()
+
+
+def test_a_small_budget_refuses_a_small_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TNGRAPH_FLOPS_PER_SECOND", "1e6")
+    spec = load_spec(str(ROOT / "models/mps_classifier.yaml"))
+    plan = plan_spec(spec, cache=False, optimize="greedy", time_budget="1ms")
+    assert [r for r in plan.over_limit if "over the time budget of 1 ms" in r]
+    assert plan_spec(spec, cache=False, optimize="greedy", time_budget="1h").over_limit == ()

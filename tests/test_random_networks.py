@@ -67,16 +67,24 @@ def test_gradients_exist_and_are_finite(n: int, seed: int) -> None:
 
 @pytest.mark.parametrize(("n", "seed"), [(n, seed) for n in range(3, 9) for seed in range(8)])
 def test_sliced_plans_match_oracle(n: int, seed: int) -> None:
-    """A memory limit just above the parameters and the leaves: plans may need slicing."""
+    """A memory limit of three times the parameters or the largest leaf: plans may need
+    slicing to fit the intermediates alive at once (with a copy of each step's operands), or,
+    where no slicing can, are refused saying so."""
     text = rand_spec(n, seed, data=True)
     free = tngraph.compile(text, optimize="greedy", dtype="float64", batch_size=64, cache=False)
     plan = free.plan
     sizes = plan.problem.size_dict
-    floor = max([plan.param_count, math.prod(sizes[i] for i in plan.problem.output)]
-                + [math.prod(sizes[i] for i in leaf) for leaf in plan.leaf_inds])
-    module = tngraph.compile(text, optimize="greedy", dtype="float64", batch_size=64,
-                             cache=False, memory_limit=8 * floor, seed=seed)
+    floor = 3 * max([plan.param_count, math.prod(sizes[i] for i in plan.problem.output)]
+                    + [math.prod(sizes[i] for i in leaf) for leaf in plan.leaf_inds])
+    try:
+        module = tngraph.compile(text, optimize="greedy", dtype="float64", batch_size=64,
+                                 cache=False, memory_limit=8 * floor, seed=seed)
+    except tngraph.PlanError as exc:
+        assert plan.peak_intermediate > floor
+        assert "at the peak" in str(exc) and "slicing cannot reduce it" in str(exc)
+        return
     assert module.plan.largest_intermediate <= floor
+    assert module.plan.peak_intermediate <= floor
     if module.plan.sliced_inds:
         assert module.plan.n_slices > 1
     inputs = random_inputs(module, 5, seed)

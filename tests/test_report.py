@@ -44,6 +44,10 @@ def test_json_fields_consistent_with_plan(tt: tuple) -> None:
                                     "stack": None, "feature_map": None}}
     assert data["outputs"] == ["G0.o", "G1.o", "G2.o", "G3.o"]
     assert data["nodes"] == 4 and data["edges"] == 3 + 4
+    assert data["estimated_time"] == {
+        "text": plan.estimated_time, "log10_seconds": pytest.approx(plan.time_log10),
+        "flops_per_second": 1e10, "rate_source": "stated by TNGRAPH_FLOPS_PER_SECOND"}
+    assert data["time_budget"] == 3600
 
 
 def test_json_steps(tt: tuple) -> None:
@@ -79,7 +83,9 @@ def test_text_report_rows(tt: tuple) -> None:
                 "FLOPs (naive single einsum)", "speed-up over naive", "largest intermediate",
                 "memory limit", "4.0 GiB", "slicing", "none", "path finder", "greedy",
                 "plan cache", "miss", "contraction steps", "x(i0=8, i1=8, i2=8, i3=8)",
-                "batch size (costs are per batch)"):
+                "batch size (costs are per batch)", "time budget                        1 h",
+                f"estimated time (one contraction)   {plan.estimated_time}\n",
+                "arithmetic rate                    10 GFLOP/s (stated by TNGRAPH_FLOPS_PER_SECOND)"):
         assert row in text, row
     assert "OVER LIMIT" not in text
     step_rows = [line for line in text.splitlines() if line.strip().startswith(("1 ", "2 "))]
@@ -163,3 +169,20 @@ def test_reports_of_chains_beyond_a_floats_range() -> None:
     assert "speed-up over naive" in text
     data = json.loads(format_report(plan, spec, fmt="json"))
     assert data["speedup"] == plan.naive_flops // plan.flops
+
+
+def test_report_of_a_network_over_the_time_budget_with_steps_beyond_52_indices() -> None:
+    """A 12 x 12 PEPS with open physical legs: its last steps carry more indices than an einsum
+    has letters (their equations are written in the spec's names), its largest intermediate
+    is 10^43 entries, and its time is estimated in powers of ten of years."""
+    spec = load_spec("tngraph: 1\nname: grid\nnetwork: {template: peps, rows: 12, cols: 12, "
+                     "phys_dim: 2, bond_dim: 16}\nplan: {optimize: greedy, cache: false}\n")
+    plan = plan_spec(spec)
+    data = report_data(plan, spec)
+    assert any("[" in step["equation"] and "P11_11.p" in step["equation"]
+               for step in data["steps"])
+    text = format_report(plan, spec)
+    assert "years OVER BUDGET\n" in text
+    assert "largest intermediate               2.230e+43 (10^43.35) elements, 8.11e+31 TiB" in text
+    assert any("over the time budget" in r for r in plan.over_limit)
+    assert any("largest intermediate needs" in r and "TiB" in r for r in plan.over_limit)

@@ -45,6 +45,7 @@ from tngraph.errors import CompileError, PlanError, Problem, SpecError, did_you_
 from tngraph.files import WriteError, atomic_write
 from tngraph.graph import EinsumProblem, einsum_problem, parameter_count
 from tngraph.schema import PlanOptions, Spec
+from tngraph.throughput import flops_per_second, format_duration
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # "couldn't import kahypar/optuna": optional extras
@@ -52,7 +53,7 @@ with warnings.catch_warnings():
     from cotengra.interface import _PRESETS_PATH
     from cotengra.presets import estimate_optimal_hardness
 
-CACHE_VERSION = 5
+CACHE_VERSION = 6
 #: ``run_path: auto`` runs the port-fused path while it costs at most this many times the lowest
 #: FLOPs found: it saves per-kernel overhead (stacked chains, fused feature maps) that the FLOP
 #: count does not see; measured on 64-site MPS classifiers, where refinement saves 7-12 %
@@ -98,6 +99,9 @@ class Plan:
     flops: int
     naive_flops: int
     largest_intermediate: int                   # elements, per slice
+    #: the most intermediate entries alive at once (each freed after its last use), per slice,
+    #: plus the running sum of a sliced run
+    peak_intermediate: int
     sliced_inds: tuple[str, ...]
     n_slices: int
     #: the contraction-path search that found the tree (``optimal``, ``hyper``, ``greedy``, ...)
@@ -107,7 +111,10 @@ class Plan:
     memory_limit: int                           # bytes
     itemsize: int
     param_count: int
-    over_limit: tuple[str, ...] = ()            # reasons the plan exceeds the memory limit
+    over_limit: tuple[str, ...] = ()            # reasons the plan exceeds its limits
+    rate: float = 0.0                           # FLOP/s the time estimate assumes
+    rate_source: str = ""                       # where that rate comes from
+    time_budget: float | None = None            # seconds (None: no budget)
     notes: tuple[str, ...] = field(default_factory=tuple)
     #: the port-fused path (see ``PlanOptions.run_path``) where it differs from ``steps``: its
     #: steps, final indices and FLOPs
@@ -155,6 +162,19 @@ class Plan:
         except OverflowError:
             return naive // planned
 
+    @property
+    def time_log10(self) -> float:
+        """log10 of the estimated seconds of one contraction: the executed path's FLOPs over
+        :attr:`rate` (a log: the FLOPs of a huge network are beyond a float's range)."""
+        if self.rate <= 0:
+            return math.nan
+        return _log10(self.executed().flops) - math.log10(self.rate)
+
+    @property
+    def estimated_time(self) -> str:
+        """The estimated time of one contraction, for people (``4.2 ms``, ``10^22.5 years``)."""
+        return format_duration(self.time_log10)
+
     def step_equation(self, step: Step, named: bool = False) -> str:
         """``ab,bc->ac`` in letters, or in the spec's names with ``named=True``."""
         if not named:
@@ -169,6 +189,11 @@ class Plan:
         return self.problem.terms[slot].name if slot < n else f"T{slot - n + 1}"
 
 
+_ALPHABET = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+#: how many distinct indices an einsum equation in letters can name
+EINSUM_LETTERS = len(_ALPHABET)
+
+
 def equation(operands: Sequence[Sequence[str]], out: Sequence[str]) -> str:
     """An einsum equation in single letters (torch's alphabet) for index symbols.
 
@@ -178,7 +203,7 @@ def equation(operands: Sequence[Sequence[str]], out: Sequence[str]) -> str:
     'ab,bc->ac'
     """
     letters: dict[str, str] = {}
-    alphabet = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+    alphabet = _ALPHABET
     for i in (*(i for op in operands for i in op), *out):
         if i not in letters:
             if len(letters) == len(alphabet):
@@ -220,6 +245,39 @@ def parse_memory(value: int | str) -> int:
     return limit
 
 
+_DURATION_UNITS = {"": 1, "ms": 1e-3, "s": 1, "sec": 1, "min": 60, "m": 60, "h": 3600, "hour": 3600,
+                   "hours": 3600, "d": 86400, "day": 86400, "days": 86400,
+                   "y": 365.25 * 86400, "year": 365.25 * 86400, "years": 365.25 * 86400}
+
+
+def parse_duration(value: float | str | None) -> float | None:
+    """Seconds from ``30s``, ``2h``, ``1.5d``, a number of seconds, or None (no budget).
+
+    Examples
+    --------
+    >>> parse_duration("2h"), parse_duration("90 s"), parse_duration(5), parse_duration(None)
+    (7200.0, 90.0, 5.0, None)
+    """
+    hint = "write e.g. 30s, 2h, 1d, a number of seconds, or null for no budget"
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null")):
+        return None
+    if isinstance(value, bool):
+        raise PlanError(f"cannot read time budget {value!r}; {hint}")
+    if isinstance(value, (int, float)):
+        number, unit = float(value), ""
+    else:
+        match = re.fullmatch(r"\s*([0-9.eE+-]+)\s*([A-Za-z]*)\s*", str(value))
+        if not match or match.group(2).lower() not in _DURATION_UNITS:
+            raise PlanError(f"cannot read time budget {value!r}; {hint}")
+        try:
+            number, unit = float(match.group(1)), match.group(2).lower()
+        except ValueError:
+            raise PlanError(f"cannot read time budget {value!r}; {hint}") from None
+    if not math.isfinite(number) or number <= 0:
+        raise PlanError(f"time budget must be a positive, finite duration, got {value!r}; {hint}")
+    return number * _DURATION_UNITS[unit]
+
+
 def list_path_finders() -> list[str]:
     """The contraction-path searches ``plan.optimize`` / ``--optimize`` may name (``auto``,
     ``hyper`` and cotengra's presets); "optimizer" is the training strategy, not these."""
@@ -245,6 +303,36 @@ def naive_flops(inputs: Sequence[Sequence[str]], output: Sequence[str],
     inner = bool(involved - set(output))
     return math.prod(sizes[i] for i in involved) * (max(len(inputs) - 1, 1) + int(inner)) \
         if len(inputs) > 1 else math.prod(sizes[i] for i in involved)
+
+
+def peak_live_size(steps: Sequence[Step], n_leaves: int, sizes: dict[str, int]) -> int:
+    """An upper bound of the intermediate entries alive at once when ``steps`` run in order and
+    each intermediate is freed after its last use.
+
+    At each step: the intermediates still needed, the step's result, and a copy of each operand
+    (a permuted operand is copied before its matrix product); operands are freed only after
+    the result is computed.
+
+    Examples
+    --------
+    >>> s = lambda left, right, out, size: Step(left, right, out, ("i",), ("i",), (), 0, size)
+    >>> peak_live_size([s(0, 1, 3, 10), s(3, 2, 4, 5)], 3, {"i": 10})   # T1, T2, copies
+    35
+    """
+    last_use: dict[int, int] = {}
+    for k, step in enumerate(steps):
+        last_use[step.left] = last_use[step.right] = k
+    live: dict[int, int] = {}
+    peak = 0
+    for k, step in enumerate(steps):
+        copies = (math.prod(sizes[i] for i in step.left_inds)
+                  + math.prod(sizes[i] for i in step.right_inds))
+        live[step.out] = step.size
+        peak = max(peak, sum(live.values()) + copies)
+        for slot in (step.left, step.right):
+            if slot >= n_leaves and last_use.get(slot) == k:
+                live.pop(slot, None)
+    return peak
 
 
 def leaf_indices(problem: EinsumProblem) -> tuple[tuple[str, ...], ...]:
@@ -744,8 +832,7 @@ def make_plan(problem: EinsumProblem, options: PlanOptions | None = None, *,
         full_path = [tuple(p) for p in reuse]
         tree = _tree_from_path(leaves, output, sizes, full_path) if full_path else None
         sliced = ()
-        if tree is not None and tree.max_size() > target:
-            sliced = _find_slices(tree, target, output)
+        sliced = _fit_memory(tree, leaves, output, sizes, full_path, target)
         search_time = time.perf_counter() - start
         method = "reused"
         cache_hit = False
@@ -776,8 +863,7 @@ def make_plan(problem: EinsumProblem, options: PlanOptions | None = None, *,
         sliced = ()
         search_time = time.perf_counter() - start
         cache_hit = False
-        if tree is not None and tree.max_size() > target:
-            sliced = _find_slices(tree, target, output)
+        sliced = _fit_memory(tree, leaves, output, sizes, full_path, target)
         if options.cache:
             _cache_write(path, {"version": CACHE_VERSION, "ssa_path": full_path,
                                 "fused_path": fused_path,
@@ -794,7 +880,8 @@ def make_plan(problem: EinsumProblem, options: PlanOptions | None = None, *,
     fused: dict[str, Any] = {}
     if fused_path is not None and not sliced:
         fused_steps, fused_final = steps_from_path(leaves, output, sizes, fused_path)
-        if max(s.size for s in fused_steps) > target:
+        if max(s.size for s in fused_steps) > target \
+                or peak_live_size(fused_steps, len(leaves), sizes) > target:
             fused_path = None                # the fused path does not fit the memory limit
     if fused_path is not None and not sliced:
         fused = {"fused_steps": fused_steps, "fused_final_inds": fused_final,
@@ -807,6 +894,9 @@ def make_plan(problem: EinsumProblem, options: PlanOptions | None = None, *,
         flops += math.prod(sizes[i] for i in output) * (n_slices - 1)  # summing the slices
     sizes_seen = [math.prod(sizes[i] for i in leaf if i not in removed) for leaf in leaves]
     largest = max([s.size for s in steps] + sizes_seen + [1])
+    # a sliced run also holds the running sum of the slices
+    peak = peak_live_size(steps, len(leaves), sizes) + (
+        math.prod(sizes[i] for i in output) if sliced else 0)
     over: list[str] = []
     if params * itemsize > limit:
         over.append(f"parameters need {format_bytes(params * itemsize)} ({params:,} entries), "
@@ -815,16 +905,43 @@ def make_plan(problem: EinsumProblem, options: PlanOptions | None = None, *,
         over.append(f"largest intermediate needs {format_bytes(largest * itemsize)} "
                     f"({largest:,} entries), over the memory limit of {format_bytes(limit)}"
                     + ("" if sliced else "; slicing cannot reduce it"))
+    elif peak * itemsize > limit:
+        over.append(f"intermediates alive at once need {format_bytes(peak * itemsize)} at the "
+                    f"peak ({peak:,} entries), over the memory limit of {format_bytes(limit)}"
+                    + ("" if sliced else "; slicing cannot reduce it"))
     if sliced:
         names = ", ".join(problem.index_names[i] for i in sliced)
-        notes.append(f"sliced over {names} into {n_slices} slices to fit the memory limit")
-    return Plan(problem=problem, options=options, tree=tree, leaf_inds=leaves, steps=steps,
+        notes.append(f"sliced over {names} into {n_slices:,} slices to fit the memory limit")
+    budget = parse_duration(options.time_budget)
+    rate = flops_per_second(options.dtype,
+                            Path(cache_dir or default_cache_dir()) if options.cache else None)
+    made = Plan(problem=problem, options=options, tree=tree, leaf_inds=leaves, steps=steps,
                 final_inds=final, flops=flops,
                 naive_flops=naive_flops(problem.inputs, output, sizes),
-                largest_intermediate=largest, sliced_inds=tuple(sliced), n_slices=n_slices,
+                largest_intermediate=largest, peak_intermediate=peak,
+                sliced_inds=tuple(sliced), n_slices=n_slices,
                 path_finder=method, search_time=search_time, cache_hit=cache_hit,
                 memory_limit=limit, itemsize=itemsize, param_count=params,
-                over_limit=tuple(over), notes=tuple(notes), **fused)
+                over_limit=tuple(over), notes=tuple(notes), rate=rate.value,
+                rate_source=rate.source, time_budget=budget, **fused)
+    if budget is None or made.time_log10 <= math.log10(budget):
+        return made
+    reason = (f"one contraction needs about {made.estimated_time} "
+              f"({_log_text(made.executed().flops)} FLOPs at {rate.value / 1e9:.3g} GFLOP/s, "
+              f"{rate.source}), over the time budget of {format_duration(math.log10(budget))} "
+              "(plan.time_budget)")
+    return dataclasses.replace(made, over_limit=(*over, reason))
+
+
+def _log10(n: int) -> float:
+    """log10 of a non-negative integer of any size (-inf for 0)."""
+    return math.log10(n) if n > 0 else -math.inf      # exact for ints beyond a float's range
+
+
+def _log_text(n: int) -> str:
+    """``3.2e+12`` or ``10^400.3`` for a count of any size."""
+    log = _log10(n)
+    return f"{n:.3g}" if log < 300 else f"10^{log:.1f}"
 
 
 def _tree_from_path(leaves: Sequence[tuple[str, ...]], output: tuple[str, ...],
@@ -848,6 +965,33 @@ def _refine(tree: Any, options: PlanOptions) -> Any:
     return better if better.total_flops() <= tree.total_flops() else tree
 
 
+def _fit_memory(tree: Any, leaves: Sequence[tuple[str, ...]], output: tuple[str, ...],
+                sizes: dict[str, int], ssa_path: Sequence[Sequence[int]], target: int
+                ) -> tuple[str, ...]:
+    """Indices to slice so that every intermediate, and the intermediates alive at once,
+    fit ``target`` elements: ``()`` when nothing needs slicing or slicing cannot make it fit.
+
+    cotengra slices for the largest intermediate; the slice target is halved until the peak
+    of the live set (:func:`peak_live_size`, plus the running sum of the slices) fits too."""
+    if tree is None:
+        return ()
+    total = math.prod(sizes[i] for i in output)
+
+    def peak(removed: Sequence[str]) -> int:
+        steps, _ = steps_from_path(leaves, output, sizes, ssa_path, frozenset(removed))
+        return peak_live_size(steps, len(leaves), sizes) + (total if removed else 0)
+
+    if tree.max_size() <= target and peak(()) <= target:
+        return ()
+    size = target
+    while size >= 1:
+        sliced = _find_slices(tree, size, output)
+        if sliced and peak(sliced) <= target:
+            return sliced
+        size //= 2
+    return ()
+
+
 def _find_slices(tree: Any, target: int, output: Sequence[str]) -> tuple[str, ...]:
     """Indices to slice so that every intermediate fits ``target`` elements, or ``()``."""
     try:
@@ -867,9 +1011,12 @@ def format_bytes(n: int) -> str:
 
     Examples
     --------
-    >>> format_bytes(3 * 2**20)
-    '3.0 MiB'
+    >>> format_bytes(3 * 2**20), format_bytes(10**40), format_bytes(10**400)
+    ('3.0 MiB', '9.09e+27 TiB', '10^387.96 TiB')
     """
+    if n >= 2**40 * 10**6:                      # beyond a million TiB: a power of ten
+        log = _log10(n) - 40 * math.log10(2)
+        return f"{10 ** log:.3g} TiB" if log < 300 else f"10^{log:.2f} TiB"
     for unit, scale in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
         if n >= scale:
             return f"{n / scale:.1f} {unit}"
@@ -892,6 +1039,10 @@ def check_plan_options(spec: Spec) -> list[Problem]:
         parse_memory(spec.plan.memory_limit)
     except PlanError as exc:
         problems.append(Problem(str(exc), at("memory_limit")))
+    try:
+        parse_duration(spec.plan.time_budget)
+    except PlanError as exc:
+        problems.append(Problem(str(exc), at("time_budget")))
     return problems
 
 

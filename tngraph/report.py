@@ -4,10 +4,13 @@
 ``docs/spec.md``): ``name``, ``template``, ``nodes``, ``edges``, ``inputs``, ``outputs``,
 ``batch_size``, ``params``, ``dense_size``, ``compression``, ``flops`` (the lowest found),
 ``path`` and ``executed_flops`` (the path the ``network`` execution runs), ``naive_flops``,
-``speedup``, ``largest_intermediate`` (``elements``, ``bytes``), ``dtype``, ``memory_limit``,
-``over_limit``, ``sliced`` (``indices``, ``slices``), ``path_finder``, ``execution``,
+``speedup``, ``largest_intermediate`` and ``peak_intermediates`` (the most alive at once; each
+``elements``, ``bytes``), ``dtype``, ``memory_limit``,
+``estimated_time`` (``text``, ``log10_seconds``, ``flops_per_second``, ``rate_source``),
+``time_budget`` (seconds or null), ``over_limit``, ``sliced`` (``indices``, ``slices``), ``path_finder``, ``execution``,
 ``search_time``, ``cache_hit``, ``notes`` and ``steps`` (each ``step``, ``left``, ``right``,
-``result``, ``contracted``, ``legs``, ``equation``, ``flops``, ``size``; the executed path's).
+``result``, ``contracted``, ``legs``, ``equation`` (in letters; in the spec's names for a step
+of more than 52 indices), ``flops``, ``size``; the executed path's).
 
 Examples
 --------
@@ -27,8 +30,9 @@ from typing import Any
 
 from tngraph.graph import dense_size, parameter_count
 from tngraph.layers import summarize_layers
-from tngraph.plan import Plan, format_bytes
+from tngraph.plan import EINSUM_LETTERS, Plan, Step, format_bytes
 from tngraph.schema import Spec
+from tngraph.throughput import format_duration
 
 FORMATS = ("text", "json")
 
@@ -54,6 +58,12 @@ def _sci(x: float) -> str:
     return f"{'-' if x < 0 else ''}{mantissa:.3f}e+{exponent:02d} (10^{log:.2f})"
 
 
+def _too_many_letters(step: Step) -> bool:
+    """Whether a step has more distinct indices than an einsum has letters (its equation is
+    then written in the spec's names)."""
+    return len({*step.left_inds, *step.right_inds, *step.out_inds}) > EINSUM_LETTERS
+
+
 def report_data(plan: Plan, spec: Spec) -> dict[str, Any]:
     """The report as plain data (what ``fmt="json"`` prints)."""
     problem = plan.problem
@@ -72,7 +82,7 @@ def report_data(plan: Plan, spec: Spec) -> dict[str, Any]:
             "result": plan.slot_name(step.out),
             "contracted": contracted,
             "legs": [names[i] for i in step.out_inds],
-            "equation": plan.step_equation(step),
+            "equation": plan.step_equation(step, named=_too_many_letters(step)),
             "flops": step.flops,
             "size": step.size,
         })
@@ -96,8 +106,15 @@ def report_data(plan: Plan, spec: Spec) -> dict[str, Any]:
         "speedup": plan.speedup,
         "largest_intermediate": {"elements": plan.largest_intermediate,
                                  "bytes": plan.largest_intermediate * plan.itemsize},
+        "peak_intermediates": {"elements": plan.peak_intermediate,
+                               "bytes": plan.peak_intermediate * plan.itemsize},
         "dtype": plan.options.dtype,
         "memory_limit": plan.memory_limit,
+        "estimated_time": {"text": plan.estimated_time,
+                           "log10_seconds": (plan.time_log10 if math.isfinite(plan.time_log10)
+                                             else None),
+                           "flops_per_second": plan.rate, "rate_source": plan.rate_source},
+        "time_budget": plan.time_budget,
         "over_limit": list(plan.over_limit),
         "sliced": {"indices": [names[i] for i in plan.sliced_inds], "slices": plan.n_slices},
         "path_finder": plan.path_finder,
@@ -144,7 +161,7 @@ def _text(d: dict[str, Any], width: int) -> str:
     summary.add_column("what", style="bold")
     summary.add_column("value")
     limit = format_bytes(d["memory_limit"])
-    li = d["largest_intermediate"]
+    li, pk = d["largest_intermediate"], d["peak_intermediates"]
     over = " OVER LIMIT" if any("intermediate" in r for r in d["over_limit"]) else ""
     over_params = " OVER LIMIT" if any("parameters" in r for r in d["over_limit"]) else ""
     ports = ", ".join(
@@ -167,8 +184,20 @@ def _text(d: dict[str, Any], width: int) -> str:
         ("FLOPs (naive single einsum)", _sci(d["naive_flops"])),
         ("speed-up over naive", _sci(d["speedup"]) + "x"),
         ("largest intermediate",
-         f"{li['elements']:,} elements, {format_bytes(li['bytes'])} ({d['dtype']}){over}"),
+         (f"{li['elements']:,}" if li["elements"] < 10**15 else _sci(li["elements"]))
+         + f" elements, {format_bytes(li['bytes'])} ({d['dtype']}){over}"),
+        ("intermediates alive at peak",
+         (f"{pk['elements']:,}" if pk["elements"] < 10**15 else _sci(pk["elements"]))
+         + f" elements, {format_bytes(pk['bytes'])}"
+         + (" OVER LIMIT" if any("alive at once" in r for r in d["over_limit"]) else "")),
         ("memory limit", limit),
+        ("estimated time (one contraction)",
+         d["estimated_time"]["text"]
+         + (" OVER BUDGET" if any("time budget" in r for r in d["over_limit"]) else "")),
+        ("arithmetic rate", f"{d['estimated_time']['flops_per_second'] / 1e9:.3g} GFLOP/s "
+                            f"({d['estimated_time']['rate_source']})"),
+        ("time budget", format_duration(math.log10(d["time_budget"]))
+         if d["time_budget"] is not None else "none"),
         ("slicing", (f"{d['sliced']['slices']} slices over {', '.join(d['sliced']['indices'])}"
                      if d["sliced"]["indices"] else "none")),
         ("path finder", d["path_finder"]),

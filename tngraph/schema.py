@@ -177,6 +177,9 @@ class PlanOptions(_Model):
     minimize: Literal["flops", "size", "write", "combo"] = "flops"
     batch_size: Count = 256
     memory_limit: int | str = "4GiB"
+    #: the longest estimated time of one contraction (one batch) a plan may need: seconds or
+    #: ``30s``, ``2h``, ``1d``; ``null`` for no budget (see ``tngraph.plan.parse_duration``)
+    time_budget: float | str | None = "1h"
     dtype: Literal["float32", "float64", "float16", "bfloat16"] = "float32"
     cache: bool = True
     seed: int | None = 0

@@ -11,6 +11,7 @@ writes the ``contract`` function, and for the inference variant the workspace it
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -473,5 +474,35 @@ def generate_source(ops: Sequence[GroupOp], sources: Mapping[int, LeafSource],
     elif final_perm is not None:
         result = f"{result}.permute({final_perm})"
     lines.append(f"    return {result}")
-    return GeneratedSource("\n".join(lines) + "\n", writer.constants, tuple(writer.specs),
-                           frozenset(writer.inlined))
+    return GeneratedSource("\n".join(free_after_last_use(lines)) + "\n", writer.constants,
+                           tuple(writer.specs), frozenset(writer.inlined))
+
+
+#: the variables generated code assigns (``s<slot>``, ``r<group>``, ``g<group>``, ...)
+_VARIABLE = re.compile(r"\b([srgptw]\d+)\b")
+
+
+def free_after_last_use(lines: Sequence[str]) -> list[str]:
+    """``lines`` of straight-line code with a ``del`` of each variable after the line that uses
+    it last, so that an intermediate is freed as soon as no later step needs it (without
+    autograd nothing else holds it; the memory guard counts on this).
+
+    Examples
+    --------
+    >>> free_after_last_use(["def f(x):", "    s1 = x + 1", "    s2 = s1 * 2", "    return s2"])
+    ['def f(x):', '    s1 = x + 1', '    s2 = s1 * 2', '    del s1', '    return s2']
+    """
+    last: dict[str, int] = {}
+    for k, line in enumerate(lines):
+        for name in _VARIABLE.findall(line):
+            last[name] = k
+    freed: dict[int, list[str]] = {}
+    for name, k in last.items():
+        if not lines[k].lstrip().startswith("return "):
+            freed.setdefault(k, []).append(name)
+    out: list[str] = []
+    for k, line in enumerate(lines):
+        out.append(line)
+        if k in freed:
+            out.append(f"    del {', '.join(sorted(freed[k]))}")
+    return out

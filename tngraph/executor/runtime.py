@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import torch
+import torch.utils.checkpoint
 
 from tngraph.executor.chain import _ChainRun
 from tngraph.executor.codegen import (
@@ -95,6 +96,9 @@ class Program:
     #: the final permutation with neighbouring axes merged
     #: (:func:`~tngraph.executor.schedule.merged_permutation`)
     final_merged: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]] | None = None
+    #: the plan's memory limit in entries: the inference workspace (kept between calls) is
+    #: built only where it fits, besides :data:`WORKSPACE_LIMIT`
+    memory_limit: int | None = None
 
     def __post_init__(self) -> None:
         # gather classes: operands of stacked groups fetched for all groups at once, keyed by
@@ -160,7 +164,7 @@ class Program:
             self.workspace_source = self._generate_source(workspace=True)
             size = sum(math.prod(spec.shape) for spec in self._ws_specs
                        if isinstance(spec, WsEmpty))
-            if self._ws_specs and size <= WORKSPACE_LIMIT:
+            if self._ws_specs and size <= min(WORKSPACE_LIMIT, self.memory_limit or size):
                 self._generated_ws = self._compiled(self.workspace_source,
                                                     "<tngraph program (workspace)>")
 
@@ -297,6 +301,9 @@ class Program:
                     _WORKSPACE_LOCK.release()
             return self._generated(tensors, ports, fetched, None)
         leaves = [self._leaf(k, tensors, ports) for k in range(self.n_leaves)]
+        # under autograd each slice is checkpointed: its intermediates are recomputed in the
+        # backward pass instead of kept, so a sliced run holds one slice's graph, not all
+        checkpointed = torch.is_grad_enabled() and not traced()
         total = None
         for choice in itertools.product(*(range(n) for n, _ in self.sliced)):
             picked: dict[int, list[tuple[int, int]]] = {}
@@ -309,8 +316,13 @@ class Program:
                 for axis, value in sorted(selections, reverse=True):  # high axes first
                     tensor = tensor.select(axis, value)
                 parts[leaf] = tensor
-            part = self._generated(tensors, ports, {}, parts)
+            if checkpointed:
+                part = torch.utils.checkpoint.checkpoint(self._generated, tensors, ports, {},
+                                                         parts, use_reentrant=False)
+            else:
+                part = self._generated(tensors, ports, {}, parts)
             total = part if total is None else total + part
+            del part, parts
         assert total is not None
         return total
 
@@ -324,5 +336,7 @@ def build_program(plan: Any, ones: set[int] = frozenset(), batch_size: int | Non
     batch size seen).
     """
     s = plan_schedule(plan, ones, batch_size)
+    limit = getattr(plan, "memory_limit", None)
     return Program(s.n_leaves, s.leaf_equations, s.groups, s.final_perm, s.result_slot, s.sliced,
-                   s.sources, s.final_merged)
+                   s.sources, s.final_merged,
+                   limit // plan.itemsize if limit is not None else None)

@@ -101,15 +101,57 @@ def trace_equations(plan: Any) -> tuple[str | None, ...]:
                  for raw, leaf in zip(plan.problem.inputs, plan.leaf_inds))
 
 
-def plan_schedule(plan: Any, ones: set[int] = frozenset(), batch_size: int | None = None
-                  ) -> Schedule:
+def plan_schedule(plan: Any, ones: set[int] = frozenset(), batch_size: int | None = None,
+                  *, grouping: bool = True) -> Schedule:
     """Design every kernel of ``plan`` for ``batch_size`` and schedule them into stacked groups.
 
     Scheduling is greedy: among the steps whose operands are ready, the largest set of steps
     with one kernel signature runs next (ties: the shallowest, then the earliest step of the
     plan). Two chains that advance one site per step thus fall into lockstep even when the plan
     orders them one after the other.
+
+    Running steps side by side keeps more intermediates alive at once than the plan's order.
+    Where that peak (:func:`schedule_peak`) would exceed the plan's memory limit, and for sliced
+    plans and ``grouping=False``, the steps run one at a time in the plan's order, whose peak
+    the plan's memory guard has checked.
     """
+    schedule = _schedule(plan, ones, batch_size, grouping and not plan.sliced_inds)
+    if grouping and not plan.sliced_inds and any(len(g.kernels) > 1 for g in schedule.groups):
+        limit = getattr(plan, "memory_limit", None)
+        itemsize = getattr(plan, "itemsize", 4)
+        if limit is not None and schedule_peak(schedule) * itemsize > limit:
+            return _schedule(plan, ones, batch_size, False)
+    return schedule
+
+
+def schedule_peak(schedule: Schedule) -> int:
+    """An upper bound of the intermediate entries alive at once when ``schedule`` runs: per
+    group, the results still needed (a stacked group's results live until the last of them is
+    used: they are views of one tensor), its own results and a copy of each operand."""
+    owner: dict[int, int] = {}
+    sizes: dict[int, int] = {}
+    for g, group in enumerate(schedule.groups):
+        for k in group.kernels:
+            owner[k.out] = g
+            sizes[k.out] = math.prod(k.out_shape)
+    last: dict[int, int] = {}
+    for g, group in enumerate(schedule.groups):
+        for k in group.kernels:
+            for slot in (k.left, k.right):
+                if slot in owner:
+                    last[owner[slot]] = g
+    live: dict[int, int] = {}
+    peak = 0
+    for g, group in enumerate(schedule.groups):
+        copies = sum(math.prod(k.a.shape3) + math.prod(k.b.shape3) for k in group.kernels)
+        live[g] = sum(sizes[k.out] for k in group.kernels)
+        peak = max(peak, sum(live.values()) + copies)
+        for done in [h for h, at in last.items() if at == g]:
+            live.pop(done, None)
+    return peak
+
+
+def _schedule(plan: Any, ones: set[int], batch_size: int | None, grouping: bool) -> Schedule:
     problem = plan.problem
     removed = set(plan.sliced_inds)
     sources = dict(enumerate(leaf_sources(problem)))
@@ -130,7 +172,6 @@ def plan_schedule(plan: Any, ones: set[int] = frozenset(), batch_size: int | Non
     for s in steps:
         depth[s.out] = 1 + max(depth[s.left], depth[s.right])
     ready = [pos for pos, s in enumerate(steps) if s.left < n_leaves and s.right < n_leaves]
-    grouping = not plan.sliced_inds   # sliced runs select on single leaves: keep them apart
     groups: list[Group] = []
     produced_by: dict[int, tuple[int, int]] = {}   # slot -> (group index, member index)
     while ready:
@@ -175,10 +216,12 @@ def plan_schedule(plan: Any, ones: set[int] = frozenset(), batch_size: int | Non
             return max(counts.values(), default=0)
 
         # largest class first; then the one that lets the next wave group best; then the
-        # shallowest (so that parallel chains stay level); then plan order
+        # shallowest (so that parallel chains stay level); then plan order. Ungrouped: the
+        # plan's order (its next step is always ready)
         chosen = max(classes.values(), key=lambda members: (
             len(members), lookahead(members),
-            -min(depth[steps[p].out] for p in members), -members[0]))
+            -min(depth[steps[p].out] for p in members), -members[0])) if grouping \
+            else [min(ready)]
         kernels = [designed[pos] for pos in chosen]
         if len(kernels) > 1 and all(_role_slot(k, "b") in sources
                                     and sources[_role_slot(k, "b")].kind == "tensor"
