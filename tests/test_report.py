@@ -85,7 +85,8 @@ def test_text_report_rows(tt: tuple) -> None:
                 "plan cache", "miss", "contraction steps", "x(i0=8, i1=8, i2=8, i3=8)",
                 "batch size (costs are per batch)", "time budget                        1 h",
                 f"estimated time (one contraction)   {plan.estimated_time}\n",
-                "arithmetic rate                    10 GFLOP/s (stated by TNGRAPH_FLOPS_PER_SECOND)"):
+                "arithmetic rate                    10 GFLOP/s (stated by "
+                "TNGRAPH_FLOPS_PER_SECOND)"):
         assert row in text, row
     assert "OVER LIMIT" not in text
     step_rows = [line for line in text.splitlines() if line.strip().startswith(("1 ", "2 "))]

@@ -7,7 +7,8 @@
 ``speedup``, ``largest_intermediate`` and ``peak_intermediates`` (the most alive at once; each
 ``elements``, ``bytes``), ``dtype``, ``memory_limit``,
 ``estimated_time`` (``text``, ``log10_seconds``, ``flops_per_second``, ``rate_source``),
-``time_budget`` (seconds or null), ``over_limit``, ``sliced`` (``indices``, ``slices``), ``path_finder``, ``execution``,
+``time_budget`` (seconds or null), ``over_limit``, ``sliced`` (``indices``, ``slices``),
+``path_finder``, ``execution``,
 ``search_time``, ``cache_hit``, ``notes`` and ``steps`` (each ``step``, ``left``, ``right``,
 ``result``, ``contracted``, ``legs``, ``equation`` (in letters; in the spec's names for a step
 of more than 52 indices), ``flops``, ``size``; the executed path's).
