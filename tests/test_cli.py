@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -134,6 +135,42 @@ def test_compile_save_into_missing_folder(capsys: Capture, tmp_path: Path) -> No
     assert not target.parent.exists()
 
 
+@pytest.mark.parametrize(("target", "message"), [
+    ("folder", "cannot write {target}: it is a folder, not a regular file; name a file to write"),
+    ("/dev/null", "cannot write /dev/null: it is a character device, not a regular file"),
+    ("readonly/w.safetensors", "cannot write {target}: Read-only file system"),
+])
+def test_compile_save_onto_what_cannot_be_written(capsys: Capture, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch, target: str,
+                                                  message: str) -> None:
+    import errno
+
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "readonly").mkdir()
+    real_open = os.open
+
+    def read_only(path: str, *args: object, **kwargs: object) -> int:
+        if str(path).startswith(str(tmp_path / "readonly")):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), path)
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", read_only)
+    path = target if target.startswith("/") else str(tmp_path / target)
+    code, _, err = run(capsys, *compile_args(tmp_path, "--save", path))
+    assert code == 2 and "Traceback" not in err
+    assert f"error: {message.format(target=path)}" in err, err
+    assert (tmp_path / "folder").is_dir() and os.listdir(tmp_path / "readonly") == []
+
+
+def test_time_budget_exceeded(capsys: Capture, tmp_path: Path) -> None:
+    code, out, err = run(capsys, *compile_args(tmp_path, "--time-budget", "1e-9s"))
+    assert code == 2 and "OVER BUDGET" in out
+    assert ("error: one contraction needs about" in err and "over the time budget of under 1 µs"
+            in err and "hint: raise --time-budget" in err), err
+    code, _, err = run(capsys, *compile_args(tmp_path, "--time-budget", "soon"))
+    assert code == 2 and "cannot read time budget 'soon'; write e.g. 30s, 2h" in err
+
+
 def test_memory_limit_exceeded(capsys: Capture, tmp_path: Path) -> None:
     code, out, err = run(capsys, *compile_args(tmp_path, "--memory-limit", "100B"))
     assert code == 2
@@ -206,6 +243,17 @@ def test_internal_error_is_exit_1(capsys: Capture, monkeypatch: pytest.MonkeyPat
     assert "Traceback" in capsys.readouterr().err
 
 
+def test_out_of_memory_is_a_user_error(capsys: Capture, monkeypatch: pytest.MonkeyPatch) -> None:
+    def exhausted(*args: object, **kwargs: object) -> None:
+        raise MemoryError("Unable to allocate 2.91 PiB")
+
+    monkeypatch.setattr("tngraph.cli.load_spec", exhausted)
+    code, _, err = run(capsys, "validate", RING3)
+    assert code == 2 and "Traceback" not in err
+    assert err.startswith("tngraph: error: out of memory (Unable to allocate 2.91 PiB); lower "
+                          "--batch-size")
+
+
 def test_user_errors_are_printed_by_rank_0_only(tmp_path, monkeypatch, capsys) -> None:
     missing = str(tmp_path / "missing.yaml")
     monkeypatch.setenv("WORLD_SIZE", "2")
@@ -243,3 +291,13 @@ def test_a_spec_beside_resume_is_refused(capsys: Capture, tmp_path: Path, comman
 
 def test_the_mnist_hint_is_a_flag_the_shipped_classifier_takes(capsys: Capture) -> None:
     assert run(capsys, "validate", "models/mps_classifier.yaml", "--set", "sites=784")[0] == 0
+
+
+def test_plugins_list_shows_a_version_for_every_built_in(capsys: Capture) -> None:
+    from importlib.metadata import version
+
+    code, out, _ = run(capsys, "plugins", "list")
+    rows = [line.split() for line in out.splitlines() if line.strip().startswith(
+        ("linear ", "conv2d ", "relu ", "mps ", "adam ", "digits "))]
+    assert code == 0 and len(rows) >= 5, out
+    assert all(row[-2] == version("tngraph") and row[-1] == "ok" for row in rows), rows

@@ -168,7 +168,12 @@ def test_bad_dataset_specs(spec: str, message: str) -> None:
     ("synthetic-regression", {"n_sample": 3}, r"did you mean 'n_samples'\?"),
     ("synthetic-regression?n_samples=ten", {}, "n_samples must be an integer >= 3, got 'ten'"),
     ("synthetic-regression?n_features=4&n_informative=5", {}, r"n_informative \(5\) exceeds"),
-    ("digits", {"val_fraction": 1.5}, r"val_fraction must be a number in \[0, 1\)"),
+    ("digits", {"val_fraction": 1.5}, r"val_fraction must be 0 or a number from 1e-9 to below 1"),
+    ("digits", {"test_fraction": 5e-324}, r"test_fraction must be 0 or a number from 1e-9"),
+    ("digits", {"seed": -1}, r"the data seed must be an integer from 0 to 2\*\*32 - 1, got -1"),
+    ("digits", {"seed": 2**32}, r"the data seed must be an integer from 0 to 2\*\*32 - 1"),
+    ("synthetic-regression", {"noise": float("nan")}, "noise must be a finite number >= 0"),
+    ("synthetic-regression", {"noise": float("inf")}, "noise must be a finite number >= 0"),
     ("digits", {"val_fraction": 0.5, "test_fraction": 0.5}, "must be below 1"),
     ("digits", {"seed": "0"}, "seed must be an integer"),
 ])

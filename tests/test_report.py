@@ -9,6 +9,7 @@ import pytest
 from helpers import ROOT, TETRA
 
 import tngraph
+from tngraph.errors import PlanError
 from tngraph.plan import plan_spec
 from tngraph.report import format_report, report_data
 from tngraph.spec import load_spec
@@ -119,7 +120,7 @@ def test_module_report_and_unknown_format() -> None:
     module = tngraph.compile(ROOT / "models/ring3.yaml", cache=False)
     assert json.loads(module.report("json"))["params"] == module.plan.param_count == 186
     assert "ring3" in module.report()
-    with pytest.raises(ValueError, match="json"):
+    with pytest.raises(PlanError, match="valid: json, text"):
         format_report(module.plan, module.spec, fmt="xml")
 
 

@@ -268,3 +268,16 @@ def test_mps_identity_init_follows_the_feature_map(feature_map: str, init: objec
     else:
         torch.testing.assert_close(core[:, 0, :], eye, atol=0.05, rtol=0)
         assert core[:, 1, :].abs().max() < 0.05
+
+
+@pytest.mark.parametrize(("network", "key", "bound"), [
+    ("{template: mps, sites: 99999999999999999999, phys_dim: 2, bond_dim: 2}", "sites", "100000"),
+    ("{template: mpo, sites: 100001, phys_dim: 2, bond_dim: 2}", "sites", "100000"),
+    ("{template: peps, rows: 5000, cols: 2, bond_dim: 2}", "rows", "1024"),
+])
+def test_a_template_too_large_to_expand_is_refused_before_expanding(network: str, key: str,
+                                                                    bound: str) -> None:
+    with pytest.raises(SpecError) as exc:
+        load_spec(f"tngraph: 1\nname: t\nnetwork: {network}\n")
+    text = exc.value.format()
+    assert key in text and bound in text.replace(",", ""), text

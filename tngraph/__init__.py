@@ -48,6 +48,9 @@ def compile(source: Any, overrides: Any = None,  # noqa: A001
 
 def expand(source: Any, overrides: Any = None) -> str:
     """The canonical raw YAML of a spec (templates expanded, parameters substituted)."""
+    if isinstance(source, Spec) and overrides:
+        raise CompileError("overrides are applied when a spec is loaded; pass the path or text "
+                           "with them, or call load_spec(path, overrides) first")
     spec = source if isinstance(source, Spec) else load_spec(source, overrides)
     return dump_yaml(spec.to_raw())
 

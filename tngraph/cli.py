@@ -29,6 +29,8 @@ from tngraph.templates import TEMPLATES
 from tngraph.yamlio import dump_yaml
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USER = 0, 1, 2
+#: the largest ``--seed`` (as ``train.seed``: torch's generators take 0 .. 2**63 - 1)
+MAX_SEED = 2**63 - 1
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -50,6 +52,8 @@ def _add_plan_options(parser: argparse.ArgumentParser, training: bool = False) -
     group.add_argument("--max-repeats", type=int, help="trials of the hyper-optimizing path finder")
     group.add_argument("--minimize", choices=["flops", "size", "write", "combo"])
     group.add_argument("--memory-limit", help="e.g. 4GiB, 512MB (intermediates and parameters)")
+    group.add_argument("--time-budget", help="the longest estimated time of one contraction a "
+                       "plan may need: e.g. 30s, 2h, 1d, or none (default 1h)")
     if not training:
         group.add_argument("--batch-size", type=int,
                            help="batch size the plan and costs are for")
@@ -190,6 +194,7 @@ def _plan_kwargs(args: argparse.Namespace, training: bool = False) -> dict[str, 
     return {
         "optimize": args.optimize, "max_time": args.max_time, "max_repeats": args.max_repeats,
         "minimize": args.minimize, "memory_limit": args.memory_limit,
+        "time_budget": args.time_budget,
         **({} if training else {"batch_size": args.batch_size}),
         "dtype": args.dtype, "execution": args.execution, "run_path": args.run_path,
         "cache": False if args.no_cache else None,
@@ -235,7 +240,8 @@ def _cmd_compile(args: argparse.Namespace) -> int:
     if over:
         for name, reason in over:
             where = f" (layer {name.rpartition('.')[2]})" if spec.is_pipeline else ""
-            print(f"{args.spec}: error: {reason}{where}\n  hint: raise --memory-limit, shrink "
+            flag = "--time-budget" if "time budget" in reason else "--memory-limit"
+            print(f"{args.spec}: error: {reason}{where}\n  hint: raise {flag}, shrink "
                   "the network, or lower --batch-size", file=sys.stderr)
         return EXIT_USER
     if args.save:
@@ -330,6 +336,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     )
 
     path, checkpoint = Path(args.spec), args.checkpoint
+    if args.seed is not None and not 0 <= args.seed <= MAX_SEED:
+        raise TrainingError(f"--seed must be an integer from 0 to 2**63 - 1, got {args.seed}; "
+                            "leave it out to use the seed the weights were trained with")
     if path.is_dir():
         if not (path / "spec.yaml").is_file():
             raise TrainingError(f"{path} is a folder without spec.yaml; give a run directory "
@@ -495,6 +504,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return EXIT_OK
+    except MemoryError as exc:
+        detail = f" ({exc})" if str(exc) else ""
+        print(f"tngraph: error: out of memory{detail}; lower --batch-size, the dataset's size "
+              "or the network's dimensions, or plan with a smaller --memory-limit",
+              file=sys.stderr)
+        return EXIT_USER
     except Exception as exc:  # noqa: BLE001 - internal error: exit 1, no traceback by default
         print(f"tngraph: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
         if debug:

@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import contextlib
 import math
+import numbers
+import os
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +30,7 @@ from torch import nn
 
 from tngraph.errors import CompileError, PlanError
 from tngraph.executor import build_program, einsum_program
-from tngraph.graph import EinsumProblem, parameter_count
+from tngraph.graph import EinsumProblem, einsum_problem, parameter_count
 from tngraph.kinds import NETWORK, get_feature_map, get_initializer, get_layer
 from tngraph.layer_modules import FeatureMapLayer, Permute, Reshape
 from tngraph.layers import summarize_layers
@@ -42,6 +44,74 @@ __all__ = ["Compiled", "FeatureMapLayer", "Permute", "Pipeline", "Reshape", "TNM
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16,
            "bfloat16": torch.bfloat16}
+
+
+#: the largest seed (as ``train.seed``: torch's generators take 0 .. 2**63 - 1)
+MAX_SEED = 2**63 - 1
+
+
+def _check_seed(seed: Any) -> int | None:
+    """``seed`` if it is ``None`` or an integer in ``0 .. 2**63 - 1``, else a CompileError."""
+    if seed is None:
+        return None
+    if isinstance(seed, numbers.Integral) and not isinstance(seed, bool) \
+            and 0 <= seed <= MAX_SEED:
+        return int(seed)
+    raise CompileError(f"seed must be an integer from 0 to 2**63 - 1 (or None), got {seed!r}; "
+                       "for example seed=0")
+
+
+def _check_path(path: Any, n_leaves: int) -> list[tuple[int, int]] | None:
+    """``path=`` as SSA pairs, checked: ids ``0..n_leaves-1`` are the network's tensors (data
+    ports included), ``n_leaves + k`` the result of step ``k``. A well-formed path of another
+    length is returned as it is: it is of another structure, and the planner searches as usual.
+    """
+    if path is None:
+        return None
+    hint = ("pass the SSA path of a network of the same structure, e.g. "
+            "old.plan.tree.get_ssa_path()")
+    if isinstance(path, (str, bytes, Mapping)) or not isinstance(path, Sequence):
+        raise PlanError(f"path must be a list of pairs of tensor ids (an SSA contraction "
+                        f"path), got {type(path).__name__}; {hint}")
+    pairs: list[tuple[int, int]] = []
+    for k, pair in enumerate(path):
+        if isinstance(pair, (str, bytes)) or not isinstance(pair, Sequence) or len(pair) != 2 \
+                or not all(isinstance(i, numbers.Integral) and not isinstance(i, bool)
+                           and i >= 0 for i in pair):
+            raise PlanError(f"path step {k} is {pair!r}; each step must be a pair of "
+                            f"non-negative ints (the two tensors it contracts); {hint}")
+        pairs.append((int(pair[0]), int(pair[1])))
+    if len(pairs) != max(n_leaves - 1, 0):
+        return pairs
+    alive = set(range(n_leaves))
+    for k, (a, b) in enumerate(pairs):
+        if a == b or a not in alive or b not in alive:
+            free = ", ".join(map(str, sorted(alive)))
+            raise PlanError(f"path step {k} contracts ({a}, {b}), but only ids {free} are "
+                            f"left at that step (0..{n_leaves - 1} are the network's "
+                            f"{n_leaves} tensors, {n_leaves}+k the result of step k); {hint}")
+        alive -= {a, b}
+        alive.add(n_leaves + k)
+    return pairs
+
+
+def _as_data(x: Any, dtype: torch.dtype, what: str) -> torch.Tensor:
+    """``x`` (a tensor, array or nested lists of numbers) as a real tensor of ``dtype``'s kind,
+    or a CompileError saying what it is instead."""
+    if not isinstance(x, torch.Tensor):
+        if x is None or isinstance(x, (str, bytes, Mapping)):
+            raise CompileError(f"{what} must be a tensor (batch first), got "
+                               f"{type(x).__name__}; pass a torch tensor or a NumPy array")
+        try:
+            x = torch.as_tensor(x, dtype=dtype)
+        except (TypeError, ValueError, RuntimeError, OverflowError) as exc:
+            raise CompileError(f"{what} cannot be read as a tensor ({exc}); pass a torch "
+                               "tensor, a NumPy array, or nested lists of numbers of one "
+                               "rectangular shape") from None
+    if x.is_complex():
+        raise CompileError(f"{what} is complex ({x.dtype}); networks are real-valued: pass "
+                           "x.real or x.abs()")
+    return x
 
 
 #: largest dense weight (entries) the ``dense`` execution may build
@@ -146,6 +216,7 @@ class TNModule(nn.Module):
     def __init__(self, spec: Spec, plan: Plan, *, seed: int | None = None,
                  cache_dir: str | Path | None = None):
         super().__init__()
+        seed = _check_seed(seed)
         self.spec = spec
         self.plan = plan
         dtype = _DTYPES[plan.options.dtype]
@@ -276,8 +347,7 @@ class TNModule(nn.Module):
         ``(batch, *legs)``."""
         ref = next(iter(self.tensors.values()), None)
         dtype = ref.dtype if ref is not None else _DTYPES[self.plan.options.dtype]
-        if not isinstance(x, torch.Tensor):
-            x = torch.as_tensor(x, dtype=dtype)
+        x = _as_data(x, dtype, f"input '{name}'")
         if ref is not None and x.device != ref.device:
             raise CompileError(f"input '{name}' is on {x.device} but the network is on "
                                f"{ref.device}; move one with .to(...)")
@@ -287,6 +357,9 @@ class TNModule(nn.Module):
         if x.dim() < 1:
             raise CompileError(f"input '{name}' needs a leading batch axis, got a scalar")
         batch = x.shape[0]
+        if batch == 0:
+            raise CompileError(f"input '{name}' has an empty batch (shape {tuple(x.shape)}); "
+                               "pass at least one example")
         per_copy = 1 if port.feature_map is not None else math.prod(legs)
         expected = per_copy * (n or 1)
         if math.prod(x.shape[1:]) != expected:
@@ -398,12 +471,21 @@ class Pipeline(nn.Module):
         """The tensor-network layers by name."""
         return {k: m for k, m in self.layers.items() if isinstance(m, TNModule)}
 
-    def forward(self, x: Any) -> torch.Tensor:
+    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """Run the layers on ``x``, one batch of examples: ``pipeline(x)``."""
+        if kwargs.keys() - {"x"} or len(args) + len(kwargs) != 1:
+            given = [type(a).__name__ for a in args] + [f"{k}=" for k in kwargs]
+            raise CompileError(f"pipeline '{self.spec.name}' takes one input, a batch x, got "
+                               f"{len(given)} ({', '.join(given) or 'none'}); call "
+                               "pipeline(x)")
+        (x,) = args or kwargs.values()
         ref = next(iter(self.parameters()), None)
-        if not isinstance(x, torch.Tensor):
-            x = torch.as_tensor(x, dtype=ref.dtype if ref is not None else torch.float32)
+        x = _as_data(x, ref.dtype if ref is not None else torch.float32, "the input")
         if x.dim() < 1:
             raise CompileError(f"pipeline '{self.spec.name}' needs a leading batch axis")
+        if x.shape[0] == 0:
+            raise CompileError(f"pipeline '{self.spec.name}' got an empty batch (shape "
+                               f"{tuple(x.shape)}); pass at least one example")
         per_example = math.prod(self.input_shape)
         if math.prod(x.shape[1:]) != per_example:
             raise CompileError(
@@ -444,6 +526,9 @@ def frozen(module: nn.Module) -> Iterator[nn.Module]:
     >>> with torch.no_grad(), frozen(layer):                     # doctest: +SKIP
     ...     outputs = [layer(batch) for batch in batches]        # W built once
     """
+    if not isinstance(module, nn.Module):
+        raise CompileError(f"frozen() takes a compiled module (tngraph.compile(...)), got "
+                           f"{type(module).__name__}")
     networks = [m for m in module.modules() if isinstance(m, TNModule)]
     previous = [m._frozen for m in networks]
     for m in networks:
@@ -463,7 +548,10 @@ def compile_pipeline(spec: Spec, *, cache_dir: str | Path | None = None, seed: i
     Parameters are those of :func:`compile`; layer ``k`` is initialised from ``seed + k``
     (without touching torch's global random state).
     """
-    assert spec.layers is not None
+    if spec.layers is None:
+        raise CompileError(f"spec '{spec.name}' is a single network, not a pipeline (no "
+                           "'layers:'); compile it with compile(spec)")
+    seed = _check_seed(seed)
     base = seed if seed is not None else 0
     modules: dict[str, nn.Module] = {}
     summaries = summarize_layers(spec)
@@ -471,14 +559,15 @@ def compile_pipeline(spec: Spec, *, cache_dir: str | Path | None = None, seed: i
     shape = tuple(spec.input_shape or ())
     dtype = _DTYPES[plan_options.get("dtype") or spec.plan.dtype]
     for k, (layer, summary) in enumerate(zip(spec.layers, summaries)):
+        layer_seed = (base + k) % (MAX_SEED + 1)     # (seeds wrap around at the top)
         if layer.type == NETWORK:
             modules[layer.name] = compile(spec.network_spec(layer.name), cache_dir=cache_dir,
-                                          seed=base + k, **plan_options)
+                                          seed=layer_seed, **plan_options)
         else:
             layer_type = get_layer(layer.type)
             options = layer_type.options.model_validate(layer.options)
             with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(base + k)
+                torch.manual_seed(layer_seed)
                 modules[layer.name] = layer_type.build(options, shape).to(dtype)
         shape = summary.shape
     return Pipeline(spec, modules, shapes)
@@ -523,13 +612,23 @@ def compile(source: str | Path | Spec, overrides: Mapping[str, ParamValue] | Non
     if isinstance(source, Spec) and overrides:
         raise CompileError("overrides are applied when a spec is loaded; pass the path or text "
                            "with them, or call load_spec(path, overrides) first")
+    _check_seed(seed)
+    if cache_dir is not None and not isinstance(cache_dir, (str, os.PathLike)):
+        raise PlanError(f"cache_dir must be a folder path (str or Path), got "
+                        f"{type(cache_dir).__name__}")
     spec = source if isinstance(source, Spec) else load_spec(source, overrides)
     if spec.is_pipeline:
+        if path is not None:
+            raise PlanError(f"path= reuses the contraction path of one network, but "
+                            f"'{spec.name}' is a pipeline of layers; compile without path=")
         return compile_pipeline(spec, cache_dir=cache_dir, seed=seed,  # type: ignore[return-value]
                                 **plan_options)
+    if path is not None:
+        path = _check_path(path, len(einsum_problem(spec).terms))
     plan = plan_spec(spec, cache_dir=cache_dir, path=path, **plan_options)
     if plan.over_limit:
         raise PlanError("; ".join(plan.over_limit)
-                        + " (raise it with --memory-limit / plan.memory_limit, or shrink the "
-                        "network)", report=format_report(plan, spec))
+                        + " (raise plan.memory_limit / plan.time_budget, on the command line "
+                        "--memory-limit / --time-budget, or shrink the network)",
+                        report=format_report(plan, spec))
     return TNModule(spec, plan, seed=seed, cache_dir=cache_dir)

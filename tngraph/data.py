@@ -276,7 +276,10 @@ def parse_dataset_spec(spec: str) -> DataSpec:
     >>> parse_dataset_spec("synthetic-regression?n_samples=512&noise=0.5").options
     {'n_samples': 512, 'noise': 0.5}
     """
-    if not isinstance(spec, str) or not spec.strip():
+    if not isinstance(spec, str):
+        raise DataError(f"a dataset spec must be a string NAME[:PATH][?KEY=VALUE&...], got "
+                        f"{type(spec).__name__}")
+    if not spec.strip():
         raise DataError(f"empty dataset spec {spec!r}; expected NAME[:PATH][?KEY=VALUE&...]")
     head, sep, query = spec.strip().rpartition("?")
     if not sep:
@@ -320,8 +323,9 @@ def get_dataset(name: str) -> DataSource:
 
 
 def _check_fraction(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
-        raise DataError(f"{name} must be a number in [0, 1), got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1 \
+            or 0 < value < 1e-9:
+        raise DataError(f"{name} must be 0 or a number from 1e-9 to below 1, got {value!r}")
     return float(value)
 
 
@@ -374,8 +378,8 @@ fashion_mnist, mnist, synthetic_regression
                         f"({source.path_help}); tngraph never downloads data")
     if parsed.path is not None and source.path == "none":
         raise DataError(f"dataset '{parsed.name}' takes no path, got '{parsed.path}'")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise DataError(f"seed must be an integer, got {seed!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise DataError(f"the data seed must be an integer from 0 to 2**32 - 1, got {seed!r}")
     val = _check_fraction("val_fraction", fractions["val_fraction"])
     test = _check_fraction("test_fraction", fractions["test_fraction"])
     if val + test >= 1:
@@ -532,8 +536,8 @@ def _load_synthetic_regression(request: DataRequest) -> Dataset:
     n_informative = _int_option(request, "n_informative", min(128, n_features), 0)
     n_targets = _int_option(request, "n_targets", 16, 1)
     noise = request.options.get("noise", 0.0)
-    if isinstance(noise, bool) or not isinstance(noise, (int, float)) or noise < 0:
-        raise DataError(f"dataset '{request.name}': option noise must be a number >= 0, "
+    if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not 0 <= noise < math.inf:
+        raise DataError(f"dataset '{request.name}': option noise must be a finite number >= 0, "
                         f"got {noise!r}")
     if n_informative > n_features:
         raise DataError(f"dataset '{request.name}': n_informative ({n_informative}) exceeds "

@@ -41,6 +41,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
 from tngraph.linalg import GUARDED, DecompositionError, Kernels, svd
@@ -75,7 +76,15 @@ __all__ = [
 
 def _as_float_tensor(x: Any, what: str = "tensor") -> torch.Tensor:
     """``x`` as a real floating torch tensor (integers -> float64); complex is refused."""
-    t = x if isinstance(x, torch.Tensor) else torch.as_tensor(x)
+    if isinstance(x, (str, bytes, Mapping)) or x is None:
+        raise DecompositionError(f"{what} must be a tensor (or nested lists of numbers), got "
+                                 f"{type(x).__name__}", "pass a torch tensor or a NumPy array")
+    try:
+        t = x if isinstance(x, torch.Tensor) else torch.as_tensor(x)
+    except (TypeError, ValueError, RuntimeError, OverflowError) as exc:
+        raise DecompositionError(f"{what} cannot be read as a tensor ({exc})",
+                                 "pass a torch tensor, a NumPy array, or nested lists of "
+                                 "numbers of one rectangular shape") from None
     if t.is_complex():
         raise DecompositionError(f"{what} is complex ({t.dtype}); only real tensors are "
                                  "supported", "decompose the real and imaginary parts apart")
@@ -120,16 +129,25 @@ def _truncation_rank(s: torch.Tensor, *, delta: float | None, cap: int | None,
     return max(r, 1)
 
 
+def _is_number(x: Any) -> bool:
+    """A finite real Python / NumPy number (not a bool)."""
+    return (isinstance(x, (int, float, np.integer, np.floating))
+            and not isinstance(x, (bool, np.bool_)) and math.isfinite(x))
+
+
+def _is_count(x: Any) -> bool:
+    """An integer (Python or NumPy, not a bool)."""
+    return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
+
+
 def _check_eps(eps: float | None) -> None:
-    if eps is not None and not (isinstance(eps, (int, float)) and math.isfinite(eps)
-                                and eps >= 0):
+    if eps is not None and not (_is_number(eps) and eps >= 0):
         raise DecompositionError(f"eps must be a finite number >= 0, got {eps!r}",
                                  "eps is a relative accuracy, e.g. 1e-3")
 
 
 def _check_max_rank(max_rank: int | None) -> None:
-    if max_rank is not None and (isinstance(max_rank, bool) or not isinstance(max_rank, int)
-                                 or max_rank < 1):
+    if max_rank is not None and (not _is_count(max_rank) or max_rank < 1):
         raise DecompositionError(f"max_rank must be an integer >= 1, got {max_rank!r}")
 
 
@@ -139,6 +157,10 @@ def max_ranks(shape: Sequence[int]) -> tuple[int, ...]:
     >>> max_ranks((3, 4, 5, 6))
     (3, 12, 6)
     """
+    if isinstance(shape, torch.Tensor) or not isinstance(shape, Sequence) \
+            or not all(_is_count(n) and n >= 0 for n in shape):
+        raise DecompositionError(f"shape must be a list of non-negative ints, got {shape!r}",
+                                 "for example: max_ranks((3, 4, 5))")
     shape = [int(n) for n in shape]
     return tuple(min(math.prod(shape[:k]), math.prod(shape[k:])) for k in range(1, len(shape)))
 
@@ -156,6 +178,12 @@ def unfolding_ranks(tensor: Any, rtol: float | None = None) -> tuple[int, ...]:
     (2, 2)
     """
     t = _as_float_tensor(tensor)
+    if t.numel() == 0:
+        raise DecompositionError(f"unfolding_ranks needs a non-empty tensor, got shape "
+                                 f"{tuple(t.shape)}", "every axis must have at least one entry")
+    if rtol is not None and not (_is_number(rtol) and rtol >= 0):
+        raise DecompositionError(f"rtol must be a finite number >= 0, got {rtol!r}",
+                                 "rtol is relative to the largest singular value, e.g. 1e-10")
     _check_finite(t, "tensor")
     t = t.to(_compute_dtype(t.dtype))
     out = []
@@ -163,7 +191,7 @@ def unfolding_ranks(tensor: Any, rtol: float | None = None) -> tuple[int, ...]:
         m = math.prod(t.shape[:k])
         mat = t.reshape(m, -1)
         s = svd(mat)[1]
-        tol = (rtol if rtol is not None else max(mat.shape) * torch.finfo(t.dtype).eps)
+        tol = (float(rtol) if rtol is not None else max(mat.shape) * torch.finfo(t.dtype).eps)
         out.append(int((s > tol * s[0]).sum()) if s.numel() and float(s[0]) > 0 else 0)
     return tuple(out)
 
@@ -174,7 +202,8 @@ def unfolding_ranks(tensor: Any, rtol: float | None = None) -> tuple[int, ...]:
 
 def _check_cores(cores: Sequence[Any], what: str = "cores") -> list[torch.Tensor]:
     """Validate a TT: a non-empty list of tensors ``(r, *modes, r')`` with chained ranks."""
-    if isinstance(cores, torch.Tensor) or not isinstance(cores, Sequence) or not cores:
+    if isinstance(cores, (torch.Tensor, str, bytes)) or not isinstance(cores, Sequence) \
+            or not cores:
         raise DecompositionError(f"{what} must be a non-empty list of core tensors, got "
                                  f"{type(cores).__name__}",
                                  "make cores with tt_svd(tensor) or tt_matrix(weight, ...)")
@@ -184,6 +213,9 @@ def _check_cores(cores: Sequence[Any], what: str = "cores") -> list[torch.Tensor
             raise DecompositionError(f"{what}[{k}] has shape {tuple(c.shape)}; a core needs "
                                      "(rank, mode..., rank) axes",
                                      "boundary ranks are explicit size-1 axes: (1, n, r)")
+        if c.numel() == 0:
+            raise DecompositionError(f"{what}[{k}] has shape {tuple(c.shape)}, with an empty "
+                                     "axis; every rank and mode must be at least 1")
         if c.dtype != out[0].dtype or c.device != out[0].device:
             raise DecompositionError(f"{what}[{k}] is {c.dtype} on {c.device} but {what}[0] "
                                      f"is {out[0].dtype} on {out[0].device}")
@@ -198,8 +230,22 @@ def _check_cores(cores: Sequence[Any], what: str = "cores") -> list[torch.Tensor
     return out
 
 
+def _check_flat_cores(cores: Sequence[Any]) -> list[torch.Tensor]:
+    """Validate a TT of 3-axis cores ``(r, n, r')``; tensors given are kept as they are (with
+    their autograd history), anything else is converted."""
+    checked = _check_cores(cores)
+    if any(c.dim() != 3 for c in checked):
+        raise DecompositionError(f"cores must have shape (r, n, r'), got "
+                                 f"{[tuple(c.shape) for c in checked]}",
+                                 "merge the mode axes first: c.reshape(c.shape[0], -1, "
+                                 "c.shape[-1])")
+    return [c if isinstance(c, torch.Tensor) and c.is_floating_point() else checked[k]
+            for k, c in enumerate(cores)]
+
+
 def tt_ranks(cores: Sequence[torch.Tensor]) -> tuple[int, ...]:
     """The inner ranks ``(r_1, ..., r_{d-1})`` of a TT (``()`` for ``d = 1``)."""
+    cores = _check_cores(cores)
     return tuple(int(c.shape[-1]) for c in cores[:-1])
 
 
@@ -243,11 +289,17 @@ def _resolve_ranks(ranks: int | Sequence[int] | None, shape: Sequence[int]) -> l
     if ranks is None:
         return None
     d = len(shape)
-    rank_list = [ranks] * (d - 1) if isinstance(ranks, int) else list(ranks)
+    if _is_count(ranks):
+        rank_list = [ranks] * (d - 1)
+    elif isinstance(ranks, Sequence) and not isinstance(ranks, (str, bytes)):
+        rank_list = list(ranks)
+    else:
+        raise DecompositionError(f"ranks must be an int or a list of ints, got {ranks!r}",
+                                 f"for example ranks=4, or ranks={[4] * (d - 1)}")
     if len(rank_list) != d - 1:
         raise DecompositionError(f"ranks needs {d - 1} values (one per bond of a {d}-mode "
                                  f"tensor of shape {tuple(shape)}), got {len(rank_list)}")
-    bad = [r for r in rank_list if isinstance(r, bool) or not isinstance(r, int) or r < 1]
+    bad = [r for r in rank_list if not _is_count(r) or r < 1]
     if bad:
         raise DecompositionError(f"ranks must be integers >= 1, got {rank_list}")
     bounds = max_ranks(shape)
@@ -312,6 +364,9 @@ def tt_svd(tensor: Any, ranks: int | Sequence[int] | None = None, eps: float | N
     t = _as_float_tensor(tensor)
     if t.dim() == 0:
         raise DecompositionError("tt_svd needs a tensor with at least one axis, got a scalar")
+    if t.numel() == 0:
+        raise DecompositionError(f"tt_svd needs a non-empty tensor, got shape {tuple(t.shape)}",
+                                 "every axis must have at least one entry")
     if ranks is not None and (eps is not None or max_rank is not None):
         raise DecompositionError("pass either ranks, or eps and/or max_rank, not both",
                                  "ranks fixes every rank; eps/max_rank choose them")
@@ -359,8 +414,9 @@ def qtt(values: Any, ranks: int | Sequence[int] | None = None, eps: float | None
     (2, 2, 2, 2, 2, 2, 2, 2, 2)
     """
     v = _as_float_tensor(values, "values").reshape(-1)
-    if base < 2:
-        raise DecompositionError(f"base must be >= 2, got {base}")
+    if not _is_count(base) or base < 2:
+        raise DecompositionError(f"base must be an integer >= 2, got {base!r}",
+                                 "base 2 splits the values into binary modes")
     d = round(math.log(v.numel(), base)) if v.numel() > 0 else 0
     if d < 1 or base**d != v.numel():
         raise DecompositionError(f"qtt needs base**d values (base {base}), got {v.numel()}",
@@ -384,7 +440,7 @@ def right_orthogonalize(cores: Sequence[torch.Tensor], *, kernels: Kernels = GUA
     >>> bool(torch.allclose(m @ m.T, torch.eye(m.shape[0], dtype=torch.float64)))
     True
     """
-    flat = list(cores)
+    flat = _check_flat_cores(cores)
     for k in range(len(flat) - 1, 0, -1):
         c = flat[k]
         q, r = kernels.qr(c.reshape(c.shape[0], -1).T)       # c^T = q r  ->  c = r^T q^T
@@ -408,7 +464,7 @@ def left_orthogonalize(cores: Sequence[torch.Tensor], *, kernels: Kernels = GUAR
     >>> bool(torch.allclose(m.T @ m, torch.eye(m.shape[1], dtype=torch.float64)))
     True
     """
-    flat = list(cores)
+    flat = _check_flat_cores(cores)
     for k in range(len(flat) - 1):
         c = flat[k]
         q, r = kernels.qr(c.reshape(-1, c.shape[-1]))
@@ -666,6 +722,18 @@ def tt_linear_spec(cores: Sequence[torch.Tensor], *, bias: bool = True,
     import yaml
 
     cores = _check_matrix_cores(cores)
+    if not isinstance(name, str) or not name.strip():
+        raise DecompositionError(f"name must be a non-empty string, got {name!r}",
+                                 "for example name='tt_linear'")
+    if not isinstance(input, str) or not input.isidentifier():
+        raise DecompositionError(f"input must be an identifier (the data port's name), got "
+                                 f"{input!r}", "for example input='x'")
+    if not isinstance(bias, (bool, np.bool_)):
+        raise DecompositionError(f"bias must be True or False, got {bias!r}")
+    if extra is not None and not isinstance(extra, Mapping):
+        raise DecompositionError(f"extra must be a mapping of top-level keys, got "
+                                 f"{type(extra).__name__}",
+                                 "for example extra={'plan': {'batch_size': 64}}")
     doc: dict[str, Any] = {"tngraph": 1, "name": name, "network": {
         "template": "tt_linear",
         "in_shape": [int(c.shape[1]) for c in cores],
@@ -675,7 +743,12 @@ def tt_linear_spec(cores: Sequence[torch.Tensor], *, bias: bool = True,
         "input": input,
     }}
     doc.update(extra or {})
-    return yaml.safe_dump(doc, sort_keys=False, default_flow_style=None)
+    try:
+        return yaml.safe_dump(doc, sort_keys=False, default_flow_style=None)
+    except yaml.representer.RepresenterError as exc:
+        raise DecompositionError(f"extra holds a value YAML cannot write: {exc.args[-1]!r}",
+                                 "use plain numbers, strings, booleans, lists and "
+                                 "mappings") from None
 
 
 # ---------------------------------------------------------------------------------------------

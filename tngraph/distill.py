@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 
 from tngraph.compiler import Compiled
 from tngraph.compiler import compile as compile_spec
@@ -45,7 +46,7 @@ from tngraph.kinds import (
     list_distillers,
     register_distiller,
 )
-from tngraph.schema import NamedOptions, ParamValue, Spec
+from tngraph.schema import NamedOptions, ParamValue, Spec, TrainOptions, validation_message
 from tngraph.spec import load_spec
 from tngraph.train import (
     MANIFEST_FILE,
@@ -53,6 +54,7 @@ from tngraph.train import (
     SUMMARY_FILE,
     Objective,
     TrainResult,
+    check_arguments,
     check_out_dir,
     check_split,
     current_launch,
@@ -62,6 +64,7 @@ from tngraph.train import (
     resolve_device,
     tested_weights,
     train,
+    training_options,
 )
 from tngraph.validate import check_distiller
 
@@ -156,6 +159,9 @@ def distill(student: str | Path | Spec | None = None, teacher: str | Path | None
     run_dir, resume, echo, **options
         As for :func:`tngraph.train.train`.
     """
+    check_arguments({"teacher": teacher, "run_dir": run_dir, "resume": resume}, echo,
+                    DistillError)
+    _check_strategy(strategy)
     say = echo or (lambda _line: None)
     if resume is not None:
         run = Path(resume)
@@ -175,8 +181,13 @@ def distill(student: str | Path | Spec | None = None, teacher: str | Path | None
         if student is None:
             raise DistillError("nothing to distil: give a student spec, or resume=RUN_DIR")
         spec = student if isinstance(student, Spec) else load_spec(student, overrides)
-        named = spec.distill.strategy if strategy is None else NamedOptions.model_validate(
-            {"name": strategy} if isinstance(strategy, str) else dict(strategy))
+        try:
+            named = spec.distill.strategy if strategy is None else NamedOptions.model_validate(
+                {"name": strategy} if isinstance(strategy, str) else dict(strategy))
+        except ValidationError as exc:
+            raise DistillError(f"invalid distillation strategy {strategy!r}: "
+                               f"{validation_message(exc)}; give a name ('response') or "
+                               "{'name': 'response', 'temperature': 2}") from None
         teacher = teacher if teacher is not None else spec.distill.teacher
         if teacher is None:
             raise DistillError("no teacher: give --teacher RUN_DIR|SPEC or distill.teacher in "
@@ -199,6 +210,9 @@ def distill(student: str | Path | Spec | None = None, teacher: str | Path | None
         if teacher_epochs is not None and Path(teacher).resolve() != (run / "teacher").resolve():
             raise DistillError(f"--teacher-epochs is for a teacher given as a spec; {teacher} "
                                "is a trained run: drop --teacher-epochs")
+    # the training options too are checked before a folder is made
+    training_options(defaults, {k: v for k, v in options.items()
+                                   if k in TrainOptions.model_fields and v is not None})
     if resume is None:
         check_out_dir(run)                  # before a teacher is trained into it
     run.mkdir(parents=True, exist_ok=True)
@@ -228,6 +242,12 @@ def distill(student: str | Path | Spec | None = None, teacher: str | Path | None
     if resume is not None:
         return train(resume=run, objective=objective, echo=echo, **options)
     return train(spec, run_dir=run, objective=objective, echo=echo, **options)
+
+
+def _check_strategy(strategy: Any) -> None:
+    if strategy is not None and not isinstance(strategy, (str, Mapping)):
+        raise DistillError(f"strategy must be a name or a mapping {{'name': ..., option: ...}}, "
+                           f"got {type(strategy).__name__}; for example strategy='response'")
 
 
 def _check_outputs(student: Any, teacher: Any, dataset: Any) -> None:

@@ -29,6 +29,7 @@ import json
 import math
 from typing import Any
 
+from tngraph.errors import PlanError, did_you_mean
 from tngraph.graph import dense_size, parameter_count
 from tngraph.layers import summarize_layers
 from tngraph.plan import EINSUM_LETTERS, Plan, Step, format_bytes
@@ -36,6 +37,19 @@ from tngraph.schema import Spec
 from tngraph.throughput import format_duration
 
 FORMATS = ("text", "json")
+
+
+def check_format(fmt: object) -> str:
+    """``fmt`` if it names a report format (:data:`FORMATS`), else a PlanError listing them.
+
+    >>> check_format("json")
+    'json'
+    """
+    if isinstance(fmt, str) and fmt in FORMATS:
+        return fmt
+    shown = did_you_mean(fmt, FORMATS) if isinstance(fmt, str) and fmt else \
+        f"valid: {', '.join(FORMATS)}"
+    raise PlanError(f"unknown report format {fmt!r}; {shown}")
 
 
 def _sci(x: float) -> str:
@@ -139,8 +153,7 @@ def format_report(plan: Plan, spec: Spec, fmt: str = "text", *, width: int = 110
     width
         Text width of the tables.
     """
-    if fmt not in FORMATS:
-        raise ValueError(f"unknown report format {fmt!r}; valid: {', '.join(FORMATS)}")
+    check_format(fmt)
     data = report_data(plan, spec)
     if fmt == "json":
         return json.dumps(data, indent=2)
@@ -278,8 +291,7 @@ def format_pipeline_report(spec: Spec, plans: dict[str, Plan], fmt: str = "text"
     >>> print(pipe.report().splitlines()[0])
     tngraph pipeline report: p
     """
-    if fmt not in FORMATS:
-        raise ValueError(f"unknown report format {fmt!r}; valid: {', '.join(FORMATS)}")
+    check_format(fmt)
     data = pipeline_report_data(spec, plans)
     if fmt == "json":
         return json.dumps(data, indent=2)

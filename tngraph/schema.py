@@ -37,6 +37,8 @@ from tngraph.yamlio import DocPath, Document
 FORMAT_VERSION = 1
 #: Largest dimension of a single leg.
 MAX_DIM = 2**31 - 1
+#: the most sites (nodes) a template builds: beyond it, expanding would exhaust the memory
+MAX_SITES = 100_000
 
 Dim = Annotated[int, Strict(), Field(gt=0, le=MAX_DIM)]
 Count = Annotated[int, Strict(), Field(gt=0)]

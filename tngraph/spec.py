@@ -28,6 +28,8 @@ Examples
 
 from __future__ import annotations
 
+import numbers
+import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -143,16 +145,50 @@ def _substitute(value: Any, params: Mapping[str, ParamValue], path: DocPath,
 def _source_document(source: str | Path | Document) -> Document:
     if isinstance(source, Document):
         return source
-    if isinstance(source, Path):
-        return read_document(source)
+    if isinstance(source, (Path, os.PathLike)):
+        return read_document(Path(source))
+    if isinstance(source, Mapping):
+        raise SpecError(Problem("a spec given as a dict is not supported yet", None,
+                                "pass a path to a YAML file or the YAML text, e.g. "
+                                "load_spec(yaml.safe_dump(spec))"))
+    if isinstance(source, Spec):
+        raise SpecError(Problem(f"spec '{source.name}' is already loaded; load_spec takes a "
+                                "path or YAML text", None,
+                                "use the Spec as it is (compile(spec), expand(spec))"))
+    if not isinstance(source, str):
+        hint = ("decode it first: source.decode()" if isinstance(source, (bytes, bytearray))
+                else "pass a path to a YAML file (str or Path) or the YAML text")
+        raise SpecError(Problem(f"a spec source must be a path or YAML text, got "
+                                f"{type(source).__name__}", None, hint))
     if "\n" not in source:
         try:
-            is_path = source.endswith((".yaml", ".yml")) or Path(source).is_file()
+            # an existing folder or device is read (and reported) as a file, not parsed as YAML
+            is_path = source.endswith((".yaml", ".yml")) or (
+                bool(source.strip()) and Path(source).exists())
         except (OSError, ValueError):   # e.g. one line of YAML too long for a file name
             is_path = False
         if is_path:
             return read_document(source)
     return load_document(source)
+
+
+def _check_overrides(overrides: Any) -> None:
+    """Overrides must map parameter names to numbers, strings or booleans."""
+    if overrides is None:
+        return
+    if not isinstance(overrides, Mapping):
+        hint = ("parse '--set' text with parse_override: dict([parse_override('bond_dim=8')])"
+                if isinstance(overrides, (str, list, tuple)) else "for example: {'bond_dim': 8}")
+        raise SpecError(Problem(f"overrides must be a mapping of parameter names to values, "
+                                f"got {type(overrides).__name__}", None, hint))
+    for key, value in overrides.items():
+        if not isinstance(key, str):
+            raise SpecError(Problem(f"override names must be strings, got {key!r}", None,
+                                    "for example: {'bond_dim': 8}"))
+        if not isinstance(value, (bool, numbers.Real, str)):
+            raise SpecError(Problem(f"override '{key}' must be a number, string or boolean, "
+                                    f"got {type(value).__name__}",
+                                    None, f"for example: {{'{key}': 8}}"))
 
 
 _TOP_KEYS = ("tngraph", "name", "description", "params", "network", "input_shape", "layers",
@@ -209,6 +245,7 @@ def load_spec(source: str | Path | Document,
     --------
     >>> spec = load_spec("models/mps.yaml", {"bond_dim": 4})   # doctest: +SKIP
     """
+    _check_overrides(overrides)
     doc = _source_document(source)
     data = doc.data
     problems: list[Problem] = []

@@ -32,6 +32,7 @@ from __future__ import annotations
 import difflib
 import json
 import math
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -66,11 +67,51 @@ from tngraph.yamlio import dump_yaml
 #: number of cores of an automatically chosen factorisation (fewer when both sizes have fewer
 #: prime factors)
 DEFAULT_CORES = 4
+#: the most factors (cores) a size is split into
+MAX_CORES = 64
 
 
 class TensorizeError(DecompositionError):
     """A tensorization request that cannot be honoured (unknown or non-linear layer, bad
     factorisation, bad rank); a user error (CLI exit code 2) with a ``hint:`` line."""
+
+
+# ---------------------------------------------------------------------------------------------
+# argument checks
+
+
+def _path_arg(value: Any, what: str) -> Path:
+    """``value`` as a Path, if it is a ``str`` or ``os.PathLike``."""
+    if not isinstance(value, (str, os.PathLike)):
+        raise TensorizeError(f"{what} must be a path (str or Path), got {type(value).__name__}")
+    return Path(value)
+
+
+def _spec_arg(spec: Any) -> Spec:
+    if not isinstance(spec, Spec):
+        raise TensorizeError(f"spec must be a loaded Spec, got {type(spec).__name__}",
+                             "load it first: tngraph.load_spec(path)")
+    return spec
+
+
+def _weight_entry(value: Any, key: str) -> torch.Tensor:
+    """The state_dict entry ``key`` as a tensor (arrays and nested lists are read as one)."""
+    if isinstance(value, torch.Tensor):
+        return value
+    try:
+        if isinstance(value, (str, bytes, Mapping)):
+            raise TypeError
+        return torch.as_tensor(value)
+    except (TypeError, ValueError, RuntimeError, OverflowError):
+        raise TensorizeError(f"'{key}' of the weights is {type(value).__name__}, not a tensor",
+                             "pass module.state_dict() or read_weights(model.safetensors)") \
+            from None
+
+
+def _size_arg(n: Any, what: str) -> int:
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise TensorizeError(f"{what} must be a positive integer, got {n!r}")
+    return n
 
 
 # ---------------------------------------------------------------------------------------------
@@ -83,8 +124,8 @@ def prime_factors(n: int) -> list[int]:
     >>> prime_factors(360)
     [2, 2, 2, 3, 3, 5]
     """
-    if n < 1:
-        raise TensorizeError(f"cannot factor {n}: sizes are positive integers")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise TensorizeError(f"cannot factor {n!r}: sizes are positive integers")
     out, p = [], 2
     while p * p <= n:
         while n % p == 0:
@@ -127,8 +168,9 @@ def balanced_factors(n: int, k: int) -> tuple[int, ...]:
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise TensorizeError(f"balanced_factors: n must be a positive integer, got {n!r}")
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise TensorizeError(f"balanced_factors: k must be a positive integer, got {k!r}")
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_CORES:
+        raise TensorizeError(f"balanced_factors: k must be an integer from 1 to {MAX_CORES}, "
+                             f"got {k!r}")
     divisors = sorted({d for p in range(1, math.isqrt(n) + 1) if n % p == 0
                        for d in (p, n // p)})
 
@@ -177,12 +219,15 @@ def choose_shapes(in_features: int, out_features: int, cores: int | None = None
     >>> choose_shapes(64, 256, cores=3)
     ((4, 4, 4), (4, 8, 8))
     """
+    _size_arg(in_features, "in_features")
+    _size_arg(out_features, "out_features")
     if cores is None:
         d = max(1, min(DEFAULT_CORES, max(len(prime_factors(in_features)),
                                           len(prime_factors(out_features)))))
     else:
-        if isinstance(cores, bool) or not isinstance(cores, int) or cores < 1:
-            raise TensorizeError(f"the number of cores must be a positive integer, got {cores!r}")
+        if isinstance(cores, bool) or not isinstance(cores, int) or not 1 <= cores <= MAX_CORES:
+            raise TensorizeError(f"the number of cores must be an integer from 1 to "
+                                 f"{MAX_CORES}, got {cores!r}", "for example --cores 4")
         d = cores
     return balanced_factors(in_features, d), tuple(reversed(balanced_factors(out_features, d)))
 
@@ -238,6 +283,7 @@ def linear_layers(spec: Spec) -> list[str]:
     >>> linear_layers(tngraph.load_spec("models/mlp.yaml"))
     ['fc1', 'fc2', 'fc3']
     """
+    _spec_arg(spec)
     return [layer.name for layer in spec.layers or () if layer.type == "linear"]
 
 
@@ -261,6 +307,9 @@ def _check_layers(spec: Spec, layers: Sequence[str]) -> list[str]:
     listing = ", ".join(linear) if linear else "none"
     if isinstance(layers, str):
         layers = [layers]
+    if not isinstance(layers, Sequence) or not all(isinstance(n, str) for n in layers):
+        raise TensorizeError(f"layers must be a list of layer names, got {layers!r}",
+                             f"for example {linear[:1] or ['fc1']}; linear layers: {listing}")
     names = [n.strip() for n in layers if n and n.strip()]
     if not names:
         raise TensorizeError("no layer to tensorize was named",
@@ -293,7 +342,7 @@ def _shape_arg(value: Sequence[int] | None, what: str) -> tuple[int, ...] | None
         shape = tuple(int(n) for n in value)
         if any(isinstance(n, bool) or int(n) != n for n in value):
             raise ValueError
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise TensorizeError(f"{what} must be a list of positive integers, got {value!r}",
                              "for example 4,4,4,4") from None
     if not shape or any(n < 1 for n in shape):
@@ -400,7 +449,7 @@ def spec_yaml(spec: Spec) -> str:
     network layers made from a template are written as the template call (shorter, and it
     expands to the same network). What ``spec.yaml`` of a tensorized model holds.
     """
-    raw = spec.to_raw()
+    raw = _spec_arg(spec).to_raw()
     for entry, layer in zip(raw.get("layers") or [], spec.layers or ()):
         if layer.network is not None and layer.template is not None:
             entry["network"] = dict(layer.template)
@@ -466,7 +515,21 @@ def tensorize_spec(spec: Spec, state_dict: Mapping[str, torch.Tensor], layers: S
     import yaml
 
     _check_rank_eps(rank, eps)
-    names = _check_layers(spec, layers)
+    names = _check_layers(_spec_arg(spec), layers)
+    if not isinstance(state_dict, Mapping) or not all(isinstance(k, str) for k in state_dict):
+        raise TensorizeError(f"state_dict must be a mapping of names to tensors, got "
+                             f"{type(state_dict).__name__}"
+                             + ("" if not isinstance(state_dict, Mapping) else
+                                " with keys that are not names"),
+                             "pass module.state_dict() or read_weights(model.safetensors)")
+    if cache_dir is not None:
+        _path_arg(cache_dir, "cache_dir")
+    if shapes is not None and (not isinstance(shapes, Mapping) or not all(
+            isinstance(v, Sequence) and not isinstance(v, str) and len(v) == 2
+            for v in shapes.values())):
+        raise TensorizeError(f"shapes must map layer names to (in_shape, out_shape) pairs, got "
+                             f"{shapes!r}", "for example {'fc1': ([8, 8], [4, 4])}; use None "
+                             "for a shape to choose")
     shapes = dict(shapes or {})
     unknown = sorted(set(shapes) - set(names))
     if unknown:
@@ -494,13 +557,15 @@ def tensorize_spec(spec: Spec, state_dict: Mapping[str, torch.Tensor], layers: S
             raise TensorizeError(f"the weights have no 'layers.{name}.weight'",
                                  "give the model.safetensors written by tngraph train for "
                                  "this spec")
-        weight = torch.as_tensor(weight)
+        weight = _weight_entry(weight, f"layers.{name}.weight")
         if tuple(weight.shape) != (n_out, n_in):
             raise TensorizeError(f"'layers.{name}.weight' has shape {tuple(weight.shape)} but "
                                  f"layer '{name}' needs ({n_out}, {n_in})",
                                  "the weights belong to another spec (or other --set values)")
         bias = state_dict.get(f"layers.{name}.bias") if has_bias else None
-        if has_bias and (bias is None or torch.as_tensor(bias).numel() != n_out):
+        if bias is not None:
+            bias = _weight_entry(bias, f"layers.{name}.bias")
+        if has_bias and (bias is None or bias.numel() != n_out):
             raise TensorizeError(f"the weights have no bias of {n_out} values for layer "
                                  f"'{name}' ('layers.{name}.bias')")
         ins, outs = layer_shapes(name, n_in, n_out, *(shapes.get(name) or (None, None)),
@@ -589,7 +654,7 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
     """The tensors of a ``model.safetensors`` (a missing or damaged file is a user error)."""
     from safetensors.torch import load_file
 
-    path = Path(path)
+    path = _path_arg(path, "the weights file")
     if not path.is_file():
         raise TensorizeError(f"no weights at {path}",
                              "give the model.safetensors written by tngraph train")
@@ -607,7 +672,9 @@ def load_model(model: str | Path, checkpoint: str | Path | None = None,
     ``checkpoint`` also overrides a run directory's ``model.safetensors``; ``overrides`` are
     ``--set`` values for a spec file.
     """
-    path = Path(model)
+    path = _path_arg(model, "model")
+    if checkpoint is not None:
+        _path_arg(checkpoint, "checkpoint")
     run_dir: Path | None = None
     config: dict[str, Any] = {}
     if path.is_dir():
@@ -653,6 +720,9 @@ def with_run_split(spec: Spec, train_config: Mapping[str, Any]) -> Spec:
     >>> with_run_split(load_spec("models/mlp.yaml"), {"seed": 3}).train.seed   # doctest: +SKIP
     3
     """
+    if not isinstance(train_config, Mapping):
+        raise TensorizeError(f"train_config must be a mapping (a run's config.json 'train' "
+                             f"block), got {type(train_config).__name__}")
     changes = {k: train_config[k] for k in ("data", "seed") if k in train_config}
     if not changes:
         return spec
@@ -694,7 +764,7 @@ def _load_exact(module: torch.nn.Module, state_dict: Mapping[str, torch.Tensor])
 
 def check_out_dir(out_dir: str | Path) -> Path:
     """``out_dir`` as a Path, if it is a folder (or nothing) that holds no model yet."""
-    out = Path(out_dir)
+    out = _path_arg(out_dir, "out_dir")
     if out.exists() and not out.is_dir():
         raise TensorizeError(f"--out {out} is a file, not a folder")
     taken = [name for name in ("spec.yaml", "model.safetensors") if (out / name).exists()]

@@ -14,11 +14,12 @@ from typing import Any, Literal
 from pydantic import Field
 
 from tngraph.kinds import Template, TemplateOptions
+from tngraph.schema import MAX_SITES
 from tngraph.templates.mps import chain_nodes
 
 
 class MPOOptions(TemplateOptions):
-    sites: int = Field(gt=0)
+    sites: int = Field(gt=0, le=MAX_SITES)
     in_dim: int = Field(gt=0)
     out_dim: int = Field(gt=0)
     bond_dim: int = Field(gt=0)

@@ -40,10 +40,11 @@ from pydantic import Field
 
 from tngraph.errors import PluginError
 from tngraph.kinds import Template, TemplateError, TemplateOptions, get_feature_map
+from tngraph.schema import MAX_SITES
 
 
 class MPSOptions(TemplateOptions):
-    sites: int = Field(gt=0)
+    sites: int = Field(gt=0, le=MAX_SITES)
     phys_dim: int = Field(gt=0)
     bond_dim: int = Field(gt=0)
     boundary: Literal["open", "periodic"] = "open"

@@ -16,8 +16,8 @@ from tngraph.kinds import Template, TemplateOptions
 
 
 class PEPSOptions(TemplateOptions):
-    rows: int = Field(gt=0)
-    cols: int = Field(gt=0)
+    rows: int = Field(gt=0, le=1024)
+    cols: int = Field(gt=0, le=1024)
     bond_dim: int = Field(gt=0)
     phys_dim: int = Field(default=2, gt=0)
     open_phys: bool = True

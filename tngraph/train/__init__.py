@@ -41,7 +41,14 @@ from tngraph.train.distributed import (
     shard_batches,
 )
 from tngraph.train.evaluation import Objective, batch_loss, check_fit, evaluate
-from tngraph.train.loop import check_split, make_stepper, train, with_plan
+from tngraph.train.loop import (
+    check_arguments,
+    check_split,
+    make_stepper,
+    train,
+    training_options,
+    with_plan,
+)
 from tngraph.train.plots import plot_curves, summary_table
 from tngraph.train.rundir import (
     BEST_FILE,
@@ -94,6 +101,7 @@ __all__ = [
     "best_epoch",
     "check_fit",
     "check_out_dir",
+    "check_arguments",
     "check_split",
     "commit_checkpoint",
     "data_drift",
@@ -117,6 +125,7 @@ __all__ = [
     "summary_table",
     "tested_weights",
     "train",
+    "training_options",
     "verified_file",
     "with_plan",
     "write_config",

@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from tngraph.compiler import compile as compile_spec
 from tngraph.data import load_dataset
+from tngraph.errors import TNGraphError
 from tngraph.files import FolderLock, WriteError, atomic_write
 from tngraph.optimizers import (
     NonFiniteLoss,
@@ -128,12 +129,45 @@ def _progress(total: int, label: str) -> Any:
     return progress
 
 
-def _options(base: Mapping[str, Any], changes: Mapping[str, Any]) -> TrainOptions:
+#: the largest ``epochs`` / ``batch_size`` (torch counts in int64)
+MAX_COUNT = 2**63 - 1
+
+
+def training_options(base: Mapping[str, Any], changes: Mapping[str, Any]) -> TrainOptions:
     """``base`` training options updated by ``changes``; a bad value is a TrainingError."""
     try:
-        return TrainOptions.model_validate({**base, **changes})
+        options = TrainOptions.model_validate({**base, **changes})
     except ValidationError as exc:
         raise TrainingError(f"invalid training option: {validation_message(exc)}") from None
+    for key in ("epochs", "batch_size"):
+        if getattr(options, key) > MAX_COUNT:
+            raise TrainingError(f"invalid training option: {key}: Input should be at most "
+                                f"2**63 - 1, got {getattr(options, key)}")
+    return options
+
+
+def check_arguments(paths: Mapping[str, Any], echo: Any,
+                    error: type[TNGraphError] = TrainingError) -> None:
+    """Path arguments (``None`` or ``str`` / ``os.PathLike``) and ``echo`` (``None`` or a
+    callable) of a training-like entry point, checked before anything runs; a wrong type is an
+    ``error``."""
+    for name, value in paths.items():
+        if value is not None and not isinstance(value, (str, os.PathLike)):
+            raise error(f"{name} must be a path (str or Path), got {type(value).__name__}")
+    if echo is not None and not callable(echo):
+        raise error(f"echo must be a function of one line (e.g. print) or None, got "
+                    f"{type(echo).__name__}")
+
+
+def _check_arguments(paths: Mapping[str, Any], plan: Any, echo: Any, objective: Any) -> None:
+    """The types of :func:`train`'s arguments, checked before anything runs."""
+    check_arguments(paths, echo)
+    if plan is not None and not isinstance(plan, Mapping):
+        raise TrainingError(f"plan must be a mapping of plan: options, got "
+                            f"{type(plan).__name__}; for example plan={{'dtype': 'float64'}}")
+    if objective is not None and not isinstance(objective, Objective):
+        raise TrainingError(f"objective must be a tngraph.train.Objective, got "
+                            f"{type(objective).__name__}")
 
 
 def with_plan(spec: Spec, changes: Mapping[str, Any] | None) -> Spec:
@@ -236,6 +270,8 @@ def train(source: str | Path | Spec | None = None,
     Under ``torchrun`` with more than one process the run is data-parallel (see
     :func:`shard_batches` and docs/training.md); every rank returns the same result.
     """
+    _check_arguments({"run_dir": run_dir, "resume": resume, "init": init,
+                      "cache_dir": cache_dir}, plan, echo, objective)
     options = {k: v for k, v in options.items() if v is not None}
     launch = current_launch()
     if resume is not None and init is not None:
@@ -251,7 +287,7 @@ def train(source: str | Path | Spec | None = None,
                 raise TrainingError("nothing to train: give a spec, or resume=RUN_DIR")
             spec = source if isinstance(source, Spec) else load_spec(source, overrides)
             spec = with_plan(spec, plan)
-            train_options = _options(spec.train.model_dump(), options)
+            train_options = training_options(spec.train.model_dump(), options)
             run = Path(run_dir) if run_dir is not None else None
             if run is not None:
                 check_out_dir(run)          # early; again under the lock when it is made
@@ -312,7 +348,7 @@ def _resumed(run: Path, options: Mapping[str, Any], objective: Objective | None,
     if not isinstance(config.get("train"), dict):
         raise TrainingError(f"cannot read {run / CONFIG_FILE}: it has no training options; "
                             "it is not the config.json tngraph train writes")
-    train_options = _options(config["train"], options)
+    train_options = training_options(config["train"], options)
     for key in ("data", "seed"):       # they make the split: the test set would change
         was, now = config["train"].get(key), getattr(train_options, key)
         if was is not None and now != was:
@@ -320,7 +356,7 @@ def _resumed(run: Path, options: Mapping[str, Any], objective: Objective | None,
                                 f"its {key} (another one changes the data split, so test "
                                 f"examples would be trained on); drop --{key} {now}, or "
                                 "train a new run from the spec")
-    was = _options(config["train"], {}).optimizer.name
+    was = training_options(config["train"], {}).optimizer.name
     if train_options.optimizer.name != was:
         raise TrainingError(
             f"{run} was trained with optimizer '{was}'; a resumed run continues its "
