@@ -106,16 +106,16 @@ X = torch.rand(5, 8)
 PATH_STEP = "each step must be a pair of non-negative ints"
 
 CASES = [
-    # -- spec sources: a path or YAML text (a dict is a future feature) --------------------------
+    # -- spec sources: a path, YAML text or a dict -----------------------------------------------
     _case("compile-None", lambda c: tngraph.compile(None), SpecError,
           "a spec source must be a path or YAML text, got NoneType"),
     _case("compile-int", lambda c: tngraph.compile(3), SpecError, "got int"),
     _case("load_spec-bytes", lambda c: tngraph.load_spec(NET.encode()), SpecError,
           "hint: decode it first: source.decode()"),
     _case("load_spec-dict", lambda c: tngraph.load_spec({"tngraph": 1}), SpecError,
-          "a spec given as a dict is not supported yet"),
-    _case("compile-dict", lambda c: tngraph.compile({"tngraph": 1, "name": "t"}), SpecError,
-          "pass a path to a YAML file or the YAML text"),
+          "<dict>: error: missing required key 'network'"),
+    _case("compile-dict", lambda c: tngraph.compile({"tngraph": 1, "name": "t", "network": 3}),
+          SpecError, "<dict>: network: error: Input should be a valid dictionary"),
     _case("expand-float", lambda c: tngraph.expand(1.5), SpecError, "got float"),
     _case("expand-list", lambda c: tngraph.expand(["models/mps.yaml"]), SpecError, "got list"),
     _case("load_spec-of-a-Spec", lambda c: tngraph.load_spec(c.spec), SpecError,

@@ -5,10 +5,15 @@ name is implied). ``TEXT`` must occur in the problem's message and hint, read as
 ``message  hint: hint``; `` ... `` separates pieces that must occur in that order. Every
 expected problem must be reported, in one run, and no others. ``# set: KEY=VALUE`` lines are
 passed as parameter overrides (``--set``).
+
+Specs given as Python dicts are in ``tests/specs/bad_dict/*.pydata``: a Python literal (read
+with ``ast.literal_eval``) after ``# expect: KEY.PATH: TEXT`` lines, located by key path
+(``network.edges[0][1]``; an empty path for the whole spec).
 """
 
 from __future__ import annotations
 
+import ast
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from tngraph import cli
-from tngraph.errors import Problem, SpecError
+from tngraph.errors import Problem, SpecError, format_key_path
 from tngraph.spec import load_spec, parse_override
 
 BAD_DIR = Path(__file__).parent / "specs" / "bad"
@@ -105,3 +110,37 @@ def test_cli_validate_exit_code_2_without_traceback(path: Path, tmp_path: Path,
         assert f"{path}:{want.line}:{want.column}: error: " in err, err
     assert err.count(": error: ") == len(expected), err
     assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# specs given as dicts: located by key path
+
+BAD_DICTS = sorted((Path(__file__).parent / "specs" / "bad_dict").glob("*.pydata"))
+_EXPECT_PATH_RE = re.compile(r"^# expect: ([^:]*): (.+)$")
+
+
+def test_dict_golden_directory_is_populated() -> None:
+    assert len(BAD_DICTS) >= 8
+
+
+@pytest.mark.parametrize("path", BAD_DICTS, ids=[p.stem for p in BAD_DICTS])
+def test_dict_spec_reports_every_problem_by_key_path(path: Path) -> None:
+    lines = path.read_text().splitlines()
+    expected = [_EXPECT_PATH_RE.match(line) for line in lines if line.startswith("#")]
+    assert expected and all(expected), f"{path.name}: header lines are '# expect: PATH: TEXT'"
+    data = ast.literal_eval("\n".join(line for line in lines if not line.startswith("#")))
+    with pytest.raises(SpecError) as info:
+        load_spec(data)
+    problems = list(info.value.problems)
+    rendered = "\n".join(p.format() for p in problems)
+    assert len(problems) == len(expected), rendered
+    for match in expected:
+        key_path, text = match[1].strip(), match[2].strip()
+        want = Expected(0, 0, text)
+        hits = [p for p in problems if p.location is not None and p.location.path is not None
+                and format_key_path(p.location.path) == key_path
+                and want.matches(p, "<dict>")]
+        assert hits, f"expected {key_path}: {text!r}; got\n{rendered}"
+        problems.remove(hits[0])
+        where = f"<dict>: {key_path}: " if key_path else "<dict>: "
+        assert hits[0].format().startswith(f"{where}error: "), hits[0].format()

@@ -10,7 +10,7 @@ import pytest
 import tngraph
 from tngraph.errors import SpecError
 from tngraph.spec import FORMAT_VERSION, Spec, load_spec, parse_override
-from tngraph.yamlio import load_document
+from tngraph.yamlio import document_from_data, load_document
 
 MODELS = sorted((Path(__file__).parent.parent / "models").glob("*.yaml"))
 
@@ -285,3 +285,42 @@ def test_one_long_line_of_yaml_is_text_not_a_path() -> None:
     text = ('{"tngraph": 1, "name": "' + "x" * 400 + '", '
             '"network": {"nodes": {"A": {"legs": {"i": 2}}}, "outputs": ["A.i"]}}')
     assert load_spec(text).network.outputs == ["A.i"]
+
+
+# -- specs given as dicts ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("path", MODELS, ids=[p.stem for p in MODELS])
+def test_a_dict_of_the_yaml_structure_loads_to_the_same_spec(path: Path) -> None:
+    data = load_document(path.read_text()).data
+    assert load_spec(data) == load_spec(path)
+    assert tngraph.expand(data) == tngraph.expand(path)
+
+
+def test_a_dict_spec_takes_overrides_and_python_values_and_is_not_changed() -> None:
+    np = pytest.importorskip("numpy")
+    data = {"tngraph": 1, "name": "t", "params": {"chi": np.int64(3)},
+            "network": {"nodes": {"A": {"legs": {"i": 2, "a": "${chi}"}},
+                                  "B": {"legs": {"a": "${chi}", "j": np.int32(4)}}},
+                        "edges": [("A.a", "B.a")], "outputs": ("A.i", "B.j")}}
+    spec = load_spec(data, {"chi": 5})
+    assert spec.network.nodes["B"].legs == {"a": 5, "j": 4}
+    assert type(spec.network.nodes["B"].legs["j"]) is int
+    assert spec.network.edges == [("A.a", "B.a")]
+    assert data["network"]["nodes"]["A"]["legs"]["a"] == "${chi}"     # the caller's dict
+    assert spec.source.keyed and spec.source.filename == "<dict>"
+
+
+def test_a_dict_that_contains_itself_is_a_located_error() -> None:
+    nodes: dict[str, Any] = {"A": {"legs": {"i": 2}}}
+    nodes["A"]["legs"]["self"] = nodes
+    with pytest.raises(SpecError) as exc:
+        load_spec({"tngraph": 1, "name": "t", "network": {"nodes": nodes, "outputs": []}})
+    assert str(exc.value) == ("<dict>: network.nodes.A.legs.self: error: the value contains "
+                              "itself\n  hint: a spec is a tree of dicts and lists; copy the "
+                              "shared part")
+
+
+@pytest.mark.parametrize("value,found", [([1], "list"), (3, "int")])
+def test_only_a_mapping_is_a_dict_spec(value: Any, found: str) -> None:
+    with pytest.raises(SpecError, match=f"<dict>: error: spec must be a mapping .* found {found}"):
+        document_from_data(value)

@@ -13,20 +13,60 @@ spec file, so that all mistakes of a spec are reported at once, compiler style::
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
 class Location:
-    """A position in a source file (1-based line and column)."""
+    """A position in a source file (1-based line and column), or, for a spec given as a Python
+    dict, the key path of the value (``line`` and ``column`` are 0 then).
+
+    Examples
+    --------
+    >>> str(Location("models/mps.yaml", 14, 7))
+    'models/mps.yaml:14:7'
+    >>> str(Location("<dict>", path=("network", "edges", 2, 0)))
+    '<dict>: network.edges[2][0]'
+    """
 
     filename: str
-    line: int
-    column: int
+    line: int = 0
+    column: int = 0
+    #: the key path of a value in a dict spec (``None`` for a position in a file)
+    path: tuple[str | int, ...] | None = None
 
     def __str__(self) -> str:
+        if self.path is not None:
+            return f"{self.filename}: {format_key_path(self.path)}" if self.path else \
+                self.filename
         return f"{self.filename}:{self.line}:{self.column}"
+
+
+_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def format_key_path(path: Sequence[str | int]) -> str:
+    """A key path as people write it: ``network.nodes.A.legs.i``, list items as ``[k]`` and keys
+    that are not identifiers quoted (``nodes['a b']``).
+
+    Examples
+    --------
+    >>> format_key_path(("network", "edges", 0, 1))
+    'network.edges[0][1]'
+    >>> format_key_path(("params", "a.b"))
+    "params['a.b']"
+    """
+    text = ""
+    for part in path:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        elif _KEY_RE.match(part):
+            text += f".{part}" if text else part
+        else:
+            text += f"[{part!r}]"
+    return text
 
 
 @dataclass(frozen=True)
@@ -38,9 +78,14 @@ class Problem:
     hint: str | None = None
 
     def format(self) -> str:
-        """Render as ``FILE:LINE:COL: error: message`` plus an indented hint line."""
+        """Render as ``FILE:LINE:COL: error: message`` (``<dict>: KEY.PATH: error: message`` for
+        a spec given as a dict) plus an indented hint line."""
         where = f"{self.location}: " if self.location else ""
-        text = f"{where}error: {self.message}"
+        message = self.message
+        if self.location is not None and self.location.path:
+            # the key path is the location already: say it once
+            message = message.removeprefix(f"{format_key_path(self.location.path)}: ")
+        text = f"{where}error: {message}"
         if self.hint:
             text += f"\n  hint: {self.hint}"
         return text

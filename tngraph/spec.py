@@ -70,7 +70,13 @@ from tngraph.validate import (
     validate_layers,
     validate_network,
 )
-from tngraph.yamlio import DocPath, Document, load_document, read_document
+from tngraph.yamlio import (
+    DocPath,
+    Document,
+    document_from_data,
+    load_document,
+    read_document,
+)
 
 __all__ = [
     "DEVICE_TYPES", "FORMAT_VERSION", "IDENTIFIER_RE", "LEG_REF_RE", "MAX_DIM", "Count", "Device",
@@ -142,22 +148,26 @@ def _substitute(value: Any, params: Mapping[str, ParamValue], path: DocPath,
 # loading
 
 
-def _source_document(source: str | Path | Document) -> Document:
+def _source_document(source: str | Path | Document | Mapping[str, Any]) -> Document:
     if isinstance(source, Document):
         return source
     if isinstance(source, (Path, os.PathLike)):
         return read_document(Path(source))
     if isinstance(source, Mapping):
-        raise SpecError(Problem("a spec given as a dict is not supported yet", None,
-                                "pass a path to a YAML file or the YAML text, e.g. "
-                                "load_spec(yaml.safe_dump(spec))"))
+        return document_from_data(source)
+    spec_data = getattr(source, "spec_data", None)
+    if callable(spec_data) and not isinstance(source, (str, Spec)):
+        # a builder (tngraph.builder.Network): its data, located by key path
+        return document_from_data(spec_data(), f"<{type(source).__name__} "
+                                               f"'{getattr(source, 'name', '?')}'>")
     if isinstance(source, Spec):
         raise SpecError(Problem(f"spec '{source.name}' is already loaded; load_spec takes a "
                                 "path or YAML text", None,
                                 "use the Spec as it is (compile(spec), expand(spec))"))
     if not isinstance(source, str):
         hint = ("decode it first: source.decode()" if isinstance(source, (bytes, bytearray))
-                else "pass a path to a YAML file (str or Path) or the YAML text")
+                else "pass a path to a YAML file (str or Path), the YAML text, or a dict of "
+                "the YAML structure")
         raise SpecError(Problem(f"a spec source must be a path or YAML text, got "
                                 f"{type(source).__name__}", None, hint))
     if "\n" not in source:
@@ -232,7 +242,9 @@ def load_spec(source: str | Path | Document,
     Parameters
     ----------
     source
-        A path to a YAML file, YAML text, or an already parsed :class:`Document`.
+        A path to a YAML file, YAML text, a dict of the YAML structure (problems are then
+        located by key path, ``<dict>: network.nodes.A.legs.i``), a builder
+        (:class:`tngraph.builder.Network`), or an already parsed :class:`Document`.
     overrides
         Parameter values that replace those under ``params:`` (the CLI's ``--set``).
 
@@ -244,6 +256,9 @@ def load_spec(source: str | Path | Document,
     Examples
     --------
     >>> spec = load_spec("models/mps.yaml", {"bond_dim": 4})   # doctest: +SKIP
+    >>> load_spec({"tngraph": 1, "name": "t", "network": {"nodes": {"A": {"legs": {"i": 2}}},
+    ...            "outputs": ["A.i"]}}).network.nodes["A"].legs
+    {'i': 2}
     """
     _check_overrides(overrides)
     doc = _source_document(source)

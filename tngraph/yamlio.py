@@ -14,6 +14,7 @@ plain Python data itself, so that
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,13 +51,20 @@ class Document:
     filename: str = "<string>"
     value_marks: Mapping[DocPath, tuple[int, int]] = field(default_factory=dict)
     key_marks: Mapping[DocPath, tuple[int, int]] = field(default_factory=dict)
+    #: True for plain data given in Python (:func:`document_from_data`): values are located by
+    #: their key path, there are no lines
+    keyed: bool = False
 
     def locate(self, path: DocPath, *, key: bool = False) -> Location:
         """Location of the value (or, with ``key=True``, of the key) at ``path``.
 
         Falls back to the nearest enclosing value that has a position, so that every
-        problem gets a location even for paths that were added by substitution.
+        problem gets a location even for paths that were added by substitution. In a keyed
+        document (a dict spec) the location is the key path, cut to the longest part of it that
+        exists in the data.
         """
+        if self.keyed:
+            return Location(self.filename, path=_existing_prefix(self.data, tuple(path)))
         marks = self.key_marks if key else self.value_marks
         path = tuple(path)
         if path in marks:
@@ -69,6 +77,95 @@ class Document:
                 return Location(self.filename, line, col)
         line, col = self.value_marks.get((), (1, 1))
         return Location(self.filename, line, col)
+
+
+def _existing_prefix(data: Any, path: DocPath) -> DocPath:
+    """The longest beginning of ``path`` that names a value in ``data``."""
+    kept: list[str | int] = []
+    for part in path:
+        found = (isinstance(data, dict) and part in data) or (
+            isinstance(data, list) and isinstance(part, int) and 0 <= part < len(data))
+        if not found:
+            break
+        data = data[part]
+        kept.append(part)
+    return tuple(kept)
+
+
+def _plain(value: Any, path: DocPath, problems: list[Problem], filename: str,
+           active: set[int], count: list[int]) -> Any:
+    """A copy of ``value`` as plain YAML data (see :func:`document_from_data`)."""
+    count[0] += 1
+    if count[0] > MAX_VALUES:
+        raise SpecError(Problem(f"the spec holds more than {MAX_VALUES} values",
+                                Location(filename, path=path)))
+    if value is None or isinstance(value, (str, bool)):
+        return value
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    if isinstance(value, (Mapping, list, tuple)):
+        if id(value) in active:
+            problems.append(Problem("the value contains itself", Location(filename, path=path),
+                                    "a spec is a tree of dicts and lists; copy the shared part"))
+            return None
+        active.add(id(value))
+        try:
+            if isinstance(value, Mapping):
+                out: dict[str, Any] = {}
+                for key, item in value.items():
+                    if not isinstance(key, str):
+                        problems.append(Problem(
+                            f"key {key!r} is a {type(key).__name__}; keys must be strings",
+                            Location(filename, path=path), f"write it as '{key}'"))
+                        continue
+                    out[key] = _plain(item, (*path, key), problems, filename, active, count)
+                return out
+            return [_plain(item, (*path, k), problems, filename, active, count)
+                    for k, item in enumerate(value)]
+        finally:
+            active.discard(id(value))
+    problems.append(Problem(
+        f"a value of type {type(value).__name__} is not plain data: {value!r:.60}",
+        Location(filename, path=path),
+        "a spec holds dicts, lists, strings, numbers, booleans and None only"))
+    return None
+
+
+def document_from_data(data: Any, filename: str = "<dict>") -> Document:
+    """A keyed :class:`Document` of a spec given as Python data (a dict of the YAML structure).
+
+    The data is copied as plain YAML data: tuples become lists, number types (numpy's included)
+    become ``int`` / ``float``; anything else, keys that are not strings and containers that
+    contain themselves are located problems. Problems are located by key path
+    (``<dict>: network.nodes.A.legs.i``).
+
+    Raises
+    ------
+    SpecError
+        With every value that is not plain data, or when ``data`` is not a mapping.
+
+    Examples
+    --------
+    >>> doc = document_from_data({"name": "t", "network": {"outputs": ("A.i",)}})
+    >>> doc.data["network"], str(doc.locate(("network", "outputs", 0)))
+    ({'outputs': ['A.i']}, '<dict>: network.outputs[0]')
+    """
+    if not isinstance(data, Mapping):
+        raise SpecError(Problem(f"spec must be a mapping of keys to values, found "
+                                f"{type(data).__name__}", Location(filename, path=()),
+                                "a spec starts with 'tngraph: 1' followed by 'name:' and "
+                                "'network:'"))
+    problems: list[Problem] = []
+    try:
+        plain = _plain(data, (), problems, filename, set(), [0])
+    except RecursionError:
+        raise SpecError(Problem("the spec is nested too deeply",
+                                Location(filename, path=()))) from None
+    if problems:
+        raise SpecError(problems)
+    return Document(plain, filename, keyed=True)
 
 
 def _mark(node: yaml.Node) -> tuple[int, int]:
@@ -256,8 +353,8 @@ def load_document(source: str | bytes, filename: str = "<string>") -> Document:
     Examples
     --------
     >>> doc = load_document("a: 1\\nb: [x, y]\\n")
-    >>> doc.data, doc.locate(("b", 1))
-    ({'a': 1, 'b': ['x', 'y']}, Location(filename='<string>', line=2, column=8))
+    >>> doc.data, str(doc.locate(("b", 1)))
+    ({'a': 1, 'b': ['x', 'y']}, '<string>:2:8')
     """
     if isinstance(source, bytes):
         if len(source) > MAX_BYTES:
