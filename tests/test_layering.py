@@ -26,7 +26,7 @@ LAYERS: dict[str, int] = {
     "tngraph.schema": 1, "tngraph.kinds": 1, "tngraph.throughput": 1,
     "tngraph.templates": 2, "tngraph.featuremaps": 2, "tngraph.initializers": 2,
     "tngraph.graph": 2, "tngraph.layers": 2, "tngraph.validate": 2, "tngraph.spec": 2,
-    "tngraph.plan": 2, "tngraph.report": 2, "tngraph.data": 2,
+    "tngraph.plan": 2, "tngraph.report": 2, "tngraph.data": 2, "tngraph.builder": 2,
     "tngraph.executor": 3, "tngraph.linalg": 3, "tngraph.layer_modules": 3,
     "tngraph.compiler": 3,
     "tngraph.optimizers": 4, "tngraph.train": 4, "tngraph.decompose": 4, "tngraph.distill": 4,
