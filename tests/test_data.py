@@ -156,8 +156,8 @@ def test_bad_dataset_specs(spec: str, message: str) -> None:
 
 
 @pytest.mark.parametrize(("spec", "kwargs", "message"), [
-    ("digitz", {}, r"unknown dataset 'digitz'; did you mean 'digits'\? valid: csv, digits, "
-                   r"fashion_mnist, mnist, synthetic_regression"),
+    ("digitz", {}, r"unknown dataset 'digitz'; did you mean 'digits'\? valid: cifar10, csv, "
+                   r"digits, fashion_mnist, mnist, synthetic_regression"),
     ("fashion-mnst", {}, r"unknown dataset 'fashion-mnst'; did you mean 'fashion_mnist'\?"),
     ("mnist", {}, r"dataset 'mnist' needs a path: mnist:PATH \(a folder with the four standard "
                   r"IDX files train-images-idx3-ubyte\[\.gz\].*never downloads"),
@@ -590,7 +590,8 @@ def _load_xor(request: DataRequest) -> Dataset:
 
 
 def test_builtin_datasets_are_listed() -> None:
-    assert list_datasets() == ["csv", "digits", "fashion_mnist", "mnist", "synthetic_regression"]
+    assert list_datasets() == ["cifar10", "csv", "digits", "fashion_mnist", "mnist",
+                               "synthetic_regression"]
 
 
 def test_registered_dataset_is_loadable(scratch_datasets: None) -> None:
@@ -681,3 +682,128 @@ def test_an_unknown_option_lists_the_split_options() -> None:
     with pytest.raises(DataError, match="has no option 'val_frac'; did you mean "
                                         "'val_fraction'"):
         load_dataset("synthetic-regression?val_frac=0")
+
+
+# -- CIFAR-10 ---------------------------------------------------------------------------------
+# small batch files in the official layouts, written by the tests (10 records per file)
+
+CIFAR_NAMES = [f"data_batch_{k}" for k in range(1, 6)] + ["test_batch"]
+
+
+def _cifar_records(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return (rng.integers(0, 256, size=(n, 3072), dtype=np.uint8),
+            np.arange(n, dtype=np.uint8) % 10)
+
+
+def _write_cifar_bin(folder: Path, n: int = 10) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    folder.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for k, name in enumerate(CIFAR_NAMES):
+        pixels, labels = _cifar_records(n, k)
+        (folder / f"{name}.bin").write_bytes(
+            np.concatenate([labels[:, None], pixels], axis=1).tobytes())
+        written[name] = pixels, labels
+    return written
+
+
+def _write_cifar_pickles(folder: Path, n: int = 10) -> None:
+    import pickle
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for k, name in enumerate(CIFAR_NAMES):
+        pixels, labels = _cifar_records(n, k)
+        batch = {b"batch_label": name.encode(), b"labels": [int(v) for v in labels],
+                 b"data": pixels, b"filenames": [f"{i}.png".encode() for i in range(n)]}
+        (folder / name).write_bytes(pickle.dumps(batch, protocol=4))
+
+
+def test_cifar10_binary_batches(tmp_path: Path) -> None:
+    written = _write_cifar_bin(tmp_path / "cifar-10-batches-bin")
+    ds = load_dataset(f"cifar10:{tmp_path}?val_fraction=0.2", seed=3)
+    assert ds.feature_shape == (3, 32, 32) and ds.n_classes == 10
+    assert ds.sizes == {"train": 40, "val": 10, "test": 10}
+    assert ds.class_names[0] == "airplane"
+    pixels, labels = written["test_batch"]
+    # channel-major records: byte 1 + c*1024 + row*32 + col is pixel (c, row, col)
+    expected = pixels.reshape(10, 3, 32, 32).astype(np.float32) / 255
+    np.testing.assert_allclose(ds.x_test.numpy(), expected)
+    assert ds.y_test.tolist() == labels.tolist()
+    assert float(ds.x_test[0, 2, 31, 31]) == pytest.approx(pixels[0, 3071] / 255)
+
+
+def test_cifar10_python_batches_read_like_the_binary(tmp_path: Path) -> None:
+    _write_cifar_bin(tmp_path / "bin")
+    _write_cifar_pickles(tmp_path / "cifar-10-batches-py")
+    binary = load_dataset(f"cifar10:{tmp_path / 'bin'}")
+    python = load_dataset(f"cifar10:{tmp_path}")
+    assert binary.fingerprint() == python.fingerprint()
+
+
+class _Exploit:
+    """A pickle payload: unpickling it would run a shell command."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("payload", ["os.system", "nested", "eval"])
+def test_cifar10_pickle_with_code_is_refused_unrun(tmp_path: Path, payload: str) -> None:
+    import pickle
+
+    _write_cifar_pickles(tmp_path)
+    marker = tmp_path / "pwned"
+    command = f"__import__('os').system('touch {marker}')"
+    data = {
+        "os.system": pickle.dumps(_Exploit(marker), protocol=4),
+        "nested": pickle.dumps({b"data": np.zeros((1, 3072), np.uint8),
+                                b"labels": [_Exploit(marker)]}, protocol=4),
+        # protocol 0 by hand: builtins.eval called on a string
+        "eval": b"cbuiltins\neval\n(V" + command.encode() + b"\ntR.",
+    }[payload]
+    (tmp_path / "data_batch_3").write_bytes(data)
+    with pytest.raises(DataError, match=r"data_batch_3 names (posix|os|builtins)\.(system|eval)"
+                                         r"; only plain containers"):
+        load_dataset(f"cifar10:{tmp_path}")
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(("damage", "message"), [
+    (lambda p: p.write_bytes(p.read_bytes()[:-100]),
+     r"data_batch_2\.bin is truncated or damaged: 30,630 bytes are 9 records of 3073 bytes "
+     r"and 2,973 bytes more; each record is 1 label byte.*download the CIFAR-10 binary"),
+    (lambda p: p.write_bytes(b""), r"data_batch_2\.bin is empty"),
+    (lambda p: p.write_bytes(b"\x0c" + bytes(3072)), r"data_batch_2\.bin: record 0 has label 12"),
+    (lambda p: p.unlink(), r"missing data_batch_2\.bin; expected the folder cifar-10-batches-bin"),
+])
+def test_cifar10_damaged_files_name_the_file_and_the_fix(tmp_path: Path, damage, message: str
+                                                         ) -> None:
+    _write_cifar_bin(tmp_path)
+    damage(tmp_path / "data_batch_2.bin")
+    with pytest.raises(DataError, match=message):
+        load_dataset(f"cifar10:{tmp_path}")
+
+
+@pytest.mark.parametrize(("setup", "message"), [
+    (lambda p: None, r"no CIFAR-10 batches; expected the folder cifar-10-batches-bin"),
+    (lambda p: (p / "data_batch_1").write_bytes(b"not a pickle"),
+     r"missing data_batch_2, .*test_batch"),
+    (lambda p: [(p / n).write_bytes(b"\x80\x04K\x01.") for n in CIFAR_NAMES],
+     r"data_batch_1 is not a CIFAR-10 python batch"),
+    (lambda p: [(p / n).write_bytes(b"\x80\x04}q") for n in CIFAR_NAMES],
+     r"cannot read .*data_batch_1: (EOFError|UnpicklingError)"),
+])
+def test_cifar10_folder_errors(tmp_path: Path, setup, message: str) -> None:
+    setup(tmp_path)
+    with pytest.raises(DataError, match=message):
+        load_dataset(f"cifar10:{tmp_path}")
+
+
+def test_cifar10_needs_a_folder() -> None:
+    with pytest.raises(DataError, match=r"cifar10: /no/such: no such folder"):
+        load_dataset("cifar10:/no/such")

@@ -27,6 +27,7 @@ SHAPES: dict[str, tuple[tuple[int, ...], bool]] = {
     "cnn_mps": ((10,), True),
     "cnn_teacher": ((10,), True),
     "cnn_tt": ((10,), True),
+    "cnn_tt_cifar": ((10,), True),
     "mlp": ((10,), True),
     "mlp_tt": ((10,), True),
 }
@@ -77,7 +78,8 @@ def test_pipeline_model_matches_oracle(path: Path) -> None:
     pipe = tngraph.compile(path, OVERRIDES.get(path.stem), optimize="greedy", dtype="float64",
                            cache=False, batch_size=8).eval()
     shape, _ = SHAPES[path.stem]
-    x = torch.rand(3, 64, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    x = torch.rand(3, *pipe.input_shape, dtype=torch.float64,
+                   generator=torch.Generator().manual_seed(1))
     out = pipe(x)
     assert tuple(out.shape) == (3, *shape) and tuple(pipe.output_shape) == shape
     h = x.reshape(3, *pipe.input_shape)
@@ -101,8 +103,8 @@ def test_pipeline_model_matches_oracle(path: Path) -> None:
 def test_model_gradients(path: Path) -> None:
     module = tngraph.compile(path, OVERRIDES.get(path.stem), optimize="greedy", dtype="float64",
                              cache=False, batch_size=8)
-    inputs = {"x": torch.rand(2, 64)} if isinstance(module, tngraph.Pipeline) else \
-        random_inputs(module, 2)
+    inputs = ({"x": torch.rand(2, *module.input_shape)}
+              if isinstance(module, tngraph.Pipeline) else random_inputs(module, 2))
     module(**inputs).sum().backward()
     for name, param in module.named_parameters():
         assert param.grad is not None and torch.isfinite(param.grad).all(), name
@@ -116,8 +118,8 @@ def test_model_runs_wherever_its_parameters_are(path: Path) -> None:
     as on a GPU."""
     module = tngraph.compile(path, OVERRIDES.get(path.stem), optimize="greedy", cache=False,
                              batch_size=8).to("meta")
-    inputs = {"x": torch.rand(5, 64)} if isinstance(module, tngraph.Pipeline) else \
-        random_inputs(module, 5)
+    inputs = ({"x": torch.rand(5, *module.input_shape)}
+              if isinstance(module, tngraph.Pipeline) else random_inputs(module, 5))
     inputs = {k: v.to("meta") for k, v in inputs.items()}
     module(**inputs).sum().backward()
     for name, param in module.named_parameters():
@@ -135,7 +137,7 @@ def test_model_runs_wherever_its_parameters_are(path: Path) -> None:
 def test_model_on_a_gpu_matches_the_cpu(path: Path) -> None:
     module = tngraph.compile(path, OVERRIDES.get(path.stem), optimize="greedy", dtype="float64",
                              cache=False, batch_size=8).eval()
-    inputs = {"x": torch.rand(5, 64, dtype=torch.float64)} \
+    inputs = {"x": torch.rand(5, *module.input_shape, dtype=torch.float64)} \
         if isinstance(module, tngraph.Pipeline) else random_inputs(module, 5)
     expected = module(**inputs)
     expected.sum().backward()

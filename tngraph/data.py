@@ -13,6 +13,12 @@ registered ``fashion_mnist``). Built-ins (nothing is ever downloaded):
   ``train-labels-idx1-ubyte``, ``t10k-images-idx3-ubyte``, ``t10k-labels-idx1-ubyte``, each
   optionally ``.gz``) in the folder PATH; pixels ``/ 255``; test = the t10k files; validation =
   a stratified seeded ``val_fraction`` of the training files (``test_fraction`` is not used);
+* ``cifar10:PATH``: the official CIFAR-10 binary version (``data_batch_1.bin`` ...
+  ``data_batch_5.bin``, ``test_batch.bin``: records of a label byte and 3072 pixel bytes) in the
+  folder PATH or its ``cifar-10-batches-bin``; else the python version (``data_batch_1`` ...,
+  ``test_batch``), read by a restricted unpickler that accepts only plain containers, bytes,
+  numbers and numpy arrays; images ``(3, 32, 32)``, pixels ``/ 255``; test = ``test_batch``;
+  validation as for MNIST;
 * ``csv:PATH``: a header row, numeric feature columns and a label column (option ``label``,
   default ``label``); integer or text labels make a classification task (classes in sorted order),
   other numbers a regression task; ``task=classification|regression`` forces one; options
@@ -63,10 +69,11 @@ from tngraph.errors import TNGraphError, did_you_mean
 from tngraph.kinds import DATASETS, DataRequest, DataSource, list_datasets, register_dataset
 
 __all__ = [
-    "CSV", "DATASETS", "DEFAULT_DATASET", "DIGITS", "FASHION_MNIST", "MNIST", "SPLITS",
+    "CIFAR10", "CSV", "DATASETS", "DEFAULT_DATASET", "DIGITS", "FASHION_MNIST", "MNIST", "SPLITS",
     "SYNTHETIC_REGRESSION", "TASKS", "DataError", "DataRequest", "DataSource", "DataSpec",
     "Dataset", "get_dataset", "list_datasets", "load_dataset", "make_dataset",
-    "parse_dataset_spec", "read_idx", "register_dataset", "split_indices",
+    "parse_dataset_spec", "read_cifar10_bin", "read_cifar10_pickle", "read_idx",
+    "register_dataset", "restricted_unpickle", "split_indices",
 ]
 
 if TYPE_CHECKING:
@@ -358,8 +365,8 @@ def load_dataset(spec: str = DEFAULT_DATASET, *, seed: int = 0,
     >>> load_dataset("digitz")
     Traceback (most recent call last):
     ...
-    tngraph.data.DataError: unknown dataset 'digitz'; did you mean 'digits'? valid: csv, digits, \
-fashion_mnist, mnist, synthetic_regression
+    tngraph.data.DataError: unknown dataset 'digitz'; did you mean 'digits'? valid: cifar10, csv, \
+digits, fashion_mnist, mnist, synthetic_regression
     """
     parsed = parse_dataset_spec(spec)
     source = get_dataset(parsed.name)
@@ -680,6 +687,173 @@ def _load_idx_folder(name: str, request: DataRequest) -> Dataset:
 
 
 # ---------------------------------------------------------------------------------------------
+# CIFAR-10 (the official binary version; the python version through a restricted unpickler)
+
+CIFAR10_TRAIN = tuple(f"data_batch_{k}" for k in range(1, 6))
+CIFAR10_TEST = "test_batch"
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
+                   "ship", "truck")
+#: one record of the binary version: a label byte, then 3 x 32 x 32 pixel bytes (red, green,
+#: blue planes, each row-major)
+CIFAR10_RECORD = 1 + 3 * 32 * 32
+_CIFAR_HELP = ("the folder cifar-10-batches-bin of the official binary version (data_batch_1.bin "
+               "... data_batch_5.bin, test_batch.bin), or cifar-10-batches-py of the python "
+               "version")
+_CIFAR_FIX = ("download the CIFAR-10 binary version again from "
+              "https://www.cs.toronto.edu/~kriz/cifar.html and unpack it (tngraph never "
+              "downloads data)")
+
+
+def read_cifar10_bin(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """Read one CIFAR-10 binary batch: ``(images uint8 (n, 3, 32, 32), labels uint8 (n,))``.
+
+    The file is ``n`` records of 3073 bytes: the label (0..9), then the red, green and blue
+    32 x 32 planes. A file that is not a whole number of records, or holds a label above 9, is
+    refused with the file's name.
+    """
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc.strerror or exc}; {_CIFAR_FIX}") from None
+    if not raw or len(raw) % CIFAR10_RECORD:
+        whole, extra = divmod(len(raw), CIFAR10_RECORD)
+        what = "is empty" if not raw else (f"is truncated or damaged: {len(raw):,} bytes are "
+                                           f"{whole:,} records of {CIFAR10_RECORD} bytes and "
+                                           f"{extra:,} bytes more")
+        raise DataError(f"cifar10: {path} {what}; each record is 1 label byte + 3072 pixel "
+                        f"bytes; {_CIFAR_FIX}")
+    records = np.frombuffer(raw, dtype=np.uint8).reshape(-1, CIFAR10_RECORD)
+    labels = records[:, 0].copy()
+    if int(labels.max()) > 9:
+        row = int(np.argmax(labels > 9))
+        raise DataError(f"cifar10: {path}: record {row} has label {int(labels[row])}; expected "
+                        f"class ids 0..9 (is it CIFAR-100?); {_CIFAR_FIX}")
+    return records[:, 1:].reshape(-1, 3, 32, 32).copy(), labels
+
+
+def _numpy_reconstructors() -> dict[tuple[str, str], Any]:
+    """The only globals a CIFAR-10 python batch may name: numpy's array reconstructors."""
+    try:
+        from numpy._core import multiarray, numeric
+    except ImportError:                     # numpy < 2
+        from numpy.core import multiarray, numeric  # type: ignore[no-redef]
+    found: dict[tuple[str, str], Any] = {}
+    for module in ("numpy.core", "numpy._core"):
+        found[(f"{module}.multiarray", "_reconstruct")] = multiarray._reconstruct
+        if hasattr(numeric, "_frombuffer"):
+            found[(f"{module}.numeric", "_frombuffer")] = numeric._frombuffer
+    found[("numpy", "ndarray")] = np.ndarray
+    found[("numpy", "dtype")] = np.dtype
+    return found
+
+
+def restricted_unpickle(data: bytes, where: str) -> Any:
+    """Unpickle ``data`` allowing only plain containers, bytes, str, numbers and numpy arrays.
+
+    Any other global a pickle names (``os.system``, a class with ``__reduce__``, ...) is refused
+    with a DataError before it is looked up, so nothing in the file runs.
+    """
+    import io
+    import pickle
+
+    allowed = _numpy_reconstructors()
+
+    class _Restricted(pickle.Unpickler):
+        def find_class(self, module: str, name: str) -> Any:
+            if (module, name) in allowed:
+                return allowed[(module, name)]
+            raise DataError(f"cifar10: {where} names {module}.{name}; only plain containers, "
+                            "bytes, numbers and numpy arrays are read from a pickle, so this "
+                            f"file is refused unread: it is not a CIFAR-10 batch. Prefer the "
+                            f"binary version; {_CIFAR_FIX}")
+
+    try:
+        return _Restricted(io.BytesIO(data), encoding="bytes").load()
+    except DataError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any damage to the file is a user error
+        raise DataError(f"cifar10: cannot read {where}: {type(exc).__name__}: {exc}; "
+                        f"{_CIFAR_FIX}") from None
+
+
+def read_cifar10_pickle(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """Read one batch of the CIFAR-10 python version through :func:`restricted_unpickle`."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc.strerror or exc}; {_CIFAR_FIX}") from None
+    batch = restricted_unpickle(raw, str(path))
+    get = (lambda key: batch.get(key.encode(), batch.get(key))) if isinstance(batch, dict) \
+        else None
+    data = get("data") if get else None
+    labels = get("labels") if get else None
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 \
+            or data.shape[1] != 3072 or not isinstance(labels, (list, np.ndarray)) \
+            or len(labels) != len(data):
+        raise DataError(f"cifar10: {path} is not a CIFAR-10 python batch (a dict with 'data', "
+                        f"uint8 (n, 3072), and n 'labels'); {_CIFAR_FIX}")
+    label_array = np.asarray(labels)
+    if label_array.size and (not np.issubdtype(label_array.dtype, np.integer)
+                             or int(label_array.min()) < 0 or int(label_array.max()) > 9):
+        raise DataError(f"cifar10: {path}: labels must be class ids 0..9; {_CIFAR_FIX}")
+    return data.reshape(-1, 3, 32, 32), label_array.astype(np.uint8)
+
+
+def _cifar_files(folder: Path) -> tuple[list[Path], Callable[[Path], tuple[np.ndarray,
+                                                                            np.ndarray]]]:
+    """The six batch files of the binary (preferred) or python version in ``folder`` or its
+    ``cifar-10-batches-bin`` / ``-py`` subfolder, and their reader."""
+    names = [*CIFAR10_TRAIN, CIFAR10_TEST]
+    for where, suffix, reader in ((folder, ".bin", read_cifar10_bin),
+                                  (folder / "cifar-10-batches-bin", ".bin", read_cifar10_bin),
+                                  (folder, "", read_cifar10_pickle),
+                                  (folder / "cifar-10-batches-py", "", read_cifar10_pickle)):
+        paths = [where / f"{name}{suffix}" for name in names]
+        present = [p for p in paths if p.is_file()]
+        if len(present) == len(paths):
+            return paths, reader
+        if present:
+            missing = ", ".join(p.name for p in paths if not p.is_file())
+            raise DataError(f"cifar10: {where}: missing {missing}; expected {_CIFAR_HELP}; "
+                            f"{_CIFAR_FIX}")
+    raise DataError(f"cifar10: {folder}: no CIFAR-10 batches; expected {_CIFAR_HELP}; "
+                    f"{_CIFAR_FIX}")
+
+
+def _load_cifar10(request: DataRequest) -> Dataset:
+    import torch
+
+    folder = request.path
+    assert folder is not None
+    if not folder.is_dir():
+        raise DataError(f"cifar10: {folder}: no such folder; expected {_CIFAR_HELP}")
+    paths, reader = _cifar_files(folder)
+    parts = [reader(p) for p in paths]
+    x_all = np.concatenate([images for images, _ in parts[:-1]])
+    y_all = np.concatenate([labels for _, labels in parts[:-1]])
+    x_test, y_test = parts[-1]
+    train, val, _ = split_indices(len(x_all), val_fraction=request.val_fraction,
+                                  test_fraction=0.0, seed=request.seed, stratify=y_all)
+
+    def tensors(x: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        return (torch.from_numpy(np.divide(x, 255, dtype=np.float32)),
+                torch.from_numpy(y.astype(np.int64)))
+
+    x_train, y_train = tensors(x_all[train], y_all[train])
+    x_val, y_val = tensors(x_all[val], y_all[val])
+    x_t, y_t = tensors(x_test, y_test)
+    return Dataset(name="cifar10", task="classification", x_train=x_train, y_train=y_train,
+                   x_val=x_val, y_val=y_val, x_test=x_t, y_test=y_t, n_classes=10,
+                   feature_shape=(3, 32, 32), class_names=CIFAR10_CLASSES,
+                   description=f"CIFAR-10 batches in {paths[0].parent}, pixels / 255 as "
+                               f"(3, 32, 32), validation = stratified {request.val_fraction:g} "
+                               f"of the training batches (seed {request.seed}), test = "
+                               "test_batch")
+
+
+# ---------------------------------------------------------------------------------------------
 # CSV
 
 
@@ -833,6 +1007,9 @@ FASHION_MNIST = DataSource("fashion_mnist", _idx_loader("fashion-mnist"), path="
 CSV = DataSource("csv", _load_csv, path="required", options=("label", "task", "delimiter", "scale"),
                  path_help="a CSV file with a header row",
                  description="a CSV file: numeric features and a named label column")
+CIFAR10 = DataSource("cifar10", _load_cifar10, path="required", path_help=_CIFAR_HELP,
+                     description="CIFAR-10 from the official binary (or python) batches in a "
+                                 "folder")
 SYNTHETIC_REGRESSION = DataSource(
     "synthetic_regression", _load_synthetic_regression,
     options=("n_samples", "n_features", "n_informative", "n_targets", "noise"),
