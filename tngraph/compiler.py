@@ -31,6 +31,7 @@ from torch import nn
 from tngraph.errors import CompileError, PlanError
 from tngraph.executor import build_program, einsum_program
 from tngraph.graph import EinsumProblem, einsum_problem, parameter_count
+from tngraph.initializers import node_initializer
 from tngraph.kinds import NETWORK, get_feature_map, get_initializer, get_layer
 from tngraph.layer_modules import FeatureMapLayer, Permute, Reshape
 from tngraph.layers import summarize_layers
@@ -223,9 +224,8 @@ class TNModule(nn.Module):
         generator = torch.Generator().manual_seed(seed if seed is not None else 0)
         params = {}
         for name, node in spec.network.nodes.items():
-            init = node.init
-            fn = get_initializer(init.name if init is not None else "normal")
-            value = fn(node.shape, tuple(node.legs), init.options if init else {}, generator)
+            init, options = node_initializer(spec.network, node)   # (graph-aware: norm)
+            value = get_initializer(init)(node.shape, tuple(node.legs), options, generator)
             params[name] = nn.Parameter(value.to(dtype))
         # an OrderedDict keeps the declared node order (a plain dict would be sorted by name)
         self.tensors = nn.ParameterDict(OrderedDict(params))

@@ -3,9 +3,10 @@
 An initialiser is ``fn(shape, legs, options, generator) -> torch.Tensor`` (float64 on the CPU;
 the module casts it). Built-ins:
 
-* ``normal`` (the default): zero-mean Gaussian, ``std`` option, default
-  ``1/sqrt(largest leg dimension)`` so that contracting chains neither explodes nor vanishes
-  quickly;
+* ``norm`` (the default): zero-mean Gaussian whose ``std`` is chosen from the whole graph so
+  that the network's output has about unit variance for inputs like the data, whatever its
+  shape (chains, rings, trees, grids): see :func:`norm_scales`;
+* ``normal``: zero-mean Gaussian, ``std`` option, default ``1/sqrt(largest leg dimension)``;
 * ``uniform``: ``U(-a, a)``, ``a`` option (default as ``normal``'s std times sqrt(3));
 * ``zeros``, ``ones``;
 * ``identity``: for MPS-like cores with legs ``l`` and ``r``: the identity from l to r at index
@@ -14,7 +15,8 @@ the module casts it). Built-ins:
   ``rotation: p``, the slices of ``p`` are ``I`` and an antisymmetric orthogonal ``J``, so
   that a unit-norm feature vector turns every core into a rotation (see :func:`identity`).
 
-This module does not import torch at import time.
+This module does not import torch at import time. :func:`node_initializers` says which
+initialiser, with which options, each node of a network gets (the compiler calls it).
 """
 
 from __future__ import annotations
@@ -28,13 +30,24 @@ from tngraph.errors import PluginError
 from tngraph.kinds import (
     INITIALIZERS,
     Initializer,
+    get_feature_map,
     get_initializer,
     list_initializers,
     register_initializer,
 )
+from tngraph.schema import InputSpec, NetworkSpec, NodeSpec
 
-__all__ = ["INITIALIZERS", "Initializer", "get_initializer", "identity", "list_initializers",
-           "normal", "ones", "register_initializer", "rotation_generator", "uniform", "zeros"]
+__all__ = ["DEFAULT_INITIALIZER", "INITIALIZERS", "RAW_SECOND_MOMENT", "Initializer",
+           "get_initializer", "identity", "list_initializers", "node_initializer",
+           "node_initializers", "norm",
+           "norm_scales", "normal", "ones", "port_second_moment", "register_initializer",
+           "rotation_generator", "uniform", "zeros"]
+
+#: the initialiser of a node without ``init:``
+DEFAULT_INITIALIZER = "norm"
+#: E[x^2] of one raw data value as :func:`norm_scales` assumes it: values uniform on [0, 1]
+#: (pixels, or features scaled to [0, 1])
+RAW_SECOND_MOMENT = 1.0 / 3.0
 
 
 def _default_std(shape: Sequence[int]) -> float:
@@ -70,6 +83,155 @@ def ones(shape: Sequence[int], legs: Sequence[str], options: Mapping[str, Any],
     import torch
 
     return torch.ones(tuple(shape), dtype=torch.float64)
+
+
+def norm(shape: Sequence[int], legs: Sequence[str], options: Mapping[str, Any],
+         generator: Any) -> Any:
+    """Zero-mean Gaussian of ``std`` times ``gain`` (default 1), with ``std`` chosen from the
+    whole network by :func:`norm_scales` (:func:`node_initializers` passes it in); without the
+    network (called alone) ``std`` defaults to ``normal``'s.
+
+    Examples
+    --------
+    >>> import torch
+    >>> g = torch.Generator().manual_seed(0)
+    >>> float(norm((400, 400), ("a", "b"), {"std": 0.5, "gain": 2.0}, g).std()) // 0.01 / 100
+    1.0
+    """
+    import torch
+
+    std = float(options.get("std", _default_std(shape))) * float(options.get("gain", 1.0))
+    return torch.randn(tuple(shape), generator=generator, dtype=torch.float64) * std
+
+
+def port_second_moment(port: InputSpec) -> float:
+    """``E |v|^2`` of one copy of a data port's vector for data like the training data, taken
+    as values uniform on [0, 1]: the feature map's mean squared norm over [0, 1] (``[1, x]``:
+    4/3, ``trig``: 1, ``poly`` of degree 2: 1 + 1/3 + 1/5), or for raw values
+    :data:`RAW_SECOND_MOMENT` times the number of values.
+
+    Examples
+    --------
+    >>> round(port_second_moment(InputSpec(legs={"p": 2}, feature_map="multilinear")), 4)
+    1.3333
+    >>> round(port_second_moment(InputSpec(legs={"i": 4, "j": 3})), 4)
+    4.0
+    """
+    if port.feature_map is None:
+        return RAW_SECOND_MOMENT * math.prod(port.shape)
+    import torch
+
+    fmap = get_feature_map(port.feature_map.name)
+    x = torch.linspace(0.0, 1.0, 1001, dtype=torch.float64)
+    vectors = fmap.apply(x, port.feature_map.options).to(torch.float64)
+    squares = (vectors ** 2).sum(-1)
+    # the trapezoid rule: exact for the polynomial maps up to O(1/n^2)
+    return float((squares[1:] + squares[:-1]).mean() / 2)
+
+
+def norm_scales(network: NetworkSpec) -> dict[str, float]:
+    """The ``std`` of each node that makes the network's output have about unit variance.
+
+    For tensors with independent zero-mean entries of variance ``s_v^2``, the second moment of
+    one output entry, for a fixed input, is exactly
+
+    ``E[T^2] = prod_v s_v^2 * prod_{edges between tensors} D_e * prod_{ports} |v_p|^2``
+
+    (``E[A[e] A[e']] = s^2 delta(e, e')`` makes both copies of every summed index equal, so each
+    bond adds its dimension ``D_e``, and every bond to a data port adds that port's squared norm;
+    open legs add nothing). A feature map ``[1, x]`` is not zero-mean, but only its squared norm
+    enters, because the tensors are zero-mean. Over the data, ``|v_p|^2`` is replaced by its
+    mean, :func:`port_second_moment`. Setting ``E[T^2] = 1`` fixes only the product of the
+    variances; each node takes its local share, so that every partial contraction stays near
+    unit scale too: ``s_v^2 = prod 1 / D_e^(1/k_e)`` over the bonds of ``v`` (a bond with ``k_e``
+    tensor ends, 2 for an ordinary bond, gives each end its ``k_e``-th root), times
+    ``1 / m_p`` for each data leg joined to ``v`` (``m_p`` the port's second moment, split
+    evenly over the port's legs as a geometric share). Nodes that another initialiser sets
+    are given a scale all the same (it is not used).
+
+    Examples
+    --------
+    A ring of three cores, bond 4, each fed by a ``[1, x]`` port (second moment 4/3):
+    ``s^2 = 1/4 * 3/4``.
+
+    >>> ring = NetworkSpec(
+    ...     nodes={k: {"legs": {"l": 4, "p": 2, "r": 4}} for k in "ABC"},
+    ...     inputs={"x": {"legs": {"p": 2}, "stack": 3, "feature_map": "multilinear"}},
+    ...     edges=[["A.r", "B.l"], ["B.r", "C.l"], ["C.r", "A.l"],
+    ...            ["x[0].p", "A.p"], ["x[1].p", "B.p"], ["x[2].p", "C.p"]])
+    >>> round(norm_scales(ring)["A"] ** 2, 6)
+    0.1875
+    """
+    ports: dict[str, tuple[InputSpec, float]] = {}
+    for name, port in network.inputs.items():
+        moment = port_second_moment(port)
+        for copy in port.copies(name):
+            ports[copy] = (port, moment)
+    log_var = dict.fromkeys(network.nodes, 0.0)
+    for edge in network.edges:
+        ends = [ref.rpartition(".") for ref in edge]
+        cores = [node for node, _, _ in ends if node in network.nodes]
+        fed = [(node, leg) for node, _, leg in ends if node in ports]
+        if not cores:
+            continue
+        if fed:        # a data leg: its port's share of the second moment, to its tensor(s)
+            port, moment = ports[fed[0][0]]
+            share = math.log(moment) / len(port.legs)
+            for node in cores:
+                log_var[node] -= share / len(cores)
+            continue
+        node, _, leg = ends[0]
+        dim = (network.nodes[node].legs if node in network.nodes else {}).get(leg, 1)
+        for node in cores:
+            log_var[node] -= math.log(dim) / len(cores)
+    return {node: math.exp(value / 2) for node, value in log_var.items()}
+
+
+def node_initializers(network: NetworkSpec) -> dict[str, tuple[str, dict[str, Any]]]:
+    """Each node's initialiser name and options: its ``init:`` as written, or
+    :data:`DEFAULT_INITIALIZER`; ``norm`` gets its ``std`` from :func:`norm_scales` unless the
+    spec sets one.
+
+    Examples
+    --------
+    >>> net = NetworkSpec(nodes={"A": {"legs": {"i": 2, "a": 9}},
+    ...                          "B": {"legs": {"a": 9}, "init": "ones"}},
+    ...                   edges=[["A.a", "B.a"]], outputs=["A.i"])
+    >>> node_initializers(net)
+    {'A': ('norm', {'std': 0.5773502691896257}), 'B': ('ones', {})}
+    """
+    scales: dict[str, float] | None = None
+    out: dict[str, tuple[str, dict[str, Any]]] = {}
+    for name, node in network.nodes.items():
+        init_name = node.init.name if node.init is not None else DEFAULT_INITIALIZER
+        options = dict(node.init.options) if node.init is not None else {}
+        if init_name == "norm" and "std" not in options:
+            scales = scales if scales is not None else norm_scales(network)
+            options["std"] = scales[name]
+        out[name] = (init_name, options)
+    return out
+
+
+#: the last network :func:`node_initializer` resolved: (network, id(node) -> initialiser)
+_RESOLVED: list[tuple[NetworkSpec, dict[int, tuple[str, dict[str, Any]]]]] = []
+
+
+def node_initializer(network: NetworkSpec, node: NodeSpec) -> tuple[str, dict[str, Any]]:
+    """:func:`node_initializers` of ``network`` for its node ``node`` (the object held in
+    ``network.nodes``); the whole network is resolved once, on its first node.
+
+    Examples
+    --------
+    >>> net = NetworkSpec(nodes={"A": {"legs": {"i": 4}}}, outputs=["A.i"])
+    >>> node_initializer(net, net.nodes["A"])
+    ('norm', {'std': 1.0})
+    """
+    entry = _RESOLVED[0] if _RESOLVED else None
+    if entry is None or entry[0] is not network:
+        inits = node_initializers(network)
+        entry = (network, {id(n): inits[k] for k, n in network.nodes.items()})
+        _RESOLVED[:] = [entry]         # (a local entry: safe when threads compile at once)
+    return entry[1][id(node)]
 
 
 def rotation_generator(n: int) -> Any:
@@ -225,6 +387,7 @@ def identity(shape: Sequence[int], legs: Sequence[str], options: Mapping[str, An
 
 # the options each built-in reads (validation rejects others); a plugin may set ``.options``
 normal.options = ("std", "mean")        # type: ignore[attr-defined]
+norm.options = ("std", "gain")          # type: ignore[attr-defined]
 uniform.options = ("a",)                # type: ignore[attr-defined]
 zeros.options = ()                      # type: ignore[attr-defined]
 ones.options = ()                       # type: ignore[attr-defined]
