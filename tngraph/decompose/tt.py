@@ -1,5 +1,7 @@
 """Tensor-train (TT / MPS / MPO) decompositions of dense tensors, weights and state vectors.
 
+The first module of the TT library (:mod:`tngraph.decompose` re-exports every public name).
+
 Everything here is a small pure function on torch tensors (float32 or float64, CPU or GPU).
 
 Core layout
@@ -66,6 +68,7 @@ __all__ = [
     "tt_round",
     "tt_svd",
     "tt_to_dense",
+    "tt_values",
     "unfolding_ranks",
 ]
 
@@ -279,6 +282,46 @@ def tt_to_dense(cores: Sequence[torch.Tensor]) -> torch.Tensor:
     for c in flat[1:]:
         out = (out @ c.reshape(c.shape[0], -1)).reshape(-1, c.shape[-1])
     return out.reshape(*[n for m in modes for n in m])
+
+
+def tt_values(cores: Sequence[torch.Tensor], indices: Any) -> torch.Tensor:
+    """The entries of a TT at ``m`` multi-indices, ``O(m d r^2)``, without the dense tensor.
+
+    ``indices`` is an integer ``(m, d)`` tensor or array (one row per entry); returns the ``m``
+    values ``G_0[:, i_0, :] @ ... @ G_{d-1}[:, i_{d-1}, :]`` in the cores' dtype.
+
+    >>> import torch
+    >>> a = torch.randn(3, 4, 5, dtype=torch.float64)
+    >>> idx = torch.tensor([[0, 1, 2], [2, 3, 4]])
+    >>> bool(torch.allclose(tt_values(tt_svd(a), idx), a[idx[:, 0], idx[:, 1], idx[:, 2]]))
+    True
+    """
+    cores = _check_flat_cores(cores)
+    shape = [int(c.shape[1]) for c in cores]
+    if isinstance(indices, (str, bytes)) or indices is None:
+        raise DecompositionError(f"indices must be an integer (m, d) tensor, got "
+                                 f"{type(indices).__name__}", "for example torch.zeros(5, "
+                                 f"{len(shape)}, dtype=torch.long)")
+    try:
+        idx = torch.as_tensor(np.asarray(indices) if not isinstance(indices, torch.Tensor)
+                              else indices)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise DecompositionError(f"indices cannot be read as a tensor ({exc})") from None
+    if idx.is_floating_point() or idx.is_complex() or idx.dtype == torch.bool \
+            or idx.dim() != 2 or idx.shape[1] != len(shape):
+        raise DecompositionError(f"indices must be an integer tensor of shape (m, "
+                                 f"{len(shape)}), got {idx.dtype} of shape {tuple(idx.shape)}",
+                                 "one row per entry, one column per mode")
+    idx = idx.to(device=cores[0].device, dtype=torch.long)
+    bounds = torch.tensor(shape, device=idx.device)
+    if idx.numel() and bool(((idx < 0) | (idx >= bounds)).any()):
+        bad = int(((idx < 0) | (idx >= bounds)).any(1).nonzero()[0])
+        raise DecompositionError(f"indices row {bad} = {idx[bad].tolist()} lies outside the "
+                                 f"shape {tuple(shape)}", "indices count from 0")
+    values = cores[0][0, idx[:, 0], :]                                  # (m, r_1)
+    for k in range(1, len(cores)):
+        values = torch.einsum("mr,rms->ms", values, cores[k][:, idx[:, k], :])
+    return values[:, 0]
 
 
 # ---------------------------------------------------------------------------------------------
