@@ -30,7 +30,8 @@ LAYERS: dict[str, int] = {
     "tngraph.executor": 3, "tngraph.linalg": 3, "tngraph.layer_modules": 3,
     "tngraph.compiler": 3,
     "tngraph.optimizers": 4, "tngraph.train": 4, "tngraph.decompose": 4, "tngraph.distill": 4,
-    "tngraph.tensorize": 4, "tngraph": 4,
+    "tngraph.tensorize": 4, "tngraph.inspect_run": 4, "tngraph.attribution": 4,
+    "tngraph.draw": 4, "tngraph": 4,
     "tngraph.cli": 5, "tngraph_plugins": 5,
 }
 #: the only modules whose functions may import tngraph modules: the front door defers torch

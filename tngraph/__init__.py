@@ -48,6 +48,7 @@ __all__ = [
     "TNModule",
     "compile",
     "expand",
+    "explain",
     "frozen",
     "load_spec",
 ]
@@ -65,6 +66,14 @@ def compile(source: Any, overrides: Any = None,  # noqa: A001
     from tngraph.compiler import compile as _compile
 
     return _compile(source, overrides, **kwargs)
+
+
+def explain(module: Any, x: Any, method: str = "gradient", **kwargs: Any) -> Any:
+    """Attributions of ``module`` on the batch ``x``, shaped like ``x``: ``gradient``,
+    ``smoothgrad``, ``integrated-gradients`` or ``gradcam`` (``tngraph.attribution``)."""
+    from tngraph.attribution import explain as _explain
+
+    return _explain(module, x, method, **kwargs)
 
 
 def expand(source: Any, overrides: Any = None) -> str:

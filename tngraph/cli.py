@@ -1,5 +1,5 @@
 """The ``tngraph`` command line: ``validate``, ``compile``, ``expand``, ``train``, ``distill``,
-``eval``, ``tensorize``, ``plugins list``, ``templates``.
+``eval``, ``tensorize``, ``explain``, ``inspect``, ``draw``, ``plugins list``, ``templates``.
 
 ``main(argv) -> int`` never raises: user errors print ``FILE:LINE:COL: error: ...`` to stderr and
 return 2; internal errors return 1 (with a traceback only under ``--debug``).
@@ -173,6 +173,42 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "after on this dataset")
     p.add_argument("--set", dest="overrides", action="append", default=[],
                    metavar="KEY=VALUE", help="override a parameter of a spec file")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+
+    p = sub.add_parser("explain", help="attribution maps of a trained run (saliency, "
+                                       "SmoothGrad, Integrated Gradients, GradCAM)")
+    p.add_argument("spec", metavar="RUN", help="a run directory written by tngraph train")
+    p.add_argument("--method", default="gradient",
+                   help="gradient (default), smoothgrad, integrated-gradients, gradcam")
+    p.add_argument("--layer", metavar="NAME", help="gradcam's conv layer (default: the last)")
+    p.add_argument("--split", choices=["train", "val", "test"], default="test")
+    p.add_argument("--samples", type=int, default=16, metavar="N",
+                   help="explain the split's first N examples (default 16)")
+    p.add_argument("--target", default="predicted", metavar="predicted|true|CLASS",
+                   help="the class whose score is explained (default: the predicted one)")
+    p.add_argument("--compare", metavar="OTHER_RUN",
+                   help="also explain the same examples with another run; measure how alike")
+    p.add_argument("--out", metavar="DIR", help="output folder (default: <run>-explain)")
+    p.add_argument("--noise", type=float, default=0.15,
+                   help="smoothgrad: noise level, a fraction of each example's range (0.15)")
+    p.add_argument("--noise-samples", type=int, default=16,
+                   help="smoothgrad: noisy copies per example (16)")
+    p.add_argument("--baseline", default="0", help="integrated-gradients: a number (default "
+                                                   "0) or 'mean' (the mean training example)")
+    p.add_argument("--steps", type=int, default=32,
+                   help="integrated-gradients: points on the path (32)")
+    p.add_argument("--batch-size", type=int, default=64, help="examples per backward pass")
+    p.add_argument("--device", help="cpu, cuda, ... (default: the run's)")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+
+    p = sub.add_parser("inspect", help="bond spectra and entanglement entropy of a trained "
+                                       "run's chains (MPS, TT-layers, rings)")
+    p.add_argument("spec", metavar="RUN", help="a run directory written by tngraph train")
+    p.add_argument("--eps", type=float, default=0.01,
+                   help="relative truncation error: report the bond dimensions it allows "
+                        "(default 0.01)")
+    p.add_argument("--out", metavar="DIR", help="output folder (default: <run>-inspect)")
+    p.add_argument("--device", help="cpu, cuda, ... (default: the run's)")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
 
     p = sub.add_parser("plugins", help="list templates, feature maps, initialisers, datasets")
@@ -429,6 +465,33 @@ def _cmd_tensorize(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_explain(args: argparse.Namespace) -> int:
+    from tngraph.attribution import explain_run
+
+    summary, out = explain_run(
+        args.spec, method=args.method, layer=args.layer, split=args.split, samples=args.samples,
+        target=args.target, compare=args.compare, out=args.out, noise=args.noise,
+        noise_samples=args.noise_samples, baseline=args.baseline, steps=args.steps,
+        batch_size=args.batch_size, device=args.device)
+    print(f"{args.spec}: {summary['method']} on {summary['samples']} {summary['split']} "
+          f"examples -> {out}/ (attributions.png, attributions.safetensors, summary.json)")
+    if "compare" in summary:
+        c = summary["compare"]
+        rho = "n/a (constant maps)" if c["spearman"] is None else f"{c['spearman']:.3f}"
+        print(f"compared with {args.compare}: Spearman {rho} (mean per example), "
+              f"top-{c['top_k']} overlap {c['top_k_overlap']:.3f}")
+    return EXIT_OK
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from tngraph.inspect_run import format_inspect, inspect_run
+
+    report, out = inspect_run(args.spec, eps=args.eps, out=args.out, device=args.device)
+    print(format_inspect(report))
+    print(f"written: {out}/inspect.json, {out}/spectra.png")
+    return EXIT_OK
+
+
 def _cmd_plugins(args: argparse.Namespace) -> int:
     from rich import box
     from rich.console import Console
@@ -459,7 +522,7 @@ def _cmd_templates(args: argparse.Namespace) -> int:
 _COMMANDS = {"validate": _cmd_validate, "compile": _cmd_compile, "expand": _cmd_expand,
              "train": _cmd_train, "distill": _cmd_distill, "eval": _cmd_eval,
              "plugins": _cmd_plugins, "templates": _cmd_templates,
-             "tensorize": _cmd_tensorize}
+             "tensorize": _cmd_tensorize, "explain": _cmd_explain, "inspect": _cmd_inspect}
 
 
 def _secondary_rank() -> bool:
