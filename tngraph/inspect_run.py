@@ -13,7 +13,8 @@ chain it reads the trained cores, in chain order, and reports per bond (the TT l
 
 * the singular values of the cut at that bond (the Schmidt spectrum of the network read as one
   tensor of all its other legs: data legs, open legs; a TT-layer's in and out legs);
-* the entanglement entropy ``S = -sum p ln p``, ``p = s^2 / sum s^2`` (nats);
+* the entanglement entropy ``S = -sum p ln p``, ``p = s^2 / sum s^2`` (nats), and its bound
+  ``ln(rank)``, the rank of the cut being at most the bond dimension and either side's size;
 * the bond dimension a relative truncation error ``eps`` allows: the smallest rank whose
   discarded singular values have ``sqrt(sum s^2) <= eps / sqrt(d - 1) * ||A||`` (the rule of
   :func:`tngraph.decompose.tt_round`, so that the whole chain is within ``eps``).
@@ -320,7 +321,13 @@ def _chain_report(chain: Chain, eps: float) -> dict[str, Any]:
     entropy = entanglement_entropy(list(chain.cores))
     norm = math.sqrt(float((spectra[0].double() ** 2).sum())) if spectra else 0.0
     delta = eps / math.sqrt(max(len(spectra), 1)) * norm
-    bonds = [f"{chain.nodes[k]}-{chain.nodes[k + 1]}" for k in range(len(chain.nodes) - 1)]
+    closing = f" +{chain.nodes[-1]}-{chain.nodes[0]}" if chain.ring else ""
+    bonds = [f"{chain.nodes[k]}-{chain.nodes[k + 1]}{closing}"
+             for k in range(len(chain.nodes) - 1)]
+    modes = [math.prod(c.shape[1:-1]) for c in chain.cores]
+    # the rank of a cut is at most its bond dimension and either side's number of entries
+    bounds = [min(int(chain.cores[k].shape[-1]), math.prod(modes[:k + 1]),
+                  math.prod(modes[k + 1:])) for k in range(len(chain.cores) - 1)]
     return {
         "name": chain.name,
         "kind": "ring" if chain.ring else "chain",
@@ -329,7 +336,7 @@ def _chain_report(chain: Chain, eps: float) -> dict[str, Any]:
         "bond_dims": [int(c.shape[-1]) for c in chain.cores[:-1]],
         "spectra": [[float(v) for v in s] for s in spectra],
         "entropy": [float(v) for v in entropy],
-        "max_entropy": [math.log(int(c.shape[-1])) for c in chain.cores[:-1]],
+        "max_entropy": [math.log(b) for b in bounds],
         "eps": eps,
         "ranks_at_eps": [truncation_rank(s.tolist(), delta) for s in spectra],
     }
@@ -360,8 +367,13 @@ def inspect_module(module: Compiled, *, eps: float = DEFAULT_EPS) -> dict[str, A
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < 1:
         raise InspectError(f"--eps must be a relative error between 0 and 1, got {eps!r}",
                            "e.g. --eps 0.01 for the bond dimensions that keep 99% of the norm")
+    networks = _networks(module)
+    if not networks:
+        raise InspectError(f"pipeline '{module.spec.name}' has no tensor-network layer",
+                           "inspect reads MPS, TT-layers (MPOs) and tensor rings: networks "
+                           "whose tensors are joined in a line or a ring")
     chains, skipped = [], {}
-    for name, network in _networks(module).items():
+    for name, network in networks.items():
         tensors = {k: v for k, v in network.tensors.items()}
         found = find_chain(network.spec.network, tensors, name)
         if isinstance(found, str):
@@ -383,19 +395,19 @@ def format_inspect(report: Mapping[str, Any]) -> str:
     ...     "kind": "chain", "bonds": ["A-B"], "bond_dims": [2], "entropy": [0.5],
     ...     "max_entropy": [0.6931], "ranks_at_eps": [1]}]}))
     m (chain, 1 bonds)
-      bond   dim   entropy (nats)   of ln(dim)   rank at eps 0.1
-      A-B      2           0.5000          72%                 1
+      bond   dim   entropy (nats)   of max   rank at eps 0.1
+      A-B      2           0.5000      72%                 1
     """
     lines = []
     for chain in report["chains"]:
         lines.append(f"{chain['name']} ({chain['kind']}, {len(chain['bonds'])} bonds)")
         width = max(4, *(len(b) for b in chain["bonds"]))
-        lines.append(f"  {'bond':{width}}   dim   entropy (nats)   of ln(dim)   rank at eps "
+        lines.append(f"  {'bond':{width}}   dim   entropy (nats)   of max   rank at eps "
                      f"{report['eps']:g}")
         for bond, dim, s, top, rank in zip(chain["bonds"], chain["bond_dims"], chain["entropy"],
                                            chain["max_entropy"], chain["ranks_at_eps"]):
             share = f"{s / top:.0%}" if top > 0 else "-"
-            lines.append(f"  {bond:{width}} {dim:5d} {s:16.4f} {share:>12} {rank:17d}")
+            lines.append(f"  {bond:{width}} {dim:5d} {s:16.4f} {share:>8} {rank:17d}")
     for name, reason in report.get("skipped", {}).items():
         lines.append(f"{name}: not a chain ({reason})")
     return "\n".join(lines)
@@ -424,7 +436,7 @@ def plot_spectra(report: Mapping[str, Any], path: Path) -> None:
             row[0].legend(fontsize=7)
         x = range(len(chain["entropy"]))
         row[1].bar(x, chain["entropy"], color="tab:blue", label="entropy")
-        row[1].plot(x, chain["max_entropy"], "k_", markersize=12, label="ln(bond dim)")
+        row[1].plot(x, chain["max_entropy"], "k_", markersize=12, label="ln(max rank)")
         row[1].set_title(f"{chain['name']}: entanglement entropy (nats)")
         row[1].set_xticks(list(x))
         row[1].set_xticklabels(chain["bonds"], rotation=90, fontsize=6)
