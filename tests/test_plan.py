@@ -71,7 +71,7 @@ def test_costs_of_a_known_chain() -> None:
     assert plan.flops == 48 + 80
     assert plan.naive_flops == 2 * 3 * 4 * 5 * 3   # all indices, (3 - 1) products + 1 sum
     assert plan.largest_intermediate == 20          # C itself; AB has 8 entries
-    assert [plan.slot_name(s.out) for s in plan.steps] == ["T1", "T2"]
+    assert [plan.slot_name(s.out) for s in plan.steps] == ["#1", "#2"]
     assert step_flops(("i", "a"), ("a", "b"), ("i", "b"), {"i": 2, "a": 3, "b": 4}) == 48
     assert step_flops(("i",), ("j",), ("i", "j"), {"i": 2, "j": 3}) == 6  # no sum: no factor 2
 

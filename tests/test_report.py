@@ -51,6 +51,19 @@ def test_json_fields_consistent_with_plan(tt: tuple) -> None:
     assert data["time_budget"] == 3600
 
 
+def test_intermediates_are_not_named_like_nodes() -> None:
+    """Nodes called T1, T2, T3: the report's intermediates are #1, #2, never a node's name."""
+    spec = load_spec("tngraph: 1\nname: t\nnetwork:\n  nodes:\n"
+                     "    T1: {legs: {a: 2, b: 3}}\n    T2: {legs: {b: 3, c: 4}}\n"
+                     "    T3: {legs: {c: 4, d: 2}}\n"
+                     "  edges: [[T1.b, T2.b], [T2.c, T3.c]]\n  outputs: [T1.a, T3.d]\n")
+    plan = plan_spec(spec, optimize="optimal", cache=False)
+    steps = report_data(plan, spec)["steps"]
+    assert [s["result"] for s in steps] == ["#1", "#2"]
+    assert {steps[1]["left"], steps[1]["right"]} & {"#1"}
+    assert {s["left"] for s in steps} | {s["right"] for s in steps} == {"T1", "T2", "T3", "#1"}
+
+
 def test_json_steps(tt: tuple) -> None:
     spec, plan = tt
     steps = json.loads(format_report(plan, spec, fmt="json"))["steps"]
@@ -61,7 +74,7 @@ def test_json_steps(tt: tuple) -> None:
     for s, step in zip(steps, plan.steps, strict=True):
         assert {s["left"], s["right"]} <= names | made        # operands exist before use
         made.add(s["result"])
-        assert s["result"] == f"T{s['step']}"
+        assert s["result"] == f"#{s['step']}"
         assert s["flops"] == step.flops and s["size"] == step.size
         assert s["equation"] == plan.step_equation(step)
         lhs, rhs = s["equation"].split("->")

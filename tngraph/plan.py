@@ -184,9 +184,10 @@ class Plan:
         return f"{fmt(step.left_inds)},{fmt(step.right_inds)}->{fmt(step.out_inds)}"
 
     def slot_name(self, slot: int) -> str:
-        """A leaf's graph name (``A3``, ``x[3]``) or ``T<k>`` for the k-th intermediate."""
+        """A leaf's graph name (``A3``, ``x[3]``) or ``#k`` for the intermediate made by step
+        ``k`` (``#`` cannot start a node name, so a node called ``T1`` stays distinct)."""
         n = len(self.problem.terms)
-        return self.problem.terms[slot].name if slot < n else f"T{slot - n + 1}"
+        return self.problem.terms[slot].name if slot < n else f"#{slot - n + 1}"
 
 
 _ALPHABET = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
