@@ -14,13 +14,22 @@ from tngraph.graph import parameter_count
 #: overrides that keep a model cheap enough for the test suite (still the same structure)
 OVERRIDES: dict[str, dict[str, object]] = {"mps_classifier": {"bond_dim": 4},
                                             "two_mps": {"bond_dim": 3, "hidden": 6},
-                                            "cnn_mps": {"bond_dim": 3}}
+                                            "cnn_mps": {"bond_dim": 3},
+                                            "peps_classifier": {"rows": 3, "cols": 3,
+                                                                "bond_dim": 2},
+                                            "tree_classifier": {"sites": 6, "bond_dim": 3},
+                                            "ring_classifier": {"sites": 5, "bond_dim": 3},
+                                            "tt_embedding": {"rank": 3}}
 #: expected (output shape without batch, has inputs) of each model at its test overrides
 SHAPES: dict[str, tuple[tuple[int, ...], bool]] = {
     "mpo": ((2,) * 6, True),
     "mps": ((2,) * 10, False),
     "mps_classifier": ((10,), True),
     "peps": ((), False),
+    "peps_classifier": ((10,), True),
+    "tree_classifier": ((10,), True),
+    "ring_classifier": ((10,), True),
+    "tt_embedding": ((16,), True),
     "ring3": ((3, 4, 3), False),
     "tt_linear": ((16,), True),
     "two_mps": ((10,), True),

@@ -1,4 +1,5 @@
-"""Built-in templates (mps, mpo, tt_linear, peps) and the template / plugin registries."""
+"""Built-in templates (mps, mpo, tt_linear, peps, tree, tensor_ring, tt_embedding) and the
+template / plugin registries."""
 
 from __future__ import annotations
 
@@ -173,10 +174,122 @@ def test_peps_inner_node_has_four_bonds() -> None:
     assert spec.network.nodes["P1_1"].legs == {"u": 2, "l": 2, "p": 2, "r": 2, "d": 2}
 
 
+def test_peps_classifier_feeds_every_node_and_puts_the_label_at_the_centre() -> None:
+    spec = load("peps", rows=3, cols=4, bond_dim=2, input="x", feature_map="multilinear",
+                output_dim=10)
+    assert counts(spec) == (12, 17 + 12, 1, 1)
+    assert spec.network.inputs["x"].stack == 12
+    assert ("x[7].p", "P1_3.p") in spec.network.edges
+    assert spec.network.outputs == ["P1_2.o"]
+    assert spec.network.nodes["P1_2"].legs == {"u": 2, "l": 2, "p": 2, "r": 2, "d": 2, "o": 10}
+    assert all(node.init is None for node in spec.network.nodes.values())   # the norm default
+
+
+@pytest.mark.parametrize("options,expected", [
+    ({"output_site": [3, 0], "output_dim": 2}, "output_site [3, 0] is not a [row, col]"),
+    ({"output_site": [0, 0]}, "output_site needs output_dim"),
+    ({"feature_map": "trig"}, "feature_map needs input"),
+    ({"input": "x", "open_phys": False}, "input feeds the physical legs, but open_phys is"),
+])
+def test_peps_inconsistent_options(options: dict[str, Any], expected: str) -> None:
+    with pytest.raises(SpecError) as exc:
+        load("peps", rows=3, cols=2, bond_dim=2, **options)
+    assert expected in exc.value.problems[0].message
+
+
+# -- tree, tensor_ring, tt_embedding -----------------------------------------------------------
+
+@pytest.mark.parametrize("sites,arity,nodes", [(1, 2, 1), (2, 2, 1), (5, 2, 6), (64, 2, 63),
+                                               (9, 3, 4), (10, 4, 4)])
+def test_tree_levels(sites: int, arity: int, nodes: int) -> None:
+    spec = load("tree", sites=sites, bond_dim=6, arity=arity, input="x",
+                feature_map="multilinear", output_dim=3)
+    net = spec.network
+    assert len(net.nodes) == nodes and len(net.edges) == nodes - 1 + sites
+    root = list(net.nodes)[-1]
+    assert net.outputs == [f"{root}.o"] and "u" not in net.nodes[root].legs
+    # a bond holds at most what its subtree holds: 4 above two pixels, 6 (the cap) above that
+    ups = [node.legs["u"] for node in net.nodes.values() if "u" in node.legs]
+    assert all(u <= 6 for u in ups)
+    if sites == 64:
+        assert net.nodes["T0_0"].legs == {"p0": 2, "p1": 2, "u": 4}
+        assert net.nodes["T1_0"].legs == {"c0": 4, "c1": 4, "u": 6}
+
+
+def test_tree_without_input_has_open_physical_legs() -> None:
+    spec = load("tree", sites=3, bond_dim=2, phys_dim=3)
+    assert spec.network.outputs == ["T0_0.p0", "T0_0.p1", "T0_1.p0"]
+    assert spec.network.nodes["T0_1"].legs == {"p0": 3, "u": 2}
+
+
+@pytest.mark.parametrize("sites", [1, 3, 6])
+def test_tensor_ring_closes_the_ring(sites: int) -> None:
+    spec = load("tensor_ring", sites=sites, bond_dim=3, input="x", feature_map="trig",
+                output_dim=4)
+    net = spec.network
+    assert counts(spec) == (sites, 2 * sites, 1, 1)
+    assert (f"R{sites - 1}.r", "R0.l") in net.edges
+    assert net.nodes[f"R{sites // 2}"].legs == {"l": 3, "p": 2, "r": 3, "o": 4}
+
+
+@pytest.mark.parametrize("template,options,expected", [
+    ("tensor_ring", {"output_site": 5, "output_dim": 2}, "output_site 5 is outside the ring"),
+    ("tensor_ring", {"output_site": 1}, "output_site needs output_dim"),
+    ("tree", {"feature_map": "trig"}, "feature_map needs input"),
+    ("tree", {"arity": 1}, "network.arity: Input should be greater than or equal to 2"),
+])
+def test_ring_and_tree_inconsistent_options(template: str, options: dict[str, Any],
+                                            expected: str) -> None:
+    with pytest.raises(SpecError) as exc:
+        load(template, sites=3, bond_dim=2, **options)
+    assert expected in exc.value.problems[0].message
+
+
+def test_tt_embedding_looks_up_rows_of_its_table() -> None:
+    torch = pytest.importorskip("torch")
+    import tngraph
+    from tngraph.templates.tt_embedding import one_hot_inputs
+
+    module = tngraph.compile(load("tt_embedding", voc_shape=[5, 3, 4], dim_shape=[2, 3, 2],
+                                  ranks=[3, 2]), optimize="greedy", dtype="float64",
+                             cache=False)
+    g0, g1, g2 = (module.tensors[f"G{k}"].detach() for k in range(3))
+    table = torch.einsum("aor,rbps,scq->abcopq", g0, g1, g2).reshape(60, 12)
+    indices = torch.tensor([0, 7, 59, 31])
+    inputs = {k: v.double() for k, v in one_hot_inputs(indices, [5, 3, 4]).items()}
+    torch.testing.assert_close(module(**inputs), table[indices])
+    assert 0.5 < float(table.std()) < 2.0         # entries of about unit variance
+
+
+@pytest.mark.parametrize("options,expected", [
+    ({"dim_shape": [2]}, "voc_shape has 2 factors but dim_shape has 1"),
+    ({"ranks": [2, 2]}, "ranks needs 1 positive values"),
+    ({"voc_shape": [3, 0]}, "voc_shape factors must be positive"),
+])
+def test_tt_embedding_inconsistent_options(options: dict[str, Any], expected: str) -> None:
+    with pytest.raises(SpecError) as exc:
+        load("tt_embedding", **{"voc_shape": [3, 4], "dim_shape": [2, 2], **options})
+    assert expected in exc.value.problems[0].message
+
+
+@pytest.mark.parametrize("indices,expected", [
+    ([0, 12], "indices must be in 0 .. 11"), ([-1], "indices must be in 0 .. 11"),
+    ([0.5], "indices must be a 1-D tensor of integers"),
+])
+def test_tt_embedding_inputs_refuse_bad_indices(indices: Any, expected: str) -> None:
+    pytest.importorskip("torch")
+    from tngraph.errors import CompileError
+    from tngraph.templates.tt_embedding import one_hot_inputs
+
+    with pytest.raises(CompileError, match=expected):
+        one_hot_inputs(indices, [3, 4])
+
+
 # -- registry ----------------------------------------------------------------------------------
 
 def test_builtin_templates_are_listed() -> None:
-    assert {"mps", "mpo", "tt_linear", "peps"} <= set(list_templates())
+    assert {"mps", "mpo", "tt_linear", "peps", "tree", "tensor_ring", "tt_embedding"} <= set(
+        list_templates())
     assert get_template("mps").name == "mps"
     assert "mps" in TEMPLATES
 
@@ -185,7 +298,7 @@ def test_unknown_template_lists_valid_names() -> None:
     with pytest.raises(PluginError) as exc:
         get_template("mpss")
     assert "did you mean 'mps'?" in str(exc.value)
-    assert "mpo, mps, peps, tt_linear" in str(exc.value)
+    assert "mpo, mps, peps, tensor_ring, tree, tt_embedding, tt_linear" in str(exc.value)
 
 
 def test_duplicate_template_registration_is_refused() -> None:

@@ -87,9 +87,10 @@ def ones(shape: Sequence[int], legs: Sequence[str], options: Mapping[str, Any],
 
 def norm(shape: Sequence[int], legs: Sequence[str], options: Mapping[str, Any],
          generator: Any) -> Any:
-    """Zero-mean Gaussian of ``std`` times ``gain`` (default 1), with ``std`` chosen from the
-    whole network by :func:`norm_scales` (:func:`node_initializers` passes it in); without the
-    network (called alone) ``std`` defaults to ``normal``'s.
+    """Gaussian noise of ``std`` times ``gain`` (default 1) plus, with ``product: true``, the
+    core of a product state: 1 where every leg is at index 0, except the ``open`` legs (the
+    outputs), which take every value. ``std`` and ``product`` are chosen from the whole
+    network by :func:`node_initializers`; called alone, ``std`` defaults to ``normal``'s.
 
     Examples
     --------
@@ -97,11 +98,18 @@ def norm(shape: Sequence[int], legs: Sequence[str], options: Mapping[str, Any],
     >>> g = torch.Generator().manual_seed(0)
     >>> float(norm((400, 400), ("a", "b"), {"std": 0.5, "gain": 2.0}, g).std()) // 0.01 / 100
     1.0
+    >>> norm((2, 3), ("p", "o"), {"std": 0.0, "product": True, "open": ["o"]}, g).abs()
+    tensor([[1., 1., 1.],
+            [0., 0., 0.]], dtype=torch.float64)
     """
     import torch
 
     std = float(options.get("std", _default_std(shape))) * float(options.get("gain", 1.0))
-    return torch.randn(tuple(shape), generator=generator, dtype=torch.float64) * std
+    tensor = torch.randn(tuple(shape), generator=generator, dtype=torch.float64) * std
+    if options.get("product"):
+        open_legs = set(options.get("open", ()))
+        tensor[tuple(slice(None) if leg in open_legs else 0 for leg in legs)] += 1.0
+    return tensor
 
 
 def port_second_moment(port: InputSpec) -> float:
@@ -187,10 +195,49 @@ def norm_scales(network: NetworkSpec) -> dict[str, float]:
     return {node: math.exp(value / 2) for node, value in log_var.items()}
 
 
+def _product_scales(network: NetworkSpec) -> dict[str, float]:
+    """Noise ``std`` of each node around a product state, so that the noise's first-order
+    terms add up to unit variance (see :func:`node_initializers`)."""
+    moments: dict[str, float] = {}
+    for name, port in network.inputs.items():
+        moment = port_second_moment(port)
+        for copy in port.copies(name):
+            moments[copy] = moment
+    fed = dict.fromkeys(network.nodes, 1.0)
+    for edge in network.edges:
+        nodes = [ref.rpartition(".")[0] for ref in edge]
+        for node in nodes:
+            if node in fed:
+                for other in nodes:
+                    fed[node] *= moments.get(other, 1.0)
+    return {node: 1.0 / math.sqrt(len(fed) * moment) for node, moment in fed.items()}
+
+
+def _product_state(network: NetworkSpec) -> bool:
+    """Every data port has a feature map with a leading 1 (and there is one)."""
+    return bool(network.inputs) and all(
+        port.feature_map is not None and get_feature_map(port.feature_map.name).leading_one
+        for port in network.inputs.values())
+
+
 def node_initializers(network: NetworkSpec) -> dict[str, tuple[str, dict[str, Any]]]:
     """Each node's initialiser name and options: its ``init:`` as written, or
-    :data:`DEFAULT_INITIALIZER`; ``norm`` gets its ``std`` from :func:`norm_scales` unless the
-    spec sets one.
+    :data:`DEFAULT_INITIALIZER`; ``norm`` gets its options from the graph, unless the spec sets
+    ``std``:
+
+    * a network fed only through feature maps with a leading 1 (``[1, x]``, ``poly``) starts
+      near a product state: every core is 1 at index 0 of its legs (the constant component of
+      every feature vector, so the state contracts to exactly 1 for every input; every value of
+      an output leg, so every class starts equal) plus noise of std ``1 / sqrt(N m_v)``, ``N``
+      the number of nodes and ``m_v`` the product of the second moments of the ports joined to
+      node ``v``. The noise's first-order terms (one noisy core, the rest at the product state)
+      then add up to unit variance, and the network starts as a sum of local linear models of
+      its inputs, from which training grows the bonds' correlations. (With zero-mean cores the
+      output's *mean* square is right but its typical value collapses on deep graphs: a
+      product of many independent factors is log-normal, and a 63-node tree starts at logits of
+      about 1e-3 and does not train.)
+    * any other network (no ports, raw data, ``trig``) starts zero-mean, of std
+      :func:`norm_scales`: unit output variance.
 
     Examples
     --------
@@ -201,13 +248,23 @@ def node_initializers(network: NetworkSpec) -> dict[str, tuple[str, dict[str, An
     {'A': ('norm', {'std': 0.5773502691896257}), 'B': ('ones', {})}
     """
     scales: dict[str, float] | None = None
+    product = None
     out: dict[str, tuple[str, dict[str, Any]]] = {}
+    open_legs: dict[str, list[str]] = {}
+    for ref in network.outputs:
+        node, _, leg = ref.rpartition(".")
+        open_legs.setdefault(node, []).append(leg)
     for name, node in network.nodes.items():
         init_name = node.init.name if node.init is not None else DEFAULT_INITIALIZER
         options = dict(node.init.options) if node.init is not None else {}
         if init_name == "norm" and "std" not in options:
-            scales = scales if scales is not None else norm_scales(network)
+            if product is None:
+                product = _product_state(network)
+            if scales is None:
+                scales = _product_scales(network) if product else norm_scales(network)
             options["std"] = scales[name]
+            if product:
+                options.update(product=True, open=open_legs.get(name, []))
         out[name] = (init_name, options)
     return out
 
@@ -387,7 +444,7 @@ def identity(shape: Sequence[int], legs: Sequence[str], options: Mapping[str, An
 
 # the options each built-in reads (validation rejects others); a plugin may set ``.options``
 normal.options = ("std", "mean")        # type: ignore[attr-defined]
-norm.options = ("std", "gain")          # type: ignore[attr-defined]
+norm.options = ("std", "gain", "product", "open")   # type: ignore[attr-defined]
 uniform.options = ("a",)                # type: ignore[attr-defined]
 zeros.options = ()                      # type: ignore[attr-defined]
 ones.options = ()                       # type: ignore[attr-defined]
