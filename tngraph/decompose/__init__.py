@@ -23,6 +23,7 @@ Examples
 
 from tngraph.decompose.cross import CrossResult, tt_cross
 from tngraph.decompose.maxvol import maxvol, rect_maxvol
+from tngraph.decompose.solvers import EighResult, SolveResult, tt_eigh, tt_matvec, tt_solve
 from tngraph.decompose.tt import (
     DecompositionError,
     bond_spectra,
@@ -50,6 +51,8 @@ from tngraph.decompose.tt import (
 __all__ = [
     "CrossResult",
     "DecompositionError",
+    "EighResult",
+    "SolveResult",
     "bond_spectra",
     "entanglement_entropy",
     "left_orthogonalize",
@@ -61,14 +64,17 @@ __all__ = [
     "tt_add",
     "tt_cross",
     "tt_dot",
+    "tt_eigh",
     "tt_hadamard",
     "tt_linear_spec",
     "tt_linear_state_dict",
     "tt_matrix",
     "tt_matrix_to_dense",
+    "tt_matvec",
     "tt_norm",
     "tt_ranks",
     "tt_round",
+    "tt_solve",
     "tt_svd",
     "tt_to_dense",
     "tt_values",

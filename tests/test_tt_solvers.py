@@ -1,0 +1,265 @@
+"""tngraph.decompose.solvers: tt_matvec, tt_eigh (two-site DMRG) and tt_solve, checked against
+dense products, eigvalsh / a sparse eigensolver and dense solves at small sizes."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import scipy.sparse.linalg as spla
+import torch
+
+from tngraph.decompose import (
+    DecompositionError,
+    tt_eigh,
+    tt_matrix,
+    tt_matrix_to_dense,
+    tt_matvec,
+    tt_ranks,
+    tt_solve,
+    tt_svd,
+    tt_to_dense,
+)
+
+F64 = torch.float64
+
+
+def heisenberg_mpo(n: int, coupling: float = 1.0) -> list[torch.Tensor]:
+    """H = J sum_i S_i . S_{i+1} (open chain, spin 1/2) as TT-matrix cores (r, in, out, r')."""
+    up = torch.tensor([[0.0, 1.0], [0.0, 0.0]], dtype=F64)
+    down, sz = up.T, torch.diag(torch.tensor([0.5, -0.5], dtype=F64))
+    eye, zero = torch.eye(2, dtype=F64), torch.zeros(2, 2, dtype=F64)
+    w = [[eye, zero, zero, zero, zero], [up, zero, zero, zero, zero],
+         [down, zero, zero, zero, zero], [sz, zero, zero, zero, zero],
+         [zero, coupling / 2 * down, coupling / 2 * up, coupling * sz, eye]]
+    core = torch.stack([torch.stack([w[a][b].T for b in range(5)], -1) for a in range(5)])
+    return [core[4:5]] + [core] * (n - 2) + [core[..., 0:1]]
+
+
+def heisenberg_sparse(n: int) -> sp.csr_matrix:
+    """The same Hamiltonian from Kronecker products (an independent oracle)."""
+    sx = sp.csr_matrix([[0, 0.5], [0.5, 0]])
+    sy_sq = sp.csr_matrix([[0, -0.5], [0.5, 0]])          # S^y = i * this
+    sz = sp.csr_matrix([[0.5, 0], [0, -0.5]])
+
+    def at(op: sp.csr_matrix, i: int) -> sp.csr_matrix:
+        return sp.kron(sp.kron(sp.identity(2 ** i), op), sp.identity(2 ** (n - i - 1)))
+
+    h = sp.csr_matrix((2 ** n, 2 ** n))
+    for i in range(n - 1):
+        h = h + at(sx, i) @ at(sx, i + 1) - at(sy_sq, i) @ at(sy_sq, i + 1) \
+            + at(sz, i) @ at(sz, i + 1)
+    return h.tocsr()
+
+
+def laplacian_mpo(d: int, n: int) -> list[torch.Tensor]:
+    """The d-dimensional Dirichlet Laplacian (n interior points a side), TT-rank 2."""
+    h = 1.0 / (n + 1)
+    lap = (2 * torch.eye(n, dtype=F64) - torch.diag(torch.ones(n - 1, dtype=F64), 1)
+           - torch.diag(torch.ones(n - 1, dtype=F64), -1)) / h ** 2
+    eye, zero = torch.eye(n, dtype=F64), torch.zeros(n, n, dtype=F64)
+    first = torch.stack([eye, lap], -1)[None]
+    middle = torch.stack([torch.stack([eye, lap], -1), torch.stack([zero, eye], -1)])
+    last = torch.stack([lap, eye])[..., None]
+    return [first] + [middle] * (d - 2) + [last]
+
+
+def random_symmetric_tt_matrix(shape: list[int], seed: int) -> tuple[list[torch.Tensor],
+                                                                      torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    size = math.prod(shape)
+    m = torch.randn(size, size, generator=gen, dtype=F64)
+    dense = m + m.T
+    return tt_matrix(dense, shape, shape), dense
+
+
+# ---------------------------------------------------------------------------------------------
+# tt_matvec
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_matvec_is_the_dense_product(seed: int) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    w = torch.randn(24, 60, generator=gen, dtype=F64)          # 60 -> 24
+    a = tt_matrix(w, in_shape=[3, 4, 5], out_shape=[2, 3, 4], max_rank=7)
+    x = torch.randn(3, 4, 5, generator=gen, dtype=F64)
+    y = tt_matvec(a, tt_svd(x))
+    assert [tuple(c.shape)[1] for c in y] == [2, 3, 4]
+    expected = tt_matrix_to_dense(a) @ x.reshape(-1)
+    assert torch.allclose(tt_to_dense(y).reshape(-1), expected)
+    assert tt_ranks(y) == tuple(ra * rx for ra, rx in zip(tt_ranks(a), tt_ranks(tt_svd(x))))
+
+
+def test_matvec_rounds_when_asked() -> None:
+    a = laplacian_mpo(4, 5)
+    x = tt_svd(torch.randn(5, 5, 5, 5, generator=torch.Generator().manual_seed(3), dtype=F64),
+               max_rank=3)
+    exact = tt_to_dense(tt_matvec(a, x))
+    rounded = tt_matvec(a, x, eps=1e-3)
+    capped = tt_matvec(a, x, max_rank=2)
+    assert max(tt_ranks(capped)) == 2 and max(tt_ranks(rounded)) <= 6
+    assert float((tt_to_dense(rounded) - exact).norm() / exact.norm()) <= 1e-3
+
+
+@pytest.mark.parametrize(("make", "match"), [
+    (lambda a, x: tt_matvec(a, x[:2]), "vector_cores has modes"),
+    (lambda a, x: tt_matvec(a, [c.float() for c in x]), "vector_cores is torch.float32"),
+    (lambda a, x: tt_matvec(x, x), r"matrix_cores must have shape \(r, n_in, n_out, r'\)"),
+    (lambda a, x: tt_matvec(a, [c[:, :2] for c in x]), r"vector_cores has modes \[2, 2, 2\]"),
+    (lambda a, x: tt_matvec(a, [c[..., None] for c in x]),
+     r"vector_cores must have shape \(r, n, r'\)"),
+    (lambda a, x: tt_matvec([a[0] * math.nan, *a[1:]], x), "matrix_cores.0. has non-finite"),
+])
+def test_matvec_errors(make, match: str) -> None:
+    a = laplacian_mpo(3, 3)
+    x = tt_svd(torch.ones(3, 3, 3, dtype=F64))
+    with pytest.raises(DecompositionError, match=match):
+        make(a, x)
+
+
+# ---------------------------------------------------------------------------------------------
+# tt_eigh
+
+
+def test_eigh_heisenberg_10_sites_against_dense_eigvalsh() -> None:
+    mpo = heisenberg_mpo(10)
+    dense = tt_matrix_to_dense(mpo)
+    assert torch.allclose(dense, torch.from_numpy(heisenberg_sparse(10).toarray()))
+    exact = float(torch.linalg.eigvalsh(dense)[0])
+    result = tt_eigh(mpo, max_rank=32, tol=1e-12)
+    assert result.converged and abs(result.eigenvalue - exact) < 1e-9
+    value, vector = result                                   # unpacks as a pair
+    v = tt_to_dense(vector).reshape(-1)
+    assert float(v.norm()) == pytest.approx(1.0)
+    assert float((dense @ v - value * v).norm()) < 1e-5
+    # the energies fall sweep by sweep (up to the local solver's accuracy)
+    assert all(b <= a + 1e-9 for a, b in zip(result.energies, result.energies[1:]))
+
+
+def test_eigh_heisenberg_12_sites_against_a_sparse_solver() -> None:
+    exact = float(spla.eigsh(heisenberg_sparse(12), k=1, which="SA", tol=1e-12)[0][0])
+    result = tt_eigh(heisenberg_mpo(12), max_rank=24, tol=1e-10)
+    assert abs(result.eigenvalue - exact) < 1e-7 and max(result.ranks) <= 24
+    assert result.eigenvalue >= exact - 1e-10                # variational: an upper bound
+
+
+@pytest.mark.parametrize(("shape", "seed"), [([4, 4], 0), ([2, 3, 4], 1), ([3, 3, 3], 2)])
+def test_eigh_random_symmetric_matrix(shape: list[int], seed: int) -> None:
+    cores, dense = random_symmetric_tt_matrix(shape, seed)
+    exact = float(torch.linalg.eigvalsh(dense)[0])
+    value, vector = tt_eigh(cores, max_rank=64, tol=1e-12)
+    assert value == pytest.approx(exact, abs=1e-9)
+    v = tt_to_dense(vector).reshape(-1)
+    assert float((dense @ v - value * v).norm()) < 1e-5 * abs(value)
+
+
+def test_eigh_max_bond_is_an_alias_and_the_seed_makes_it_reproducible() -> None:
+    mpo = heisenberg_mpo(8)
+    a = tt_eigh(mpo, max_rank=6, seed=3)
+    b = tt_eigh(mpo, max_bond=6, seed=3)
+    assert a.energies == b.energies and all(torch.equal(x, y) for x, y in zip(a.vector,
+                                                                              b.vector))
+    assert max(a.ranks) == 6
+
+
+def test_eigh_of_one_site_and_a_product_operator() -> None:
+    m = torch.tensor([[2.0, 1.0], [1.0, 2.0]], dtype=F64)
+    value, vector = tt_eigh([m.reshape(1, 2, 2, 1)], max_rank=1)
+    assert value == pytest.approx(1.0) and tt_to_dense(vector).abs().tolist() == \
+        pytest.approx([2 ** -0.5] * 2)
+    z = torch.diag(torch.tensor([1.0, -1.0], dtype=F64)).reshape(1, 2, 2, 1)
+    result = tt_eigh([z, z, z], max_rank=3)
+    assert result.eigenvalue == pytest.approx(-1.0) and result.ranks == (1, 1)
+
+
+@pytest.mark.parametrize(("call", "match"), [
+    (lambda: tt_eigh(heisenberg_mpo(4)), "tt_eigh needs max_rank"),
+    (lambda: tt_eigh(heisenberg_mpo(4), max_rank=4, max_bond=8),
+     "max_rank = 4 and max_bond = 8 disagree"),
+    (lambda: tt_eigh(heisenberg_mpo(4), max_rank=0), "max_rank must be an integer >= 1"),
+    (lambda: tt_eigh(heisenberg_mpo(4), max_rank=4, sweeps=0), "sweeps must be an integer"),
+    (lambda: tt_eigh(heisenberg_mpo(4), max_rank=4, tol=-1.0), "tol must be a finite number"),
+    (lambda: tt_eigh(heisenberg_mpo(4), max_rank=4, eps=math.nan), "eps must be a finite"),
+    (lambda: tt_eigh(tt_matrix(torch.randn(9, 9), [3, 3], [3, 3]), max_rank=4),
+     r"the operator is not symmetric: \|\|A - A\^T\|\| / \|\|A\|\| = "),
+    (lambda: tt_eigh(tt_matrix(torch.randn(6, 9), [3, 3], [2, 3]), max_rank=4),
+     "maps 3 to 2 values; the operator must be square"),
+    (lambda: tt_eigh([torch.ones(2, 2, 2, 1)], max_rank=4), "must start and end with rank 1"),
+])
+def test_eigh_errors(call, match: str) -> None:
+    with pytest.raises(DecompositionError, match=match):
+        call()
+
+
+# ---------------------------------------------------------------------------------------------
+# tt_solve
+
+
+@pytest.mark.parametrize(("d", "n"), [(3, 6), (4, 5)])
+def test_solve_poisson_against_a_dense_solve(d: int, n: int) -> None:
+    a = laplacian_mpo(d, n)
+    gen = torch.Generator().manual_seed(d)
+    rhs = [torch.rand(1, n, 1, generator=gen, dtype=F64) for _ in range(d)]   # rank-1 source
+    result = tt_solve(a, rhs, max_rank=16, tol=1e-10)
+    dense_a = tt_matrix_to_dense(a)
+    b = tt_to_dense(rhs).reshape(-1)
+    x = torch.linalg.solve(dense_a, b)
+    got = tt_to_dense(result.solution).reshape(-1)
+    assert result.converged and result.residual <= 1e-10
+    assert float((got - x).norm() / x.norm()) < 1e-9
+    # the reported residual is the dense one
+    assert result.residual == pytest.approx(float((dense_a @ got - b).norm() / b.norm()),
+                                            rel=1e-3, abs=1e-13)
+    solution, residual = result
+    assert residual == result.residuals[-1] and solution is result.solution
+
+
+def test_solve_stops_when_the_rank_cap_limits_the_residual() -> None:
+    a = laplacian_mpo(5, 6)
+    rhs = tt_svd(torch.randn(6, 6, 6, 6, 6, generator=torch.Generator().manual_seed(0),
+                             dtype=F64), max_rank=3)
+    result = tt_solve(a, rhs, max_rank=2, sweeps=30, tol=1e-12)
+    assert not result.converged and result.sweeps < 30 and max(result.ranks) <= 2
+    assert result.residual == pytest.approx(min(result.residuals), rel=0.5)
+
+
+def test_solve_one_site_and_zero_rhs() -> None:
+    m = torch.tensor([[4.0, 1.0], [1.0, 3.0]], dtype=F64)
+    x, residual = tt_solve([m.reshape(1, 2, 2, 1)], [torch.ones(1, 2, 1, dtype=F64)],
+                           max_rank=1)
+    assert torch.allclose(tt_to_dense(x), torch.linalg.solve(m, torch.ones(2, dtype=F64)))
+    zero = tt_solve(laplacian_mpo(3, 4), [torch.zeros(1, 4, 1, dtype=F64)] * 3, max_rank=2)
+    assert zero.residual == 0.0 and float(tt_to_dense(zero.solution).abs().max()) == 0.0
+
+
+@pytest.mark.parametrize(("call", "match"), [
+    (lambda a, b: tt_solve([-a[0], *a[1:]], b, max_rank=4),
+     "the operator is not positive definite"),
+    (lambda a, b: tt_solve(a, b[:2], max_rank=4), "rhs_cores has modes"),
+    (lambda a, b: tt_solve(a, b), "tt_solve needs max_rank"),
+    (lambda a, b: tt_solve(a, [c.float() for c in b], max_rank=4), "rhs_cores is torch.float32"),
+])
+def test_solve_errors(call, match: str) -> None:
+    a = laplacian_mpo(3, 4)
+    b = [torch.ones(1, 4, 1, dtype=F64)] * 3
+    with pytest.raises(DecompositionError, match=match):
+        call(a, b)
+
+
+def test_solve_refuses_an_indefinite_operator_in_a_large_local_system() -> None:
+    """Local systems above the dense limit go through conjugate gradients, which refuses a
+    direction of non-positive curvature."""
+    n = 9                              # the first pair has 1 * 9 * 9 * 4 > 256 unknowns
+    a = laplacian_mpo(3, n)
+    eye = torch.eye(n, dtype=F64).reshape(1, n, n, 1)
+    pad = torch.zeros(2, n, n, 1, dtype=F64)
+    a[0] = torch.cat([a[0], -500 * eye], -1)                       # A - 500 I: indefinite
+    a[1] = torch.cat([torch.cat([a[1], pad], -1),
+                      torch.cat([torch.zeros(1, n, n, 2, dtype=F64), eye], -1)], 0)
+    a[2] = torch.cat([a[2], eye], 0)
+    eigenvalues = np.linalg.eigvalsh(tt_matrix_to_dense(a).numpy())
+    assert eigenvalues[0] < 0 < eigenvalues[-1]
+    with pytest.raises(DecompositionError, match="not positive definite"):
+        tt_solve(a, [torch.ones(1, n, 1, dtype=F64)] * 3, max_rank=8)
