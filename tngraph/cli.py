@@ -115,6 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["text", "json"], default="text")
     p.add_argument("--save", metavar="FILE", help="write initial weights (.safetensors)")
     p.add_argument("--seed", type=int, default=0, help="seed of the weight initialisation")
+    p.add_argument("--draw", metavar="FILE", help="also draw the network(s) and contraction "
+                                                  "tree(s) into FILE.png or FILE.svg")
     _add_plan_options(p)
 
     p = sub.add_parser("expand", help="print the raw canonical YAML of a spec")
@@ -211,6 +213,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="cpu, cuda, ... (default: the run's)")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
 
+    p = sub.add_parser("draw", help="draw a network and its contraction tree (PNG or SVG)")
+    p.add_argument("spec", metavar="SPEC|RUN", help="a spec file or a run directory")
+    p.add_argument("--what", choices=["network", "tree", "both"], default="both")
+    p.add_argument("--out", metavar="FILE", help="FILE.png or FILE.svg (default NAME.png)")
+    p.add_argument("--set", dest="overrides", action="append", default=[],
+                   metavar="KEY=VALUE", help="override a parameter of a spec file")
+    p.add_argument("--cache-dir", help="plan cache directory")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+
     p = sub.add_parser("plugins", help="list templates, feature maps, initialisers, datasets")
     p.add_argument("action", choices=["list"], help="what to do (list)")
     p.add_argument("--debug", action="store_true")
@@ -273,6 +284,11 @@ def _cmd_compile(args: argparse.Namespace) -> int:
         plan = plan_spec(spec, cache_dir=args.cache_dir, **_plan_kwargs(args))
         print(format_report(plan, spec, fmt=args.format), end="")
         over = [(spec.name, reason) for reason in plan.over_limit]
+    if args.draw:
+        from tngraph.draw import draw_spec
+
+        draw_spec(spec, args.draw, plans=plans if spec.is_pipeline else {spec.name: plan})
+        print(f"drawn: {args.draw}", file=sys.stderr)
     if over:
         for name, reason in over:
             where = f" (layer {name.rpartition('.')[2]})" if spec.is_pipeline else ""
@@ -492,6 +508,15 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_draw(args: argparse.Namespace) -> int:
+    from tngraph.draw import draw
+
+    path = draw(args.spec, args.out, what=args.what, overrides=_overrides(args.overrides),
+                cache_dir=args.cache_dir)
+    print(f"drawn: {path}")
+    return EXIT_OK
+
+
 def _cmd_plugins(args: argparse.Namespace) -> int:
     from rich import box
     from rich.console import Console
@@ -522,7 +547,8 @@ def _cmd_templates(args: argparse.Namespace) -> int:
 _COMMANDS = {"validate": _cmd_validate, "compile": _cmd_compile, "expand": _cmd_expand,
              "train": _cmd_train, "distill": _cmd_distill, "eval": _cmd_eval,
              "plugins": _cmd_plugins, "templates": _cmd_templates,
-             "tensorize": _cmd_tensorize, "explain": _cmd_explain, "inspect": _cmd_inspect}
+             "tensorize": _cmd_tensorize, "explain": _cmd_explain, "inspect": _cmd_inspect,
+             "draw": _cmd_draw}
 
 
 def _secondary_rank() -> bool:
