@@ -134,7 +134,8 @@ def did_you_mean(name: str, valid: Iterable[str]) -> str:
     "did you mean 'bond_dim'? valid: bond_dim, phys_dim"
     """
     valid = sorted(set(valid))
-    prefixed = [v for v in valid if v.startswith(name) or name.startswith(v)]
+    prefixed = sorted((v for v in valid if v.startswith(name) or name.startswith(v)),
+                      key=lambda v: -difflib.SequenceMatcher(None, name, v).ratio())
     close = prefixed[:1] or difflib.get_close_matches(name, valid, n=1, cutoff=0.6)
     listing = ", ".join(valid) if len(valid) <= 12 else ", ".join(valid[:12]) + ", ..."
     if close:
