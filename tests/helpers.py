@@ -150,6 +150,15 @@ def randomize(module: Any, seed: int = 0, scale: float = 1.0) -> None:
 # random networks
 
 
+def node_grads(module: Any, output: torch.Tensor, create_graph: bool = False
+               ) -> dict[str, torch.Tensor]:
+    """d ``output`` / d each node's tensor, by node name, whatever the parameter layout
+    (stacked storages are differentiated, then viewed per node)."""
+    held = dict(module.tensors.named_parameters())
+    grads = torch.autograd.grad(output, list(held.values()), create_graph=create_graph)
+    return module.tensors.views(dict(zip(held, grads)))
+
+
 def rand_network(n: int, seed: int, *, data: bool | None = None,
                  max_elements: int = 2**12) -> dict[str, Any]:
     """A random raw network of ``n`` nodes (the ``network:`` block, as plain data).

@@ -95,13 +95,14 @@ def _check_module(module: tngraph.TNModule, x: torch.Tensor, feature_map: str, s
     # every class gets its own output value
     assert (out.detach().std(dim=1) > 1e-3).all()
     names = list(module.tensors)
+    grads = module.tensors.grads()
     for name in names:
-        grad = module.tensors[name].grad
+        grad = grads[name]
         assert grad is not None and torch.isfinite(grad).all(), name
         assert float(grad.abs().max()) > 1e-6, f"{name}: all-zero gradient"
     # boundary, label and middle cores specifically (the assertions above cover all cores)
     for name in (names[0], names[-1], f"A{sites // 2}", f"A{sites // 4}"):
-        assert float(module.tensors[name].grad.norm()) > 1e-4, name
+        assert float(grads[name].norm()) > 1e-4, name
 
 
 # ---------------------------------------------------------------------------------------------

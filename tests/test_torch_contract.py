@@ -159,22 +159,28 @@ def test_a_changed_weight_is_seen_under_no_grad(make: Callable[[], tngraph.TNMod
     inputs = {k: v.double() for k, v in random_inputs(module, 3).items()}
     with torch.no_grad():
         module(**inputs)
-        module(**inputs)                  # the second call runs in the inference workspace
-    change(module, next(iter(module.tensors.values())))
+        before = module(**inputs)         # the second call runs in the inference workspace
+    for param in module.tensors.parameters():       # (lone nodes and stacked storages)
+        change(module, param)
     with torch.no_grad():
-        assert_matches(module(**inputs), dense_oracle(module, inputs))
+        after = module(**inputs)
+    assert not torch.allclose(after, before)
+    assert_matches(after, dense_oracle(module, inputs))
 
 
-@pytest.mark.parametrize("make", [
-    pytest.param(lambda: small(MODELS[0].parent / "tt_linear.yaml", execution="dense"),
+@pytest.mark.parametrize(("make", "stacked"), [
+    pytest.param(lambda: small(MODELS[0].parent / "tt_linear.yaml", execution="dense"), True,
                  id="tt-dense"),
-    pytest.param(lambda: classifier(16), id="chain-16"),
+    pytest.param(lambda: classifier(16), False, id="chain-16-gathered"),
 ])
 def test_frozen_builds_derived_values_once_and_keeps_nothing_after(
-        make: Callable[[], tngraph.TNModule], monkeypatch: pytest.MonkeyPatch) -> None:
+        make: Callable[[], tngraph.TNModule], stacked: bool,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     from tngraph.compiler import _DenseWeight
     from tngraph.executor import schedule
 
+    if not stacked:                 # every node a parameter of its own: gathered at each call
+        monkeypatch.setattr("tngraph.compiler.stack_layouts", lambda *args: [])
     module = make()
     inputs = {k: v.double() for k, v in random_inputs(module, 3).items()}
     builds: list[str] = []
@@ -219,8 +225,8 @@ def test_a_dtype_move_is_seen_under_no_grad() -> None:
 def test_jacrev_and_vmap_of_grad_match_autograd() -> None:
     module = classifier(16, bond=3)
     x = torch.rand(4, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
-    names = ["tensors.A0", "tensors.A8"]
-    values = tuple(module.get_parameter(n).detach() for n in names)
+    names = ["tensors.A0", "tensors.A8"]         # (nodes of stacked parameters: set by name)
+    values = tuple(module.tensors[n.partition(".")[2]].detach() for n in names)
     run = as_function(module, names, {"x": x})
     expected = torch.autograd.functional.jacobian(run, values)
     got = torch.func.jacrev(run, argnums=(0, 1))(*values)
@@ -323,3 +329,80 @@ def test_torch_compile_fullgraph_matches_eager(path: Path, dynamic: bool) -> Non
         for a, b in zip(torch.autograd.grad(got.square().sum(), params),
                         torch.autograd.grad(expected.square().sum(), params)):
             torch.testing.assert_close(a, b)
+
+
+# ---------------------------------------------------------------------------------------------
+# parameters in execution layout
+
+
+def test_a_chain_needs_no_gather_and_its_optimizer_steps_a_few_tensors(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The half-chains' cores are stored as the stacked kernels read them: a call (forward and
+    backward) gathers nothing, Adam steps 4 tensors instead of 64, and training gives the same
+    weights as with one parameter per node."""
+    from tngraph.executor import schedule
+
+    calls: list[int] = []
+    gather = schedule.gather_params
+    monkeypatch.setattr("tngraph.executor.runtime.gather_params",
+                        lambda t, g: calls.append(1) or gather(t, g))
+    stacked = classifier(64)
+    x = torch.rand(8, 64, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    labels = torch.arange(8) % 3
+    assert len(list(stacked.parameters())) == 4 and len(stacked.tensors) == 64
+    monkeypatch.setattr("tngraph.compiler.stack_layouts", lambda *args: [])
+    per_node = classifier(64)
+    assert len(list(per_node.parameters())) == 64
+    per_node.load_state_dict(stacked.state_dict())
+    for module in (stacked, per_node):
+        optimizer = torch.optim.Adam(module.parameters(), lr=0.01)
+        for _ in range(3):
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(module(x), labels).backward()
+            optimizer.step()
+        if module is stacked:
+            assert calls == []
+    assert calls                                          # the per-node module gathers
+    for name in stacked.tensors:
+        torch.testing.assert_close(stacked.tensors[name], per_node.tensors[name])
+
+
+def test_node_views_write_through_and_state_dict_is_per_node() -> None:
+    module = classifier(16)
+    assert module.tensors.stacked("A3") and not module.tensors.stacked("A8")
+    view = module.tensors["A3"]
+    assert view.shape == (2, 2, 2) and view._base is not None
+    with torch.no_grad():
+        view.copy_(torch.arange(8.0).reshape(2, 2, 2))
+    torch.testing.assert_close(module.tensors["A3"], torch.arange(8.0, dtype=torch.float64)
+                               .reshape(2, 2, 2))
+    state = module.state_dict()
+    assert list(state) == [f"tensors.A{k}" for k in range(16)]
+    assert all(t.is_contiguous() and t._base is None for t in state.values())
+    # a partial state_dict loads the nodes it has and names the missing ones
+    other = classifier(16)
+    del state["tensors.A5"]
+    result = other.load_state_dict(state, strict=False)
+    assert result.missing_keys == ["tensors.A5"] and result.unexpected_keys == []
+    torch.testing.assert_close(other.tensors["A3"], module.tensors["A3"])
+    with pytest.raises(RuntimeError, match="Missing key.*tensors.A5"):
+        other.load_state_dict(state)
+    state["tensors.A5"] = torch.zeros(3, 3, 3)
+    with pytest.raises(RuntimeError, match=r"size mismatch for tensors.A5: .*\(3, 3, 3\)"):
+        other.load_state_dict(state)
+    with pytest.raises(tngraph.CompileError, match=r"stored in a stacked parameter.*copy_"):
+        module.tensors["A3"] = torch.nn.Parameter(torch.zeros(2, 2, 2))
+
+
+def test_gradients_per_node_match_one_parameter_per_node(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    stacked = classifier(16)
+    x = torch.rand(4, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+    stacked(x).square().sum().backward()
+    monkeypatch.setattr("tngraph.compiler.stack_layouts", lambda *args: [])
+    per_node = classifier(16)
+    per_node.load_state_dict(stacked.state_dict())
+    per_node(x).square().sum().backward()
+    grads = stacked.tensors.grads()
+    for name, param in per_node.tensors.items():
+        torch.testing.assert_close(grads[name], param.grad)

@@ -29,7 +29,16 @@ import torch
 from torch import nn
 
 from tngraph.errors import CompileError, PlanError
-from tngraph.executor import build_program, einsum_program
+from tngraph.executor import (
+    NodeValues,
+    Placement,
+    StackLayout,
+    build_program,
+    einsum_program,
+    member_view,
+    pack,
+    stack_layouts,
+)
 from tngraph.graph import EinsumProblem, einsum_problem, parameter_count
 from tngraph.initializers import node_initializer
 from tngraph.kinds import NETWORK, get_feature_map, get_initializer, get_layer
@@ -199,6 +208,211 @@ class _DenseWeight:
         return y.reshape(batch, *self.out_shape)
 
 
+def _renumbered(layout: StackLayout) -> StackLayout:
+    """``layout`` with its members numbered ``0, 1, ...``: to pack a list of the members'
+    tensors, in stacked order."""
+    return StackLayout(tuple((k, op) for k, (_, op) in enumerate(layout.members)))
+
+
+class NodeTensors(nn.Module):
+    """``module.tensors``: every node's tensor by name, legs in the node's declared order.
+
+    The tensors are stored in execution layout: the cores that the program runs as one stacked
+    kernel (the half-chains of an MPS) are one ``nn.Parameter`` each, laid out as the kernel
+    reads them (``stack:0``, ``stack:1``, ... in ``named_parameters()``), so that a call needs no
+    gather and no scatter and an optimizer steps a few tensors; every other node is an
+    ``nn.Parameter`` of its own, under its name. ``tensors["A3"]`` is the node's tensor either
+    way: that parameter, or a view of its storage (write it in place, e.g. ``copy_`` under
+    ``torch.no_grad()``). ``state_dict()`` has one entry per node (``tensors.A3``), so
+    checkpoints load whatever the layout; :meth:`grads` gives the gradients per node.
+
+    Examples
+    --------
+    >>> import tngraph
+    >>> m = tngraph.compile("tngraph: 1\\nname: t\\nnetwork: {template: mps, sites: 8, "
+    ...                     "phys_dim: 2, bond_dim: 3, input: x, feature_map: multilinear}\\n",
+    ...                     cache=False)
+    >>> tuple(m.tensors["A3"].shape), len(list(m.parameters())) < len(m.tensors)
+    ((3, 2, 3), True)
+    >>> list(m.state_dict())[:3]
+    ['tensors.A0', 'tensors.A1', 'tensors.A2']
+    """
+
+    def __init__(self, names: Sequence[str], values: Sequence[torch.Tensor],
+                 placement: Placement):
+        super().__init__()
+        self._names = tuple(names)
+        self._index = {name: i for i, name in enumerate(self._names)}
+        self.placement = placement
+        self._lone_keys = tuple(n for n, p in zip(self._names, placement.lone) if p is not None)
+        self._stack_keys = tuple(f"stack:{k}" for k in range(len(placement.layouts)))
+        for name in self._lone_keys:
+            self.register_parameter(name, nn.Parameter(values[self._index[name]]))
+        for key, layout in zip(self._stack_keys, placement.layouts):
+            self.register_parameter(key, nn.Parameter(pack(values, layout)))
+        self._register_state_dict_hook(NodeTensors._per_node_state)
+        self._register_load_state_dict_pre_hook(NodeTensors._stacked_state, with_module=True)
+        #: stacked nodes' tensors set by name (``torch.func.functional_call(module,
+        #: {"tensors.A3": t}, ...)`` sets the attribute ``A3`` for the call): node -> tensor
+        self._overrides: dict[str, torch.Tensor] = {}
+
+    # -- the tensors ---------------------------------------------------------------------------
+    def values_for_call(self) -> NodeValues:
+        """The tensors in declared (= term) order, for one call: lone parameters as they are,
+        stacked nodes as views made on first use (see :class:`NodeValues`)."""
+        params = self._parameters
+        stacks = [params[k] for k in self._stack_keys]
+        if self._overrides:      # a storage with a node set by name is packed anew for the call
+            current = NodeValues(self.placement, (), stacks)
+            for k, layout in enumerate(self.placement.layouts):
+                names = [self._names[i] for i, _ in layout.members]
+                if any(name in self._overrides for name in names):
+                    members = [self._overrides.get(name, current[i])
+                               for name, (i, _) in zip(names, layout.members)]
+                    stacks[k] = pack(members, _renumbered(layout))
+        return NodeValues(self.placement, [params[k] for k in self._lone_keys], stacks)
+
+    def views(self, sources: Mapping[str, torch.Tensor] | None = None) -> dict[str, Any]:
+        """Node name -> tensor, from ``sources``: a tensor per parameter name of this module
+        (``'A3'``, ``'stack:0'``, as in ``named_parameters()``), shaped like that parameter
+        (its gradient, say); None where a source is missing or None. Default: the parameters.
+        """
+        if sources is None:
+            values: Sequence[Any] = self.values_for_call()
+        else:
+            lone = [sources.get(k) for k in self._lone_keys]
+            stacks = [sources.get(k) for k in self._stack_keys]
+            values = NodeValues(self.placement, lone, stacks)
+        out: dict[str, Any] = {}
+        for i, name in enumerate(self._names):
+            stacked = self.placement.stacked[i]
+            missing = (stacked is not None and values.stacks[stacked[0]] is None) if \
+                isinstance(values, NodeValues) else False
+            out[name] = None if missing else values[i]
+        return out
+
+    def grads(self) -> dict[str, torch.Tensor | None]:
+        """Node name -> the gradient of its tensor (a view of its storage's ``.grad``), or None
+        where there is none: after ``loss.backward()``, what ``tensors[name].grad`` was when
+        every node was a parameter of its own."""
+        return self.views({k: p.grad for k, p in self._parameters.items()})
+
+    def parameter_of(self, name: str) -> str:
+        """The name (in this module) of the parameter that holds node ``name``: the node's own
+        name, or its stacked storage's (``'stack:0'``), e.g. to freeze it."""
+        stacked = self.placement.stacked[self._index[name]]
+        return name if stacked is None else self._stack_keys[stacked[0]]
+
+    def stacked(self, name: str) -> bool:
+        """Whether node ``name`` lives in a stacked parameter (its tensor is a view)."""
+        return self.placement.stacked[self._index[name]] is not None
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        index = self._index.get(name) if isinstance(name, str) else None
+        if index is None:
+            raise KeyError(name)
+        return self.values_for_call()[index]
+
+    def __setitem__(self, name: str, value: torch.Tensor) -> None:
+        if name not in self._index:
+            raise CompileError(f"network has no node {name!r}; nodes: "
+                               f"{', '.join(self._names)}")
+        if self.stacked(name):
+            raise CompileError(f"node {name!r} is stored in a stacked parameter (execution "
+                               "layout); write its values in place: with torch.no_grad(): "
+                               f"module.tensors[{name!r}].copy_(value)")
+        param = value if isinstance(value, nn.Parameter) else nn.Parameter(value)
+        self.register_parameter(name, param)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        index = self.__dict__.get("_index", {}).get(name)
+        if index is not None and self.placement.stacked[index] is not None:
+            if isinstance(value, nn.Parameter) or not isinstance(value, torch.Tensor):
+                self[name] = value                         # (refused with the fix)
+            self._overrides[name] = value
+            return
+        super().__setattr__(name, value)
+
+    def __getattr__(self, name: str) -> Any:
+        overrides = self.__dict__.get("_overrides")
+        if overrides and name in overrides:
+            return overrides[name]
+        return super().__getattr__(name)
+
+    def __delattr__(self, name: str) -> None:
+        overrides = self.__dict__.get("_overrides")
+        if overrides and name in overrides:
+            del overrides[name]
+            return
+        super().__delattr__(name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._index
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def keys(self) -> list[str]:
+        return list(self._names)
+
+    def values(self) -> list[torch.Tensor]:
+        return list(self.values_for_call())
+
+    def items(self) -> list[tuple[str, torch.Tensor]]:
+        return list(zip(self._names, self.values_for_call()))
+
+    # -- state_dict: one entry per node, whatever the layout -------------------------------------
+    @staticmethod
+    def _per_node_state(module: NodeTensors, state: dict[str, Any], prefix: str,
+                        local_metadata: Any) -> None:
+        own = {key: state.pop(prefix + key) for key in module._parameters
+               if prefix + key in state}
+        if len(own) != len(module._parameters):     # (not ours to rewrite)
+            state.update((prefix + key, value) for key, value in own.items())
+            return
+        values = NodeValues(module.placement, [own[k] for k in module._lone_keys],
+                            [own[k] for k in module._stack_keys])
+        for name, value in zip(module._names, values):
+            if module.stacked(name) and not value.requires_grad:    # (keep_vars keeps views)
+                value = value.clone(memory_format=torch.contiguous_format)
+            state[prefix + name] = value
+
+    @staticmethod
+    def _stacked_state(module: NodeTensors, state: dict[str, Any], prefix: str,
+                       local_metadata: Any, strict: bool, missing_keys: list[str],
+                       unexpected_keys: list[str], error_msgs: list[str]) -> None:
+        """Per-node entries of stacked nodes packed into their storage's entry (a node left
+        out keeps its value and is reported missing)."""
+        for key, layout in zip(module._stack_keys, module.placement.layouts):
+            if prefix + key in state:
+                continue
+            current = module._parameters[key]
+            members = []
+            for position, (index, _) in enumerate(layout.members):
+                name = module._names[index]
+                now = member_view(current, layout, position, module.placement.shapes[index])
+                given = state.pop(prefix + name, None)
+                if given is None:
+                    missing_keys.append(prefix + name)
+                    given = now
+                elif not isinstance(given, torch.Tensor) or given.shape != now.shape:
+                    shape = tuple(given.shape) if isinstance(given, torch.Tensor) else given
+                    error_msgs.append(f"size mismatch for {prefix}{name}: copying a param with "
+                                      f"shape {shape} from checkpoint, the shape in current "
+                                      f"model is {tuple(now.shape)}.")
+                    given = now
+                members.append(given.detach().to(dtype=current.dtype, device=current.device))
+            state[prefix + key] = pack(members, _renumbered(layout))
+
+    def extra_repr(self) -> str:
+        stacked = sum(p is not None for p in self.placement.stacked)
+        return (f"nodes={len(self._names)}, stacked={stacked} in "
+                f"{len(self.placement.layouts)} parameter(s)")
+
+
 class TNModule(nn.Module):
     """A compiled tensor network.
 
@@ -222,13 +436,11 @@ class TNModule(nn.Module):
         self.plan = plan
         dtype = _DTYPES[plan.options.dtype]
         generator = torch.Generator().manual_seed(seed if seed is not None else 0)
-        params = {}
-        for name, node in spec.network.nodes.items():
+        values = []
+        for node in spec.network.nodes.values():
             init, options = node_initializer(spec.network, node)   # (graph-aware: norm)
             value = get_initializer(init)(node.shape, tuple(node.legs), options, generator)
-            params[name] = nn.Parameter(value.to(dtype))
-        # an OrderedDict keeps the declared node order (a plain dict would be sorted by name)
-        self.tensors = nn.ParameterDict(OrderedDict(params))
+            values.append(value.to(dtype))
         problem = plan.problem
         self._out_legs_shape = tuple(problem.size_dict[i] for i in problem.output
                                      if i != problem.batch)
@@ -252,6 +464,12 @@ class TNModule(nn.Module):
         #: decided here from the plan (deterministic: the same plan always runs the same way)
         self.execution = self._choose_execution()
         self._ports = list(spec.network.inputs.items())
+        #: node name -> tensor (legs in declared order), stored in execution layout: the cores
+        #: of the default program's stacked kernels as one parameter each (see NodeTensors)
+        layouts = [] if self.execution == "dense" else stack_layouts(
+            plan.executed(), ones, plan.batch_size)
+        self.tensors = NodeTensors(list(spec.network.nodes), values,
+                                   Placement.of([v.shape for v in values], layouts))
         #: the plan as batch-agnostic einsums, what torch.compile traces
         self._traceable = einsum_program(plan)
         #: values derived from the parameters, kept only inside ``tngraph.frozen(...)``
@@ -345,7 +563,7 @@ class TNModule(nn.Module):
         """Check, cast and shape one data port's value, applying its feature map: a stacked port
         becomes ``(N, batch, *legs)`` (copy-major, as the executor gathers copies), another
         ``(batch, *legs)``."""
-        ref = next(iter(self.tensors.values()), None)
+        ref = next(self.tensors.parameters(), None)
         dtype = ref.dtype if ref is not None else _DTYPES[self.plan.options.dtype]
         x = _as_data(x, dtype, f"input '{name}'")
         if ref is not None and x.device != ref.device:
@@ -385,9 +603,11 @@ class TNModule(nn.Module):
         (``(batch, prod(outputs))`` when the network flattens its outputs).
         """
         given = self._gather_inputs(args, kwargs)
-        # ParameterDict's own lookup costs microseconds per entry: read its storage directly
-        # (declared order, see __init__), which also sees parameters replaced by assignment
-        tensors = list(self.tensors._parameters.values())
+        # the parameters as registered now (which sees any replaced by assignment or by
+        # torch.func.functional_call): lone ones, stacked storages, nodes' views on demand
+        tensors = self.tensors.values_for_call()
+        if torch.compiler.is_compiling():
+            tensors = list(tensors)          # (a plain list for the einsum program)
         ports: list[torch.Tensor] = []
         batch = None
         for name, port in self._ports:

@@ -353,10 +353,9 @@ class ManifoldStepper:
                                                                               doubled_spec))
         self._doubled.requires_grad_(True)
         #: parameters outside the chain (a bias): name -> (own, doubled's copy)
-        chain_names = {f"tensors.{n}" for n in self.chain.nodes}
         doubled_params = dict(self._doubled.named_parameters())
         self._extra = [(p, doubled_params[name]) for name, p in module.named_parameters()
-                       if name not in chain_names]
+                       if not name.startswith("tensors.")]
         #: the last direction as a block TT (momentum), or None
         self.velocity: list[torch.Tensor] | None = None
         self.last_grad_norm = float("nan")
@@ -404,15 +403,20 @@ class ManifoldStepper:
                 self._doubled.tensors[name].copy_(value)
             for own, copy in self._extra:
                 copy.copy_(own)
-        params = [self._doubled.tensors[n] for n in self.chain.nodes]
+        # the parameters that hold the chain's nodes (stacked ones hold several)
+        held = dict(self._doubled.tensors.named_parameters())
+        params = list(held.values())
         extra = [copy for _, copy in self._extra]
         out = self._doubled(x) if self._doubled.input_names else self._doubled()
         loss = objective(out)
         if not torch.isfinite(loss):
             raise NonFiniteLoss(float(loss.detach()))
         grads = torch.autograd.grad(loss, params + extra, allow_unused=True)
-        node_grads = {n: (g if g is not None else torch.zeros_like(p))
-                      for n, p, g in zip(self.chain.nodes, params, grads)}
+        by_node = self._doubled.tensors.views(dict(zip(held, grads)))
+        node_grads = {n: (g if g is not None else torch.zeros(self._doubled.tensors[n].shape,
+                                                              dtype=loss.dtype,
+                                                              device=loss.device))
+                      for n, g in by_node.items()}
         big = self.chain.to_cores(node_grads)
         d = len(big)
         dg = []

@@ -40,7 +40,8 @@ The package is layered; each module imports only from the ones named before it:
 :mod:`~tngraph.executor.kernels` (kernel design and execution),
 :mod:`~tngraph.executor.schedule` (waves, stacked groups, parameter gathering),
 :mod:`~tngraph.executor.chain` (fused chain runs), :mod:`~tngraph.executor.codegen` (the
-generated source), :mod:`~tngraph.executor.runtime` (:class:`Program`, :func:`build_program`)
+generated source), :mod:`~tngraph.executor.storage` (parameters stored in execution layout),
+:mod:`~tngraph.executor.runtime` (:class:`Program`, :func:`build_program`)
 and :mod:`~tngraph.executor.traced` (the plan as batch-agnostic einsums, for ``torch.compile``).
 Under ``torch.func`` transforms and ``torch.compile`` programs run as recorded torch ops only
 (:func:`traced`).
@@ -92,6 +93,7 @@ from tngraph.executor.runtime import (
     PortGather,
     Program,
     build_program,
+    stack_layouts,
     traced,
 )
 from tngraph.executor.schedule import (
@@ -105,6 +107,13 @@ from tngraph.executor.schedule import (
     merged_permutation,
     plan_param_gather,
     plan_schedule,
+)
+from tngraph.executor.storage import (
+    NodeValues,
+    Placement,
+    StackLayout,
+    member_view,
+    pack,
 )
 from tngraph.executor.traced import EinsumProgram, einsum_program
 
@@ -139,6 +148,12 @@ __all__ = [
     "WsUnbind",
     "WsView",
     "build_program",
+    "NodeValues",
+    "Placement",
+    "StackLayout",
+    "member_view",
+    "pack",
+    "stack_layouts",
     "chain_runs",
     "conform",
     "design_kernel",

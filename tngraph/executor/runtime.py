@@ -39,6 +39,7 @@ from tngraph.executor.schedule import (
     plan_param_gather,
     plan_schedule,
 )
+from tngraph.executor.storage import NodeValues, Placement, StackLayout
 
 
 def traced() -> bool:
@@ -103,7 +104,6 @@ class Program:
     def __post_init__(self) -> None:
         # gather classes: operands of stacked groups fetched for all groups at once, keyed by
         # everything that lets their chunks come out of one tensor by a single unbind
-        self._param_gathers: dict[tuple[Any, ...], list[tuple[int, str]]] = {}
         self._port_gathers: dict[PortGather, list[tuple[int, str]]] = {}
         split_weights: set[int] = set()     # groups whose 'b' weights arrive split
         for g, group in enumerate(self.groups):
@@ -127,11 +127,19 @@ class Program:
                     self._port_gathers.setdefault(port_key, []).append((g, role))
                     if weights:
                         split_weights.add(g)
-                elif kinds == {"tensor"}:
-                    key = (size, _logical(ops[0]))
-                    self._param_gathers.setdefault(key, []).append((g, role))
-                else:
+                elif kinds != {"tensor"}:           # (parameter gathers: below)
                     setattr(group, f"prefetch_{role}", False)
+        self._param_gathers = tensor_gathers(self.groups, self.sources)
+        #: per parameter gather class, its members: (tensor index, operand) in stacked order
+        self._gather_members = {key: gather_members(self.groups, self.sources, reqs)
+                                for key, reqs in self._param_gathers.items()}
+        #: the placement bound (see :meth:`bind`), and per gather class the number of the
+        #: stacked storage that holds it as it is read
+        self._placement: Placement | None = None
+        self._stack_of: dict[tuple[Any, ...], int] = {}
+        #: per gather class read from a storage without autograd: (the storage's address and
+        #: layout, its views), see :meth:`_stored_views`
+        self._views: dict[tuple[Any, ...], tuple[Any, tuple[torch.Tensor, ...]]] = {}
         self._port_idx = {key: [self.sources[_role_slot(k, role)].copy for g, role in reqs
                                 for k in self.groups[g].kernels]
                           for key, reqs in self._port_gathers.items()}
@@ -233,6 +241,39 @@ class Program:
         eq = self.leaf_equations[slot]
         return t if eq is None else torch.einsum(eq, t)
 
+    def bind(self, placement: Placement) -> None:
+        """Read the parameter gathers whose members a stacked layout of ``placement`` holds, in
+        the same order and layout, from that storage (:class:`NodeValues` ``.stacks``)."""
+        by_members = {layout.members: k for k, layout in enumerate(placement.layouts)}
+        self._stack_of = {key: by_members[members]
+                          for key, members in self._gather_members.items()
+                          if members in by_members}
+        self._placement = placement
+
+    def _bound_stacks(self, tensors: Sequence[torch.Tensor]) -> Sequence[torch.Tensor] | None:
+        """The stacked storages of ``tensors`` (a :class:`NodeValues`), with this program bound
+        to their placement; None for a plain list of tensors."""
+        if not isinstance(tensors, NodeValues):
+            return None
+        if tensors.placement is not self._placement:
+            self.bind(tensors.placement)
+        return tensors.stacks
+
+    def _stored_views(self, key: tuple[Any, ...], storage: torch.Tensor,
+                      shape: tuple[int, ...]) -> tuple[torch.Tensor, ...]:
+        """Without autograd, the groups' operands as views of a stacked storage, made once for
+        as long as the storage is the same memory in the same layout. Views alias the storage,
+        so every in-place change of the weights is in them; a storage re-seated or replaced
+        (``p.data = t``, ``load_state_dict(assign=True)``, another dtype or device) has another
+        address or layout, and the views are made anew. (The views kept hold the old memory,
+        so no new tensor can take its address meanwhile.)"""
+        mark = (storage.data_ptr(), storage.storage_offset(), storage.shape, storage.stride(),
+                storage.dtype, storage.device, torch.is_inference_mode_enabled())
+        found = self._views.get(key)
+        if found is None or found[0] != mark:
+            found = self._views[key] = (mark, storage.view(shape).unbind(0))
+        return found[1]
+
     def _prefetch(self, tensors: Sequence[torch.Tensor], ports: Sequence[torch.Tensor],
                   frozen: dict[Any, Any] | None = None) -> dict[tuple[int, str], torch.Tensor]:
         out: dict[tuple[int, str], torch.Tensor] = {}
@@ -240,15 +281,22 @@ class Program:
         if kept is not None:                  # inside tngraph.frozen: gathered once
             out.update(kept)
         else:
+            stacks = self._bound_stacks(tensors)
             for key, reqs in self._param_gathers.items():
                 size, (nb, x, y) = key
-                plan = self._gather_plans.get(key)
-                if plan is None:
-                    members = [(self.sources[_role_slot(k, role)].index, getattr(k, role))
-                               for g, role in reqs for k in self.groups[g].kernels]
-                    plan = self._gather_plans[key] = plan_param_gather(
-                        [tuple(t.shape) for t in tensors], members)
-                gathered = gather_params(tensors, plan)               # (n * size, nb, x, y)
+                k = self._stack_of.get(key) if stacks is not None else None
+                if k is not None:          # stored as it is read: no copy, no scatter
+                    shape = (len(reqs), size * nb, x, y)
+                    if not torch.is_grad_enabled() and not traced():
+                        out.update(zip(reqs, self._stored_views(key, stacks[k], shape)))
+                        continue
+                    gathered = stacks[k]
+                else:
+                    plan = self._gather_plans.get(key)
+                    if plan is None:
+                        plan = self._gather_plans[key] = plan_param_gather(
+                            [tuple(t.shape) for t in tensors], self._gather_members[key])
+                    gathered = gather_params(tensors, plan)           # (n * size, nb, x, y)
                 chunks = gathered.view(len(reqs), size * nb, x, y).unbind(0)
                 out.update(zip(reqs, chunks))
             if frozen is not None:
@@ -325,6 +373,38 @@ class Program:
             del part, parts
         assert total is not None
         return total
+
+
+def tensor_gathers(groups: Sequence[Group], sources: dict[int, LeafSource]
+                   ) -> dict[tuple[Any, ...], list[tuple[int, str]]]:
+    """The prefetched operands of stacked groups whose members are all parameter tensors, by
+    gather class ``(group size, logical (nb, x, y))``: each a list of ``(group, role)``."""
+    gathers: dict[tuple[Any, ...], list[tuple[int, str]]] = {}
+    for g, group in enumerate(groups):
+        for role in ("a", "b"):
+            if not getattr(group, f"prefetch_{role}"):
+                continue
+            slots = [_role_slot(k, role) for k in group.kernels]
+            if all(sources[slot].kind == "tensor" for slot in slots):
+                key = (len(group.kernels), _logical(getattr(group.kernels[0], role)))
+                gathers.setdefault(key, []).append((g, role))
+    return gathers
+
+
+def gather_members(groups: Sequence[Group], sources: dict[int, LeafSource],
+                   requests: Sequence[tuple[int, str]]) -> tuple[tuple[int, Operand], ...]:
+    """The members of a parameter gather: ``(tensor index, operand)``, in stacked order."""
+    return tuple((sources[_role_slot(k, role)].index, getattr(k, role))
+                 for g, role in requests for k in groups[g].kernels)
+
+
+def stack_layouts(plan: Any, ones: set[int] = frozenset(), batch_size: int | None = None
+                  ) -> list[StackLayout]:
+    """The stacked parameter operands of ``plan``'s program for ``batch_size`` (scheduled, not
+    built): what :class:`~tngraph.executor.storage.NodeValues` should store as it is read."""
+    s = plan_schedule(plan, ones, batch_size)
+    return [StackLayout(gather_members(s.groups, s.sources, requests))
+            for requests in tensor_gathers(s.groups, s.sources).values()]
 
 
 def build_program(plan: Any, ones: set[int] = frozenset(), batch_size: int | None = None
