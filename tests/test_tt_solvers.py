@@ -263,3 +263,29 @@ def test_solve_refuses_an_indefinite_operator_in_a_large_local_system() -> None:
     assert eigenvalues[0] < 0 < eigenvalues[-1]
     with pytest.raises(DecompositionError, match="not positive definite"):
         tt_solve(a, [torch.ones(1, n, 1, dtype=F64)] * 3, max_rank=8)
+
+
+def test_seed002_toolbox_example_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    """examples/seed002_toolbox.py --quick: every table printed, the dense checks agree."""
+    import importlib.util
+
+    from helpers import ROOT
+
+    spec = importlib.util.spec_from_file_location("seed002", ROOT / "examples" /
+                                                  "seed002_toolbox.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)               # small dense checks: threads only add overhead
+    try:
+        assert module.main(["--quick"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    out = capsys.readouterr().out
+    for name in ("sum of sines", "Gaussian", "1/(1+sum x)", "Rosenbrock", "Ackley",
+                 "Heisenberg chain", "Poisson"):
+        assert name in out
+    poisson = out.splitlines()[-2].split()           # d n unknowns residual vs-dense ...
+    assert float(poisson[3]) < 1e-10 and float(poisson[4]) < 1e-9
+    assert torch.allclose(tt_matrix_to_dense(module.heisenberg_mpo(6)),
+                          tt_matrix_to_dense(heisenberg_mpo(6)))

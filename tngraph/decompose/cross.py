@@ -48,6 +48,7 @@ from tngraph.decompose.tt import (
     tt_values,
 )
 from tngraph.linalg import DecompositionError, svd
+from tngraph.optimizers import one_cpu_thread
 
 __all__ = ["CrossResult", "tt_cross"]
 
@@ -113,6 +114,7 @@ class _Sampler:
         self.shape = list(shape)
         self.max_evals = max_evals
         self.evals = 0
+        self.threads = torch.get_num_threads()
         width = len(self.shape) * 8
         self.key_dtype = np.dtype((np.void, width))
         self.keys = np.empty(0, dtype=self.key_dtype)            # sorted
@@ -154,7 +156,12 @@ class _Sampler:
 
     def _ask(self, points: np.ndarray) -> np.ndarray:
         m = points.shape[0]
-        raw = self.fn(torch.from_numpy(np.ascontiguousarray(points)))
+        sweep_threads = torch.get_num_threads()
+        torch.set_num_threads(self.threads)        # fn gets the caller's threads
+        try:
+            raw = self.fn(torch.from_numpy(np.ascontiguousarray(points)))
+        finally:
+            torch.set_num_threads(sweep_threads)
         if isinstance(raw, torch.Tensor):
             raw = raw.detach().to("cpu")
             if raw.dtype == torch.bfloat16:
@@ -317,6 +324,16 @@ def tt_cross(fn: Callable[[torch.Tensor], Any], shape: Sequence[int], *,
     """
     shape = _check_arguments(fn, shape, max_rank, eps, max_evals, seed, dtype, n_test,
                              rank_step, max_sweeps)
+    sampler = _Sampler(fn, shape, max_evals)
+    with one_cpu_thread(torch.device("cpu")):      # many small factorisations; fn gets all
+        return _cross(sampler, shape, max_rank, eps, max_evals, seed, dtype, n_test,
+                      rank_step, max_sweeps)
+
+
+def _cross(sampler: _Sampler, shape: list[int], max_rank: int | None,
+           eps: float | None, max_evals: int | None, seed: int, dtype: torch.dtype,
+           n_test: int, rank_step: int, max_sweeps: int) -> CrossResult:
+    """tt_cross on checked arguments."""
     d = len(shape)
     rng = np.random.default_rng(seed)
     n_test = int(n_test) if max_evals is None else min(int(n_test), int(max_evals) // 10)
@@ -325,7 +342,6 @@ def tt_cross(fn: Callable[[torch.Tensor], Any], shape: Sequence[int], *,
                                  + (f" (at most max_evals // 10 = {max_evals // 10})"
                                     if max_evals is not None else ""),
                                  "raise n_test (or max_evals), or stop by max_rank / max_evals")
-    sampler = _Sampler(fn, shape, max_evals)
     if d == 1:
         return _one_mode(sampler, shape[0], dtype)
     bounds = max_ranks(shape)

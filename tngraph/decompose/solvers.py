@@ -49,6 +49,7 @@ from tngraph.decompose.tt import (
     tt_round,
 )
 from tngraph.linalg import DecompositionError, svd
+from tngraph.optimizers import one_cpu_thread
 
 __all__ = ["EighResult", "SolveResult", "tt_eigh", "tt_matvec", "tt_solve"]
 
@@ -529,6 +530,13 @@ def tt_eigh(matrix_cores: Sequence[torch.Tensor], *, max_rank: int | None = None
     max_rank = _sweep_options("tt_eigh", max_rank, max_bond, sweeps, tol, eps, seed)
     operator = _operator(matrix_cores, square=True)
     _check_symmetric(operator)
+    with one_cpu_thread(operator[0].device):      # many small factorisations
+        return _dmrg_eigh(operator, max_rank, sweeps, tol, eps, seed)
+
+
+def _dmrg_eigh(operator: list[torch.Tensor], max_rank: int, sweeps: int, tol: float, eps: float,
+               seed: int) -> EighResult:
+    """tt_eigh on checked arguments."""
     shape = [int(c.shape[1]) for c in operator]
     d = len(shape)
     if d == 1:
@@ -631,6 +639,13 @@ def tt_solve(matrix_cores: Sequence[torch.Tensor], rhs_cores: Sequence[torch.Ten
         raise DecompositionError(f"rhs_cores has {len(rhs)} cores but matrix_cores "
                                  f"{len(operator)}", "one core per site in both")
     _check_symmetric(operator)
+    with one_cpu_thread(operator[0].device):      # many small factorisations
+        return _dmrg_solve(operator, rhs, max_rank, sweeps, tol, eps, seed)
+
+
+def _dmrg_solve(operator: list[torch.Tensor], rhs: list[torch.Tensor], max_rank: int,
+                sweeps: int, tol: float, eps: float, seed: int) -> SolveResult:
+    """tt_solve on checked arguments."""
     rhs_norm = float(tt_norm(rhs))
     shape = [int(c.shape[1]) for c in operator]
     d = len(shape)
