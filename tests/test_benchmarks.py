@@ -29,7 +29,9 @@ def _load(name: str):
       "tt_linear summary", "tngraph-auto"]),
     ("compile", ["--quick", "--backend", "aot_eager", "--threads", "1"],
      ["eager vs torch.compile", "train step", "eager/compiled"]),
-], ids=["plan_quality", "execution-tt", "execution-mps", "decompose", "compile"])
+    ("tt_toolbox", ["--quick", "--threads", "1"],
+     ["TT-cross at equal ranks", "Ackley", "Heisenberg chain ground energy", "comparisons pass"]),
+], ids=["plan_quality", "execution-tt", "execution-mps", "decompose", "compile", "tt_toolbox"])
 def test_benchmark_quick_mode_runs(name: str, argv: list[str], expected: list[str],
                                    capsys: pytest.CaptureFixture[str]) -> None:
     assert _load(name).main(argv) == 0

@@ -289,3 +289,28 @@ def test_seed002_toolbox_example_runs(capsys: pytest.CaptureFixture[str]) -> Non
     assert float(poisson[3]) < 1e-10 and float(poisson[4]) < 1e-9
     assert torch.allclose(tt_matrix_to_dense(module.heisenberg_mpo(6)),
                           tt_matrix_to_dense(heisenberg_mpo(6)))
+
+
+def test_tt_toolbox_benchmark_skips_a_missing_peer(monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """benchmarks/tt_toolbox.py without teneva and quimb: their rows say so, tngraph's run."""
+    import importlib.util
+    import sys
+
+    from helpers import ROOT
+
+    for name in ("teneva", "quimb", "quimb.tensor"):
+        monkeypatch.setitem(sys.modules, name, None)        # makes the import fail
+    spec = importlib.util.spec_from_file_location("bench_tt_toolbox_nopeers", ROOT /
+                                                  "benchmarks" / "tt_toolbox.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    threads = torch.get_num_threads()
+    try:
+        assert module.main(["--quick", "--threads", "1"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    out = capsys.readouterr().out
+    assert "teneva not installed: skipped" in out and "quimb not installed: skipped" in out
+    assert "0 of 0 comparisons pass" in out
+    assert "-6.9117361" in out                       # tngraph's 16-site energy still printed

@@ -16,7 +16,10 @@ never forms the full tensor: it asks ``fn`` for the values of *fibres* ``f(I_k, 
 After each sweep (one pass in one direction) the TT is a consistent interpolation; its relative
 error is estimated on ``n_test`` random multi-indices drawn once at the start. Values are cached:
 a multi-index is passed to ``fn`` once at most, and ``evals`` counts them all, the test points
-included.
+included. With ``max_rank`` the sweeps oversample (ranks up to ``max_rank + rank_step``) and the
+best interpolant is rounded to ``max_rank`` by TT-SVD, which is quasi-optimal at that rank: on
+a 16^10 grid at rank 8 this is 10x more accurate than the rank-8 interpolant itself
+(docs/performance.md, "TT toolbox").
 
 Examples
 --------
@@ -73,8 +76,8 @@ class CrossResult:
         How many function values were asked for in all (distinct multi-indices, the test points
         included); never more than ``max_evals``.
     error
-        The relative error estimate ``||f - tt||_2 / ||f||_2`` on the test points (NaN without
-        test points).
+        The relative error estimate ``||f - tt||_2 / ||f||_2`` of the returned cores on the test
+        points (NaN without test points).
     errors
         The estimate after each sweep (one pass in one direction).
     stop
@@ -279,7 +282,7 @@ def tt_cross(fn: Callable[[torch.Tensor], Any], shape: Sequence[int], *,
     shape
         The grid ``(n_0, ..., n_{d-1})``.
     max_rank
-        Cap on every TT-rank.
+        Cap on every TT-rank of the result (the sweeps go ``rank_step`` beyond it, then round).
     eps
         Stop when the relative error estimate on the test points is ``<= eps``.
     max_evals
@@ -301,7 +304,7 @@ def tt_cross(fn: Callable[[torch.Tensor], Any], shape: Sequence[int], *,
     -------
     CrossResult
         ``.cores``, ``.evals``, ``.error`` (the estimate), ``.errors`` per sweep, ``.ranks``,
-        ``.stop``. The cores are rounded to their numerical ranks.
+        ``.stop``. The cores are rounded to their numerical ranks, and to ``max_rank``.
 
     Raises
     ------
@@ -345,7 +348,8 @@ def _cross(sampler: _Sampler, shape: list[int], max_rank: int | None,
     if d == 1:
         return _one_mode(sampler, shape[0], dtype)
     bounds = max_ranks(shape)
-    caps = [min(b, max_rank) if max_rank is not None else b for b in bounds]
+    # the sweeps oversample: rank_step more than max_rank, rounded back to it at the end
+    caps = [min(b, max_rank + rank_step) if max_rank is not None else b for b in bounds]
     first_cost, rank = 0, 1
     for k in range(d - 1):                                      # the first sweep's points
         first_cost += rank * shape[k]
@@ -408,7 +412,7 @@ def _cross(sampler: _Sampler, shape: list[int], max_rank: int | None,
     if best is None:          # the budget ran out inside the first sweep
         raise DecompositionError(f"max_evals = {max_evals} ran out during the first sweep",
                                  f"pass max_evals >= {n_test + first_cost}")
-    rounded = tt_round(best[1])
+    rounded = tt_round(best[1], max_rank=max_rank)
     error = estimate(rounded)
     return CrossResult([c.to(dtype).contiguous() for c in rounded], sampler.evals, error,
                        tuple(errors), stop)
