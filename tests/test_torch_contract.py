@@ -19,6 +19,9 @@ SMALL: dict[str, dict[str, object]] = {
     "mpo": {"bond_dim": 2}, "mps": {"sites": 5, "bond_dim": 2},
     "mps_classifier": {"bond_dim": 2}, "peps": {"rows": 2, "cols": 3, "bond_dim": 2},
     "ring3": {"chi": 2}, "tt_linear": {"rank": 2},
+    "peps_classifier": {"rows": 2, "cols": 3, "bond_dim": 2},
+    "ring_classifier": {"sites": 5, "bond_dim": 2},
+    "tree_classifier": {"sites": 6, "bond_dim": 2}, "tt_embedding": {"rank": 2},
 }
 NETWORKS = [pytest.param(p, id=p.stem) for p in MODELS if "layers:" not in p.read_text()]
 

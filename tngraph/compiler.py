@@ -1,9 +1,10 @@
 """Planned networks as ``torch.nn.Module`` objects (the only core module that imports torch).
 
 ``compile(spec)`` loads and validates a spec, plans it (:mod:`tngraph.plan`) and returns a
-:class:`TNModule`: one ``nn.Parameter`` per node (``module.tensors["A3"]``, legs in declared
-order), a forward pass that runs the plan's pairwise steps, autograd, ``.to(device)``,
-``.double()`` and ``state_dict()`` like any torch module.
+:class:`TNModule`: every node's tensor by name (``module.tensors["A3"]``, legs in declared
+order), stored in execution layout (the cores of stacked kernels as one ``nn.Parameter`` each,
+see :class:`NodeTensors`), a forward pass that runs the plan's pairwise steps, autograd,
+``.to(device)``, ``.double()`` and a per-node ``state_dict()`` like any torch module.
 
 Examples
 --------
