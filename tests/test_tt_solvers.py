@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
@@ -24,6 +23,16 @@ from tngraph.decompose import (
 )
 
 F64 = torch.float64
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The dense oracles (eigvalsh of 1024 x 1024, ...) on one thread: on a shared 2-core
+    machine a second thread made them 10x slower; the sweeps use one thread anyway."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def heisenberg_mpo(n: int, coupling: float = 1.0) -> list[torch.Tensor]:
@@ -259,7 +268,7 @@ def test_solve_refuses_an_indefinite_operator_in_a_large_local_system() -> None:
     a[1] = torch.cat([torch.cat([a[1], pad], -1),
                       torch.cat([torch.zeros(1, n, n, 2, dtype=F64), eye], -1)], 0)
     a[2] = torch.cat([a[2], eye], 0)
-    eigenvalues = np.linalg.eigvalsh(tt_matrix_to_dense(a).numpy())
+    eigenvalues = torch.linalg.eigvalsh(tt_matrix_to_dense(a))
     assert eigenvalues[0] < 0 < eigenvalues[-1]
     with pytest.raises(DecompositionError, match="not positive definite"):
         tt_solve(a, [torch.ones(1, n, 1, dtype=F64)] * 3, max_rank=8)
@@ -275,12 +284,7 @@ def test_seed002_toolbox_example_runs(capsys: pytest.CaptureFixture[str]) -> Non
                                                   "seed002_toolbox.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)               # small dense checks: threads only add overhead
-    try:
-        assert module.main(["--quick"]) == 0
-    finally:
-        torch.set_num_threads(threads)
+    assert module.main(["--quick"]) == 0
     out = capsys.readouterr().out
     for name in ("sum of sines", "Gaussian", "1/(1+sum x)", "Rosenbrock", "Ackley",
                  "Heisenberg chain", "Poisson"):
@@ -305,11 +309,7 @@ def test_tt_toolbox_benchmark_skips_a_missing_peer(monkeypatch: pytest.MonkeyPat
                                                   "benchmarks" / "tt_toolbox.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    threads = torch.get_num_threads()
-    try:
-        assert module.main(["--quick", "--threads", "1"]) == 0
-    finally:
-        torch.set_num_threads(threads)
+    assert module.main(["--quick", "--threads", "1"]) == 0       # the fixture restores them
     out = capsys.readouterr().out
     assert "teneva not installed: skipped" in out and "quimb not installed: skipped" in out
     assert "0 of 0 comparisons pass" in out
