@@ -471,3 +471,40 @@ def test_operand_source_leaves_out_reshapes_to_the_known_shape(
         op: Operand, matrix: bool, shape: tuple[int, ...] | None, expected: str) -> None:
     """Each left-out reshape is one autograd node less per training step."""
     assert _operand_source("s4", op, matrix, shape) == expected
+
+
+def test_a_chain_run_is_vmapped_by_its_rule_and_matches_its_recorded_ops(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fused chain Function (setup_context form) has a vmap rule: vmapped over a batch of
+    environments it gives what vmapping its recorded ops gives, and its gradients match."""
+    from tngraph.executor import _ChainRun
+    from tngraph.executor.chain import chain_forward
+
+    module = _classifier(bond=3, sites=16)
+    x = random_inputs(module, 5, seed=8)["x"]
+    calls: list[tuple] = []
+
+    class Recorder:
+        @staticmethod
+        def apply(*args: object) -> object:
+            calls.append(args)
+            return _ChainRun.apply(*args)
+
+    namespace = module._program(5)._generated.__globals__
+    monkeypatch.setitem(namespace, "_ChainRun", Recorder)
+    module(x).sum().backward()
+    assert len(calls) == 1
+    steps, env, *tensors = calls[0]
+    envs = torch.stack([env.detach(), 0.5 * env.detach(), -env.detach()])
+
+    def fused(e: torch.Tensor) -> torch.Tensor:
+        return _ChainRun.apply(steps, e, *tensors)[0]
+
+    def recorded(e: torch.Tensor) -> torch.Tensor:
+        return chain_forward(steps, e, tuple(tensors))
+
+    torch.testing.assert_close(torch.vmap(fused)(envs), torch.vmap(recorded)(envs))
+    torch.testing.assert_close(torch.vmap(fused)(envs)[0], fused(env.detach()))
+    one = env.detach().clone().requires_grad_()
+    torch.testing.assert_close(torch.autograd.grad(fused(one).square().sum(), one),
+                               torch.autograd.grad(recorded(one).square().sum(), one))

@@ -80,9 +80,10 @@ class _ChainRun(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, steps: tuple[ChainStep, ...], env: torch.Tensor,
-                *tensors: torch.Tensor) -> torch.Tensor:
-        env_in = env
+    def forward(steps: tuple[ChainStep, ...], env: torch.Tensor, *tensors: torch.Tensor
+                ) -> tuple[torch.Tensor, list[Any]]:
+        """The run's result, and what its backward needs of each step (a list, passed on to
+        :meth:`setup_context`: no gradient flows through it)."""
         cores, weights = tensors[:len(steps)], tensors[len(steps):]
         keep_terms = any(w.requires_grad for w in weights)
         buffers: dict[Any, tuple[torch.Tensor, tuple[torch.Tensor, ...]]] = {}
@@ -103,13 +104,28 @@ class _ChainRun(torch.autograd.Function):
                 env = env.clone()         # not a view of the reused matmul buffer
             records.append((step, a.transpose(1, 2), core.transpose(1, 2), w, shape,
                             terms if keep_terms else None))
-        ctx.records = records
-        ctx.steps = steps
-        ctx.save_for_backward(env_in, *cores, *weights)
-        return env
+        return env, records
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Any, ...]) -> None:
+        steps, env_in, *tensors = inputs
+        ctx.records = output[1]
+        ctx.steps = steps
+        ctx.save_for_backward(env_in, *tensors)
+
+    @staticmethod
+    def vmap(info: Any, in_dims: tuple[Any, ...], steps: tuple[ChainStep, ...],
+             env: torch.Tensor, *tensors: torch.Tensor) -> tuple[Any, Any]:
+        """Under ``torch.vmap``: the run as recorded ops (:func:`chain_forward`), batched by
+        torch's own rules (the fused forward writes into buffers of one example's shape)."""
+        def run(e: torch.Tensor, *t: torch.Tensor) -> torch.Tensor:
+            return chain_forward(steps, e, t)
+        out = torch.vmap(run, in_dims=in_dims[1:], randomness=info.randomness)(env, *tensors)
+        return (out, None), (0, None)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor, _records: Any = None
+                 ) -> tuple[torch.Tensor | None, ...]:
         if torch.is_grad_enabled():          # create_graph=True: a differentiable backward
             return _ChainRun._recorded_backward(ctx, grad)
         with torch.no_grad():

@@ -380,7 +380,7 @@ class _SourceWriter:
                         for j in range(1 if first.ones_b else 0, terms)]
         start = self.ops[run[0]].a.group
         return (f"    g{run[-1]} = _ChainRun.apply({self.const(tuple(steps), 'C')}, g{start}, "
-                f"{', '.join(cores + weights)})")
+                f"{', '.join(cores + weights)})[0]")
 
     def inline_small(self, g: int, op: StackedOp) -> bool:
         """Write a 'small' group whose weights come split from the gather, and whose other
