@@ -382,8 +382,9 @@ def test_unsuitable_networks_are_refused(spec: str, error: type, message: str) -
 
 
 def test_options_are_validated() -> None:
-    assert DMRG.options().model_dump() == {"max_rank": 32, "cutoff": 1e-10,
-                                           "steps_per_bond": 1, "inner": "adam"}
+    assert DMRG.options().model_dump() == {"layers": None, "layer_lr": None, "max_rank": 32,
+                                           "cutoff": 1e-10, "steps_per_bond": 1,
+                                           "inner": "adam"}
     with pytest.raises(ValueError, match="steps_per_bond"):
         DMRGOptions(steps_per_bond=0)
     with pytest.raises(ValueError, match="extra"):

@@ -34,8 +34,8 @@ CLI). A network ``bias`` is kept fixed.
 
 Examples
 --------
->>> DMRG.options(max_rank=16).model_dump()
-{'max_rank': 16, 'cutoff': 1e-10, 'steps_per_bond': 1, 'inner': 'adam'}
+>>> DMRG.options(max_rank=16).steps_per_bond
+1
 >>> next_bond(2, 1, 3)          # at the last bond of a chain of 4 sites: turn around
 (1, -1)
 """
@@ -47,6 +47,8 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from torch import nn
 
 from tngraph.compiler import TNModule
 from tngraph.linalg import DecompositionError, svd
@@ -561,23 +563,50 @@ class DMRGStepper:
               ) -> tuple[torch.Tensor, torch.Tensor]:
         import torch
 
+        cores, merged = self.begin()
+        j = self.bond
+        with torch.no_grad():
+            phis = self.features(x)
+            left = left_environment(cores, phis, j)
+            right = right_environment(cores, phis, j + 2)
+        with torch.enable_grad():
+            out = self.shape_outputs(merged_forward(left, merged, right, phis[j], phis[j + 1]))
+            loss = objective(out)
+            if not bool(torch.isfinite(loss)):
+                raise NonFiniteLoss(float(loss.detach()))
+            (grad,) = torch.autograd.grad(loss, merged)
+        self.finish(cores, merged, grad)
+        return loss.detach(), out.detach()
+
+    def begin(self) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """The cores a step starts from (right-canonical before the first step; the stepper's
+        own are not changed) and their merged tensor at the current bond, a leaf that requires
+        its gradient."""
+        import torch
+
         # the first step brings the chain into right-canonical form (centre at site 0, bonds
         # within max_rank), kept only if the step succeeds
         cores = self.cores if self.canonical else right_canonicalize(
             self.cores, self.options.max_rank, self.options.cutoff)
         j = self.bond
         with torch.no_grad():
-            phis = self.features(x)
-            left = left_environment(cores, phis, j)
-            right = right_environment(cores, phis, j + 2)
             merged = merge(cores[j], cores[j + 1])
-        with torch.enable_grad():
-            merged = merged.requires_grad_(True)
-            out = self.shape_outputs(merged_forward(left, merged, right, phis[j], phis[j + 1]))
-            loss = objective(out)
-            if not bool(torch.isfinite(loss)):
-                raise NonFiniteLoss(float(loss.detach()))
-            (grad,) = torch.autograd.grad(loss, merged)
+        return list(cores), merged.requires_grad_(True)
+
+    def stand_in(self, cores: Sequence[torch.Tensor], merged: torch.Tensor) -> nn.Module:
+        """A module computing the chain's outputs from its input through ``merged`` (from
+        :meth:`begin`), with autograd to ``merged`` and to the input: it runs in the network's
+        place in a pipeline for one step."""
+        return _MergedChain(self, cores, merged)
+
+    def finish(self, cores: Sequence[torch.Tensor], merged: torch.Tensor, grad: torch.Tensor
+               ) -> None:
+        """Step the merged tensor of :meth:`begin` along ``grad`` (the inner optimizer), split
+        it and move on along the sweep. Raises :class:`NonFiniteLoss`, with nothing changed,
+        when the new tensor is not finite."""
+        import torch
+
+        j = self.bond
         with torch.no_grad():
             new, moments = self._update(merged.detach(), grad)
             if not bool(torch.isfinite(new).all()):
@@ -599,7 +628,6 @@ class DMRGStepper:
         else:
             self.count += 1
             self._moments = moments
-        return loss.detach(), out.detach()
 
     # -- helpers -------------------------------------------------------------------------------
     def bond_dims(self) -> list[int]:
@@ -679,6 +707,24 @@ class DMRGStepper:
             new_spec = layout.chain.resize(spec, self.bond_dims())
             self._module = rebuild(module, new_spec, tensors)
         self._dirty = False
+
+
+class _MergedChain(nn.Module):
+    """The chain's outputs through the merged tensor of the current bond, with autograd to the
+    merged tensor and to the input (see :meth:`DMRGStepper.stand_in`)."""
+
+    def __init__(self, stepper: DMRGStepper, cores: Sequence[torch.Tensor],
+                 merged: torch.Tensor):
+        super().__init__()
+        self.stepper, self.cores, self.merged = stepper, list(cores), merged
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        stepper, cores, j = self.stepper, self.cores, self.stepper.bond
+        phis = stepper.features(x)
+        left = left_environment(cores, phis, j)
+        right = right_environment(cores, phis, j + 2)
+        return stepper.shape_outputs(merged_forward(left, self.merged, right, phis[j],
+                                                    phis[j + 1]))
 
 
 def create_stepper(module: Any, options: DMRGOptions, context: OptimizerContext

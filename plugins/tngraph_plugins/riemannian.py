@@ -66,7 +66,7 @@ True
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
@@ -301,6 +301,10 @@ class ManifoldStepper:
         As in the options; ``weight_decay`` adds ``weight_decay * X`` to the gradient.
     sphere, radius
         ``tangent``: keep the norm at ``radius`` (default: the norm at the start).
+    shared_extras
+        The parameters outside the chain (a ``bias``) are the caller's: the doubled network
+        uses the same parameter objects and the stepper does not step them (a layer of a
+        pipeline, whose other parameters an optimizer of the pipeline steps).
 
     Examples
     --------
@@ -318,7 +322,8 @@ class ManifoldStepper:
 
     def __init__(self, module: TNModule, lr: float, *, momentum: float = 0.0,
                  max_rank: int | None = None, weight_decay: float = 0.0,
-                 sphere: bool = False, radius: float | None = None):
+                 sphere: bool = False, radius: float | None = None,
+                 shared_extras: bool = False):
         import torch
 
         self.chain: Chain = find_chain(module.spec)
@@ -352,10 +357,16 @@ class ManifoldStepper:
         self._doubled = rebuild(module, doubled_spec, self.chain.from_cores(blocks,
                                                                               doubled_spec))
         self._doubled.requires_grad_(True)
-        #: parameters outside the chain (a bias): name -> (own, doubled's copy)
+        outside = [(name, p) for name, p in module.named_parameters()
+                   if not name.startswith("tensors.")]
+        if shared_extras:       # the doubled network computes with the caller's parameters
+            for name, p in outside:
+                owner, _, attr = name.rpartition(".")
+                setattr(self._doubled.get_submodule(owner), attr, p)
+            outside = []
+        #: parameters outside the chain (a bias) this stepper steps: (own, doubled's copy)
         doubled_params = dict(self._doubled.named_parameters())
-        self._extra = [(p, doubled_params[name]) for name, p in module.named_parameters()
-                       if not name.startswith("tensors.")]
+        self._extra = [(p, doubled_params[name]) for name, p in outside]
         #: the last direction as a block TT (momentum), or None
         self.velocity: list[torch.Tensor] | None = None
         self.last_grad_norm = float("nan")
@@ -384,14 +395,16 @@ class ManifoldStepper:
         return tangent_cores(self.cores, v, dg, self.cores[-1] if with_x else None)
 
     # -- the step ------------------------------------------------------------------------
-    def gradient(self, x: Any, objective: Callable[[torch.Tensor], torch.Tensor]
-                 ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor],
-                            list[torch.Tensor | None], list[torch.Tensor | None]]:
-        """Loss, outputs, the Riemannian gradient's components (gauge-projected), the right
-        cores ``V`` of ``X``, and the gradients of the parameters outside the chain.
+    @property
+    def doubled(self) -> TNModule:
+        """The doubled-rank network whose gradient at ``dG = 0`` gives the Riemannian gradient
+        (set up for a step by :meth:`prepare`)."""
+        return self._doubled
 
-        Nothing is changed. With ``sphere`` the radial part is not removed here.
-        """
+    def prepare(self) -> list[torch.Tensor | None]:
+        """Write ``X``'s block TT at ``dG = 0`` (and the parameters outside the chain) into
+        :attr:`doubled`, ready for one forward and backward pass; returns the right cores ``V``
+        of ``X`` (for :meth:`components` and :meth:`apply`)."""
         import torch
 
         with _small_linalg(self.cores[0]):
@@ -403,21 +416,19 @@ class ManifoldStepper:
                 self._doubled.tensors[name].copy_(value)
             for own, copy in self._extra:
                 copy.copy_(own)
-        # the parameters that hold the chain's nodes (stacked ones hold several)
-        held = dict(self._doubled.tensors.named_parameters())
-        params = list(held.values())
-        extra = [copy for _, copy in self._extra]
-        out = self._doubled(x) if self._doubled.input_names else self._doubled()
-        loss = objective(out)
-        if not torch.isfinite(loss):
-            raise NonFiniteLoss(float(loss.detach()))
-        grads = torch.autograd.grad(loss, params + extra, allow_unused=True)
-        by_node = self._doubled.tensors.views(dict(zip(held, grads)))
-        node_grads = {n: (g if g is not None else torch.zeros(self._doubled.tensors[n].shape,
-                                                              dtype=loss.dtype,
-                                                              device=loss.device))
-                      for n, g in by_node.items()}
-        big = self.chain.to_cores(node_grads)
+        return v
+
+    def components(self, node_grads: Mapping[str, torch.Tensor | None]) -> list[torch.Tensor]:
+        """The Riemannian gradient's components (gauge-projected, weight decay added) from the
+        gradients of :attr:`doubled`'s nodes (node name -> gradient or None) after
+        :meth:`prepare`. With ``sphere`` the radial part is not removed here."""
+        import torch
+
+        ref = self.cores[0]
+        full = {n: (g if g is not None else torch.zeros(self._doubled.tensors[n].shape,
+                                                        dtype=ref.dtype, device=ref.device))
+                for n, g in node_grads.items()}
+        big = self.chain.to_cores(full)
         d = len(big)
         dg = []
         for k, g in enumerate(big):
@@ -435,23 +446,55 @@ class ManifoldStepper:
             dg = gauge_project(self.cores, [g.detach() for g in dg])
         if self.weight_decay:
             dg[-1] = dg[-1] + self.weight_decay * self.cores[-1]
+        return dg
+
+    def gradient(self, x: Any, objective: Callable[[torch.Tensor], torch.Tensor]
+                 ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor],
+                            list[torch.Tensor | None], list[torch.Tensor | None]]:
+        """Loss, outputs, the Riemannian gradient's components (gauge-projected), the right
+        cores ``V`` of ``X``, and the gradients of the parameters outside the chain.
+
+        Nothing is changed. With ``sphere`` the radial part is not removed here.
+        """
+        import torch
+
+        v = self.prepare()
+        # the parameters that hold the chain's nodes (stacked ones hold several)
+        held = dict(self._doubled.tensors.named_parameters())
+        params = list(held.values())
+        extra = [copy for _, copy in self._extra]
+        out = self._doubled(x) if self._doubled.input_names else self._doubled()
+        loss = objective(out)
+        if not torch.isfinite(loss):
+            raise NonFiniteLoss(float(loss.detach()))
+        grads = torch.autograd.grad(loss, params + extra, allow_unused=True)
+        dg = self.components(self._doubled.tensors.views(dict(zip(held, grads))))
         return loss.detach(), out.detach(), dg, v, list(grads[len(params):])
+
+    def apply(self, dg: list[torch.Tensor], v: list[torch.Tensor | None]) -> None:
+        """One step of ``X`` along the components ``dg`` (from :meth:`components`; ``v`` from
+        :meth:`prepare`), written into :attr:`module`. Raises :class:`NonFiniteLoss`, with
+        nothing changed, when the direction is not finite."""
+        import torch
+
+        with torch.no_grad(), _small_linalg(self.cores[0]):
+            if self.sphere:
+                self._sphere_step(dg, v)
+            else:
+                self._flat_step(dg, v)
+        self._write()
+        self.steps += 1
 
     def step(self, x: torch.Tensor, objective: Callable[[torch.Tensor], torch.Tensor]
              ) -> tuple[torch.Tensor, torch.Tensor]:
         import torch
 
         loss, out, dg, v, extra_grads = self.gradient(x, objective)
-        with torch.no_grad(), _small_linalg(self.cores[0]):
-            if self.sphere:
-                self._sphere_step(dg, v)
-            else:
-                self._flat_step(dg, v)
+        self.apply(dg, v)
+        with torch.no_grad():
             for (own, _), g in zip(self._extra, extra_grads):
                 if g is not None:
                     own.add_(g + self.weight_decay * own, alpha=-self.lr)
-        self._write()
-        self.steps += 1
         return loss, out
 
     def _flat_step(self, dg: list[torch.Tensor], v: list[torch.Tensor | None]) -> None:

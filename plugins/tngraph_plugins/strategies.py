@@ -11,7 +11,10 @@ uses the strategy. So validating a spec imports neither torch nor any implementa
 Examples
 --------
 >>> DMRG.options(max_rank=16).model_dump()
-{'max_rank': 16, 'cutoff': 1e-10, 'steps_per_bond': 1, 'inner': 'adam'}
+{'layers': None, 'layer_lr': None, 'max_rank': 16, 'cutoff': 1e-10, 'steps_per_bond': 1, \
+'inner': 'adam'}
+>>> RIEMANNIAN.options(layers="fc1, fc2").layers        # from the CLI: riemannian?layers=fc1,fc2
+('fc1', 'fc2')
 >>> ADAM.create
 Deferred('tngraph_plugins.optimizers:create_adam')
 """
@@ -20,20 +23,56 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
 from tngraph.kinds import DistillStrategy, OptimizerStrategy
 from tngraph.registry import Deferred
 
 __all__ = [
     "ADAM", "DMRG", "LAYER", "RESPONSE", "RIEMANNIAN", "SGD", "TANGENT", "AdamOptions",
-    "DMRGOptions", "LayerOptions", "ResponseOptions", "RiemannianOptions", "SGDOptions",
-    "TangentOptions",
+    "DMRGOptions", "LayerOptions", "PipelineLayerOptions", "ResponseOptions",
+    "RiemannianOptions", "SGDOptions", "TangentOptions",
 ]
 
 
 class _Options(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PipelineLayerOptions(_Options):
+    """Options of the chain strategies (``riemannian``, ``tangent``, ``dmrg``) on a pipeline.
+
+    Attributes
+    ----------
+    layers
+        The tensor-network layers the strategy trains (a list, or a comma-separated string as
+        from ``--optimizer "riemannian?layers=fc1,fc2"``); default: every network layer whose
+        network is a chain the strategy can train. Every other parameter of the pipeline is
+        stepped by Adam with the run's ``lr`` and ``weight_decay``. Not for a single network.
+    layer_lr
+        Learning rate of those layers (default: the run's ``lr``); it follows the run's
+        schedule like ``lr``. Only for a pipeline.
+
+    Examples
+    --------
+    >>> PipelineLayerOptions(layers="fc1,fc2").layers
+    ('fc1', 'fc2')
+    """
+
+    layers: tuple[str, ...] | None = None
+    layer_lr: float | None = Field(default=None, gt=0)
+
+    @field_validator("layers", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",")]
+        if isinstance(value, (list, tuple)):
+            if not value or any(not isinstance(v, str) or not v for v in value):
+                raise ValueError("expected one or more layer names, e.g. fc1 or fc1,fc2")
+            if len(set(value)) != len(value):
+                raise ValueError(f"a layer is named twice in {list(value)}")
+        return value
 
 
 # ---------------------------------------------------------------------------------------------
@@ -69,7 +108,7 @@ SGD = OptimizerStrategy("sgd", "SGD with momentum (torch.optim); options momentu
 # two-site DMRG sweeps
 
 
-class DMRGOptions(_Options):
+class DMRGOptions(PipelineLayerOptions):
     """Options of ``dmrg`` (the learning rate and weight decay are the loop's ``lr`` /
     ``weight_decay``).
 
@@ -102,7 +141,7 @@ class DMRGOptions(_Options):
 
 DMRG = OptimizerStrategy(
     "dmrg", "two-site DMRG sweeps (Stoudenmire & Schwab 2016) with adaptive bond dimensions; "
-    "options max_rank, cutoff, steps_per_bond, inner", DMRGOptions,
+    "options max_rank, cutoff, steps_per_bond, inner, layers, layer_lr", DMRGOptions,
     Deferred("tngraph_plugins.dmrg:create_stepper"))
 
 
@@ -110,7 +149,7 @@ DMRG = OptimizerStrategy(
 # fixed-rank manifold steps
 
 
-class RiemannianOptions(_Options):
+class RiemannianOptions(PipelineLayerOptions):
     """Options of ``riemannian`` (``lr`` and ``weight_decay`` are train keys)."""
 
     #: heavy-ball momentum; the previous direction is transported by projection (0: none)
@@ -119,7 +158,7 @@ class RiemannianOptions(_Options):
     max_rank: int | None = Field(default=None, ge=1)
 
 
-class TangentOptions(_Options):
+class TangentOptions(PipelineLayerOptions):
     """Options of ``tangent`` (``lr`` is the rotation angle per step, in radians)."""
 
     #: norm the network is kept at (default: its norm at the start)
@@ -130,11 +169,11 @@ class TangentOptions(_Options):
 
 RIEMANNIAN = OptimizerStrategy(
     "riemannian", "Riemannian gradient descent on fixed-rank tensor trains (chain networks); "
-    "options momentum, max_rank", RiemannianOptions,
+    "options momentum, max_rank, layers, layer_lr", RiemannianOptions,
     Deferred("tngraph_plugins.riemannian:create_riemannian"))
 TANGENT = OptimizerStrategy(
     "tangent", "tangent-space gradient steps of a fixed-norm tensor-train state, lr is the "
-    "angle (chain networks); options radius, max_rank", TangentOptions,
+    "angle (chain networks); options radius, max_rank, layers, layer_lr", TangentOptions,
     Deferred("tngraph_plugins.riemannian:create_tangent"))
 
 
