@@ -237,11 +237,54 @@ def rand_network(n: int, seed: int, *, data: bool | None = None,
     return network
 
 
+def rand_hypernetwork(n: int, seed: int, *, data: bool | None = None) -> dict[str, Any]:
+    """A random raw network with hyperedges: :func:`rand_network`'s, with some edges grown to
+    three or four ends (new legs on random nodes, the same node possibly twice: a diagonal; a
+    data port's edge too), one of a hyperedge's legs sometimes listed in ``outputs`` (the index
+    stays open), and a few hyperedges among fresh legs."""
+    network = rand_network(n, seed, data=data, max_elements=2**9)
+    rng = random.Random(seed + 7919)
+    nodes = network["nodes"]
+    names = list(nodes)
+    counter = 0
+
+    def new_leg(d: int) -> str:
+        nonlocal counter
+        node = rng.choice(names)
+        leg = f"h{counter}"
+        counter += 1
+        nodes[node]["legs"][leg] = d
+        return f"{node}.{leg}"
+
+    def dim_of(ref: str) -> int:
+        node, _, leg = ref.rpartition(".")
+        if node in nodes:
+            return nodes[node]["legs"][leg]
+        return network["inputs"]["x"]["legs"][leg]
+
+    hyper: list[list[str]] = []
+    for edge in network["edges"]:
+        if rng.random() < 0.3:
+            d = dim_of(edge[0])
+            edge.extend(new_leg(d) for _ in range(rng.randint(1, 2)))
+            hyper.append(edge)
+    for _ in range(rng.choice([0, 1, 1, 2]) if n > 1 else 0):
+        d = rng.randint(1, 3)
+        hyper.append([new_leg(d) for _ in range(rng.randint(3, 4))])
+        network["edges"].append(hyper[-1])
+    for edge in hyper:
+        if rng.random() < 0.3:
+            network["outputs"].insert(rng.randint(0, len(network["outputs"])), rng.choice(edge))
+    return network
+
+
 def rand_spec(n: int, seed: int, *, data: bool | None = None,
-              plan: Mapping[str, Any] | None = None) -> str:
-    """YAML text of a random spec (see :func:`rand_network`)."""
-    doc: dict[str, Any] = {"tngraph": 1, "name": f"rand_{n}_{seed}",
-                           "network": rand_network(n, seed, data=data)}
+              plan: Mapping[str, Any] | None = None, hyper: bool = False) -> str:
+    """YAML text of a random spec (see :func:`rand_network`; with ``hyper``,
+    :func:`rand_hypernetwork`)."""
+    make = rand_hypernetwork if hyper else rand_network
+    doc: dict[str, Any] = {"tngraph": 1, "name": f"rand_{n}_{seed}{'_h' * hyper}",
+                           "network": make(n, seed, data=data)}
     if plan:
         doc["plan"] = dict(plan)
     return yaml.safe_dump(doc, sort_keys=False)

@@ -214,10 +214,11 @@ class Network:
         self._network["inputs"][name] = entry
         return PortRef(name, all_legs, stack if isinstance(stack, int) else None)
 
-    def edge(self, first: str, second: str) -> Network:
-        """Join two legs (``net.edge(A.r, B.l)``); their dimensions must match."""
-        self._raw("edges")["edges"].append([_ref(first, "an edge's end"),
-                                            _ref(second, "an edge's end")])
+    def edge(self, first: str, second: str, *more: str) -> Network:
+        """Join two legs (``net.edge(A.r, B.l)``), or three or more in one hyperedge
+        (``net.edge(A.c, B.c, C.c)``: one shared index); their dimensions must match."""
+        self._raw("edges")["edges"].append([_ref(end, "an edge's end")
+                                            for end in (first, second, *more)])
         return self
 
     def outputs(self, *legs: str) -> Network:

@@ -5,7 +5,9 @@ open legs and the batch leg are graph attributes. ``einsum_problem`` numbers eve
 a human name for each (``A3.r``, ``batch``), used in step tables and error messages.
 
 The batch leg of data ports is one *hyperedge*: the same index appears on every data port and on
-the output. The planner sees it as such, so contraction orders are chosen for the batch size of
+the output. A spec's own hyperedges (``edges`` entries of three or more ends) are indices of
+the same kind: one symbol on every listed leg, in the output where one of its legs is open.
+The planner sees the batch as such, so contraction orders are chosen for the batch size of
 the plan, and cost reports are per batch.
 
 Examples
@@ -84,8 +86,12 @@ def build_graph(spec: Spec) -> nx.MultiGraph:
     """The network as a networkx MultiGraph.
 
     Nodes carry ``kind`` ("tensor"/"input"), ``legs`` ({leg: dim}) and for data-port copies
-    ``port`` and ``copy``. Edges carry ``legs`` (the two leg references) and ``dim``; a trace is
-    a self-loop. ``graph.graph["outputs"]`` lists the open legs as (node, leg) pairs in order.
+    ``port`` and ``copy``. Edges carry ``legs`` (the two leg references), ``dim``, and
+    those of a hyperedge ``hyperedge`` (the number of the spec's edge); a trace is a
+    self-loop. A hyperedge of ``n`` ends is ``n - 1`` graph edges from its first end to each
+    other end (a star: connectivity is kept, the index is one); ``graph.graph["bonds"]`` lists
+    every spec edge's ends as (node, leg) pairs, and ``graph.graph["outputs"]`` the open legs
+    in order.
     """
     net = spec.network
     graph = nx.MultiGraph(name=spec.name)
@@ -95,9 +101,16 @@ def build_graph(spec: Spec) -> nx.MultiGraph:
         for k, copy in enumerate(port.copies(port_name)):
             graph.add_node(copy, kind="input", legs=dict(port.legs), port=port_name,
                            copy=k if port.stack is not None else None)
-    for first, second in net.edges:
-        (u, leg_u), (v, leg_v) = _split(first), _split(second)
-        graph.add_edge(u, v, legs=((u, leg_u), (v, leg_v)), dim=graph.nodes[u]["legs"][leg_u])
+    bonds: list[tuple[tuple[str, str], ...]] = []
+    for k, edge in enumerate(net.edges):
+        ends = tuple(map(_split, edge))
+        bonds.append(ends)
+        (u, leg_u) = ends[0]
+        dim = graph.nodes[u]["legs"][leg_u]
+        for v, leg_v in ends[1:]:       # a hyperedge: a star of graph edges from its first end
+            graph.add_edge(u, v, legs=((u, leg_u), (v, leg_v)), dim=dim,
+                           **({"hyperedge": k} if len(ends) > 2 else {}))
+    graph.graph["bonds"] = bonds
     graph.graph["outputs"] = [_split(ref) for ref in net.outputs]
     graph.graph["has_inputs"] = bool(net.inputs)
     return graph
@@ -139,19 +152,21 @@ def einsum_problem(spec: Spec, batch_size: int | None = None) -> EinsumProblem:
         sizes[symbol] = dim
         return symbol
 
-    for _, _, data in graph.edges(data=True):
-        (a, leg_a), (b, leg_b) = data["legs"]
-        symbol = new_symbol(f"{a}.{leg_a}", data["dim"])
-        leg_symbol[(a, leg_a)] = symbol
-        leg_symbol[(b, leg_b)] = symbol
+    for ends in graph.graph["bonds"]:
+        a, leg_a = ends[0]
+        symbol = new_symbol(f"{a}.{leg_a}", graph.nodes[a]["legs"][leg_a])
+        for end in ends:
+            leg_symbol[end] = symbol
     output: list[str] = []
     batch = None
     if graph.graph["has_inputs"]:
         batch = new_symbol(BATCH, batch_size or spec.plan.batch_size)
         output.append(batch)
     for node, leg in graph.graph["outputs"]:
-        symbol = new_symbol(f"{node}.{leg}", graph.nodes[node]["legs"][leg])
-        leg_symbol[(node, leg)] = symbol
+        symbol = leg_symbol.get((node, leg))      # a hyperedge kept open: its shared index
+        if symbol is None:
+            symbol = new_symbol(f"{node}.{leg}", graph.nodes[node]["legs"][leg])
+            leg_symbol[(node, leg)] = symbol
         output.append(symbol)
 
     terms: list[Term] = []

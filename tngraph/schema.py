@@ -125,11 +125,28 @@ class InputSpec(_Model):
         return [f"{name}[{k}]" for k in range(self.stack)]
 
 
+def _check_edge(value: tuple[str, ...]) -> tuple[str, ...]:
+    if len(value) < 2:
+        raise ValueError(f"an edge joins two or more legs, got {len(value)}: write it as "
+                         "[NODE.LEG, NODE.LEG], e.g. [A.r, B.l] (three or more ends make a "
+                         "hyperedge)")
+    return value
+
+
+#: an entry of ``edges``: two leg references (a bond), or three or more (a *hyperedge*: one
+#: index shared by every listed leg)
+Edge = Annotated[tuple[str, ...], AfterValidator(_check_edge)]
+
+
 class NetworkSpec(_Model):
-    """The raw network: what every template expands into."""
+    """The raw network: what every template expands into.
+
+    An entry of ``edges`` with three or more ends is a hyperedge: one index shared by all its
+    legs (of equal dimension), summed over unless one of its legs is listed in ``outputs``.
+    """
 
     nodes: dict[str, NodeSpec]
-    edges: list[tuple[str, str]] = []
+    edges: list[Edge] = []
     inputs: dict[str, InputSpec] = {}
     outputs: list[str] = []
     bias: bool = False

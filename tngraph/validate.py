@@ -5,7 +5,9 @@ located in the spec file; :func:`tngraph.spec.load_spec` raises them together as
 
 Rules (format version 1): names are identifiers; every leg is joined by exactly one edge or
 listed in ``outputs``; both ends of an edge exist and have equal dimensions; an edge may join two
-legs of one node (a trace) but not a leg to itself; data ports' legs follow the same rules;
+legs of one node (a trace) but not a leg to itself; an edge of three or more ends (a hyperedge)
+lists each leg once, all of one dimension, and one of its legs may be listed in ``outputs`` to
+keep its index open; data ports' legs follow the same rules;
 feature maps and initialisers are registered names with valid options.
 """
 
@@ -139,17 +141,19 @@ def validate_network(network: NetworkSpec, doc: Document | None = None,
         return node, leg
 
     edges_path = (*base, "edges")
-    for k, (first, second) in enumerate(network.edges):
+    #: leg -> the hyperedge (its number) it belongs to, for outputs that keep one open
+    hyper: dict[tuple[str, str], int] = {}
+    for k, edge in enumerate(network.edges):
         path = edges_path + (k,)
-        a = resolve(first, path + (0,))
-        b = resolve(second, path + (1,))
-        for end, ref, sub in ((a, first, 0), (b, second, 1)):
-            if end is None:
-                continue
-            if end in used:
+        shown = f"edge {k + 1} [{', '.join(edge)}]"
+        ends = [resolve(ref, path + (sub,)) for sub, ref in enumerate(edge)]
+        for sub, (end, ref) in enumerate(zip(ends, edge)):
+            if end is not None and end in used:
                 add(f"leg {ref} is joined twice (also {used[end]})", path + (sub,),
                     "each leg is joined by exactly one edge or listed once in outputs")
-        if a is not None and b is not None:
+        known = [(end, ref) for end, ref in zip(ends, edge) if end is not None]
+        if len(edge) == 2 and len(known) == 2:
+            (a, first), (b, second) = known
             if a == b:
                 add(f"edge joins leg {first} to itself", path,
                     "an edge joins two different legs; to trace, join two legs of one node")
@@ -157,18 +161,44 @@ def validate_network(network: NetworkSpec, doc: Document | None = None,
                 add(f"edge joins {first} (dim {table[a[0]][a[1]]}) to {second} "
                     f"(dim {table[b[0]][b[1]]}); dimensions must match", path,
                     "give both legs the same dimension, e.g. the same ${param}")
-        for end in (a, b):
-            if end is not None:
-                used.setdefault(end, f"edge {k + 1} [{first}, {second}]")
+        elif len(edge) > 2:
+            seen: set[tuple[str, str]] = set()
+            for sub, (end, ref) in enumerate(zip(ends, edge)):
+                if end is not None and end in seen:
+                    add(f"hyperedge {k + 1} lists leg {ref} twice", path + (sub,),
+                        "list each leg of a hyperedge once")
+                if end is not None:
+                    seen.add(end)
+            dims = {table[n][leg] for n, leg in seen}
+            if len(dims) > 1:
+                listing = ", ".join(f"{ref} (dim {table[end[0]][end[1]]})"
+                                    for end, ref in known)
+                add(f"hyperedge joins {listing}; dimensions must match", path,
+                    "every leg of a hyperedge has the same dimension, e.g. the same ${param}")
+            for end, _ in known:
+                hyper.setdefault(end, k)
+        for end, _ in known:
+            used.setdefault(end, shown)
 
     outputs_path = (*base, "outputs")
+    open_hyper: dict[int, str] = {}
     for k, ref in enumerate(network.outputs):
         end = resolve(ref, outputs_path + (k,))
         if end is None:
             continue
+        edge_k = hyper.get(end)
+        if edge_k is not None and used[end] != "outputs":
+            if edge_k in open_hyper:
+                add(f"output {ref} opens hyperedge {edge_k + 1} again (already open as "
+                    f"{open_hyper[edge_k]})", outputs_path + (k,),
+                    "a hyperedge's index stays open once: list one of its legs in outputs")
+            open_hyper.setdefault(edge_k, ref)
+            continue
         if end in used:
             add(f"output {ref} is already {'used by ' + used[end]}", outputs_path + (k,),
-                "a leg is either joined by an edge or open (in outputs), not both")
+                "a leg is either joined by an edge or open (in outputs), not both; "
+                "only a leg of a hyperedge (three or more ends) may be listed to keep its "
+                "index open")
             continue
         used[end] = "outputs"
 
