@@ -45,15 +45,16 @@ from __future__ import annotations
 import contextlib
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
-from tngraph.compiler import TNModule
+from tngraph.compiler import Pipeline, TNModule
 from tngraph.linalg import DecompositionError, svd
 from tngraph.optimizers import NonFiniteLoss, OptimizerContext, one_cpu_thread
 from tngraph_plugins.chain import Chain, ChainError, find_chain, rebuild
+from tngraph_plugins.layerwise import LayerwiseStepper, OpenStep, for_pipeline, single_network_only
 from tngraph_plugins.strategies import DMRG, DMRGOptions
 
 if TYPE_CHECKING:
@@ -629,6 +630,29 @@ class DMRGStepper:
             self.count += 1
             self._moments = moments
 
+    # -- as a layer of a pipeline (tngraph_plugins.layerwise.LayerPart) ----------------------
+    def open_step(self) -> OpenStep:
+        """:meth:`begin`, and :meth:`stand_in` as the layer's stand-in for one step."""
+        cores, merged = self.begin()
+        return OpenStep(self.stand_in(cores, merged), [merged], (cores, merged))
+
+    def check_step(self, token: Any, grads: Sequence[torch.Tensor | None]) -> Any:
+        """The merged tensor's gradient (zero when it got none); raises
+        :class:`NonFiniteLoss` when it is not finite."""
+        import torch
+
+        cores, merged = token
+        (grad,) = grads
+        if grad is None:
+            grad = torch.zeros_like(merged)
+        if not bool(torch.isfinite(grad).all()):
+            raise NonFiniteLoss(float("nan"))
+        return cores, merged, grad
+
+    def commit_step(self, update: Any) -> None:
+        """Take the step of :meth:`check_step` (:meth:`finish`)."""
+        self.finish(*update)
+
     # -- helpers -------------------------------------------------------------------------------
     def bond_dims(self) -> list[int]:
         """The current bond dimensions (``n - 1`` of them)."""
@@ -728,6 +752,14 @@ class _MergedChain(nn.Module):
 
 
 def create_stepper(module: Any, options: DMRGOptions, context: OptimizerContext
-                   ) -> DMRGStepper:
-    """The stepper of ``dmrg`` (declared in :mod:`tngraph_plugins.strategies`)."""
+                   ) -> DMRGStepper | LayerwiseStepper:
+    """The stepper of ``dmrg`` (declared in :mod:`tngraph_plugins.strategies`): one
+    :class:`DMRGStepper` for a network; for a pipeline, one per selected layer and Adam on the
+    rest (:mod:`tngraph_plugins.layerwise`)."""
+    if isinstance(module, Pipeline):
+        return for_pipeline(module, options, context, "dmrg",
+                            lambda layer: chain_layout(layer.spec),
+                            lambda layer, lr: DMRGStepper(layer, options,
+                                                          replace(context, lr=lr)))
+    single_network_only(module, options, "dmrg")
     return DMRGStepper(module, options, context)

@@ -71,9 +71,11 @@ from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
 from tngraph import decompose
+from tngraph.compiler import Pipeline
 from tngraph.linalg import Kernels, with_fallback
 from tngraph.optimizers import NonFiniteLoss, OptimizerContext, one_cpu_thread
 from tngraph_plugins.chain import ChainError, find_chain, rebuild
+from tngraph_plugins.layerwise import LayerwiseStepper, OpenStep, for_pipeline, single_network_only
 from tngraph_plugins.strategies import RIEMANNIAN, TANGENT, RiemannianOptions, TangentOptions
 
 if TYPE_CHECKING:
@@ -533,6 +535,28 @@ class ManifoldStepper:
         self.cores = round_to_ranks(blocks, self.ranks)
         self._rescale()
 
+    # -- as a layer of a pipeline (tngraph_plugins.layerwise.LayerPart) ----------------------
+    def open_step(self) -> OpenStep:
+        """:meth:`prepare`, and the doubled network as the layer's stand-in for one step."""
+        v = self.prepare()
+        held = dict(self._doubled.tensors.named_parameters())
+        return OpenStep(self._doubled, list(held.values()), (v, list(held)))
+
+    def check_step(self, token: Any, grads: Sequence[torch.Tensor | None]) -> Any:
+        """The step's components from the gradients of :meth:`open_step`'s tensors; raises
+        :class:`NonFiniteLoss` when they are not finite."""
+        import torch
+
+        v, names = token
+        dg = self.components(self._doubled.tensors.views(dict(zip(names, grads))))
+        if not all(bool(torch.isfinite(g).all()) for g in dg):
+            raise NonFiniteLoss(float("nan"))
+        return dg, v
+
+    def commit_step(self, update: Any) -> None:
+        """Take the step of :meth:`check_step`."""
+        self.apply(*update)
+
     # -- loop interface ------------------------------------------------------------------
     def set_lr(self, lr: float) -> None:
         self.lr = float(lr)
@@ -573,13 +597,35 @@ class ManifoldStepper:
 
 
 def create_riemannian(module: Any, options: RiemannianOptions,
-                       context: OptimizerContext) -> ManifoldStepper:
+                       context: OptimizerContext) -> ManifoldStepper | LayerwiseStepper:
+    """The stepper of ``riemannian``: one :class:`ManifoldStepper` for a network; for a
+    pipeline, one per selected layer and Adam on the rest (:mod:`tngraph_plugins.layerwise`)."""
+    if isinstance(module, Pipeline):
+        return for_pipeline(
+            module, options, context, "riemannian", _fits,
+            lambda layer, lr: ManifoldStepper(layer, lr, momentum=options.momentum,
+                                              max_rank=options.max_rank,
+                                              weight_decay=context.weight_decay,
+                                              shared_extras=True))
+    single_network_only(module, options, "riemannian")
     return ManifoldStepper(module, context.lr, momentum=options.momentum,
                            max_rank=options.max_rank, weight_decay=context.weight_decay)
 
 
 def create_tangent(module: Any, options: TangentOptions,
-                    context: OptimizerContext) -> ManifoldStepper:
+                    context: OptimizerContext) -> ManifoldStepper | LayerwiseStepper:
+    """The stepper of ``tangent`` (as :func:`create_riemannian`, on the sphere)."""
+    if isinstance(module, Pipeline):
+        return for_pipeline(
+            module, options, context, "tangent", _fits,
+            lambda layer, lr: ManifoldStepper(layer, lr, max_rank=options.max_rank,
+                                              weight_decay=context.weight_decay, sphere=True,
+                                              radius=options.radius, shared_extras=True))
+    single_network_only(module, options, "tangent")
     return ManifoldStepper(module, context.lr, max_rank=options.max_rank,
                            weight_decay=context.weight_decay, sphere=True,
                            radius=options.radius)
+
+
+def _fits(layer: TNModule) -> None:
+    find_chain(layer.spec)
