@@ -250,6 +250,20 @@ def chain_runs(ops: Sequence[GroupOp], weight_slots: Mapping[tuple[int, str], tu
     return runs
 
 
+def _last_reads(ops: Sequence[GroupOp]) -> dict[int, int]:
+    """Per group whose stacked result only later groups read, as a stacked operand (a view of
+    it), the last such group; the others (whose members' results are read one by one, as
+    variables) are left out: their workspace tensors are never written again."""
+    last: dict[int, int] = {}
+    for h, op in enumerate(ops):
+        if isinstance(op, StackedOp):
+            for source in (op.a, op.b):
+                if isinstance(source, Reused):
+                    last[source.group] = h
+    return {g: h for g, h in last.items()
+            if isinstance(ops[g], StackedOp) and not ops[g].need_parts}
+
+
 class _SourceWriter:
     """The state of one source generation: lines written, constants bound, the variables
     that hold slot values, and (workspace variant) the workspace entries used."""
@@ -273,6 +287,9 @@ class _SourceWriter:
         self.buffers: dict[int, int] = {}          # group -> workspace entry holding its result
         self.views: dict[WsSpec, str] = {}
         self.inlined: set[int] = set()
+        #: per workspace tensor (entry number), the group whose result it holds now
+        self.holder: dict[int, int] = {}
+        self.last_read = _last_reads(ops)
 
     def const(self, value: Any, prefix: str) -> str:
         """A fresh name bound to ``value``."""
@@ -288,10 +305,18 @@ class _SourceWriter:
         return self.views[spec]
 
     def new_buffer(self, shape: tuple[int, ...], group: int) -> str:
-        """A workspace tensor that receives ``group``'s result."""
-        name = self.ws_entry(WsEmpty(shape, group))
-        self.buffers[group] = len(self.specs) - 1
-        return name
+        """A workspace tensor that receives ``group``'s result: one of ``shape`` whose value
+        every reader has read (its last reader ran before ``group``), or a new one. Chain steps
+        thus write into a few tensors in turn, which stay in the cache, instead of one each."""
+        for entry, held in self.holder.items():
+            if self.specs[entry].shape == shape and self.last_read.get(held, group) < group:
+                break
+        else:
+            self.ws_entry(WsEmpty(shape, group))
+            entry = len(self.specs) - 1
+        self.holder[entry] = group
+        self.buffers[group] = entry
+        return f"ws[{entry}]"
 
     def stacked(self, key: int, size: tuple[int, ...], transposed: bool) -> str:
         """The operand view of group ``key``'s stacked result."""
