@@ -160,16 +160,23 @@ def test_layers_that_cannot_be_trained_are_refused(name: str, layers: str,
     assert str(info.value) == message
 
 
-def test_a_pipeline_without_a_trainable_network_is_refused() -> None:
-    pipeline = _pipeline(f"  - {{type: network, name: ring, network: {RING}}}\n"
+@pytest.mark.parametrize(("name", "network", "start", "end"), [
+    ("tangent", RING, "optimizer tangent: pipeline 'p' has no tensor-network layer that tangent "
+     "can train (layer 'net': network 'p.net' is a ring",
+     "the other parameters are stepped by Adam. Train it with adam or sgd"),
+    ("dmrg", TT, "optimizer dmrg: pipeline 'p' has no tensor-network layer that dmrg can train "
+     "(layer 'net': network 'p.net': data port 'x' must be stacked",
+     "dmrg trains the tensor-network layers of a pipeline whose network is an MPS-like chain "
+     "fed site by site (template mps with input); the other parameters are stepped by Adam. "
+     "Train it with riemannian or tangent (any chain), or adam"),
+])
+def test_a_pipeline_without_a_trainable_network_is_refused(name: str, network: str, start: str,
+                                                           end: str) -> None:
+    pipeline = _pipeline(f"  - {{type: network, name: net, network: {network}}}\n"
                          "  - {type: linear, name: head, out_features: 2}\n")
     with pytest.raises(LayerChoiceError) as info:
-        _create("tangent", pipeline)
-    assert str(info.value).startswith(
-        "optimizer tangent: pipeline 'p' has no tensor-network layer that tangent can train "
-        "(layer 'ring': network 'p.ring' is a ring")
-    assert str(info.value).endswith("the other parameters are stepped by Adam. Train it with "
-                                    "adam or sgd")
+        _create(name, pipeline)
+    assert str(info.value).startswith(start) and str(info.value).endswith(end)
 
 
 def test_layer_options_on_a_single_network_are_refused() -> None:

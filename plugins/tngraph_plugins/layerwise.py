@@ -144,18 +144,21 @@ def select_layers(pipeline: Pipeline, requested: Sequence[str] | None, strategy:
             reasons[name] = str(exc)
     valid = [n for n in networks if n not in reasons]
     where = f"optimizer {strategy}: pipeline '{pipeline.spec.name}'"
+    kind = ("an MPS-like chain fed site by site (template mps with input)" if strategy == "dmrg"
+            else "a chain (TT-layers, MPS)")
     trains = (f"{strategy} trains the tensor-network layers of a pipeline whose network is "
-              f"{'an MPS-like chain fed site by site' if strategy == 'dmrg' else 'a chain'} "
-              "(TT-layers, MPS); the other parameters are stepped by Adam")
+              f"{kind}; the other parameters are stepped by Adam")
+    others = ("riemannian or tangent (any chain), or adam" if strategy == "dmrg"
+              else "adam or sgd")
     if requested is None:
         if valid:
             return valid
         if not networks:
             raise LayerChoiceError(f"{where} has no tensor-network layer; {trains}. Train it "
-                                   "with adam or sgd")
+                                   f"with {others}")
         why = "; ".join(f"layer '{n}': {reasons[n]}" for n in networks)
         raise LayerChoiceError(f"{where} has no tensor-network layer that {strategy} can "
-                               f"train ({why}); {trains}. Train it with adam or sgd")
+                               f"train ({why}); {trains}. Train it with {others}")
     valid_choices = did_you_mean if valid else (lambda _n, _v: "no layer of it can be trained "
                                                 f"by {strategy}")
     for name in requested:
