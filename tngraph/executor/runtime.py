@@ -400,11 +400,26 @@ def gather_members(groups: Sequence[Group], sources: dict[int, LeafSource],
 
 def stack_layouts(plan: Any, ones: set[int] = frozenset(), batch_size: int | None = None
                   ) -> list[StackLayout]:
-    """The stacked parameter operands of ``plan``'s program for ``batch_size`` (scheduled, not
-    built): what :class:`~tngraph.executor.storage.NodeValues` should store as it is read."""
+    """How ``plan``'s program for ``batch_size`` (scheduled, not built) reads its parameters,
+    what :class:`~tngraph.executor.storage.NodeValues` should store as it is read: the stacked
+    operands of stacked groups, then each parameter that a lone kernel reads permuted (stored
+    permuted, its ``permute(...).contiguous()`` copies nothing)."""
     s = plan_schedule(plan, ones, batch_size)
-    return [StackLayout(gather_members(s.groups, s.sources, requests))
-            for requests in tensor_gathers(s.groups, s.sources).values()]
+    layouts = [StackLayout(gather_members(s.groups, s.sources, requests))
+               for requests in tensor_gathers(s.groups, s.sources).values()]
+    for group in s.groups:
+        if len(group.kernels) != 1:
+            continue
+        (kernel,) = group.kernels
+        for role in ("a", "b"):
+            slot, op = _role_slot(kernel, role), getattr(kernel, role)
+            source = s.sources.get(slot)               # (None: an intermediate)
+            if source is not None and source.kind == "tensor" \
+                    and s.leaf_equations[slot] is None and op.perm is not None:
+                # stored as the kernel's permute reads it, before any transpose (a view)
+                layouts.append(StackLayout(((source.index,
+                                             Operand(op.perm, op.shape3, False)),)))
+    return layouts
 
 
 def build_program(plan: Any, ones: set[int] = frozenset(), batch_size: int | None = None
