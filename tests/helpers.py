@@ -61,9 +61,12 @@ def feature_map_np(name: str, options: Mapping[str, Any], x: np.ndarray) -> np.n
 
 
 def _to_numpy(x: Any) -> np.ndarray:
+    """float64, or complex128 for complex values."""
     if isinstance(x, torch.Tensor):
-        return x.detach().cpu().to(torch.float64).numpy()
-    return np.asarray(x, dtype=np.float64)
+        wide = torch.complex128 if x.is_complex() else torch.float64
+        return x.detach().cpu().to(wide).numpy()
+    x = np.asarray(x)
+    return x.astype(np.complex128 if np.iscomplexobj(x) else np.float64)
 
 
 def port_operands(module: Any, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
@@ -87,7 +90,9 @@ def port_operands(module: Any, inputs: Mapping[str, Any]) -> dict[str, np.ndarra
 
 
 def dense_oracle(module: Any, inputs: Mapping[str, Any] | None = None) -> torch.Tensor:
-    """The network's result from one ``opt_einsum.contract`` over every operand (float64).
+    """The network's result from one ``opt_einsum.contract`` over every operand (float64, or
+    complex128 when any operand is complex). Nodes that reuse another's tensor
+    (``same_as``, optionally ``conj``) are rebuilt from the spec, not from the module.
 
     ``inputs`` maps port names to raw data (as given to ``module(**inputs)``).
     """
@@ -113,12 +118,14 @@ def dense_oracle(module: Any, inputs: Mapping[str, Any] | None = None) -> torch.
         result = result + _to_numpy(module.bias)
     if module.spec.network.flatten_outputs:
         result = result.reshape((result.shape[0], -1) if problem.batch is not None else (-1,))
-    return torch.from_numpy(np.array(result, dtype=np.float64))  # keeps 0-d results 0-d
+    wide = np.complex128 if np.iscomplexobj(result) else np.float64
+    return torch.from_numpy(np.array(result, dtype=wide))  # keeps 0-d results 0-d
 
 
 def assert_matches(actual: torch.Tensor, expected: torch.Tensor, rtol: float = 1e-10) -> None:
     """``actual`` equals ``expected`` in shape and, relative to the largest entry, in value."""
-    actual = actual.detach().cpu().to(torch.float64)
+    wide = torch.complex128 if actual.is_complex() or expected.is_complex() else torch.float64
+    actual = actual.detach().cpu().to(wide)
     assert tuple(actual.shape) == tuple(expected.shape)
     expected = expected.detach()
     scale = max(float(expected.abs().max()) if expected.numel() else 0.0, 1e-300)
@@ -126,8 +133,10 @@ def assert_matches(actual: torch.Tensor, expected: torch.Tensor, rtol: float = 1
     assert err <= rtol * scale, f"max error {err:.3e} vs scale {scale:.3e}"
 
 
-def random_inputs(module: Any, batch: int, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Random raw data of the right shape for every data port (values in [0, 1))."""
+def random_inputs(module: Any, batch: int, seed: int = 0, complex_data: bool = False
+                  ) -> dict[str, torch.Tensor]:
+    """Random raw data of the right shape for every data port (values in [0, 1)); with
+    ``complex_data``, ports without a feature map get complex values (parts in [0, 1))."""
     gen = torch.Generator().manual_seed(seed)
     out: dict[str, torch.Tensor] = {}
     for name, port in module.spec.network.inputs.items():
@@ -135,6 +144,9 @@ def random_inputs(module: Any, batch: int, seed: int = 0) -> dict[str, torch.Ten
         if port.feature_map is None:
             shape += port.shape
         out[name] = torch.rand(shape, generator=gen, dtype=torch.float64)
+        if complex_data and port.feature_map is None:
+            out[name] = torch.complex(out[name], torch.rand(shape, generator=gen,
+                                                            dtype=torch.float64))
     return out
 
 
@@ -143,7 +155,11 @@ def randomize(module: Any, seed: int = 0, scale: float = 1.0) -> None:
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float64) * scale)
+            value = torch.randn(p.shape, generator=gen, dtype=torch.float64) * scale
+            if p.is_complex():
+                value = torch.complex(value, torch.randn(p.shape, generator=gen,
+                                                         dtype=torch.float64) * scale)
+            p.copy_(value)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -324,11 +324,14 @@ def test_bad_arguments(kwargs, message):
         tt_svd(torch.randn(3, 4), **kwargs)
 
 
-def test_scalar_and_complex_rejected():
+def test_scalar_rejected_and_complex_only_where_unsupported():
     with pytest.raises(DecompositionError, match="at least one axis"):
         tt_svd(torch.tensor(1.0))
-    with pytest.raises(DecompositionError, match="complex"):
-        tt_svd(torch.randn(2, 2, dtype=torch.complex64))
+    cores = tt_svd(torch.randn(2, 2, dtype=torch.complex64))      # complex: decomposed
+    assert cores[0].dtype == torch.complex64
+    with pytest.raises(DecompositionError, match="complex .* only real tensors are supported"):
+        tngraph.decompose.tt_matvec(tt_matrix(torch.eye(4, dtype=torch.complex64), [2, 2],
+                                              [2, 2]), cores)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -57,7 +57,8 @@ def _add_plan_options(parser: argparse.ArgumentParser, training: bool = False) -
     if not training:
         group.add_argument("--batch-size", type=int,
                            help="batch size the plan and costs are for")
-    group.add_argument("--dtype", choices=["float32", "float64", "float16", "bfloat16"])
+    group.add_argument("--dtype", choices=["float32", "float64", "float16", "bfloat16",
+                                           "complex64", "complex128"])
     group.add_argument(*(["--execution", "--plan-strategy"] if training
                          else ["--execution", "--strategy", "--plan-strategy"]),
                        dest="execution", choices=["auto", "network", "dense"],

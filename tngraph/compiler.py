@@ -41,8 +41,8 @@ from tngraph.executor import (
     stack_layouts,
 )
 from tngraph.graph import EinsumProblem, einsum_problem, parameter_count
-from tngraph.initializers import node_initializer
-from tngraph.kinds import NETWORK, get_feature_map, get_initializer, get_layer
+from tngraph.initializers import initial_value, node_initializer
+from tngraph.kinds import NETWORK, get_feature_map, get_layer
 from tngraph.layer_modules import FeatureMapLayer, Permute, Reshape
 from tngraph.layers import summarize_layers
 from tngraph.plan import Plan, equation, make_plan, plan_spec
@@ -54,7 +54,8 @@ __all__ = ["Compiled", "FeatureMapLayer", "Permute", "Pipeline", "Reshape", "TNM
            "compile", "compile_pipeline", "frozen"]
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16,
-           "bfloat16": torch.bfloat16}
+           "bfloat16": torch.bfloat16, "complex64": torch.complex64,
+           "complex128": torch.complex128}
 
 
 #: the largest seed (as ``train.seed``: torch's generators take 0 .. 2**63 - 1)
@@ -107,8 +108,9 @@ def _check_path(path: Any, n_leaves: int) -> list[tuple[int, int]] | None:
 
 
 def _as_data(x: Any, dtype: torch.dtype, what: str) -> torch.Tensor:
-    """``x`` (a tensor, array or nested lists of numbers) as a real tensor of ``dtype``'s kind,
-    or a CompileError saying what it is instead."""
+    """``x`` (a tensor, array or nested lists of numbers) as a tensor (of ``dtype`` when it is
+    not one yet), or a CompileError saying what it is instead: complex data need a complex
+    ``dtype`` (a complex network); real data suit every network."""
     if not isinstance(x, torch.Tensor):
         if x is None or isinstance(x, (str, bytes, Mapping)):
             raise CompileError(f"{what} must be a tensor (batch first), got "
@@ -119,8 +121,10 @@ def _as_data(x: Any, dtype: torch.dtype, what: str) -> torch.Tensor:
             raise CompileError(f"{what} cannot be read as a tensor ({exc}); pass a torch "
                                "tensor, a NumPy array, or nested lists of numbers of one "
                                "rectangular shape") from None
-    if x.is_complex():
-        raise CompileError(f"{what} is complex ({x.dtype}); networks are real-valued: pass "
+    if x.is_complex() and not dtype.is_complex:
+        raise CompileError(f"{what} is complex ({x.dtype}) but the network is real "
+                           f"({str(dtype).removeprefix('torch.')}): compile it with "
+                           "dtype='complex64' or 'complex128' (plan.dtype, --dtype), or pass "
                            "x.real or x.abs()")
     return x
 
@@ -440,7 +444,8 @@ class TNModule(nn.Module):
         values = []
         for node in spec.network.nodes.values():
             init, options = node_initializer(spec.network, node)   # (graph-aware: norm)
-            value = get_initializer(init)(node.shape, tuple(node.legs), options, generator)
+            value = initial_value(init, node.shape, tuple(node.legs), options, generator,
+                                  plan.options.dtype)
             values.append(value.to(dtype))
         problem = plan.problem
         self._out_legs_shape = tuple(problem.size_dict[i] for i in problem.output
@@ -570,6 +575,10 @@ class TNModule(nn.Module):
         if ref is not None and x.device != ref.device:
             raise CompileError(f"input '{name}' is on {x.device} but the network is on "
                                f"{ref.device}; move one with .to(...)")
+        if x.is_complex() and port.feature_map is not None:
+            raise CompileError(f"input '{name}' is complex ({x.dtype}), but its feature map "
+                               f"'{port.feature_map.name}' takes real values; pass x.real, "
+                               "or feed the port without a feature map")
         x = x.to(dtype)
         legs = port.shape
         n = port.stack
@@ -591,7 +600,10 @@ class TNModule(nn.Module):
             fmap = get_feature_map(port.feature_map.name)
             # copy-major: map (n, batch) values to (n, batch, dim) in one contiguous tensor
             x = x.reshape(batch, n).t() if n else x.reshape(batch)
-            return fmap.apply(x, port.feature_map.options)
+            if not dtype.is_complex:
+                return fmap.apply(x, port.feature_map.options)
+            # a complex network maps real values, then takes the vectors as complex
+            return fmap.apply(x.real, port.feature_map.options).to(dtype)
         if n:
             return x.reshape(batch, n, *legs).transpose(0, 1)
         return x.reshape(batch, *legs)

@@ -37,7 +37,8 @@ from tngraph.kinds import (
 )
 from tngraph.schema import InputSpec, NetworkSpec, NodeSpec
 
-__all__ = ["DEFAULT_INITIALIZER", "INITIALIZERS", "RAW_SECOND_MOMENT", "Initializer",
+__all__ = ["COMPLEX", "COMPLEX_AWARE", "DEFAULT_INITIALIZER", "INITIALIZERS",
+           "RAW_SECOND_MOMENT", "Initializer", "initial_value",
            "get_initializer", "identity", "list_initializers", "node_initializer",
            "node_initializers", "norm",
            "norm_scales", "normal", "ones", "port_second_moment", "register_initializer",
@@ -54,13 +55,59 @@ def _default_std(shape: Sequence[int]) -> float:
     return 1.0 / math.sqrt(max(shape)) if shape else 1.0
 
 
+#: the option the built-in initialisers read to draw complex values (set by
+#: :func:`initial_value` for complex networks; not a spec option)
+COMPLEX = "complex"
+#: initialisers that draw complex values themselves (any other is drawn real, then cast)
+COMPLEX_AWARE = ("norm", "normal", "uniform", "identity", "zeros", "ones")
+
+
+def _gaussian(shape: Sequence[int], std: float, generator: Any,
+              options: Mapping[str, Any]) -> Any:
+    """Zero-mean Gaussian noise of ``E|z|^2 = std^2``: real (float64), or with
+    ``options[COMPLEX]`` circular complex (complex128; real and imaginary parts of variance
+    ``std^2 / 2`` each)."""
+    import torch
+
+    real = torch.randn(tuple(shape), generator=generator, dtype=torch.float64)
+    if not options.get(COMPLEX):
+        return real * std
+    imag = torch.randn(tuple(shape), generator=generator, dtype=torch.float64)
+    return torch.complex(real, imag) * (std / math.sqrt(2))
+
+
+def initial_value(name: str, shape: Sequence[int], legs: Sequence[str],
+                  options: Mapping[str, Any], generator: Any, dtype: str = "float64") -> Any:
+    """A node's initial tensor from initialiser ``name``, for a network of ``dtype``.
+
+    For a complex dtype the built-in initialisers (:data:`COMPLEX_AWARE`) draw complex noise of
+    the same ``E|z|^2`` as the real one (so :func:`norm_scales` holds for ``E|T|^2``); their
+    deterministic parts (identity, product state, ones) stay real. Another initialiser's real
+    values are cast, with zero imaginary part. The result is float64 or complex128 (the module
+    casts it).
+
+    Examples
+    --------
+    >>> import torch
+    >>> g = torch.Generator().manual_seed(0)
+    >>> initial_value("normal", (2, 2), ("a", "b"), {}, g, "complex64").dtype
+    torch.complex128
+    """
+    complex_ = dtype.startswith("complex")
+    if complex_ and name in COMPLEX_AWARE:
+        options = {**options, COMPLEX: True}
+    value = get_initializer(name)(tuple(shape), tuple(legs), options, generator)
+    if complex_ and not value.is_complex():
+        value = value.to(dtype=value.dtype.to_complex())
+    return value
+
+
 def normal(shape: Sequence[int], legs: Sequence[str], options: Mapping[str, Any],
             generator: Any) -> Any:
-    import torch
 
     std = float(options.get("std", _default_std(shape)))
     mean = float(options.get("mean", 0.0))
-    return torch.randn(tuple(shape), generator=generator, dtype=torch.float64) * std + mean
+    return _gaussian(shape, std, generator, options) + mean
 
 
 def uniform(shape: Sequence[int], legs: Sequence[str], options: Mapping[str, Any],
@@ -68,7 +115,11 @@ def uniform(shape: Sequence[int], legs: Sequence[str], options: Mapping[str, Any
     import torch
 
     a = float(options.get("a", _default_std(shape) * math.sqrt(3)))
-    return (torch.rand(tuple(shape), generator=generator, dtype=torch.float64) * 2 - 1) * a
+    value = (torch.rand(tuple(shape), generator=generator, dtype=torch.float64) * 2 - 1) * a
+    if options.get(COMPLEX):     # real and imaginary parts each U(-a, a) / sqrt(2)
+        imag = (torch.rand(tuple(shape), generator=generator, dtype=torch.float64) * 2 - 1) * a
+        value = torch.complex(value, imag) / math.sqrt(2)
+    return value
 
 
 def zeros(shape: Sequence[int], legs: Sequence[str], options: Mapping[str, Any],
@@ -102,10 +153,9 @@ def norm(shape: Sequence[int], legs: Sequence[str], options: Mapping[str, Any],
     tensor([[1., 1., 1.],
             [0., 0., 0.]], dtype=torch.float64)
     """
-    import torch
 
     std = float(options.get("std", _default_std(shape))) * float(options.get("gain", 1.0))
-    tensor = torch.randn(tuple(shape), generator=generator, dtype=torch.float64) * std
+    tensor = _gaussian(shape, std, generator, options)
     if options.get("product"):
         open_legs = set(options.get("open", ()))
         tensor[tuple(slice(None) if leg in open_legs else 0 for leg in legs)] += 1.0
@@ -407,7 +457,7 @@ def identity(shape: Sequence[int], legs: Sequence[str], options: Mapping[str, An
 
 
     std = float(options.get("std", 1e-2))
-    tensor = torch.randn(tuple(shape), generator=generator, dtype=torch.float64) * std
+    tensor = _gaussian(shape, std, generator, options)
     legs = list(legs)
     if options.get("rotation") is not None:
         if options.get("spread"):

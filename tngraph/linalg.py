@@ -9,9 +9,14 @@ resort is a :class:`DecompositionError` naming the matrix, never a silent NaN:
 1. the call on the matrix's own device and dtype (a wide matrix goes through its transpose,
    2-5x faster on the CPU);
 2. on CUDA, the ``gesvd`` driver (slower, more robust);
-3. float64 on the CPU (with a ``RuntimeWarning``), the result cast back;
-4. with ``jitter=True``: float64 on the CPU plus a tiny fixed-seed perturbation
+3. float64 on the CPU (complex128 for a complex matrix; with a ``RuntimeWarning``), the result
+   cast back;
+4. with ``jitter=True``: float64 (complex128) on the CPU plus a tiny fixed-seed perturbation
    (``1e-12 |matrix|``) that splits exactly degenerate spectra.
+
+Complex matrices are factorised as complex (``u @ diag(s) @ vh``, ``vh`` the conjugate
+transpose of ``v``, as ``torch.linalg.svd`` returns it); singular values are real, of the
+matrix's real dtype.
 
 :func:`thin_svd` and :func:`plain_qr` are the unguarded calls, for sweeps that check their
 result once at the end (:func:`with_fallback`).
@@ -78,12 +83,17 @@ def plain_qr(matrix: torch.Tensor) -> Factors:
     return torch.linalg.qr(matrix, mode="reduced")
 
 
+def _wide(matrix: torch.Tensor) -> torch.dtype:
+    """float64, or complex128 for a complex matrix: the dtype of the exact fallbacks."""
+    return torch.complex128 if matrix.is_complex() else torch.float64
+
+
 def _jittered_svd(matrix: torch.Tensor) -> Factors:
-    cpu = matrix.to("cpu", torch.float64)
+    cpu = matrix.to("cpu", _wide(matrix))
     generator = torch.Generator().manual_seed(0)
     scale = 1e-12 * max(float(torch.linalg.matrix_norm(cpu)), 1e-300)
     return thin_svd(cpu + scale * torch.randn(cpu.shape, generator=generator,
-                                              dtype=torch.float64))
+                                              dtype=cpu.dtype))
 
 
 def _guarded(name: str, matrix: torch.Tensor, what: str,
@@ -92,8 +102,10 @@ def _guarded(name: str, matrix: torch.Tensor, what: str,
     reasons = []
     for k, (how, attempt) in enumerate(attempts):
         if k and how == "float64":
-            retry = ("in float64 on the CPU" if (matrix.device.type, matrix.dtype) !=
-                     ("cpu", torch.float64) else "through the other orientation")
+            wide = _wide(matrix)
+            retry = (f"in {str(wide).removeprefix('torch.')} on the CPU"
+                     if (matrix.device.type, matrix.dtype) != ("cpu", wide)
+                     else "through the other orientation")
             warnings.warn(f"{name} of a {tuple(matrix.shape)} {what} ({matrix.dtype}, "
                           f"{matrix.device}) failed: {reasons[-1]}; retrying {retry}",
                           RuntimeWarning, stacklevel=4)
@@ -102,8 +114,10 @@ def _guarded(name: str, matrix: torch.Tensor, what: str,
         except RuntimeError as exc:  # torch.linalg.LinAlgError is a RuntimeError
             reasons.append(f"it raised {type(exc).__name__}: {str(exc).splitlines()[0]}")
             continue
-        if all_finite(factors):
-            return tuple(f.to(matrix.device, matrix.dtype) for f in factors)
+        if all_finite(factors):      # (singular values stay real: the real dtype)
+            return tuple(f.to(matrix.device, matrix.dtype if f.is_complex() or
+                              not matrix.is_complex() else matrix.dtype.to_real())
+                         for f in factors)
         reasons.append("it returned non-finite values")
     raise DecompositionError(f"{name} of a {tuple(matrix.shape)} {what} failed even in float64 "
                              f"on the CPU: {'; '.join(reasons)}", hint)
@@ -115,7 +129,7 @@ def svd(matrix: torch.Tensor, *, what: str = "unfolding", jitter: bool = False) 
     Parameters
     ----------
     matrix
-        A 2-d real tensor.
+        A 2-d real or complex tensor.
     what
         What the matrix is, for messages (``unfolding``, ``merged tensor``).
     jitter
@@ -138,7 +152,7 @@ def svd(matrix: torch.Tensor, *, what: str = "unfolding", jitter: bool = False) 
         attempts.append(("gesvd", lambda: thin_svd(matrix, driver="gesvd")))
 
     def exact() -> Factors:
-        cpu = matrix.to("cpu", torch.float64)
+        cpu = matrix.to("cpu", _wide(matrix))
         # already float64 on the CPU: the other orientation takes another LAPACK path
         other = None if cpu is not matrix else matrix.shape[0] >= matrix.shape[1]
         return thin_svd(cpu, transpose=other)
@@ -162,7 +176,7 @@ def qr(matrix: torch.Tensor, *, what: str = "core unfolding") -> Factors:
     """
     return _guarded("QR", matrix, what, [
         ("device", lambda: plain_qr(matrix)),
-        ("float64", lambda: plain_qr(matrix.to("cpu", torch.float64)))],
+        ("float64", lambda: plain_qr(matrix.to("cpu", _wide(matrix))))],
         "rescale the cores first")
 
 

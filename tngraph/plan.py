@@ -7,7 +7,9 @@ respected. Plans are cached on disk, keyed by the network's structure, sizes and
 options, so re-planning a spec never searches twice.
 
 FLOP convention (as opt_einsum's): a pairwise step costs the product of the sizes of all indices
-it touches, times 2 when it sums over at least one index (a multiply and an add).
+it touches, times 2 when it sums over at least one index (a multiply and an add). FLOPs are real
+ones: in a complex dtype every count is 4 times as large (:data:`FLOP_FACTOR`: a complex
+multiply-add is 4 real multiply-adds).
 
 Examples
 --------
@@ -62,7 +64,13 @@ FUSED_TOLERANCE = 1.25
 
 #: networks whose exact search is estimated this easy are planned exactly by ``auto``
 OPTIMAL_HARDNESS_CUTOFF = 250
-ITEMSIZE = {"float32": 4, "float64": 8, "float16": 2, "bfloat16": 2}
+ITEMSIZE = {"float32": 4, "float64": 8, "float16": 2, "bfloat16": 2, "complex64": 8,
+            "complex128": 16}
+#: real FLOPs per counted FLOP: a complex multiply-add is 4 real multiply-adds (4 real
+#: multiplies and 4 real additions), so complex plans count their FLOPs 4 times
+FLOP_FACTOR = {"complex64": 4, "complex128": 4}
+#: the real dtype whose arithmetic rate a complex plan's (real) FLOPs run at
+REAL_DTYPE = {"complex64": "float32", "complex128": "float64"}
 _UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9,
           "gb": 10**9, "t": 10**12, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30,
           "tib": 2**40}
@@ -357,9 +365,10 @@ def leaf_indices(problem: EinsumProblem) -> tuple[tuple[str, ...], ...]:
 
 def steps_from_path(leaves: Sequence[tuple[str, ...]], output: Sequence[str],
                     sizes: dict[str, int], ssa_path: Sequence[Sequence[int]],
-                    removed: frozenset[str] = frozenset()) -> tuple[tuple[Step, ...],
-                                                                    tuple[str, ...]]:
-    """Pairwise steps of an SSA path; ``removed`` indices (sliced) are dropped everywhere.
+                    removed: frozenset[str] = frozenset(), flop_factor: int = 1
+                    ) -> tuple[tuple[Step, ...], tuple[str, ...]]:
+    """Pairwise steps of an SSA path; ``removed`` indices (sliced) are dropped everywhere;
+    each step's FLOPs are counted ``flop_factor`` times (4 in a complex dtype).
 
     An intermediate keeps the indices that appear in the output or in a tensor not yet
     contracted into it; kept indices are ordered left-operand first, then right, which lets the
@@ -389,7 +398,8 @@ def steps_from_path(leaves: Sequence[tuple[str, ...]], output: Sequence[str],
         slots.append(result)
         alive -= {a, b}
         alive.add(slot)
-        steps.append(Step(a, b, slot, left, right, result, step_flops(left, right, result, sizes),
+        steps.append(Step(a, b, slot, left, right, result,
+                          flop_factor * step_flops(left, right, result, sizes),
                           math.prod(sizes[i] for i in result)))
     if len(alive) != 1:
         raise PlanError(f"internal: path leaves {len(alive)} tensors uncontracted")
@@ -872,15 +882,18 @@ def make_plan(problem: EinsumProblem, options: PlanOptions | None = None, *,
                                 "path_finder": method})
 
     removed = frozenset(sliced)
-    steps, final = steps_from_path(leaves, output, sizes, full_path, removed)
+    factor = FLOP_FACTOR.get(options.dtype, 1)
+    steps, final = steps_from_path(leaves, output, sizes, full_path, removed, factor)
     n_slices = math.prod(sizes[i] for i in sliced)
     # traces taken within single tensors before any pairwise step: one pass over each
-    trace_flops = sum(math.prod(sizes[i] for i in set(raw))
-                      for raw, leaf in zip(problem.inputs, leaves) if tuple(raw) != leaf)
+    trace_flops = factor * sum(math.prod(sizes[i] for i in set(raw))
+                               for raw, leaf in zip(problem.inputs, leaves)
+                               if tuple(raw) != leaf)
     flops = (sum(s.flops for s in steps) + trace_flops) * n_slices
     fused: dict[str, Any] = {}
     if fused_path is not None and not sliced:
-        fused_steps, fused_final = steps_from_path(leaves, output, sizes, fused_path)
+        fused_steps, fused_final = steps_from_path(leaves, output, sizes, fused_path,
+                                                   flop_factor=factor)
         if max(s.size for s in fused_steps) > target \
                 or peak_live_size(fused_steps, len(leaves), sizes) > target:
             fused_path = None                # the fused path does not fit the memory limit
@@ -892,7 +905,7 @@ def make_plan(problem: EinsumProblem, options: PlanOptions | None = None, *,
             tree = _tree_from_path(leaves, output, sizes, fused_path)
             fused = {}
     if sliced:
-        flops += math.prod(sizes[i] for i in output) * (n_slices - 1)  # summing the slices
+        flops += factor * math.prod(sizes[i] for i in output) * (n_slices - 1)  # the slices' sum
     sizes_seen = [math.prod(sizes[i] for i in leaf if i not in removed) for leaf in leaves]
     largest = max([s.size for s in steps] + sizes_seen + [1])
     # a sliced run also holds the running sum of the slices
@@ -914,11 +927,11 @@ def make_plan(problem: EinsumProblem, options: PlanOptions | None = None, *,
         names = ", ".join(problem.index_names[i] for i in sliced)
         notes.append(f"sliced over {names} into {n_slices:,} slices to fit the memory limit")
     budget = parse_duration(options.time_budget)
-    rate = flops_per_second(options.dtype,
+    rate = flops_per_second(REAL_DTYPE.get(options.dtype, options.dtype),
                             Path(cache_dir or default_cache_dir()) if options.cache else None)
     made = Plan(problem=problem, options=options, tree=tree, leaf_inds=leaves, steps=steps,
                 final_inds=final, flops=flops,
-                naive_flops=naive_flops(problem.inputs, output, sizes),
+                naive_flops=factor * naive_flops(problem.inputs, output, sizes),
                 largest_intermediate=largest, peak_intermediate=peak,
                 sliced_inds=tuple(sliced), n_slices=n_slices,
                 path_finder=method, search_time=search_time, cache_hit=cache_hit,

@@ -190,7 +190,9 @@ def _text(d: dict[str, Any], width: int) -> str:
         ("parameters", f"{d['params']:,}{over_params}"),
         ("dense-equivalent size", _sci(d["dense_size"])),
         ("compression", _sci(d["compression"]) + "x" if d["compression"] else "-"),
-        ("FLOPs (planned)", _sci(d["flops"])),
+        ("FLOPs (planned)", _sci(d["flops"]) + (
+            " (4 real FLOPs per complex multiply-add)"
+            if str(d["dtype"]).startswith("complex") else "")),
         *([("FLOPs (executed path)",
             f"{_sci(d['executed_flops'])}, {d['executed_flops'] / d['flops']:.2f}x: the "
             f"port-fused path runs (plan.run_path: 'min-flops' runs the lowest-FLOP one)")]

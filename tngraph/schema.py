@@ -199,7 +199,10 @@ class PlanOptions(_Model):
     #: the longest estimated time of one contraction (one batch) a plan may need: seconds or
     #: ``30s``, ``2h``, ``1d``; ``null`` for no budget (see ``tngraph.plan.parse_duration``)
     time_budget: float | str | None = "1h"
-    dtype: Literal["float32", "float64", "float16", "bfloat16"] = "float32"
+    #: of the parameters and the computation; in ``complex64`` / ``complex128`` the parameters
+    #: are complex, data may be real or complex, and FLOPs count 4 real ones per complex one
+    dtype: Literal["float32", "float64", "float16", "bfloat16", "complex64",
+                   "complex128"] = "float32"
     cache: bool = True
     seed: int | None = 0
     #: how a network with one data port runs: ``network`` (the planned steps), ``dense``

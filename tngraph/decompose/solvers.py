@@ -139,7 +139,7 @@ class SolveResult:
 
 
 def _operator(matrix_cores: Sequence[Any], *, square: bool) -> list[torch.Tensor]:
-    cores = _check_cores(matrix_cores, "matrix_cores")
+    cores = _check_cores(matrix_cores, "matrix_cores", complex_ok=False)
     if any(c.dim() != 4 for c in cores):
         raise DecompositionError("matrix_cores must have shape (r, n_in, n_out, r'), got "
                                  f"{[tuple(c.shape) for c in cores]}",
@@ -157,7 +157,7 @@ def _operator(matrix_cores: Sequence[Any], *, square: bool) -> list[torch.Tensor
 
 
 def _vector(cores: Sequence[Any], what: str, operator: list[torch.Tensor]) -> list[torch.Tensor]:
-    checked = _check_cores(cores, what)
+    checked = _check_cores(cores, what, complex_ok=False)
     if any(c.dim() != 3 for c in checked):
         raise DecompositionError(f"{what} must have shape (r, n, r'), got "
                                  f"{[tuple(c.shape) for c in checked]}",

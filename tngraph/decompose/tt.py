@@ -2,7 +2,8 @@
 
 The first module of the TT library (:mod:`tngraph.decompose` re-exports every public name).
 
-Everything here is a small pure function on torch tensors (float32 or float64, CPU or GPU).
+Everything here is a small pure function on torch tensors (float32 or float64, CPU or GPU;
+complex64 / complex128 too, except where a function says otherwise).
 
 Core layout
 -----------
@@ -77,8 +78,9 @@ __all__ = [
 # input checks
 
 
-def _as_float_tensor(x: Any, what: str = "tensor") -> torch.Tensor:
-    """``x`` as a real floating torch tensor (integers -> float64); complex is refused."""
+def _as_float_tensor(x: Any, what: str = "tensor", complex_ok: bool = True) -> torch.Tensor:
+    """``x`` as a floating or complex torch tensor (integers -> float64); complex is refused
+    unless ``complex_ok``."""
     if isinstance(x, (str, bytes, Mapping)) or x is None:
         raise DecompositionError(f"{what} must be a tensor (or nested lists of numbers), got "
                                  f"{type(x).__name__}", "pass a torch tensor or a NumPy array")
@@ -88,17 +90,25 @@ def _as_float_tensor(x: Any, what: str = "tensor") -> torch.Tensor:
         raise DecompositionError(f"{what} cannot be read as a tensor ({exc})",
                                  "pass a torch tensor, a NumPy array, or nested lists of "
                                  "numbers of one rectangular shape") from None
-    if t.is_complex():
+    if t.is_complex() and not complex_ok:
         raise DecompositionError(f"{what} is complex ({t.dtype}); only real tensors are "
-                                 "supported", "decompose the real and imaginary parts apart")
-    if not t.is_floating_point():
+                                 "supported here", "the TT-SVD, rounding, arithmetic, norms "
+                                 "and entanglement take complex tensors; this one does not")
+    if not t.is_floating_point() and not t.is_complex():
         t = t.to(torch.float64)
     return t.detach()
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """SVD / QR run in float32 or float64 (half precision is promoted to float32)."""
-    return dtype if dtype in (torch.float32, torch.float64) else torch.float32
+    """SVD / QR run in float32, float64, complex64 or complex128 (half precision is promoted
+    to float32)."""
+    return dtype if dtype in (torch.float32, torch.float64, torch.complex64,
+                              torch.complex128) else torch.float32
+
+
+def _real(dtype: torch.dtype) -> torch.dtype:
+    """The real dtype of the same precision (singular values, norms, entropies)."""
+    return dtype.to_real() if dtype.is_complex else dtype
 
 
 def _check_finite(t: torch.Tensor, what: str) -> None:
@@ -111,7 +121,8 @@ def _check_finite(t: torch.Tensor, what: str) -> None:
 
 def _fnorm(t: torch.Tensor) -> float:
     """Frobenius norm as a Python float, accumulated in float64 (no float32 overflow)."""
-    return float(torch.linalg.vector_norm(t, dtype=torch.float64))
+    wide = torch.complex128 if t.is_complex() else torch.float64
+    return float(torch.linalg.vector_norm(t, dtype=wide))
 
 
 def _truncation_rank(s: torch.Tensor, *, delta: float | None, cap: int | None,
@@ -203,14 +214,16 @@ def unfolding_ranks(tensor: Any, rtol: float | None = None) -> tuple[int, ...]:
 # cores
 
 
-def _check_cores(cores: Sequence[Any], what: str = "cores") -> list[torch.Tensor]:
-    """Validate a TT: a non-empty list of tensors ``(r, *modes, r')`` with chained ranks."""
+def _check_cores(cores: Sequence[Any], what: str = "cores", complex_ok: bool = True
+                 ) -> list[torch.Tensor]:
+    """Validate a TT: a non-empty list of tensors ``(r, *modes, r')`` with chained ranks (real,
+    or complex unless ``complex_ok`` is false)."""
     if isinstance(cores, (torch.Tensor, str, bytes)) or not isinstance(cores, Sequence) \
             or not cores:
         raise DecompositionError(f"{what} must be a non-empty list of core tensors, got "
                                  f"{type(cores).__name__}",
                                  "make cores with tt_svd(tensor) or tt_matrix(weight, ...)")
-    out = [_as_float_tensor(c, f"{what}[{k}]") for k, c in enumerate(cores)]
+    out = [_as_float_tensor(c, f"{what}[{k}]", complex_ok) for k, c in enumerate(cores)]
     for k, c in enumerate(out):
         if c.dim() < 3:
             raise DecompositionError(f"{what}[{k}] has shape {tuple(c.shape)}; a core needs "
@@ -242,7 +255,8 @@ def _check_flat_cores(cores: Sequence[Any]) -> list[torch.Tensor]:
                                  f"{[tuple(c.shape) for c in checked]}",
                                  "merge the mode axes first: c.reshape(c.shape[0], -1, "
                                  "c.shape[-1])")
-    return [c if isinstance(c, torch.Tensor) and c.is_floating_point() else checked[k]
+    return [c if isinstance(c, torch.Tensor) and (c.is_floating_point() or c.is_complex())
+            else checked[k]
             for k, c in enumerate(cores)]
 
 
@@ -558,20 +572,33 @@ def tt_round(cores: Sequence[torch.Tensor], eps: float | None = None,
     return [c.to(out_dtype).contiguous() for c in _unflat(flat, modes)]
 
 
-def tt_dot(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Inner product ``<A, B> = sum A * B`` of two TTs of the same mode shapes (a 0-d tensor)."""
+def tt_dot(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor], *, conj: bool = True
+           ) -> torch.Tensor:
+    """Inner product ``<A, B> = sum conj(A) * B`` of two TTs of the same mode shapes (a 0-d
+    tensor): for complex TTs the Hermitian product, conjugate-linear in ``A`` (``<psi|phi>``);
+    ``conj=False`` gives the bilinear ``sum A * B``. For real TTs both are the same.
+
+    >>> import torch
+    >>> a = tt_svd(torch.randn(2, 3, 4, dtype=torch.complex128))
+    >>> d = tt_to_dense(a)
+    >>> bool(torch.isclose(tt_dot(a, a), (d.conj() * d).sum()))
+    True
+    >>> bool(torch.isclose(tt_dot(a, a, conj=False), (d * d).sum()))
+    True
+    """
     a, b = _check_pair(a, b)
     env = torch.ones(1, 1, dtype=a[0].dtype, device=a[0].device)
     for x, y in zip(_flat(a), _flat(b)):
-        env = torch.einsum("ab,aic,bid->cd", env, x, y)
+        env = torch.einsum("ab,aic,bid->cd", env, x.conj() if conj else x, y)
     return env.reshape(())
 
 
 def tt_norm(cores: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Frobenius norm of a TT, by left-orthogonalisation (no cancellation), a 0-d tensor."""
+    """Frobenius norm of a TT, by left-orthogonalisation (no cancellation), a 0-d tensor (real:
+    of a complex TT, ``sqrt(<A, A>)`` with conjugation, in the real dtype of its precision)."""
     cores = _check_cores(cores)
     flat = left_orthogonalize([c.to(_compute_dtype(c.dtype)) for c in _flat(cores)])
-    return torch.linalg.vector_norm(flat[-1]).to(cores[0].dtype)
+    return torch.linalg.vector_norm(flat[-1]).to(_real(cores[0].dtype))
 
 
 def _check_pair(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]
@@ -820,7 +847,7 @@ def bond_spectra(cores: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     for k in range(len(flat) - 1, 0, -1):
         c = flat[k]
         u, s, vh = svd(c.reshape(c.shape[0], -1))
-        spectra[k - 1] = s.to(out_dtype)
+        spectra[k - 1] = s.to(_real(out_dtype))
         flat[k] = vh.reshape(vh.shape[0], c.shape[1], c.shape[2])
         prev = flat[k - 1]
         flat[k - 1] = (prev.reshape(-1, prev.shape[-1]) @ (u * s)).reshape(
@@ -852,5 +879,5 @@ def entanglement_entropy(cores: Sequence[torch.Tensor]) -> torch.Tensor:
         values.append((-torch.xlogy(p, p).sum()).clamp_min(0.0) + 0.0)  # no -0.0
     if not values:                                             # d = 1: no bonds
         first = _as_float_tensor(cores[0])
-        return torch.zeros(0, dtype=first.dtype, device=first.device)
+        return torch.zeros(0, dtype=_real(first.dtype), device=first.device)
     return torch.stack(values).to(spectra[0].dtype)

@@ -102,8 +102,10 @@ class _ChainRun(torch.autograd.Function):
             env = _weighted_sum(terms, (None, *w) if step.ones else w, step.ones)
             if step.ones and step.terms == 1:
                 env = env.clone()         # not a view of the reused matmul buffer
-            records.append((step, a.transpose(1, 2), core.transpose(1, 2), w, shape,
-                            terms if keep_terms else None))
+            # the backward's adjoints: conjugate transposes (plain ones for real tensors, where
+            # conj() is the tensor itself), as torch's conjugate-Wirtinger gradients need
+            records.append((step, a.transpose(1, 2).conj(), core.transpose(1, 2).conj(),
+                            [t.conj() for t in w], shape, terms if keep_terms else None))
         return env, records
 
     @staticmethod
@@ -165,9 +167,10 @@ class _ChainRun(torch.autograd.Function):
                 start, offset = step.weights[0], 1 if step.ones else 0
                 for j, weight in enumerate(w):
                     if need_weights[start + j]:
-                        grad_weights[start + j] = (terms[j + offset] * grad).sum(
+                        grad_weights[start + j] = (terms[j + offset].conj() * grad).sum(
                             tuple(range(1, grad.dim())), keepdim=True).reshape(weight.shape)
-            # the gradient of the matmul's result, in its layout: slice j is weight_j * grad
+            # the gradient of the matmul's result, in its layout: slice j is conj(weight_j) * grad
+            # (``w`` holds the conjugates)
             grad_r, slices = _result_buffer(buffers, step, grad)
             if step.ones:
                 slices[0].copy_(grad)

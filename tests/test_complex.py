@@ -1,0 +1,288 @@
+"""Complex dtypes end to end: ``complex64`` / ``complex128`` plans, complex initial values,
+complex (or real) data, the executor's kernels and the fused chain Function in complex, the
+conjugate-Wirtinger gradients of real losses, FLOPs counted as real ones, and a tiny complex
+Born machine that trains."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from helpers import assert_matches, dense_oracle, rand_spec, random_inputs
+
+import tngraph
+from tngraph import linalg
+from tngraph.decompose import (
+    bond_spectra,
+    entanglement_entropy,
+    left_orthogonalize,
+    qtt,
+    right_orthogonalize,
+    tt_add,
+    tt_dot,
+    tt_matrix,
+    tt_matrix_to_dense,
+    tt_norm,
+    tt_ranks,
+    tt_round,
+    tt_svd,
+    tt_to_dense,
+)
+from tngraph.errors import CompileError
+from tngraph.plan import FLOP_FACTOR
+
+BATCH = 3
+CASES = [(n, seed) for n in (1, 2, 3, 5, 8) for seed in range(8)]
+
+
+def _compile(source: object, seed: int = 0, **options: object) -> tngraph.TNModule:
+    options = {"optimize": "greedy", "dtype": "complex128", "batch_size": BATCH, "cache": False,
+               **options}
+    return tngraph.compile(source, seed=seed, **options)
+
+
+def classifier(sites: int, bond: int = 3, dtype: str = "complex128", **plan: object
+               ) -> tngraph.TNModule:
+    return tngraph.compile(
+        f"tngraph: 1\nname: c{sites}\nnetwork: {{template: mps, sites: {sites}, phys_dim: 2, "
+        f"bond_dim: {bond}, input: x, feature_map: multilinear, output_dim: 3}}\n",
+        dtype=dtype, cache=False, **plan)
+
+
+def reference(module: tngraph.TNModule, inputs: dict[str, torch.Tensor]):
+    """The module as one ``torch.einsum`` over its nodes' tensors and the data (feature maps
+    applied by torch's own ops): autograd of torch's ops is the reference for gradients."""
+    problem = module.plan.problem
+    letters = {i: k for k, i in enumerate(dict.fromkeys(i for t in problem.inputs for i in t))}
+    names = list(module.tensors)
+
+    def port(term) -> torch.Tensor:
+        spec = module.spec.network.inputs[term.port]
+        x = inputs[term.port].to(torch.complex128)
+        if spec.feature_map is not None:
+            x = x.reshape(x.shape[0], -1)
+            x = torch.stack([torch.ones_like(x), x], dim=-1)     # multilinear [1, x]
+        else:
+            x = x.reshape(x.shape[0], *((spec.stack,) if spec.stack else ()), *spec.shape)
+        return x[:, term.copy] if term.copy is not None else x
+
+    def run(*tensors: torch.Tensor) -> torch.Tensor:
+        by_name = dict(zip(names, tensors))
+        args: list[object] = []
+        for term, inds in zip(problem.terms, problem.inputs):
+            args += [by_name[term.name] if term.kind == "tensor" else port(term),
+                     [letters[i] for i in inds]]
+        return torch.einsum(*args, [letters[i] for i in problem.output])
+    return run
+
+
+@pytest.mark.parametrize("hyper", [False, True], ids=["graph", "hypergraph"])
+@pytest.mark.parametrize(("n", "seed"), CASES)
+def test_random_complex_networks_match_oracle(n: int, seed: int, hyper: bool) -> None:
+    module = _compile(rand_spec(n, seed, hyper=hyper), seed)
+    assert all(p.is_complex() for p in module.parameters())
+    for complex_data in (False, True):
+        inputs = random_inputs(module, BATCH, seed, complex_data=complex_data)
+        assert_matches(module(**inputs), dense_oracle(module, inputs))
+
+
+@pytest.mark.parametrize("sites", [4, 16], ids=["pairwise", "fused-chain"])
+def test_complex_chain_gradients_follow_torch(sites: int) -> None:
+    """A real loss of complex cores: the gradients (conjugate Wirtinger, as torch defines
+    them) equal torch.einsum's; 16 sites run the fused chain Function, in grad mode and under
+    no_grad (the inference workspace, ``out=`` buffers)."""
+    module = classifier(sites)
+    x = torch.rand(5, sites, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    tensors = [t.detach().clone().requires_grad_() for t in module.tensors.values()]
+    ref = reference(module, {"x": x})
+    expected = ref(*tensors)
+    got = module(x)
+    assert_matches(got, expected.detach())
+    with torch.no_grad():
+        assert_matches(module(x), expected.detach())
+    weights = torch.randn(expected.shape, dtype=torch.complex128,
+                          generator=torch.Generator().manual_seed(2))
+    (torch.abs(got * weights) ** 2).sum().backward()
+    want = torch.autograd.grad((torch.abs(expected * weights) ** 2).sum(), tensors)
+    grads = module.tensors.grads()
+    for name, w in zip(module.tensors, want):
+        assert_matches(grads[name], w)
+
+
+def test_no_conjugation_anywhere() -> None:
+    """Purely imaginary cores: a conjugation anywhere flips the sign of the result."""
+    module = classifier(16, bond=2)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(1j * p.real)
+    x = torch.rand(2, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    tensors = list(module.tensors.values())
+    assert_matches(module(x), reference(module, {"x": x})(*tensors))
+
+
+def test_double_backward_of_a_complex_chain() -> None:
+    module = classifier(16, bond=2)
+    x = torch.rand(2, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    name = next(n for n, _ in module.named_parameters())
+    param = module.get_parameter(name).detach().requires_grad_()
+
+    def loss(p: torch.Tensor) -> torch.Tensor:
+        out = torch.func.functional_call(module, {name: p}, (x,))
+        return (out.abs() ** 2).sum()
+    assert torch.autograd.gradgradcheck(loss, (param,), eps=1e-6, atol=1e-5, rtol=1e-4)
+
+
+def test_complex_tt_layer_runs_dense_and_network_in_grad_mode() -> None:
+    text = ("tngraph: 1\nname: t\nnetwork: {template: tt_linear, in_shape: [2, 3], "
+            "out_shape: [3, 2], ranks: 2, bias: true}\n")
+    x = torch.randn(4, 6, dtype=torch.complex128, generator=torch.Generator().manual_seed(5))
+    outs = []
+    for execution in ("dense", "network"):
+        module = _compile(text, execution=execution)
+        y = module(x)
+        (y.abs() ** 2).sum().backward()
+        assert all(p.grad is not None and p.grad.is_complex() for p in module.parameters())
+        outs.append(y.detach())
+    assert_matches(outs[0], outs[1])
+
+
+def test_initial_values_are_complex_with_the_real_scale() -> None:
+    real = classifier(8, bond=4, dtype="float64")
+    cplx = classifier(8, bond=4)
+    for name in real.tensors:
+        r, c = real.tensors[name].detach(), cplx.tensors[name].detach()
+        assert c.dtype == torch.complex128 and float(c.imag.abs().max()) > 0
+        # the same E|z|^2 per node (the product-state 1 is real, the noise complex)
+        assert float((c - r).abs().max()) > 0
+    noise = lambda m: torch.cat([(t - t.real.round()).detach().flatten()   # noqa: E731
+                                 for t in m.tensors.values()])
+    ratio = float(noise(cplx).abs().pow(2).mean() / noise(real).abs().pow(2).mean())
+    assert 0.5 < ratio < 2.0
+
+
+def test_complex_data_for_a_real_network_is_refused() -> None:
+    module = _compile("tngraph: 1\nname: t\nnetwork: {template: tt_linear, in_shape: [2, 3], "
+                      "out_shape: [3, 2], ranks: 2}\n", dtype="float64")
+    with pytest.raises(CompileError, match="complex .* but the network is real .* "
+                                           "dtype='complex64'"):
+        module(torch.ones(2, 6, dtype=torch.complex64))
+
+
+def test_complex_data_through_a_feature_map_is_refused() -> None:
+    module = classifier(4)
+    with pytest.raises(CompileError, match="feature map 'multilinear' takes real values"):
+        module(torch.ones(2, 4, dtype=torch.complex128))
+
+
+@pytest.mark.parametrize("dtype", ["complex64", "complex128"])
+def test_flops_are_counted_as_real_ones(dtype: str) -> None:
+    text = rand_spec(5, 2, data=True)
+    real = _compile(text, dtype="float32" if dtype == "complex64" else "float64").plan
+    cplx = _compile(text, dtype=dtype).plan
+    assert FLOP_FACTOR[dtype] == 4
+    assert cplx.flops == 4 * real.flops and cplx.naive_flops == 4 * real.naive_flops
+    assert [s.flops for s in cplx.steps] == [4 * s.flops for s in real.steps]
+    assert cplx.itemsize == 2 * real.itemsize
+    report = tngraph.compile(text, dtype=dtype, cache=False).report()
+    assert "4 real FLOPs per complex multiply-add" in report
+
+
+def test_born_machine_trains() -> None:
+    """A 6-site complex MPS Born machine, ``p(s) = |psi(s)|^2 / Z``, on one-hot spins: the
+    negative log-likelihood of a few patterns drops in a few Adam steps."""
+    sites = 6
+    module = tngraph.compile(
+        f"tngraph: 1\nname: born\nnetwork: {{template: mps, sites: {sites}, phys_dim: 2, "
+        "bond_dim: 3, input: s}\n", dtype="complex128", cache=False, seed=0)
+    every = torch.tensor([[(k >> i) & 1 for i in range(sites)] for k in range(2 ** sites)])
+    one_hot = torch.nn.functional.one_hot(every, 2).to(torch.float64)   # (64, sites, 2)
+    data = one_hot[torch.tensor([0b000111, 0b111000, 0b101010, 0b010101])]
+    optimizer = torch.optim.Adam(module.parameters(), lr=0.05)
+
+    def nll() -> torch.Tensor:
+        log_z = torch.log((module(one_hot).abs() ** 2).sum())
+        return (log_z - torch.log(module(data).abs() ** 2)).mean()
+    first = float(nll().detach())
+    for _ in range(30):
+        optimizer.zero_grad()
+        loss = nll()
+        loss.backward()
+        optimizer.step()
+    last = float(nll().detach())
+    assert last < first - 1.0 and last > math.log(4) - 1e-6, (first, last)
+
+
+# ---------------------------------------------------------------------------------------------
+# the TT library and the guarded factorisations in complex
+
+
+def _crandn(*shape: int, seed: int = 0) -> torch.Tensor:
+    return torch.randn(*shape, dtype=torch.complex128,
+                       generator=torch.Generator().manual_seed(seed))
+
+
+def test_complex_tt_svd_round_dot_and_norm() -> None:
+    a = _crandn(3, 4, 5, 2)
+    cores = tt_svd(a)
+    assert all(c.dtype == torch.complex128 for c in cores)
+    assert_matches(tt_to_dense(cores), a)
+    approx = tt_svd(a, eps=0.3)
+    assert float((tt_to_dense(approx) - a).norm() / a.norm()) <= 0.3
+    doubled = tt_round(tt_add(cores, cores))
+    assert tt_ranks(doubled) == tt_ranks(cores)
+    assert_matches(tt_to_dense(doubled), 2 * a)
+    b_dense = _crandn(3, 4, 5, 2, seed=1)
+    b = tt_svd(b_dense)
+    assert_matches(tt_dot(cores, b), (a.conj() * b_dense).sum())          # <A|B>
+    assert_matches(tt_dot(cores, b, conj=False), (a * b_dense).sum())
+    norm = tt_norm(cores)
+    assert norm.dtype == torch.float64 and abs(float(norm) - float(a.norm())) < 1e-10
+    m = left_orthogonalize(cores)[1].reshape(-1, cores[1].shape[-1])
+    assert_matches(m.mH @ m, torch.eye(m.shape[1], dtype=torch.complex128))
+    m = right_orthogonalize(cores)[2].reshape(cores[2].shape[0], -1)
+    assert_matches(m @ m.mH, torch.eye(m.shape[0], dtype=torch.complex128))
+
+
+def test_complex_entanglement_is_real_and_matches_the_dense_state() -> None:
+    psi = _crandn(2 ** 5, seed=2)
+    cores = qtt(psi)
+    spectra = bond_spectra(cores)
+    for k, s in enumerate(spectra):
+        assert s.dtype == torch.float64
+        dense = torch.linalg.svdvals(psi.reshape(2 ** (k + 1), -1))[:len(s)]
+        assert_matches(s, dense)
+    entropy = entanglement_entropy(cores)
+    assert entropy.dtype == torch.float64 and bool((entropy > 0).all())
+    # a product of complex phases has no entanglement
+    phases = torch.exp(1j * torch.rand(5, 2, dtype=torch.float64))
+    product = phases[0]
+    for p in phases[1:]:
+        product = torch.outer(product, p).reshape(-1)
+    assert float(entanglement_entropy(qtt(product)).abs().max()) < 1e-10
+
+
+def test_complex_tt_matrix_round_trip() -> None:
+    w = _crandn(6, 8, seed=3)
+    cores = tt_matrix(w, [2, 4], [3, 2])
+    assert_matches(tt_matrix_to_dense(cores), w)
+
+
+def test_guarded_svd_and_qr_fall_back_in_complex128(monkeypatch) -> None:
+    matrix = _crandn(5, 3, seed=4).to(torch.complex64)
+    calls = []
+    plain = linalg.thin_svd
+
+    def failing(m: torch.Tensor, **kwargs: object):
+        calls.append(m.dtype)
+        if m.dtype == torch.complex64:
+            raise RuntimeError("no convergence")
+        return plain(m, **kwargs)
+    monkeypatch.setattr(linalg, "thin_svd", failing)
+    with pytest.warns(RuntimeWarning, match="retrying in complex128 on the CPU"):
+        u, s, vh = linalg.svd(matrix)
+    assert calls == [torch.complex64, torch.complex128]
+    assert u.dtype == vh.dtype == torch.complex64 and s.dtype == torch.float32
+    assert_matches(u @ torch.diag(s).to(u.dtype) @ vh, matrix, rtol=1e-5)
+    q, r = linalg.qr(matrix)
+    assert_matches(q @ r, matrix, rtol=1e-5)
