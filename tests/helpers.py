@@ -107,8 +107,13 @@ def dense_oracle(module: Any, inputs: Mapping[str, Any] | None = None) -> torch.
 
     terms, arrays = [], []
     for term, inds in zip(problem.terms, problem.inputs, strict=True):
-        array = (_to_numpy(module.tensors[term.name]) if term.kind == "tensor"
-                 else data[term.name])
+        node = module.spec.network.nodes.get(term.name) if term.kind == "tensor" else None
+        if node is not None and node.same_as is not None:     # from the spec, not the module
+            array = _to_numpy(module.tensors[node.same_as])
+            array = array.conj() if node.conj else array
+        else:
+            array = (_to_numpy(module.tensors[term.name]) if term.kind == "tensor"
+                     else data[term.name])
         assert array.ndim == len(inds), (term.name, array.shape, inds)
         terms.append("".join(sym(i) for i in inds))
         arrays.append(array)

@@ -6,6 +6,7 @@ Born machine that trains."""
 from __future__ import annotations
 
 import math
+import pickle
 
 import pytest
 import torch
@@ -29,8 +30,9 @@ from tngraph.decompose import (
     tt_svd,
     tt_to_dense,
 )
-from tngraph.errors import CompileError
+from tngraph.errors import CompileError, SpecError
 from tngraph.plan import FLOP_FACTOR
+from tngraph.spec import load_spec
 
 BATCH = 3
 CASES = [(n, seed) for n in (1, 2, 3, 5, 8) for seed in range(8)]
@@ -286,3 +288,101 @@ def test_guarded_svd_and_qr_fall_back_in_complex128(monkeypatch) -> None:
     assert_matches(u @ torch.diag(s).to(u.dtype) @ vh, matrix, rtol=1e-5)
     q, r = linalg.qr(matrix)
     assert_matches(q @ r, matrix, rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# nodes that reuse another node's tensor: same_as, conj
+
+
+def overlap(sites: int, operator: bool = False) -> tngraph.Network:
+    """``<psi|psi>`` (or ``<psi|O|psi>`` with a one-site operator in the middle) of an open
+    MPS, the bra's cores ``same_as`` the ket's, conjugated: one set of parameters."""
+    net = tngraph.Network(f"overlap{sites}")
+    mid = sites // 2
+    for k in range(sites):
+        legs = {**({"l": 3} if k else {}), "p": 2, **({"r": 3} if k < sites - 1 else {})}
+        net.node(f"A{k}", legs)
+        net.node(f"B{k}", {**legs, "p": 2}, same_as=f"A{k}", conj=True)
+        if k:
+            net.edge(f"A{k - 1}.r", f"A{k}.l").edge(f"B{k - 1}.r", f"B{k}.l")
+        if operator and k == mid:
+            net.node("O", i=2, o=2)
+            net.edge(f"A{k}.p", "O.i").edge("O.o", f"B{k}.p")
+        else:
+            net.edge(f"A{k}.p", f"B{k}.p")
+    return net
+
+
+def _psi(module: tngraph.TNModule, sites: int) -> torch.Tensor:
+    t = module.tensors
+    psi = t["A0"]
+    for k in range(1, sites):
+        psi = torch.tensordot(psi, t[f"A{k}"], dims=([-1], [0]))
+    return psi
+
+
+@pytest.mark.parametrize("sites", [3, 12])
+def test_bra_shares_the_kets_parameters(sites: int) -> None:
+    module = _compile(overlap(sites))
+    ket = sum(module.tensors[f"A{k}"].numel() for k in range(sites))
+    assert sum(p.numel() for p in module.parameters()) == ket      # (12 sites: stacked)
+    assert all(module.tensors.parameter_of(f"B{k}") == module.tensors.parameter_of(f"A{k}")
+               for k in range(sites))
+    assert sorted(module.state_dict()) == sorted(f"tensors.A{k}" for k in range(sites))
+    assert_matches(module.tensors["B1"], module.tensors["A1"].conj())
+    value = module()
+    psi = _psi(module, sites)
+    assert_matches(value, (psi.abs() ** 2).sum().to(value.dtype))
+    assert_matches(value, dense_oracle(module))
+    value.real.backward()
+    grads = module.tensors.grads()
+    assert grads["B0"] is None and grads["A0"] is not None
+    leaves = [module.tensors[f"A{k}"].detach().clone().requires_grad_() for k in range(sites)]
+    psi = leaves[0]
+    for leaf in leaves[1:]:
+        psi = torch.tensordot(psi, leaf, dims=([-1], [0]))
+    want = torch.autograd.grad((psi.abs() ** 2).sum(), leaves)
+    for k, w in enumerate(want):
+        assert_matches(grads[f"A{k}"], w)
+
+
+def test_expectation_value_of_an_operator() -> None:
+    module = _compile(overlap(4, operator=True))
+    op = module.tensors["O"]
+    psi = _psi(module, 4)
+    expected = torch.einsum("abid,io,abod->", psi, op, psi.conj())   # psi_i O[i, o] psi*_o
+    assert_matches(module(), expected)
+
+
+def test_conj_of_a_real_network_is_a_no_op_and_functional_call_reaches_the_bra() -> None:
+    module = _compile(overlap(3), dtype="float64")
+    assert_matches(module(), (_psi(module, 3) ** 2).sum())
+    zero = torch.zeros_like(module.tensors["A0"])
+    out = torch.func.functional_call(module, {"tensors.A0": zero}, ())
+    assert float(out.detach().abs()) == 0.0
+    assert module.tensors.parameter_of("B2") == "A2"
+    with pytest.raises(CompileError, match="reuses node 'A2'.*module.tensors\\['A2'\\]"):
+        module.tensors["B2"] = torch.zeros(3, 2, dtype=torch.float64)
+    restored = pickle.loads(pickle.dumps(module))
+    assert_matches(restored(), module())
+
+
+def test_same_as_problems_are_located_together() -> None:
+    spec = load_spec(overlap(3))
+    raw = spec.to_raw()
+    nodes = raw["network"]["nodes"]
+    nodes["B0"]["same_as"] = "A9"
+    nodes["B1"]["same_as"] = "B2"
+    nodes["B2"]["legs"] = {"l": 3, "p": 3}
+    nodes["A0"]["conj"] = True
+    nodes["B2"]["init"] = "ones"
+    with pytest.raises(SpecError) as info:
+        load_spec(raw)
+    messages = sorted(p.message for p in info.value.problems if "same_as" in p.message
+                      or "conj" in p.message)
+    assert messages == sorted([
+        "node A0 has conj: true but no same_as",
+        "node B0 has same_as 'A9', which is not a node",
+        "node B1 has same_as 'B2', which itself reuses 'A2'",
+        "node B2 (shape [3, 3]) has same_as 'A2' of shape [3, 2]; the shapes must be equal",
+        "node B2 has same_as 'A2' and an init; it has no tensor of its own"])

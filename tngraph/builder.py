@@ -187,15 +187,22 @@ class Network:
         return f"${{{name}}}"
 
     def node(self, name: str, legs: Mapping[str, Any] | None = None, /, *,
-             init: str | Mapping[str, Any] | None = None, **more_legs: Any) -> NodeRef:
+             init: str | Mapping[str, Any] | None = None, same_as: str | None = None,
+             conj: bool = False, **more_legs: Any) -> NodeRef:
         """Add a tensor with legs ``legs`` / ``**more_legs`` (name -> dimension, in axis order)
-        and an optional initialiser (``"normal"``, ``{"name": "normal", "std": 0.1}``, ...).
-        A leg called ``init`` goes into ``legs``."""
+        and an optional initialiser (``"normal"``, ``{"name": "normal", "std": 0.1}``, ...);
+        with ``same_as="A"`` (and ``conj=True``) the node reuses node A's tensor (conjugated)
+        and has no parameter of its own. A leg called ``init``, ``same_as`` or ``conj`` goes
+        into ``legs``."""
         self._new_name(name, "node")
         all_legs = {**(legs or {}), **more_legs}
         entry: dict[str, Any] = {"legs": all_legs}
         if init is not None:
             entry["init"] = copy.deepcopy(init)
+        if same_as is not None:
+            entry["same_as"] = same_as
+        if conj:
+            entry["conj"] = True
         self._network["nodes"][name] = entry
         return NodeRef(name, all_legs)
 

@@ -244,12 +244,17 @@ class NodeTensors(nn.Module):
     """
 
     def __init__(self, names: Sequence[str], values: Sequence[torch.Tensor],
-                 placement: Placement):
+                 placement: Placement, derived: Mapping[str, tuple[str, bool]] | None = None):
         super().__init__()
         self._names = tuple(names)
         self._index = {name: i for i, name in enumerate(self._names)}
         self.placement = placement
-        self._lone_keys = tuple(n for n, p in zip(self._names, placement.lone) if p is not None)
+        #: nodes that reuse another node's tensor: name -> (that node, conjugated); they are
+        #: lone in the placement but hold no parameter (resolved at every call)
+        self._derived = dict(derived or {})
+        self._lone_names = tuple(n for n, p in zip(self._names, placement.lone)
+                                 if p is not None)
+        self._lone_keys = tuple(n for n in self._lone_names if n not in self._derived)
         self._stack_keys = tuple(f"stack:{k}" for k in range(len(placement.layouts)))
         for name in self._lone_keys:
             self.register_parameter(name, nn.Parameter(values[self._index[name]]))
@@ -275,7 +280,22 @@ class NodeTensors(nn.Module):
                     members = [self._overrides.get(name, current[i])
                                for name, (i, _) in zip(names, layout.members)]
                     stacks[k] = pack(members, _renumbered(layout))
-        return NodeValues(self.placement, [params[k] for k in self._lone_keys], stacks)
+        return self._resolved(NodeValues(self.placement, self._lone_list(params), stacks))
+
+    def _lone_list(self, sources: Mapping[str, Any]) -> list[Any]:
+        """The lone tensors in placement order, from ``sources`` by parameter name (None where
+        missing), with a None placeholder for each derived node (see :meth:`_resolved`)."""
+        return [None if n in self._derived else sources.get(n) for n in self._lone_names]
+
+    def _resolved(self, values: NodeValues) -> NodeValues:
+        """``values`` with each derived node's entry set: its source's tensor, conjugated where
+        the spec says ``conj: true`` (a lazy view; a no-op for real tensors)."""
+        for name, (source, conj) in self._derived.items():
+            value = values[self._index[source]]
+            if value is not None and conj:
+                value = value.conj()
+            values.lone[self.placement.lone[self._index[name]]] = value  # type: ignore[index]
+        return values
 
     def views(self, sources: Mapping[str, torch.Tensor] | None = None) -> dict[str, Any]:
         """Node name -> tensor, from ``sources``: a tensor per parameter name of this module
@@ -285,7 +305,7 @@ class NodeTensors(nn.Module):
         if sources is None:
             values: Sequence[Any] = self.values_for_call()
         else:
-            lone = [sources.get(k) for k in self._lone_keys]
+            lone = self._lone_list(sources)          # derived nodes stay None: not their own
             stacks = [sources.get(k) for k in self._stack_keys]
             values = NodeValues(self.placement, lone, stacks)
         out: dict[str, Any] = {}
@@ -305,6 +325,8 @@ class NodeTensors(nn.Module):
     def parameter_of(self, name: str) -> str:
         """The name (in this module) of the parameter that holds node ``name``: the node's own
         name, or its stacked storage's (``'stack:0'``), e.g. to freeze it."""
+        if name in self._derived:
+            return self.parameter_of(self._derived[name][0])
         stacked = self.placement.stacked[self._index[name]]
         return name if stacked is None else self._stack_keys[stacked[0]]
 
@@ -322,6 +344,10 @@ class NodeTensors(nn.Module):
         if name not in self._index:
             raise CompileError(f"network has no node {name!r}; nodes: "
                                f"{', '.join(self._names)}")
+        if name in self._derived:
+            source = self._derived[name][0]
+            raise CompileError(f"node {name!r} reuses node {source!r}'s tensor (same_as); it "
+                               f"has none of its own: set module.tensors[{source!r}]")
         if self.stacked(name):
             raise CompileError(f"node {name!r} is stored in a stacked parameter (execution "
                                "layout); write its values in place: with torch.no_grad(): "
@@ -378,9 +404,11 @@ class NodeTensors(nn.Module):
         if len(own) != len(module._parameters):     # (not ours to rewrite)
             state.update((prefix + key, value) for key, value in own.items())
             return
-        values = NodeValues(module.placement, [own[k] for k in module._lone_keys],
+        values = NodeValues(module.placement, module._lone_list(own),
                             [own[k] for k in module._stack_keys])
         for name, value in zip(module._names, values):
+            if name in module._derived:            # no tensor of its own: not in the state
+                continue
             if module.stacked(name) and not value.requires_grad:    # (keep_vars keeps views)
                 value = value.clone(memory_format=torch.contiguous_format)
             state[prefix + name] = value
@@ -442,7 +470,12 @@ class TNModule(nn.Module):
         dtype = _DTYPES[plan.options.dtype]
         generator = torch.Generator().manual_seed(seed if seed is not None else 0)
         values = []
+        derived = {name: (node.same_as, node.conj) for name, node in spec.network.nodes.items()
+                   if node.same_as is not None}
         for node in spec.network.nodes.values():
+            if node.same_as is not None:          # no tensor of its own: a placeholder
+                values.append(torch.zeros(node.shape, dtype=dtype))
+                continue
             init, options = node_initializer(spec.network, node)   # (graph-aware: norm)
             value = initial_value(init, node.shape, tuple(node.legs), options, generator,
                                   plan.options.dtype)
@@ -474,8 +507,12 @@ class TNModule(nn.Module):
         #: of the default program's stacked kernels as one parameter each (see NodeTensors)
         layouts = [] if self.execution == "dense" else stack_layouts(
             plan.executed(), ones, plan.batch_size)
-        self.tensors = NodeTensors(list(spec.network.nodes), values,
-                                   Placement.of([v.shape for v in values], layouts))
+        names = list(spec.network.nodes)
+        if derived:          # a node that reuses another's tensor is resolved, never stored
+            shared = {names.index(n) for n in derived}
+            layouts = [lay for lay in layouts if not shared & {i for i, _ in lay.members}]
+        self.tensors = NodeTensors(names, values,
+                                   Placement.of([v.shape for v in values], layouts), derived)
         #: the plan as batch-agnostic einsums, what torch.compile traces
         self._traceable = einsum_program(plan)
         #: values derived from the parameters, kept only inside ``tngraph.frozen(...)``

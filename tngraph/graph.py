@@ -183,8 +183,10 @@ def einsum_problem(spec: Spec, batch_size: int | None = None) -> EinsumProblem:
 
 
 def parameter_count(spec: Spec) -> int:
-    """Number of trainable entries (all node tensors, plus the bias if any)."""
-    count = sum(math.prod(node.shape) for node in spec.network.nodes.values())
+    """Number of trainable entries (all node tensors but those reusing another's, plus the bias
+    if any)."""
+    count = sum(math.prod(node.shape) for node in spec.network.nodes.values()
+                if node.same_as is None)
     if spec.network.bias:
         count += output_size(spec)
     return count

@@ -91,10 +91,17 @@ Device = Annotated[str, AfterValidator(check_device)]
 
 
 class NodeSpec(_Model):
-    """A tensor of the network: its legs (name -> dimension, in axis order) and initialiser."""
+    """A tensor of the network: its legs (name -> dimension, in axis order) and initialiser.
+
+    With ``same_as: OTHER`` the node has no parameter of its own: its tensor is node OTHER's
+    (of the same shape), conjugated with ``conj: true`` (a no-op in a real network), so that
+    ``<psi|psi>`` or ``<psi|O|psi>`` share one set of parameters.
+    """
 
     legs: dict[str, Dim]
     init: Named | None = None
+    same_as: str | None = None
+    conj: bool = False
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -345,6 +352,10 @@ def _network_raw(net: NetworkSpec) -> dict[str, Any]:
         entry: dict[str, Any] = {"legs": dict(node.legs)}
         if node.init is not None:
             entry["init"] = node.init.to_data()
+        if node.same_as is not None:
+            entry["same_as"] = node.same_as
+        if node.conj:
+            entry["conj"] = True
         network["nodes"][name] = entry
     if net.inputs:
         network["inputs"] = {}

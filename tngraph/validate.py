@@ -104,6 +104,8 @@ def validate_network(network: NetworkSpec, doc: Document | None = None,
                     add(f"initializer '{node.init.name}' has no option '{option}'",
                         nodes_path + (name, "init", option), did_you_mean(option, allowed),
                         key=True)
+    for name, node in network.nodes.items():
+        _check_same_as(name, node, network, nodes_path + (name,), add)
     for name, port in network.inputs.items():
         if not IDENTIFIER_RE.match(name):
             add(f"input name '{name}' is not an identifier", inputs_path + (name,),
@@ -218,6 +220,41 @@ def validate_network(network: NetworkSpec, doc: Document | None = None,
                         f"join it with an edge to a node's leg, e.g. [{copy}.{leg}, NODE.LEG]",
                         key=True)
     return problems
+
+
+def _check_same_as(name: str, node: Any, network: NetworkSpec, path: DocPath,
+                   add: Callable[..., None]) -> None:
+    """A node that reuses another's tensor (``same_as``, ``conj``): the reference exists, is
+    not itself a reference, has the same shape; the node has no ``init`` of its own."""
+    if node.same_as is None:
+        if node.conj:
+            add(f"node {name} has conj: true but no same_as", (*path, "conj"),
+                "conj conjugates the tensor of another node: write same_as: OTHER, "
+                "conj: true (a node's own parameter needs no conjugation)")
+        return
+    ref = node.same_as
+    source = network.nodes.get(ref)
+    if source is None:
+        add(f"node {name} has same_as '{ref}', which is not a node", (*path, "same_as"),
+            did_you_mean(ref, [n for n in network.nodes if n != name]))
+        return
+    if ref == name:
+        add(f"node {name} has same_as itself", (*path, "same_as"),
+            "same_as names another node, whose tensor this one reuses")
+        return
+    if source.same_as is not None:
+        add(f"node {name} has same_as '{ref}', which itself reuses '{source.same_as}'",
+            (*path, "same_as"), f"refer to the node that holds the tensor: same_as: "
+            f"{source.same_as}")
+        return
+    if source.shape != node.shape:
+        add(f"node {name} (shape {list(node.shape)}) has same_as '{ref}' of shape "
+            f"{list(source.shape)}; the shapes must be equal", (*path, "same_as"),
+            f"give {name} the legs of {ref} in the same axis order, e.g. "
+            f"legs: {{{', '.join(f'{k}: {v}' for k, v in source.legs.items())}}}")
+    if node.init is not None:
+        add(f"node {name} has same_as '{ref}' and an init; it has no tensor of its own",
+            (*path, "init"), f"remove init (node {ref}'s init sets the shared tensor)", key=True)
 
 
 def _check_feature_map(name: str, port, path: DocPath,
