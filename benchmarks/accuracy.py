@@ -193,7 +193,7 @@ def fit(model: nn.Module, to_input: Callable[[torch.Tensor], torch.Tensor], data
     x_test = x_test.reshape(x_test.shape[0], -1)
     params = list(model.parameters())
     # what the ``adam`` strategy creates: fused Adam over one parameter buffer
-    stepper = TorchStepper.over_buffer(model, torch.optim.Adam, lr=base_lr, fused=True)
+    stepper = TorchStepper(model, torch.optim.Adam(model.parameters(), lr=base_lr, fused=True))
     generator = torch.Generator().manual_seed(seed)
     flushed = torch.set_flush_denormal(True)
     diverged: int | None = None

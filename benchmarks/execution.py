@@ -518,8 +518,8 @@ def mps_section(quick: bool) -> list[list[str]]:
           "train ms", "iqr"], rows,
          ["infer = forward under torch.no_grad; train = forward + cross-entropy + backward + "
           "Adam step: torch.optim.Adam(module.parameters(), fused=True) for every model;",
-          "  'tngraph stepper': the stepper of `tngraph train` (optimizer adam), which steps the "
-          "cores as one parameter buffer.",
+          "  'tngraph stepper': the stepper of `tngraph train` (optimizer adam: the same fused "
+          "Adam, and a finiteness check of the loss).",
           "reference = MPSReference in this file (paired half-chains over unbound stacked cores, "
           "fused [1,x]); outputs checked equal to tngraph's.",
           "sequential = SequentialMPS in this file (TorchMPS-style: cores contracted with the "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import textwrap
 from pathlib import Path
 
@@ -144,221 +145,57 @@ def test_cli_bad_optimizer_is_a_user_error(tmp_path: Path, capsys, flag: str,
 
 
 # ---------------------------------------------------------------------------------------------
-# parameter buffer: the flat stepping of elementwise optimizers equals per-parameter stepping
-
-class _Branches(torch.nn.Module):
-    """A compiled MPS, a float64 linear head, a frozen parameter and an optional branch (used
-    when ``self.both``): mixed dtypes, a parameter without gradient, partial gradients."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        import tngraph
-
-        torch.manual_seed(0)
-        self.mps = tngraph.compile(MPS_SPEC, seed=1)
-        self.head = torch.nn.Linear(4, 3).double()
-        self.frozen = torch.nn.Parameter(torch.ones(4), requires_grad=False)
-        self.extra = torch.nn.Linear(4, 3)
-        self.both = True
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.mps(x) * self.frozen
-        out = self.head(h.double())
-        if self.both:
-            out = out + self.extra(h).double()
-        return out
-
+# the torch stepper over a compiled network (its cores stored stacked)
 
 MPS_SPEC = """\
 tngraph: 1
 name: small
-network: {template: mps, sites: 6, phys_dim: 2, bond_dim: 3, input: x,
+network: {template: mps, sites: 12, phys_dim: 2, bond_dim: 3, input: x,
           feature_map: multilinear, output_dim: 4}
 """
 
-ELEMENTWISE = [
-    (torch.optim.Adam, {"lr": 0.01}),
-    (torch.optim.Adam, {"lr": 0.01, "fused": True, "amsgrad": True, "weight_decay": 0.1}),
-    (torch.optim.AdamW, {"lr": 0.01, "foreach": False}),
-    (torch.optim.SGD, {"lr": 0.05, "momentum": 0.9, "nesterov": True}),
-    (torch.optim.RMSprop, {"lr": 0.01, "momentum": 0.5}),
-    (torch.optim.Adagrad, {"lr": 0.05}),
-]
 
-
-def _losses(stepper: TorchStepper, model: _Branches, steps: int, partial_from: int | None = None
-            ) -> list[float]:
-    gen = torch.Generator().manual_seed(5)
+def _run(stepper: TorchStepper, model: torch.nn.Module, steps: int, seed: int = 5
+         ) -> list[float]:
+    gen = torch.Generator().manual_seed(seed)
     losses = []
-    for k in range(steps):
-        model.both = partial_from is None or k < partial_from or k % 2 == 0
-        x = torch.rand(8, 6, generator=gen)
-        y = torch.randn(8, 3, generator=gen, dtype=torch.float64)
-        loss, _ = stepper.step(x, lambda out, y=y: ((out - y) ** 2).mean())
-        losses.append(float(loss))
+    for _ in range(steps):
+        x = torch.rand(8, 12, generator=gen)
+        y = torch.randn(8, 4, generator=gen)
+        losses.append(float(stepper.step(x, lambda out, y=y: ((out - y) ** 2).mean())[0]))
     return losses
 
 
-def _plain_and_buffered(cls: type, options: dict) -> tuple[_Branches, TorchStepper,
-                                                              _Branches, TorchStepper]:
-    plain_model, buffered_model = _Branches(), _Branches()
-    buffered_model.load_state_dict(plain_model.state_dict())
-    plain = TorchStepper(plain_model, cls(list(plain_model.parameters()), **options))
-    buffered = TorchStepper.over_buffer(buffered_model, cls, **options)
-    return plain_model, plain, buffered_model, buffered
-
-
-def _assert_same_state(a: dict, b: dict, frozen: tuple[int, ...] = ()) -> None:
-    """Equal optimizer states; ``frozen`` parameters (no gradient ever) may have a state in
-    ``a`` only (Adagrad makes its state for every parameter up front)."""
-    assert a["param_groups"] == b["param_groups"]
-    assert set(a["state"]) - set(frozen) == set(b["state"])
-    for key, state in a["state"].items():
-        if key in frozen:
-            continue
-        assert state.keys() == b["state"][key].keys()
-        for name, value in state.items():
-            torch.testing.assert_close(value, b["state"][key][name], rtol=1e-6, atol=1e-9)
-
-
-@pytest.mark.parametrize(("cls", "options"), ELEMENTWISE)
-def test_buffered_stepping_equals_per_parameter_stepping(cls: type, options: dict) -> None:
-    plain_model, plain, buffered_model, buffered = _plain_and_buffered(cls, options)
-    assert buffered.buffer is not None and len(buffered.buffer.flats) == 2  # float32, float64
-    assert len(buffered.optimizer.param_groups[0]["params"]) == 2
-    assert _losses(plain, plain_model, 6) == pytest.approx(_losses(buffered, buffered_model, 6),
-                                                            rel=1e-6)
-    for (name, a), b in zip(plain_model.state_dict().items(),
-                            buffered_model.state_dict().values()):
-        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7, msg=name)
-    # checkpoints carry the per-parameter form: interchangeable with a plain optimizer's
-    frozen = tuple(i for i, p in enumerate(plain_model.parameters()) if not p.requires_grad)
-    _assert_same_state(plain.state_dict()["optimizer"], buffered.state_dict()["optimizer"],
-                       frozen)
-    assert buffered.buffer is not None
-
-
-def test_buffer_keeps_parameters_names_and_values() -> None:
-    model = _Branches()
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    params = list(model.parameters())
-    stepper = TorchStepper.over_buffer(model, torch.optim.Adam, lr=0.01)
-    assert list(model.parameters()) == params                 # the same parameter objects
-    after = model.state_dict()
-    assert after.keys() == before.keys()
-    assert all(torch.equal(before[k], after[k]) for k in before)
-    assert stepper.buffer is not None and stepper.buffer.intact()
-    flat32 = stepper.buffer.flats[0]
-    core = model.mps.tensors["A0"]
-    start = core.data_ptr() - flat32.data_ptr()
-    assert 0 <= start < flat32.numel() * flat32.element_size()   # a view of the buffer
-    assert model.frozen.data_ptr() not in {f.data_ptr() for f in stepper.buffer.flats}
-
-
-@pytest.mark.parametrize(("cls", "options"), ELEMENTWISE[:4])
-def test_partial_gradients_switch_to_per_parameter_stepping(cls: type, options: dict) -> None:
-    plain_model, plain, buffered_model, buffered = _plain_and_buffered(cls, options)
-    # from step 3 on, the extra branch gets no gradient on odd steps: a per-parameter optimizer
-    # leaves it alone there (no momentum step), and so must the buffered stepper
-    want = _losses(plain, plain_model, 8, partial_from=3)
-    got = _losses(buffered, buffered_model, 8, partial_from=3)
-    assert buffered.buffer is None                            # switched, for good
-    assert got == pytest.approx(want, rel=1e-6)
-    for a, b in zip(plain_model.parameters(), buffered_model.parameters()):
-        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
-
-
-def test_checkpoint_state_loads_across_plain_and_buffered_steppers() -> None:
-    plain_model, plain, buffered_model, buffered = _plain_and_buffered(
-        torch.optim.Adam, {"lr": 0.01})
-    _losses(plain, plain_model, 3)
-    buffered_model.load_state_dict(plain_model.state_dict())
-    buffered.load_state_dict(plain.state_dict())              # plain -> buffered
-    assert buffered.buffer is not None
-    _assert_same_state(plain.state_dict()["optimizer"], buffered.state_dict()["optimizer"])
-    assert _losses(plain, plain_model, 3) == pytest.approx(_losses(buffered, buffered_model, 3),
-                                                            rel=1e-6)
-    # a state whose members sit at different steps has no buffer form: per-parameter from then
-    state = plain.state_dict()
-    first = next(iter(state["optimizer"]["state"].values()))
-    first["step"] = first["step"] + 1
-    buffered.load_state_dict(state)
-    assert buffered.buffer is None
-
-
-def test_moved_parameters_are_reseated_with_their_statistics() -> None:
-    plain_model, plain, buffered_model, buffered = _plain_and_buffered(
-        torch.optim.Adam, {"lr": 0.01})
-    _losses(plain, plain_model, 2)
-    _losses(buffered, buffered_model, 2)
-    old = buffered.buffer
-    moved = buffered_model.mps.tensors.get_parameter("stack:0")    # a stacked storage
-    moved.data = moved.data.clone()
-    assert old is not None and not old.intact()
-    assert _losses(plain, plain_model, 3) == pytest.approx(_losses(buffered, buffered_model, 3),
-                                                            rel=1e-6)
-    assert buffered.buffer is not old and buffered.buffer is not None
-    assert buffered.buffer.intact()
-
-
-@pytest.mark.parametrize(("cls", "frozen"), [(torch.optim.LBFGS, False),
-                                             (torch.optim.SparseAdam, False),
-                                             (torch.optim.Adam, True)])
-def test_other_optimizers_step_the_parameters_themselves(cls: type, frozen: bool) -> None:
-    model = torch.nn.Linear(3, 2).requires_grad_(not frozen)   # frozen: nothing to buffer
-    stepper = TorchStepper.over_buffer(model, cls, lr=0.1)
-    assert stepper.buffer is None
-    assert stepper.optimizer.param_groups[0]["params"] == list(model.parameters())
-
-
-def test_sparse_gradients_step_per_parameter() -> None:
-    model = torch.nn.Embedding(10, 3, sparse=True)
-    stepper = TorchStepper.over_buffer(model, torch.optim.SGD, lr=0.5)
-    before = model.weight.detach().clone()
-    stepper.step(torch.tensor([1, 2]), lambda out: out.sum())
-    assert stepper.buffer is None
-    changed = (model.weight != before).any(dim=1)
-    assert changed.tolist() == [i in (1, 2) for i in range(10)]
-
-
 @pytest.mark.parametrize("name", ["adam", "sgd"])
-@pytest.mark.parametrize("moved_after_a_step", [False, True], ids=["moved_first", "moved_later"])
-def test_buffer_follows_the_parameters_device(name: str, moved_after_a_step: bool) -> None:
-    """Parameters on another device (``meta``, as a GPU would be): the buffer, the gradients and
-    the optimizer's statistics live there too, also when the model moves after a step."""
+def test_the_stepper_steps_the_stacked_storages_as_a_plain_optimizer_would(name: str) -> None:
+    """The strategy's stepper is its torch optimizer over ``module.parameters()``: the same
+    weights as a hand-written loop, and a checkpoint of its state resumes exactly."""
     import tngraph
 
-    model = tngraph.compile(MPS_SPEC, optimize="greedy", cache=False)
-    if not moved_after_a_step:
-        model.to("meta")
+    models = [tngraph.compile(MPS_SPEC, seed=1, cache=False) for _ in range(3)]
+    assert len(list(models[0].parameters())) < len(models[0].tensors)
     strategy = get_optimizer(name)
-    stepper = strategy.create(model, strategy.options(), OptimizerContext(lr=0.01))
-    device = "cpu" if moved_after_a_step else "meta"
-    for _ in range(2):
-        stepper.zero_grad()
-        model(torch.rand(4, 6, device=device)).sum().backward()
-        stepper.update()
-        if moved_after_a_step and device == "cpu":
-            model.to("meta")
-            device = "meta"
-    assert stepper.buffer is not None and stepper.buffer.intact()
-    assert {flat.device.type for flat in stepper.buffer.flats} == {"meta"}
-    state = [v for s in stepper.optimizer.state.values() for v in s.values()
-             if isinstance(v, torch.Tensor) and v.dim() > 0]
-    assert state and {v.device.type for v in state} == {"meta"}
+    options = {"adam": {"lr": 0.01, "fused": True}, "sgd": {"lr": 0.01, "momentum": 0.9}}[name]
+    cls = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}[name]
+    ours = strategy.create(models[0], strategy.options(), OptimizerContext(lr=0.01))
+    plain = TorchStepper(models[1], cls(models[1].parameters(), **options))
+    assert _run(ours, models[0], 4) == _run(plain, models[1], 4)
+    for a, b in zip(models[0].parameters(), models[1].parameters()):
+        assert torch.equal(a, b)
+    # resume: a new stepper over a copy, loaded from the state, takes the same next steps
+    models[2].load_state_dict(models[0].state_dict())
+    resumed = strategy.create(models[2], strategy.options(), OptimizerContext(lr=0.01))
+    resumed.load_state_dict(copy.deepcopy(ours.state_dict()))     # (as read from a file)
+    assert _run(ours, models[0], 2, seed=6) == _run(resumed, models[2], 2, seed=6)
 
 
-def test_parameters_replaced_in_swapped_submodules_are_noticed() -> None:
-    """BatchNorm swapped for SyncBatchNorm (same parameters), then parameter objects replaced
-    in the new module: noticed once the stepper tracks the swapped submodules."""
-    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
-    stepper = TorchStepper.over_buffer(model, torch.optim.SGD, lr=0.1)
-    model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    assert isinstance(model[1], torch.nn.SyncBatchNorm)
-    assert not stepper._parameters_replaced()
-    stepper.track_submodules()
-    model[1].weight = torch.nn.Parameter(model[1].weight.detach().clone())
-    assert stepper._parameters_replaced()
-    model(torch.randn(5, 3)).sum().backward()
-    stepper.update()
-    assert stepper.buffer is not None and stepper.buffer.params[2] is model[1].weight
+def test_grad_clip_bounds_the_global_norm_of_a_step() -> None:
+    import tngraph
+
+    model = tngraph.compile(MPS_SPEC, seed=1, cache=False)
+    stepper = TorchStepper(model, torch.optim.SGD(model.parameters(), lr=1.0))
+    stepper.max_grad_norm = 1e-3
+    before = [p.detach().clone() for p in model.parameters()]
+    _run(stepper, model, 1)
+    moved = torch.cat([(p.detach() - b).reshape(-1) for p, b in zip(model.parameters(), before)])
+    assert float(moved.norm()) == pytest.approx(1e-3, rel=1e-4)

@@ -26,18 +26,17 @@ def _fused(params: list[Any]) -> bool | None:
 
 def create_adam(module: Any, options: AdamOptions, context: OptimizerContext) -> TorchStepper:
     """The stepper of ``adam``: ``torch.optim.Adam`` (``AdamW`` with ``decoupled``) over the
-    module's parameters as one buffer, fused where the device allows."""
+    module's parameters, fused where the device allows."""
     params = list(module.parameters())
     cls = torch.optim.AdamW if options.decoupled else torch.optim.Adam
-    return TorchStepper.over_buffer(module, cls, lr=context.lr,
-                                    weight_decay=context.weight_decay, betas=options.betas,
-                                    eps=options.eps, amsgrad=options.amsgrad,
-                                    fused=_fused(params))
+    return TorchStepper(module, cls(params, lr=context.lr, weight_decay=context.weight_decay,
+                                    betas=options.betas, eps=options.eps,
+                                    amsgrad=options.amsgrad, fused=_fused(params)))
 
 
 def create_sgd(module: Any, options: SGDOptions, context: OptimizerContext) -> TorchStepper:
-    """The stepper of ``sgd``: ``torch.optim.SGD`` over the module's parameters as one buffer."""
-    return TorchStepper.over_buffer(module, torch.optim.SGD, lr=context.lr,
-                                    momentum=options.momentum, nesterov=options.nesterov,
-                                    dampening=options.dampening,
-                                    weight_decay=context.weight_decay)
+    """The stepper of ``sgd``: ``torch.optim.SGD`` over the module's parameters."""
+    return TorchStepper(module, torch.optim.SGD(
+        module.parameters(), lr=context.lr, momentum=options.momentum,
+        nesterov=options.nesterov, dampening=options.dampening,
+        weight_decay=context.weight_decay))

@@ -294,7 +294,6 @@ def _data_parallel(stepper: Stepper, train_options: TrainOptions, x_train: torch
         # per-rank statistics)
         torch.nn.SyncBatchNorm.convert_sync_batchnorm(stepper.module)
     assert isinstance(stepper, TorchStepper)
-    stepper.track_submodules()
     return DataParallelStepper(stepper, device)
 
 
