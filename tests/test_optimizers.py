@@ -199,3 +199,19 @@ def test_grad_clip_bounds_the_global_norm_of_a_step() -> None:
     _run(stepper, model, 1)
     moved = torch.cat([(p.detach() - b).reshape(-1) for p, b in zip(model.parameters(), before)])
     assert float(moved.norm()) == pytest.approx(1e-3, rel=1e-4)
+
+
+def test_an_optimizer_state_of_another_layout_is_refused_with_the_fix() -> None:
+    """A run saved when every core was a parameter of its own has the optimizer state of as
+    many tensors: resuming it is a clear error naming --init, not torch's ValueError."""
+    import tngraph
+    from tngraph.optimizers import OptimizerStateError
+
+    model = tngraph.compile(MPS_SPEC, seed=1, cache=False)
+    stepper = TorchStepper(model, torch.optim.Adam(model.parameters(), lr=0.01))
+    _run(stepper, model, 1)
+    state = copy.deepcopy(stepper.state_dict())
+    state["optimizer"]["param_groups"][0]["params"] = list(range(12))
+    with pytest.raises(OptimizerStateError, match=r"saved for 12 parameter tensor\(s\), but this "
+                                                  r"module has 4: .*--init RUN/model\.safetensors"):
+        stepper.load_state_dict(state)

@@ -52,8 +52,8 @@ if TYPE_CHECKING:
     from torch import nn
 
 __all__ = [
-    "OPTIMIZERS", "NonFiniteLoss", "OptimizerContext", "OptimizerStrategy", "Stepper",
-    "TorchStepper", "check_optimizer", "get_optimizer", "learning_rate", "list_optimizers",
+    "OPTIMIZERS", "NonFiniteLoss", "OptimizerContext", "OptimizerStateError",
+    "OptimizerStrategy", "Stepper", "TorchStepper", "check_optimizer", "get_optimizer", "learning_rate", "list_optimizers",
     "one_cpu_thread", "optimizer_options", "register_optimizer",
 ]
 
@@ -64,6 +64,10 @@ class NonFiniteLoss(TNGraphError):
     def __init__(self, value: float):
         super().__init__(f"the loss became {value}")
         self.value = value
+
+
+class OptimizerStateError(TNGraphError):
+    """A checkpoint's optimizer state does not fit the optimizer it is loaded into."""
 
 
 def optimizer_options(named: NamedOptions) -> BaseModel:
@@ -179,6 +183,16 @@ class TorchStepper:
         return {"optimizer": self.optimizer.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        saved = [len(group.get("params", ())) for group in
+                 state.get("optimizer", {}).get("param_groups", ())]
+        own = [len(group["params"]) for group in self.optimizer.param_groups]
+        if saved != own:
+            raise OptimizerStateError(
+                f"the optimizer state was saved for {sum(saved)} parameter tensor(s), but this "
+                f"module has {sum(own)}: a run made before tngraph stored the cores of stacked "
+                "kernels together (one parameter each), or another model; start a new run "
+                "from its weights with --init RUN/model.safetensors (the optimizer's "
+                "statistics start afresh)")
         self.optimizer.load_state_dict(state["optimizer"])
 
     def describe(self) -> dict[str, Any]:
