@@ -53,8 +53,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "OPTIMIZERS", "NonFiniteLoss", "OptimizerContext", "OptimizerStateError",
-    "OptimizerStrategy", "Stepper", "TorchStepper", "check_optimizer", "get_optimizer", "learning_rate", "list_optimizers",
-    "one_cpu_thread", "optimizer_options", "register_optimizer",
+    "OptimizerStrategy", "Stepper", "TorchStepper", "check_optimizer", "get_optimizer",
+    "learning_rate", "list_optimizers", "one_cpu_thread", "optimizer_options", "register_optimizer",
 ]
 
 
