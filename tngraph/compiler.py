@@ -40,7 +40,7 @@ from tngraph.executor import (
     pack,
     stack_layouts,
 )
-from tngraph.graph import EinsumProblem, einsum_problem, parameter_count
+from tngraph.graph import EinsumProblem, chain_sites, einsum_problem, parameter_count
 from tngraph.initializers import initial_value, node_initializer
 from tngraph.kinds import NETWORK, get_feature_map, get_layer
 from tngraph.layer_modules import FeatureMapLayer, Permute, Reshape
@@ -676,6 +676,41 @@ class TNModule(nn.Module):
         return result
 
     # -- information -------------------------------------------------------------------------
+    def cores(self) -> list[torch.Tensor]:
+        """The nodes of a chain network (an MPS, a TT-layer / MPO) as TT cores, first to last,
+        in the layout of :mod:`tngraph.decompose`: ``(r, n, r')`` for one physical leg,
+        ``(r, n_in, n_out, r')`` for two (physical legs in declared order), boundary ranks 1.
+
+        The cores are views of the parameters where the layout allows (they keep autograd;
+        ``[c.detach() for c in module.cores()]`` for values).
+
+        Raises
+        ------
+        CompileError
+            The nodes do not form an open chain (a ring, a tree, a grid, a hyperedge).
+
+        Examples
+        --------
+        >>> m = compile("tngraph: 1\\nname: t\\nnetwork: {template: mps, sites: 3, "
+        ...             "phys_dim: 2, bond_dim: 4}\\n", cache=False)
+        >>> [tuple(c.shape) for c in m.cores()]
+        [(1, 2, 4), (4, 2, 4), (4, 2, 1)]
+        """
+        out = []
+        for site in chain_sites(self.spec.network, f"network '{self.spec.name}'"):
+            t = self.tensors[site.node]
+            legs = list(self.spec.network.nodes[site.node].legs)
+            chain = [*([site.left] if site.left else []), *site.physical,
+                     *([site.right] if site.right else [])]
+            order = [legs.index(leg) for leg in chain]
+            t = t.permute(order) if order != list(range(t.dim())) else t
+            if site.left is None:
+                t = t.unsqueeze(0)
+            if site.right is None:
+                t = t.unsqueeze(-1)
+            out.append(t)
+        return out
+
     def report(self, fmt: str = "text") -> str:
         """The cost report (see :func:`tngraph.report.format_report`)."""
         return format_report(self.plan, self.spec, fmt=fmt)

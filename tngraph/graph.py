@@ -27,7 +27,8 @@ from dataclasses import dataclass
 
 import networkx as nx
 
-from tngraph.schema import LEG_REF_RE, Spec, leg_table
+from tngraph.errors import CompileError
+from tngraph.schema import LEG_REF_RE, NetworkSpec, Spec, leg_table
 
 BATCH = "batch"
 
@@ -209,3 +210,86 @@ def dense_size(spec: Spec) -> int:
     """Entries of the dense tensor the network represents: the map from every data-port entry
     to every output entry (for a network without data ports, the full output tensor)."""
     return input_size(spec) * output_size(spec)
+
+
+@dataclass(frozen=True)
+class ChainSite:
+    """One node of an open chain: its leg to the previous / next node (None at the ends) and
+    its other (physical) legs, in declared order."""
+
+    node: str
+    left: str | None
+    right: str | None
+    physical: tuple[str, ...]
+
+
+def chain_sites(network: NetworkSpec, name: str = "network") -> tuple[ChainSite, ...]:
+    """The tensor nodes of ``network`` as an open chain, first to last (torch-free).
+
+    Node-node edges must form a path: one edge between neighbours, no trace, ring, branch,
+    hyperedge among nodes or shared (``same_as``) node, all nodes connected. Legs joined to data
+    ports and open legs are physical. The chain starts at the end that comes first in the
+    declared node order (``A0`` of an ``mps``, ``G0`` of a ``tt_linear``).
+
+    Raises
+    ------
+    CompileError
+        Saying what breaks the chain.
+
+    Examples
+    --------
+    >>> net = NetworkSpec(nodes={"B": {"legs": {"l": 2, "p": 3}},
+    ...                          "A": {"legs": {"p": 3, "r": 2}}},
+    ...                   edges=[["A.r", "B.l"]], outputs=["A.p", "B.p"])
+    >>> [(s.node, s.left, s.right, s.physical) for s in chain_sites(net)]
+    [('B', None, 'l', ('p',)), ('A', 'r', None, ('p',))]
+    """
+    nodes = network.nodes
+    why = "module.cores() needs the nodes of an open chain (an MPS, a TT-layer / MPO)"
+    shared = [n for n, node in nodes.items() if node.same_as is not None]
+    if shared:
+        raise CompileError(f"{name} is not a chain: node {shared[0]} reuses another node's "
+                           f"tensor (same_as); {why}")
+    links: dict[str, dict[str, tuple[str, str]]] = {n: {} for n in nodes}
+    for edge in network.edges:
+        ends = [_split(ref) for ref in edge]
+        inner = [(n, leg) for n, leg in ends if n in nodes]
+        if len(inner) < 2:
+            continue                             # a leg joined to a data port: physical
+        if len(ends) > 2:
+            raise CompileError(f"{name} is not a chain: hyperedge [{', '.join(edge)}] joins "
+                               f"several nodes; {why}")
+        (a, leg_a), (b, leg_b) = inner
+        if a == b:
+            raise CompileError(f"{name} is not a chain: edge [{', '.join(edge)}] is a trace "
+                               f"of node {a}; {why}")
+        if b in links[a]:
+            raise CompileError(f"{name} is not a chain: nodes {a} and {b} are joined by more "
+                               f"than one edge; {why}")
+        links[a][b] = (leg_a, leg_b)
+        links[b][a] = (leg_b, leg_a)
+    branch = [n for n in nodes if len(links[n]) > 2]
+    if branch:
+        raise CompileError(f"{name} is not a chain: node {branch[0]} is bonded to "
+                           f"{len(links[branch[0]])} nodes ({', '.join(links[branch[0]])}); "
+                           f"{why}")
+    ends = [n for n in nodes if len(links[n]) <= 1]
+    if not ends:
+        raise CompileError(f"{name} is a ring (every node has two neighbours); {why}")
+    order = [ends[0]]
+    while len(order) <= len(nodes):
+        following = [n for n in links[order[-1]] if n not in order[-2:-1]]
+        if not following:
+            break
+        order.append(following[0])
+    if len(order) != len(nodes):
+        rest = [n for n in nodes if n not in order]
+        raise CompileError(f"{name} is not one chain: nodes {', '.join(rest)} are not "
+                           f"connected to {order[0]}; {why}")
+    sites = []
+    for k, node in enumerate(order):
+        left = links[node][order[k - 1]][0] if k > 0 else None
+        right = links[node][order[k + 1]][0] if k + 1 < len(order) else None
+        physical = tuple(leg for leg in nodes[node].legs if leg not in (left, right))
+        sites.append(ChainSite(node, left, right, physical))
+    return tuple(sites)

@@ -47,6 +47,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from tngraph.compiler import TNModule
 from tngraph.linalg import GUARDED, DecompositionError, Kernels, svd
 
 __all__ = [
@@ -821,12 +822,122 @@ def tt_linear_spec(cores: Sequence[torch.Tensor], *, bias: bool = True,
                                  "mappings") from None
 
 
+def mps_state_dict(cores: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The ``state_dict`` of the network of :func:`mps_spec` (nodes ``A0 ... A{d-1}``, legs
+    ``l, p, r``) from MPS cores ``(r, n, r')`` (the boundary axes of size 1 dropped), for
+    ``module.load_state_dict(...)``: ``qtt()`` or ``tt_svd()`` cores load as they are.
+
+    >>> import tngraph, torch
+    >>> psi = torch.randn(2 ** 5, dtype=torch.float64)
+    >>> cores = qtt(psi)
+    >>> module = tngraph.compile(mps_spec(cores), dtype="float64", cache=False)
+    >>> _ = module.load_state_dict(mps_state_dict(cores))
+    >>> bool(torch.allclose(module().reshape(-1), psi))
+    True
+    """
+    cores = _check_flat_cores(cores)
+    state: dict[str, torch.Tensor] = {}
+    for k, c in enumerate(cores):
+        g = c[..., 0] if k == len(cores) - 1 else c
+        state[f"tensors.A{k}"] = (g[0] if k == 0 else g).detach().clone().contiguous()
+    return state
+
+
+def mps_spec(cores: Sequence[torch.Tensor], *, name: str = "mps", input: str | None = None,
+             feature_map: str | Mapping[str, Any] | None = None,
+             extra: Mapping[str, Any] | None = None) -> str:
+    """YAML text of an MPS spec whose shapes and ranks match MPS cores ``(r, n, r')``: the
+    ``mps`` template where every rank and physical dimension is the same, else the same nodes
+    (``A{k}`` with legs ``l, p, r``) in raw form with each bond's own rank. Load the values
+    with :func:`mps_state_dict`.
+
+    ``input`` (and ``feature_map``) feed every site from one stacked data port, as the ``mps``
+    template does; without it the physical legs are the outputs. Complex cores set
+    ``plan.dtype`` to their dtype. ``extra`` adds top-level keys.
+
+    >>> import torch
+    >>> print(mps_spec(qtt(torch.randn(8, dtype=torch.float64), max_rank=2)))
+    tngraph: 1
+    name: mps
+    network: {template: mps, sites: 3, phys_dim: 2, bond_dim: 2}
+    <BLANKLINE>
+    """
+    import yaml
+
+    cores = _check_flat_cores(cores)
+    d = len(cores)
+    if not isinstance(name, str) or not name.strip():
+        raise DecompositionError(f"name must be a non-empty string, got {name!r}",
+                                 "for example name='mps'")
+    if input is not None and (not isinstance(input, str) or not input.isidentifier()):
+        raise DecompositionError(f"input must be an identifier (the data port's name), got "
+                                 f"{input!r}", "for example input='x'")
+    if feature_map is not None and input is None:
+        raise DecompositionError("feature_map needs input (the data port it applies to)",
+                                 "pass input='x' too")
+    if extra is not None and not isinstance(extra, Mapping):
+        raise DecompositionError(f"extra must be a mapping of top-level keys, got "
+                                 f"{type(extra).__name__}",
+                                 "for example extra={'plan': {'batch_size': 64}}")
+    phys = [int(c.shape[1]) for c in cores]
+    ranks = list(tt_ranks(cores))
+    if input is not None and len(set(phys)) > 1:
+        raise DecompositionError(f"one stacked data port feeds sites of one dimension, but the "
+                                 f"cores' physical dimensions are {phys}",
+                                 "leave input out: the physical legs are then the outputs")
+    network: dict[str, Any]
+    if len(set(phys)) == 1 and len(set(ranks)) <= 1:
+        network = {"template": "mps", "sites": d, "phys_dim": phys[0],
+                   "bond_dim": ranks[0] if ranks else 1}
+        if input is not None:
+            network["input"] = input
+        if feature_map is not None:
+            network["feature_map"] = feature_map
+    else:
+        nodes: dict[str, Any] = {}
+        edges: list[list[str]] = []
+        for k in range(d):
+            legs = {**({"l": ranks[k - 1]} if k else {}), "p": phys[k],
+                    **({"r": ranks[k]} if k < d - 1 else {})}
+            nodes[f"A{k}"] = {"legs": legs}
+            if k:
+                edges.append([f"A{k - 1}.r", f"A{k}.l"])
+        network = {"nodes": nodes}
+        if input is not None:
+            port: dict[str, Any] = {"legs": {"p": phys[0]}, "stack": d}
+            if feature_map is not None:
+                port["feature_map"] = feature_map
+            network["inputs"] = {input: port}
+            edges += [[f"{input}[{k}].p", f"A{k}.p"] for k in range(d)]
+        network["edges"] = edges
+        network["outputs"] = [] if input is not None else [f"A{k}.p" for k in range(d)]
+    doc: dict[str, Any] = {"tngraph": 1, "name": name, "network": network}
+    if cores[0].is_complex():
+        doc["plan"] = {"dtype": str(cores[0].dtype).removeprefix("torch.")}
+    doc.update(extra or {})
+    try:
+        return yaml.safe_dump(doc, sort_keys=False, default_flow_style=None)
+    except yaml.representer.RepresenterError as exc:
+        raise DecompositionError(f"extra holds a value YAML cannot write: {exc.args[-1]!r}",
+                                 "use plain numbers, strings, booleans, lists and "
+                                 "mappings") from None
+
+
+def _chain_cores(cores: Sequence[torch.Tensor] | TNModule) -> Sequence[torch.Tensor]:
+    """``cores`` as they are, or a compiled chain module's (:meth:`TNModule.cores`, detached)."""
+    if isinstance(cores, TNModule):
+        return [c.detach() for c in cores.cores()]
+    return cores
+
+
 # ---------------------------------------------------------------------------------------------
 # entanglement
 
 
-def bond_spectra(cores: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    """Singular values (descending) of the unfolding at each bond of a TT / MPS.
+def bond_spectra(cores: Sequence[torch.Tensor] | TNModule) -> list[torch.Tensor]:
+    """Singular values (descending) of the unfolding at each bond of a TT / MPS, given as
+    cores or as a compiled chain module (an ``mps``, a ``tt_linear``: its
+    :meth:`~tngraph.compiler.TNModule.cores`; physical legs of a site grouped as its mode).
 
     Entry ``k`` is the Schmidt spectrum between sites ``0..k`` and ``k+1..d-1``, computed in
     canonical form (left QR sweep, then right-to-left SVDs), ``O(d n r^3)``; it equals the
@@ -838,7 +949,7 @@ def bond_spectra(cores: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     >>> [s.tolist() for s in bond_spectra(qtt(ghz))]      # doctest: +ELLIPSIS
     [[0.707..., 0.707...], [0.707..., 0.707...]]
     """
-    cores = _check_cores(cores)
+    cores = _check_cores(_chain_cores(cores))
     for k, c in enumerate(cores):
         _check_finite(c, f"cores[{k}]")
     out_dtype = cores[0].dtype
@@ -855,8 +966,9 @@ def bond_spectra(cores: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     return spectra
 
 
-def entanglement_entropy(cores: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Von Neumann entropy (nats) at each bond: ``S_k = -sum p log p``, ``p = s^2 / sum s^2``.
+def entanglement_entropy(cores: Sequence[torch.Tensor] | TNModule) -> torch.Tensor:
+    """Von Neumann entropy (nats) at each bond: ``S_k = -sum p log p``, ``p = s^2 / sum s^2``,
+    of TT / MPS cores or of a compiled chain module (as :func:`bond_spectra`).
 
     Returns a tensor of ``d - 1`` values: 0 for a product state, ``ln 2`` at every bond of a
     GHZ state, at most ``ln(bond dimension)``. The state need not be normalised; a zero state
@@ -867,6 +979,7 @@ def entanglement_entropy(cores: Sequence[torch.Tensor]) -> torch.Tensor:
     >>> entanglement_entropy(qtt(ghz))                           # ln 2 = 0.6931
     tensor([0.6931, 0.6931, 0.6931], dtype=torch.float64)
     """
+    cores = _chain_cores(cores)
     spectra = bond_spectra(cores)
     values = []
     for k, s in enumerate(spectra):
