@@ -181,7 +181,8 @@ CASES = [
           "input 'x' has an empty batch (shape (0, 8)); pass at least one example"),
     _case("forward-empty", lambda c: c.net(torch.empty(0)), CompileError, "an empty batch"),
     _case("forward-complex", lambda c: c.net(torch.ones(5, 8, dtype=torch.complex64)),
-          CompileError, "input 'x' is complex (torch.complex64); networks are real-valued"),
+          CompileError, "input 'x' is complex (torch.complex64) but the network is real "
+                        "(float32): compile it with dtype='complex64'"),
     _case("forward-rank-1", lambda c: c.net(torch.rand(8)), CompileError,
           "input 'x' expects shape (batch, 4, 2) or any shape with 8 entries per sample, got "
           "(8,)"),
