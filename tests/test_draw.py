@@ -163,3 +163,20 @@ def test_an_unknown_what_is_refused(tmp_path: Path) -> None:
     with pytest.raises(DrawError, match=r"unknown --what 'netwrok'\n  hint: did you mean "
                                         r"'network'\?"):
         draw_spec(load_spec(MODELS / "mps.yaml"), tmp_path / "x.png", what="netwrok")
+
+
+def test_a_hypergraph_is_drawn_and_its_chains_are_not_inspected(tmp_path: Path) -> None:
+    """A hyperedge (one index shared by three tensors) draws as a star, laid out as 'other';
+    inspect and the chain strategies refuse it by name."""
+    from tngraph.graph import ChainError, chain_sites
+
+    text = ("tngraph: 1\nname: hyper\nnetwork:\n  nodes:\n    A: {legs: {i: 3, h: 4}}\n"
+            "    B: {legs: {h: 4, j: 2}}\n    C: {legs: {h: 4, k: 5}}\n"
+            "  edges: [[A.h, B.h, C.h]]\n  outputs: [A.i, B.j, C.k]\n")
+    path = tmp_path / "hyper.yaml"
+    path.write_text(text)
+    assert layout_kind(load_spec(path).network) == "other"
+    assert cli.main(["draw", str(path), "--out", str(tmp_path / "h.png")]) == 0
+    assert (tmp_path / "h.png").stat().st_size > 0
+    with pytest.raises(ChainError, match=r"hyperedge \[A.h, B.h, C.h\] joins several nodes"):
+        chain_sites(load_spec(path).network)

@@ -64,10 +64,11 @@ class DrawError(TNGraphError):
 def _bonds(network: NetworkSpec) -> nx.Graph:
     graph = nx.Graph()
     graph.add_nodes_from(network.nodes)
-    for first, second in network.edges:
-        u, v = first.split(".", 1)[0], second.split(".", 1)[0]
-        if u in network.nodes and v in network.nodes and u != v:
-            graph.add_edge(u, v)
+    for edge in network.edges:            # (a hyperedge joins every pair of its tensors)
+        joined = [ref.split(".", 1)[0] for ref in edge]
+        joined = [u for u in joined if u in network.nodes]
+        graph.add_edges_from((u, v) for i, u in enumerate(joined) for v in joined[i + 1:]
+                             if u != v)
     return graph
 
 
@@ -80,6 +81,9 @@ def layout_kind(network: NetworkSpec) -> str:
     """
     graph = _bonds(network)
     n = graph.number_of_nodes()
+    if any(sum(ref.split(".", 1)[0] in network.nodes for ref in edge) > 2
+           for edge in network.edges):
+        return "other"                   # a hyperedge joins three or more tensors
     if n > 1 and all(_GRID_RE.match(name) for name in graph) and not nx.is_forest(graph):
         return "grid"
     if n < 2 or not nx.is_connected(graph):

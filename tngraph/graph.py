@@ -212,28 +212,61 @@ def dense_size(spec: Spec) -> int:
     return input_size(spec) * output_size(spec)
 
 
+class ChainError(CompileError):
+    """The network's tensor nodes do not form an open chain (the message says why)."""
+
+
+#: what :func:`chain_sites` accepts, for its messages
+CHAIN_SUPPORTED = ("supported: an open chain of tensor nodes (each bonded to at most two "
+                   "others by one edge, no ring), e.g. the templates mps (boundary: open) and "
+                   "tt_linear")
+
+
 @dataclass(frozen=True)
 class ChainSite:
-    """One node of an open chain: its leg to the previous / next node (None at the ends) and
-    its other (physical) legs, in declared order."""
+    """One node of an open chain and the roles of its legs.
+
+    Attributes
+    ----------
+    node
+        Node name (key of ``spec.network.nodes`` and ``module.tensors``).
+    left, right
+        Its leg bonded to the previous / next site (``None`` at the first / last site).
+    physical
+        Its other legs, in declared order.
+    declared
+        Every leg in the node's declared order (the axis order of its tensor); empty means
+        ``(left, *physical, right)``.
+    """
 
     node: str
     left: str | None
     right: str | None
     physical: tuple[str, ...]
+    declared: tuple[str, ...] = ()
+
+    @property
+    def legs(self) -> tuple[str, ...]:
+        """The node's legs in axis order."""
+        if self.declared:
+            return self.declared
+        return ((self.left,) if self.left else ()) + self.physical \
+            + ((self.right,) if self.right else ())
 
 
-def chain_sites(network: NetworkSpec, name: str = "network") -> tuple[ChainSite, ...]:
+def chain_sites(network: NetworkSpec, name: str = "network",
+                supported: str = CHAIN_SUPPORTED) -> tuple[ChainSite, ...]:
     """The tensor nodes of ``network`` as an open chain, first to last (torch-free).
 
-    Node-node edges must form a path: one edge between neighbours, no trace, ring, branch,
-    hyperedge among nodes or shared (``same_as``) node, all nodes connected. Legs joined to data
-    ports and open legs are physical. The chain starts at the end that comes first in the
-    declared node order (``A0`` of an ``mps``, ``G0`` of a ``tt_linear``).
+    Node-node edges must form a path: every node bonded to at most two others, exactly one edge
+    between neighbours, no trace, ring, branch, hyperedge among nodes or shared (``same_as``)
+    node, all nodes connected. Legs joined to data ports and open legs are physical. The chain
+    starts at the end that comes first in the declared node order (``A0`` of an ``mps``, ``G0``
+    of a ``tt_linear``). ``name`` and ``supported`` go into the messages.
 
     Raises
     ------
-    CompileError
+    ChainError
         Saying what breaks the chain.
 
     Examples
@@ -245,51 +278,60 @@ def chain_sites(network: NetworkSpec, name: str = "network") -> tuple[ChainSite,
     [('B', None, 'l', ('p',)), ('A', 'r', None, ('p',))]
     """
     nodes = network.nodes
-    why = "module.cores() needs the nodes of an open chain (an MPS, a TT-layer / MPO)"
+    names = list(nodes)
+    if not names:
+        raise ChainError(f"{name} has no tensor nodes; {supported}")
     shared = [n for n, node in nodes.items() if node.same_as is not None]
     if shared:
-        raise CompileError(f"{name} is not a chain: node {shared[0]} reuses another node's "
-                           f"tensor (same_as); {why}")
-    links: dict[str, dict[str, tuple[str, str]]] = {n: {} for n in nodes}
+        raise ChainError(f"{name} is not a chain: node '{shared[0]}' reuses another node's "
+                         f"tensor (same_as); {supported}")
+    # neighbour -> (own leg, neighbour's leg), per node
+    links: dict[str, dict[str, tuple[str, str]]] = {n: {} for n in names}
     for edge in network.edges:
         ends = [_split(ref) for ref in edge]
         inner = [(n, leg) for n, leg in ends if n in nodes]
         if len(inner) < 2:
             continue                             # a leg joined to a data port: physical
         if len(ends) > 2:
-            raise CompileError(f"{name} is not a chain: hyperedge [{', '.join(edge)}] joins "
-                               f"several nodes; {why}")
+            raise ChainError(f"{name} is not a chain: hyperedge [{', '.join(edge)}] joins "
+                             f"several nodes; {supported}")
         (a, leg_a), (b, leg_b) = inner
         if a == b:
-            raise CompileError(f"{name} is not a chain: edge [{', '.join(edge)}] is a trace "
-                               f"of node {a}; {why}")
+            raise ChainError(f"{name} is not a chain: edge [{', '.join(edge)}] is a trace of "
+                             f"node '{a}'; {supported}")
         if b in links[a]:
-            raise CompileError(f"{name} is not a chain: nodes {a} and {b} are joined by more "
-                               f"than one edge; {why}")
+            first = links[a][b]
+            raise ChainError(
+                f"{name} is not a chain: nodes '{a}' and '{b}' are joined by more than one "
+                f"edge ([{a}.{first[0]}, {b}.{first[1]}] and [{', '.join(edge)}]); "
+                f"{supported} (merge the two legs into one)")
         links[a][b] = (leg_a, leg_b)
         links[b][a] = (leg_b, leg_a)
-    branch = [n for n in nodes if len(links[n]) > 2]
+    branch = [n for n in names if len(links[n]) > 2]
     if branch:
-        raise CompileError(f"{name} is not a chain: node {branch[0]} is bonded to "
-                           f"{len(links[branch[0]])} nodes ({', '.join(links[branch[0]])}); "
-                           f"{why}")
-    ends = [n for n in nodes if len(links[n]) <= 1]
+        n = branch[0]
+        raise ChainError(f"{name} is not a chain: node '{n}' is bonded to {len(links[n])} "
+                         f"nodes ({', '.join(links[n])}), a tree or grid; {supported}")
+    ends = [n for n in names if len(links[n]) <= 1]
     if not ends:
-        raise CompileError(f"{name} is a ring (every node has two neighbours); {why}")
+        raise ChainError(f"{name} is a ring (every node has two neighbours: "
+                         f"{' - '.join(names)}); {supported}, e.g. mps with boundary: open")
     order = [ends[0]]
-    while len(order) <= len(nodes):
-        following = [n for n in links[order[-1]] if n not in order[-2:-1]]
+    previous: str | None = None
+    while len(order) <= len(names):         # (the degree checks exclude a ring here)
+        following = [n for n in links[order[-1]] if n != previous]
         if not following:
             break
+        previous = order[-1]
         order.append(following[0])
-    if len(order) != len(nodes):
-        rest = [n for n in nodes if n not in order]
-        raise CompileError(f"{name} is not one chain: nodes {', '.join(rest)} are not "
-                           f"connected to {order[0]}; {why}")
+    if len(order) != len(names):
+        rest = [n for n in names if n not in order]
+        raise ChainError(f"{name} is not one chain: nodes {', '.join(rest)} are not connected "
+                         f"to {order[0]}; {supported}")
     sites = []
     for k, node in enumerate(order):
         left = links[node][order[k - 1]][0] if k > 0 else None
         right = links[node][order[k + 1]][0] if k + 1 < len(order) else None
         physical = tuple(leg for leg in nodes[node].legs if leg not in (left, right))
-        sites.append(ChainSite(node, left, right, physical))
+        sites.append(ChainSite(node, left, right, physical, tuple(nodes[node].legs)))
     return tuple(sites)

@@ -191,8 +191,13 @@ def _bond_graph(network: NetworkSpec) -> nx.MultiGraph:
     """Nodes = the network's tensors; edges = bonds between two of them (``legs``)."""
     graph = nx.MultiGraph()
     graph.add_nodes_from(network.nodes)
-    for first, second in network.edges:
-        (u, leg_u), (v, leg_v) = (ref.split(".", 1) for ref in (first, second))
+    for edge in network.edges:
+        ends = [ref.split(".", 1) for ref in edge]
+        if len(ends) != 2:
+            if sum(u in network.nodes for u, _ in ends) > 1:
+                graph.graph["hyperedge"] = edge      # (not a line or ring: see _chain_order)
+            continue
+        (u, leg_u), (v, leg_v) = ends
         if u in network.nodes and v in network.nodes:
             graph.add_edge(u, v, legs={u: leg_u, v: leg_v} if u != v else {u: leg_u})
     return graph
@@ -203,6 +208,8 @@ def _chain_order(network: NetworkSpec) -> tuple[list[str], bool] | str:
     graph = _bond_graph(network)
     simple = nx.Graph(graph)
     names = list(network.nodes)
+    if "hyperedge" in graph.graph:
+        return f"hyperedge [{', '.join(graph.graph['hyperedge'])}] joins several tensors"
     if any(u == v for u, v in graph.edges()):
         return "a tensor has a trace (an edge joining two of its own legs)"
     if len(names) < 2:

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from tngraph.compiler import compile as compile_spec
-from tngraph.errors import TNGraphError
+from tngraph.graph import ChainError, ChainSite, chain_sites
 from tngraph.spec import load_spec
 from tngraph.yamlio import dump_yaml
 
@@ -46,45 +46,6 @@ if TYPE_CHECKING:
     from tngraph.schema import Spec
 
 __all__ = ["Chain", "ChainError", "ChainSite", "find_chain", "rebuild"]
-
-_SUPPORTED = ("supported: an open chain of tensor nodes (each bonded to at most two others by "
-              "one edge, no ring), e.g. the templates mps (boundary: open) and tt_linear")
-
-
-class ChainError(TNGraphError):
-    """The network's tensor nodes do not form an open chain (the message says why)."""
-
-
-@dataclass(frozen=True)
-class ChainSite:
-    """One node of the chain and the roles of its legs.
-
-    Attributes
-    ----------
-    node
-        Node name (key of ``spec.network.nodes`` and ``module.tensors``).
-    left, right
-        Its leg bonded to the previous / next site (``None`` at the first / last site).
-    physical
-        Its other legs, in declared order.
-    """
-
-    node: str
-    left: str | None
-    right: str | None
-    physical: tuple[str, ...]
-    #: every leg in the node's declared order (axis order of its tensor); empty means
-    #: ``(left, *physical, right)``
-    declared: tuple[str, ...] = ()
-
-    @property
-    def legs(self) -> tuple[str, ...]:
-        """The node's legs in axis order."""
-        if self.declared:
-            return self.declared
-        return ((self.left,) if self.left else ()) + self.physical \
-            + ((self.right,) if self.right else ())
-
 
 @dataclass(frozen=True)
 class Chain:
@@ -203,60 +164,7 @@ def find_chain(spec: Spec) -> Chain:
     Traceback (most recent call last):
     ChainError: network 'ring3' is a ring ...
     """
-    net = spec.network
-    names = list(net.nodes)
-    if not names:
-        raise ChainError(f"network '{spec.name}' has no tensor nodes; {_SUPPORTED}")
-    # neighbour -> (own leg, neighbour's leg), per node
-    links: dict[str, dict[str, tuple[str, str]]] = {n: {} for n in names}
-    for a, b in net.edges:
-        na, la = a.rsplit(".", 1)
-        nb, lb = b.rsplit(".", 1)
-        if na not in net.nodes or nb not in net.nodes:
-            continue   # an edge to a data port: a physical leg
-        if na == nb:
-            raise ChainError(f"network '{spec.name}' is not a chain: edge [{a}, {b}] is a "
-                             f"trace of node '{na}'; {_SUPPORTED}")
-        if nb in links[na]:
-            first = links[na][nb]
-            raise ChainError(
-                f"network '{spec.name}' is not a chain: nodes '{na}' and '{nb}' are joined by "
-                f"more than one edge ([{na}.{first[0]}, {nb}.{first[1]}] and [{a}, {b}]); "
-                f"{_SUPPORTED} (merge the two legs into one)")
-        links[na][nb] = (la, lb)
-        links[nb][na] = (lb, la)
-    branch = [n for n in names if len(links[n]) > 2]
-    if branch:
-        n = branch[0]
-        raise ChainError(f"network '{spec.name}' is not a chain: node '{n}' is bonded to "
-                         f"{len(links[n])} nodes ({', '.join(links[n])}), a tree or grid; "
-                         f"{_SUPPORTED}")
-    ends = [n for n in names if len(links[n]) <= 1]
-    if not ends:
-        raise ChainError(f"network '{spec.name}' is a ring (every node has two neighbours: "
-                         f"{' - '.join(names)}); {_SUPPORTED}, e.g. mps with boundary: open")
-    order = [ends[0]]
-    previous: str | None = None
-    while True:
-        current = order[-1]
-        following = [n for n in links[current] if n != previous]
-        if not following:
-            break
-        previous = current
-        order.append(following[0])
-        if len(order) > len(names):   # pragma: no cover - excluded by the degree checks
-            raise ChainError(f"network '{spec.name}' has a ring; {_SUPPORTED}")
-    if len(order) != len(names):
-        rest = [n for n in names if n not in order]
-        raise ChainError(f"network '{spec.name}' is not one chain: nodes {', '.join(rest)} are "
-                         f"not connected to {order[0]}; {_SUPPORTED}")
-    sites = []
-    for k, node in enumerate(order):
-        left = links[node][order[k - 1]][0] if k > 0 else None
-        right = links[node][order[k + 1]][0] if k + 1 < len(order) else None
-        physical = tuple(leg for leg in net.nodes[node].legs if leg not in (left, right))
-        sites.append(ChainSite(node, left, right, physical, tuple(net.nodes[node].legs)))
-    return Chain(tuple(sites))
+    return Chain(chain_sites(spec.network, f"network '{spec.name}'"))
 
 
 def rebuild(module: TNModule, spec: Spec, tensors: Mapping[str, Tensor]) -> TNModule:

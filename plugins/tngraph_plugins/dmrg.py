@@ -189,7 +189,11 @@ def chain_layout(spec: Spec) -> ChainLayout:
         raise DMRGError(f"{where}: data port '{port_name}' must be stacked (one copy per site) "
                         f"with a single leg; {_SUPPORTED}")
     joined: dict[str, str] = {}
-    for a, b in net.edges:
+    for edge in net.edges:
+        if len(edge) != 2:
+            raise DMRGError(f"{where}: hyperedge [{', '.join(edge)}] joins {len(edge)} legs; "
+                            f"{_SUPPORTED}")
+        a, b = edge
         joined[a] = b
         joined[b] = a
     outputs = list(net.outputs)
