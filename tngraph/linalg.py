@@ -31,16 +31,17 @@ Examples
 
 from __future__ import annotations
 
+import contextlib
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple
 
 import torch
 
 from tngraph.errors import TNGraphError
 
-__all__ = ["GUARDED", "PLAIN", "DecompositionError", "Kernels", "all_finite", "plain_qr", "qr",
-           "svd", "thin_svd", "with_fallback"]
+__all__ = ["GUARDED", "PLAIN", "DecompositionError", "Kernels", "all_finite", "one_cpu_thread",
+           "plain_qr", "qr", "svd", "thin_svd", "with_fallback"]
 
 Factors = tuple[torch.Tensor, ...]
 
@@ -214,3 +215,29 @@ def with_fallback(sweep: Callable[..., list[Any]], *args: Any) -> list[Any]:
     except RuntimeError:   # torch.linalg.LinAlgError is one
         pass
     return sweep(*args, kernels=GUARDED)
+
+
+@contextlib.contextmanager
+def one_cpu_thread(device: Any) -> Iterator[None]:
+    """Run the block on one CPU thread (the count is restored afterwards); no change on other
+    devices or when torch already uses one thread.
+
+    For steppers whose step is many tiny linear-algebra calls (per-core QRs, SVDs, small
+    matrix products), where handing work to a second OpenMP thread costs more than it saves.
+
+    Examples
+    --------
+    >>> import torch
+    >>> with one_cpu_thread(torch.device("cpu")):
+    ...     torch.get_num_threads()
+    1
+    """
+    threads = torch.get_num_threads()
+    if torch.device(device).type != "cpu" or threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)

@@ -1,5 +1,5 @@
-"""The optimizer toolkit: what steppers share (``TorchStepper``, the learning-rate schedule,
-``one_cpu_thread``), for the strategies that say how one training step updates a network
+"""The optimizer toolkit: what steppers share (``TorchStepper``, the learning-rate schedule),
+for the strategies that say how one training step updates a network
 (``adam``, ``sgd``, ``dmrg``, ``riemannian``, ...), chosen by registered name.
 
 A strategy is an :class:`OptimizerStrategy`: a name, a pydantic model of its options (validated
@@ -27,9 +27,8 @@ True
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
@@ -54,7 +53,7 @@ if TYPE_CHECKING:
 __all__ = [
     "OPTIMIZERS", "NonFiniteLoss", "OptimizerContext", "OptimizerStateError",
     "OptimizerStrategy", "Stepper", "TorchStepper", "check_optimizer", "get_optimizer",
-    "learning_rate", "list_optimizers", "one_cpu_thread", "optimizer_options", "register_optimizer",
+    "learning_rate", "list_optimizers", "optimizer_options", "register_optimizer",
 ]
 
 
@@ -87,34 +86,6 @@ def learning_rate(base: float, epoch: int, epochs: int, schedule: str) -> float:
     if schedule == "constant":
         return base
     return base * 0.5 * (1.0 + math.cos(math.pi * (epoch - 1) / epochs))
-
-
-@contextlib.contextmanager
-def one_cpu_thread(device: Any) -> Iterator[None]:
-    """Run the block on one CPU thread (the count is restored afterwards); no change on other
-    devices or when torch already uses one thread.
-
-    For steppers whose step is many tiny linear-algebra calls (per-core QRs, SVDs, small
-    matrix products), where handing work to a second OpenMP thread costs more than it saves.
-
-    Examples
-    --------
-    >>> import torch
-    >>> with one_cpu_thread(torch.device("cpu")):
-    ...     torch.get_num_threads()
-    1
-    """
-    import torch
-
-    threads = torch.get_num_threads()
-    if torch.device(device).type != "cpu" or threads == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 class TorchStepper:

@@ -51,8 +51,8 @@ from typing import TYPE_CHECKING, Any
 from torch import nn
 
 from tngraph.compiler import Pipeline, TNModule
-from tngraph.linalg import DecompositionError, svd
-from tngraph.optimizers import NonFiniteLoss, OptimizerContext, one_cpu_thread
+from tngraph.linalg import DecompositionError, one_cpu_thread, svd
+from tngraph.optimizers import NonFiniteLoss, OptimizerContext
 from tngraph_plugins.chain import Chain, ChainError, find_chain, rebuild
 from tngraph_plugins.layerwise import LayerwiseStepper, OpenStep, for_pipeline, single_network_only
 from tngraph_plugins.strategies import DMRG, DMRGOptions

@@ -72,8 +72,8 @@ from typing import TYPE_CHECKING, Any
 
 from tngraph import decompose
 from tngraph.compiler import Pipeline
-from tngraph.linalg import Kernels, with_fallback
-from tngraph.optimizers import NonFiniteLoss, OptimizerContext, one_cpu_thread
+from tngraph.linalg import Kernels, one_cpu_thread, with_fallback
+from tngraph.optimizers import NonFiniteLoss, OptimizerContext
 from tngraph_plugins.chain import ChainError, find_chain, rebuild
 from tngraph_plugins.layerwise import LayerwiseStepper, OpenStep, for_pipeline, single_network_only
 from tngraph_plugins.strategies import RIEMANNIAN, TANGENT, RiemannianOptions, TangentOptions

@@ -50,8 +50,7 @@ from tngraph.decompose.tt import (
     tt_round,
     tt_values,
 )
-from tngraph.linalg import DecompositionError, svd
-from tngraph.optimizers import one_cpu_thread
+from tngraph.linalg import DecompositionError, one_cpu_thread, svd
 
 __all__ = ["CrossResult", "tt_cross"]
 

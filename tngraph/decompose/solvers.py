@@ -48,8 +48,7 @@ from tngraph.decompose.tt import (
     tt_ranks,
     tt_round,
 )
-from tngraph.linalg import DecompositionError, svd
-from tngraph.optimizers import one_cpu_thread
+from tngraph.linalg import DecompositionError, one_cpu_thread, svd
 
 __all__ = ["EighResult", "SolveResult", "tt_eigh", "tt_matvec", "tt_solve"]
 
