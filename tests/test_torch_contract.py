@@ -17,7 +17,7 @@ import tngraph
 #: small sizes of each network model (gradgradcheck perturbs every entry of the cores it checks)
 SMALL: dict[str, dict[str, object]] = {
     "mpo": {"bond_dim": 2}, "mps": {"sites": 5, "bond_dim": 2},
-    "mps_classifier": {"bond_dim": 2}, "peps": {"rows": 2, "cols": 3, "bond_dim": 2},
+    "mps_classifier": {"sites": 16, "bond_dim": 2}, "peps": {"rows": 2, "cols": 3, "bond_dim": 2},
     "ring3": {"chi": 2}, "tt_linear": {"rank": 2},
     "peps_classifier": {"rows": 2, "cols": 3, "bond_dim": 2},
     "ring_classifier": {"sites": 5, "bond_dim": 2},
@@ -305,8 +305,9 @@ def _inputs(module: torch.nn.Module, batch: int) -> dict[str, torch.Tensor]:
 
 
 #: models whose 64-site chains take most of a minute to trace twice (dynamic shapes are checked
-#: on the others, short chains and pipelines with TT-layers among them)
-LONG_TRACES = {"two_mps", "mps_classifier", "cnn_mps"}
+#: on the others, short chains (the classifier at 16 sites) and pipelines with TT-layers among
+#: them)
+LONG_TRACES = {"two_mps", "cnn_mps"}
 COMPILE_CASES = [pytest.param(p, dynamic, id=f"{p.stem}-{'dynamic' if dynamic else 'static'}")
                  for p in MODELS for dynamic in (False, True)
                  if not (dynamic and p.stem in LONG_TRACES)]
