@@ -374,19 +374,8 @@ def _cmd_distill(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from tngraph.compiler import compile as compile_spec
-    from tngraph.data import load_dataset
-    from tngraph.train import (
-        TrainingError,
-        check_fit,
-        data_drift,
-        evaluate,
-        load_weights,
-        read_config,
-        recorded_data,
-        resolve_device,
-        tested_weights,
-    )
+    from tngraph.inspect_run import load_trained
+    from tngraph.train import TrainingError, evaluate, read_config, tested_weights
 
     path, checkpoint = Path(args.spec), args.checkpoint
     if args.seed is not None and not 0 <= args.seed <= MAX_SEED:
@@ -413,22 +402,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                             "directory itself instead of the spec")
     # the dataset the weights were trained on (its run's config.json, or their metadata): the
     # split of its data and seed, the device
-    recorded = recorded_data(checkpoint)
-    spec = load_spec(path, _overrides(args.overrides))
-    device = resolve_device(args.device or recorded.get("device") or spec.train.device)
-    seed = args.seed if args.seed is not None else recorded.get("seed", spec.train.seed)
-    data = args.data or recorded.get("data") or spec.train.data
-    dataset = load_dataset(data, seed=seed)
-    drift = (data_drift(recorded, dataset)
-             if recorded.get("data") == data and recorded.get("seed") == seed else None)
-    if drift:
-        raise TrainingError(f"{checkpoint} was trained on {data} ({recorded['where']}), but "
-                            f"{drift}: the dataset changed since, so its test split may hold "
-                            "examples it was trained on; restore the data it was trained on")
-    module = compile_spec(spec)
-    check_fit(module, dataset)
-    load_weights(module, checkpoint)
-    module = module.to(device)
+    loaded = load_trained(path, checkpoint, overrides=_overrides(args.overrides), data=args.data,
+                          seed=args.seed, device=args.device)
+    module, dataset = loaded.module, loaded.dataset
     if dataset.sizes[args.split] == 0:
         raise TrainingError(f"{dataset.name} has no {args.split} split (its fraction is 0); "
                             "choose another --split, or --data with a fraction above 0")

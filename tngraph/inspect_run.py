@@ -65,7 +65,7 @@ from tngraph.train import (
 from tngraph.train import tested_weights as weights_tested
 
 __all__ = ["Chain", "InspectError", "LoadedRun", "find_chain", "inspect_module", "inspect_run",
-           "load_run", "format_inspect", "plot_spectra", "truncation_rank"]
+           "load_run", "load_trained", "format_inspect", "plot_spectra", "truncation_rank"]
 
 #: the default relative truncation error of ``tngraph inspect --eps``
 DEFAULT_EPS = 1e-2
@@ -139,22 +139,42 @@ def load_run(run: str | Path, *, device: str | None = None) -> LoadedRun:
         raise TrainingError(f"cannot tell which split {path} was trained on ({exc}); train "
                             "it again, or restore its config.json") from None
     checkpoint, source = weights_tested(path)
+    return load_trained(source, checkpoint, device=device, run=path)
+
+
+def load_trained(spec: str | Path, checkpoint: str | Path, *,
+                 overrides: Mapping[str, Any] | None = None, data: str | None = None,
+                 seed: int | None = None, device: str | None = None,
+                 run: str | Path | None = None) -> LoadedRun:
+    """Compile ``spec``, load ``checkpoint`` into it and load the dataset it was trained on,
+    split as it was: ``data`` and ``seed`` default to those recorded with the weights (their
+    run's ``config.json`` or their metadata), the device to the recorded one. What ``tngraph
+    eval`` and :func:`load_run` share.
+
+    Raises
+    ------
+    TrainingError
+        Weights that do not fit the network, or a dataset that changed since they were trained
+        (its recorded split sizes or checksums differ).
+    """
     recorded = recorded_data(checkpoint)
-    spec = load_spec(source)
-    target = resolve_device(device or recorded.get("device") or spec.train.device)
-    seed = recorded.get("seed", spec.train.seed)
-    data = recorded.get("data") or spec.train.data
+    loaded = load_spec(spec, overrides)
+    target = resolve_device(device or recorded.get("device") or loaded.train.device)
+    seed = seed if seed is not None else recorded.get("seed", loaded.train.seed)
+    data = data or recorded.get("data") or loaded.train.data
     dataset = load_dataset(data, seed=seed)
-    drift = data_drift(recorded, dataset)
+    drift = (data_drift(recorded, dataset)
+             if recorded.get("data") == data and recorded.get("seed") == seed else None)
     if drift:
         raise TrainingError(f"{checkpoint} was trained on {data} ({recorded['where']}), but "
                             f"{drift}: the dataset changed since, so its test split may hold "
                             "examples it was trained on; restore the data it was trained on")
-    module = compile_spec(spec)
+    module = compile_spec(loaded)
     check_fit(module, dataset)
     load_weights(module, checkpoint)
     module = module.to(target).eval()
-    return LoadedRun(path, module, dataset, checkpoint, data, int(seed))
+    return LoadedRun(Path(run if run is not None else Path(checkpoint).parent), module, dataset,
+                     Path(checkpoint), data, int(seed))
 
 
 # ---------------------------------------------------------------------------------------------
