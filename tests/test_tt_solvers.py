@@ -12,6 +12,7 @@ import torch
 
 from tngraph.decompose import (
     DecompositionError,
+    tt_add,
     tt_eigh,
     tt_matrix,
     tt_matrix_to_dense,
@@ -84,6 +85,18 @@ def random_symmetric_tt_matrix(shape: list[int], seed: int) -> tuple[list[torch.
     return tt_matrix(dense, shape, shape), dense
 
 
+def random_hermitian_tt_matrix(shape: list[int], rank: int, dtype: torch.dtype, seed: int
+                               ) -> list[torch.Tensor]:
+    """``B + B^H`` for random TT-matrix cores ``B`` of rank ``rank`` (ranks 2 * rank): the
+    adjoint swaps the (n_in, n_out) axes of each core and conjugates it."""
+    gen = torch.Generator().manual_seed(seed)
+    bounds = [1] + [rank] * (len(shape) - 1) + [1]
+    wide = torch.complex128 if dtype.is_complex else F64
+    b = [torch.randn(bounds[k], n, n, bounds[k + 1], generator=gen, dtype=wide).to(dtype)
+         for k, n in enumerate(shape)]
+    return tt_add(b, [c.transpose(1, 2).conj() for c in b])
+
+
 # ---------------------------------------------------------------------------------------------
 # tt_matvec
 
@@ -110,6 +123,32 @@ def test_matvec_rounds_when_asked() -> None:
     capped = tt_matvec(a, x, max_rank=2)
     assert max(tt_ranks(capped)) == 2 and max(tt_ranks(rounded)) <= 6
     assert float((tt_to_dense(rounded) - exact).norm() / exact.norm()) <= 1e-3
+
+
+C128 = torch.complex128
+
+
+@pytest.mark.parametrize(("op_dtype", "vec_dtype"), [
+    (C128, C128), (C128, F64), (F64, C128), (torch.complex64, torch.complex64)])
+def test_matvec_complex_is_the_dense_product(op_dtype: torch.dtype, vec_dtype: torch.dtype
+                                             ) -> None:
+    """No conjugation; a real side meets a complex one of the same precision."""
+    gen = torch.Generator().manual_seed(4)
+    w = torch.randn(24, 60, generator=gen, dtype=C128)                     # 60 -> 24
+    w = (w if op_dtype.is_complex else w.real).to(op_dtype)
+    a = tt_matrix(w, in_shape=[3, 4, 5], out_shape=[2, 3, 4], max_rank=7)
+    x = torch.randn(3, 4, 5, generator=gen, dtype=C128)
+    x = (x if vec_dtype.is_complex else x.real).to(vec_dtype)
+    y = tt_matvec(a, tt_svd(x))
+    expected = tt_matrix_to_dense(a).to(y[0].dtype) @ x.reshape(-1).to(y[0].dtype)
+    assert y[0].dtype == torch.promote_types(op_dtype, vec_dtype)
+    rtol = 1e-5 if op_dtype == torch.complex64 else 1e-12
+    assert float((tt_to_dense(y).reshape(-1) - expected).norm() / expected.norm()) < rtol
+    rounded = tt_matvec(a, tt_svd(x), max_rank=3)
+    assert max(tt_ranks(rounded)) == 3 and rounded[0].is_complex()
+    other = F64 if op_dtype == torch.complex64 else torch.float32     # another precision
+    with pytest.raises(DecompositionError, match=f"vector_cores is {other}"):
+        tt_matvec(a, [c.real.to(other) for c in tt_svd(x)])
 
 
 @pytest.mark.parametrize(("make", "match"), [

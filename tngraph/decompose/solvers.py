@@ -16,6 +16,11 @@ the current pair, or densely when it has at most 256 unknowns; the new pair is s
 truncated SVD (at most ``max_rank`` values, relative truncation ``eps``) and the sweep moves on.
 One sweep is one pass in one direction.
 
+Complex operators and vectors (complex64 / complex128) are accepted: :func:`tt_eigh` and
+:func:`tt_solve` take a Hermitian ``A`` (``A = A^H``, checked in TT format), the environments
+contract the conjugate of the bra (the vector), the local solvers use Hermitian inner products,
+and eigenvalues and residuals are real.
+
 Examples
 --------
 >>> import torch
@@ -41,6 +46,7 @@ from tngraph.decompose.tt import (
     _check_cores,
     _is_count,
     _is_number,
+    _real,
     _truncation_rank,
     right_orthogonalize,
     tt_add,
@@ -56,7 +62,8 @@ __all__ = ["EighResult", "SolveResult", "tt_eigh", "tt_matvec", "tt_solve"]
 DENSE_LIMIT = 256
 #: Krylov vectors of one Lanczos run (then it restarts from its Ritz vector)
 KRYLOV_SIZE = 24
-#: a TT-matrix whose ||A - A^T|| exceeds this fraction of ||A|| is refused as not symmetric
+#: a TT-matrix whose ||A - A^H|| exceeds this fraction of ||A|| is refused as not symmetric
+#: (Hermitian); single precision allows ``100 * finfo(float32).eps`` instead (about 1e-5)
 SYMMETRY_RTOL = 1e-8
 #: tt_solve stops after two sweeps in a row that leave the best residual above this fraction
 #: of itself (the rank cap, not the sweeps, limits the accuracy)
@@ -138,7 +145,7 @@ class SolveResult:
 
 
 def _operator(matrix_cores: Sequence[Any], *, square: bool) -> list[torch.Tensor]:
-    cores = _check_cores(matrix_cores, "matrix_cores", complex_ok=False)
+    cores = _check_cores(matrix_cores, "matrix_cores")
     if any(c.dim() != 4 for c in cores):
         raise DecompositionError("matrix_cores must have shape (r, n_in, n_out, r'), got "
                                  f"{[tuple(c.shape) for c in cores]}",
@@ -156,7 +163,9 @@ def _operator(matrix_cores: Sequence[Any], *, square: bool) -> list[torch.Tensor
 
 
 def _vector(cores: Sequence[Any], what: str, operator: list[torch.Tensor]) -> list[torch.Tensor]:
-    checked = _check_cores(cores, what, complex_ok=False)
+    """Check a TT vector against the operator: same modes, dtype and device, except that a real
+    one meets a complex one of the same precision (the caller promotes, :func:`_promote`)."""
+    checked = _check_cores(cores, what)
     if any(c.dim() != 3 for c in checked):
         raise DecompositionError(f"{what} must have shape (r, n, r'), got "
                                  f"{[tuple(c.shape) for c in checked]}",
@@ -166,7 +175,8 @@ def _vector(cores: Sequence[Any], what: str, operator: list[torch.Tensor]) -> li
     if modes != expected:
         raise DecompositionError(f"{what} has modes {modes} but the operator takes {expected}",
                                  "the vector's n_k must be the operator's n_in_k")
-    if checked[0].dtype != operator[0].dtype or checked[0].device != operator[0].device:
+    mixed = _real(checked[0].dtype) == _real(operator[0].dtype)      # float64 with complex128
+    if not mixed or checked[0].device != operator[0].device:
         raise DecompositionError(f"{what} is {checked[0].dtype} on {checked[0].device} but "
                                  f"the operator is {operator[0].dtype} on {operator[0].device}",
                                  f"convert them: [c.to(matrix_cores[0]) for c in {what}]")
@@ -175,6 +185,13 @@ def _vector(cores: Sequence[Any], what: str, operator: list[torch.Tensor]) -> li
             raise DecompositionError(f"{what}[{k}] has non-finite entries",
                                      "clean the cores (NaN / inf)")
     return checked
+
+
+def _promote(operator: list[torch.Tensor], vector: list[torch.Tensor]
+             ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Both in the complex dtype when one of them is complex (einsum does not promote)."""
+    dtype = torch.promote_types(operator[0].dtype, vector[0].dtype)
+    return [c.to(dtype) for c in operator], [c.to(dtype) for c in vector]
 
 
 def _sweep_options(name: str, max_rank: Any, max_bond: Any, sweeps: Any, tol: Any, eps: Any,
@@ -200,14 +217,24 @@ def _sweep_options(name: str, max_rank: Any, max_bond: Any, sweeps: Any, tol: An
     return int(max_rank)
 
 
-def _check_symmetric(cores: list[torch.Tensor]) -> None:
-    transposed = [c.transpose(1, 2) for c in cores]
-    negated = [-transposed[0], *transposed[1:]]
+def _check_hermitian(cores: list[torch.Tensor]) -> None:
+    """Refuse ``A`` unless ``||A - A^H|| <= rtol ||A||`` in TT format: ``A^H`` swaps the
+    ``n_in`` and ``n_out`` axes of every core and conjugates it (a real ``A``: ``A^T``)."""
+    adjoint = [c.transpose(1, 2).conj() for c in cores]
+    negated = [-adjoint[0], *adjoint[1:]]
     asymmetry = float(tt_norm(tt_add(cores, negated)))
     norm = float(tt_norm(cores))
-    if asymmetry > SYMMETRY_RTOL * norm:
+    rtol = max(SYMMETRY_RTOL, 100 * torch.finfo(_real(cores[0].dtype)).eps)
+    if asymmetry > rtol * norm:
+        if cores[0].is_complex():
+            raise DecompositionError(
+                f"the operator is not Hermitian: ||A - A^H|| / ||A|| = {asymmetry / norm:.2e} "
+                f"(at most {rtol:.3g} accepted)",
+                "make it Hermitian: tt_round(tt_add(A, [c.transpose(1, 2).conj() for c in A])) "
+                "and halve one core; a complex symmetric A (A = A^T) is not Hermitian; or "
+                "check the (n_in, n_out) order")
         raise DecompositionError(f"the operator is not symmetric: ||A - A^T|| / ||A|| = "
-                                 f"{asymmetry / norm:.2e} (at most {SYMMETRY_RTOL:g} accepted)",
+                                 f"{asymmetry / norm:.2e} (at most {rtol:.3g} accepted)",
                                  "symmetrise it: tt_round(tt_add(A, [c.transpose(1, 2) for c "
                                  "in A])) and halve one core, or check the (n_in, n_out) order")
 
@@ -222,14 +249,17 @@ def tt_matvec(matrix_cores: Sequence[torch.Tensor], vector_cores: Sequence[torch
 
     Each core is the product of the two cores over the input mode: ``(r s, n_out, r' s')``,
     so the ranks multiply. With ``max_rank`` or ``eps`` the product is rounded
-    (:func:`~tngraph.decompose.tt.tt_round`, ``||Ax - round(Ax)|| <= eps ||Ax||``).
+    (:func:`~tngraph.decompose.tt.tt_round`, ``||Ax - round(Ax)|| <= eps ||Ax||``). Complex
+    cores are multiplied as they are (no conjugation); a real vector meets a complex operator
+    of the same precision (or the other way round) in the complex dtype.
 
     Parameters
     ----------
     matrix_cores
         ``(r_k, n_in_k, n_out_k, r_{k+1})`` cores.
     vector_cores
-        ``(s_k, n_in_k, s_{k+1})`` cores, the same dtype and device.
+        ``(s_k, n_in_k, s_{k+1})`` cores, the same dtype and device (or the real / complex
+        dtype of the same precision).
     max_rank, eps
         Optional rounding of the product.
 
@@ -248,12 +278,16 @@ def tt_matvec(matrix_cores: Sequence[torch.Tensor], vector_cores: Sequence[torch
     >>> y = tt_matvec(a, tt_svd(x))
     >>> bool(torch.allclose(tt_to_dense(y).reshape(-1), w @ x.reshape(-1)))
     True
+    >>> z = tt_matvec([c * 1j for c in a], tt_svd(x))                # complex128
+    >>> bool(torch.allclose(tt_to_dense(z).reshape(-1), (w @ x.reshape(-1)) * 1j ** 2))
+    True
     """
     operator = _operator(matrix_cores, square=False)
     vector = _vector(vector_cores, "vector_cores", operator)
     if len(vector) != len(operator):
         raise DecompositionError(f"vector_cores has {len(vector)} cores but matrix_cores "
                                  f"{len(operator)}", "one core per site in both")
+    operator, vector = _promote(operator, vector)
     out = [torch.einsum("aiob,sit->asobt", a, x).reshape(
         a.shape[0] * x.shape[0], a.shape[2], a.shape[3] * x.shape[2])
         for a, x in zip(operator, vector)]
@@ -268,30 +302,34 @@ def tt_matvec(matrix_cores: Sequence[torch.Tensor], vector_cores: Sequence[torch
 
 def _left_env(env: torch.Tensor, bra: torch.Tensor, op: torch.Tensor, ket: torch.Tensor
               ) -> torch.Tensor:
-    """``(x, a, s)`` -> ``(y, b, t)``: one more site of ``<bra| A |ket>`` from the left."""
+    """``(x, a, s)`` -> ``(y, b, t)``: one more site of ``<bra| A |ket>`` from the left (the
+    bra conjugated)."""
     t = torch.einsum("xas,sit->xait", env, ket)
     t = torch.einsum("xait,aiob->xtob", t, op)
-    return torch.einsum("xtob,xoy->ybt", t, bra)
+    return torch.einsum("xtob,xoy->ybt", t, bra.conj())
 
 
 def _right_env(env: torch.Tensor, bra: torch.Tensor, op: torch.Tensor, ket: torch.Tensor
                ) -> torch.Tensor:
-    """``(y, b, t)`` -> ``(x, a, s)``: one more site of ``<bra| A |ket>`` from the right."""
+    """``(y, b, t)`` -> ``(x, a, s)``: one more site of ``<bra| A |ket>`` from the right (the
+    bra conjugated)."""
     t = torch.einsum("ybt,sit->ybsi", env, ket)
     t = torch.einsum("ybsi,aiob->yaso", t, op)
-    return torch.einsum("yaso,xoy->xas", t, bra)
+    return torch.einsum("yaso,xoy->xas", t, bra.conj())
 
 
 def _left_rhs(env: torch.Tensor, bra: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
-    """``(x, b)`` -> ``(y, c)``: one more site of ``<bra|rhs>`` from the left."""
+    """``(x, b)`` -> ``(y, c)``: one more site of ``<bra|rhs>`` from the left (the bra
+    conjugated)."""
     t = torch.einsum("xb,boc->xoc", env, rhs)
-    return torch.einsum("xoc,xoy->yc", t, bra)
+    return torch.einsum("xoc,xoy->yc", t, bra.conj())
 
 
 def _right_rhs(env: torch.Tensor, bra: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
-    """``(y, c)`` -> ``(x, b)``: one more site of ``<bra|rhs>`` from the right."""
+    """``(y, c)`` -> ``(x, b)``: one more site of ``<bra|rhs>`` from the right (the bra
+    conjugated)."""
     t = torch.einsum("boc,yc->boy", rhs, env)
-    return torch.einsum("xoy,boy->xb", bra, t)
+    return torch.einsum("xoy,boy->xb", bra.conj(), t)
 
 
 def _pair_operator(op1: torch.Tensor, op2: torch.Tensor) -> torch.Tensor:
@@ -329,7 +367,8 @@ def _lowest_eigenpair(apply: Callable[[torch.Tensor], torch.Tensor], start: torc
                       ) -> tuple[float, torch.Tensor]:
     """Lanczos with full reorthogonalisation from ``start``, restarted from its Ritz vector;
     stops when the Ritz residual ``|beta_j e_j^T s|`` is at most ``residual_tol * max(1,
-    |value|)``."""
+    |value|)``. Hermitian inner products: for a Hermitian operator the tridiagonal matrix is
+    real."""
     shape = start.shape
     v = start.reshape(-1)
     if not float(torch.linalg.vector_norm(v)) > 0:
@@ -344,10 +383,10 @@ def _lowest_eigenpair(apply: Callable[[torch.Tensor], torch.Tensor], start: torc
         done = False
         for j in range(size):
             w = apply(basis[j].reshape(shape)).reshape(-1)
-            tri[j, j] = float(basis[j] @ w)
+            tri[j, j] = float(torch.vdot(basis[j], w).real)
             used = basis[: j + 1]
-            w = w - used.T @ (used @ w)
-            w = w - used.T @ (used @ w)                          # twice is enough
+            w = w - used.T @ (used.conj() @ w)
+            w = w - used.T @ (used.conj() @ w)                   # twice is enough
             beta = float(torch.linalg.vector_norm(w))
             values, vectors = torch.linalg.eigh(tri[: j + 1, : j + 1])
             value = float(values[0])
@@ -366,26 +405,33 @@ def _lowest_eigenpair(apply: Callable[[torch.Tensor], torch.Tensor], start: torc
 
 def _conjugate_gradients(apply: Callable[[torch.Tensor], torch.Tensor], rhs: torch.Tensor,
                          start: torch.Tensor, rtol: float, max_iters: int) -> torch.Tensor:
-    """CG for a symmetric positive definite local operator; refuses a non-positive curvature."""
+    """CG for a Hermitian (symmetric) positive definite local operator, with Hermitian inner
+    products; refuses a non-positive curvature."""
     x = start.clone()
     r = rhs - apply(x)
     target = rtol * float(torch.linalg.vector_norm(rhs))
     p = r.clone()
-    rr = float((r * r).sum())
+    rr = _dot(r, r)
     for _ in range(max_iters):
         if math.sqrt(rr) <= target:
             break
         ap = apply(p)
-        curvature = float((p * ap).sum())
+        curvature = _dot(p, ap)
         if not curvature > 0:
             raise _NotPositive
         step = rr / curvature
         x = x + step * p
         r = r - step * ap
-        new_rr = float((r * r).sum())
+        new_rr = _dot(r, r)
         p = r + (new_rr / rr) * p
         rr = new_rr
     return x
+
+
+def _dot(u: torch.Tensor, v: torch.Tensor) -> float:
+    """The real part of ``<u|v> = sum conj(u) v`` (real for ``u = v`` and for ``<p|A p>`` with a
+    Hermitian ``A``)."""
+    return float(torch.vdot(u.reshape(-1), v.reshape(-1)).real)
 
 
 class _NotPositive(Exception):
@@ -483,13 +529,14 @@ def _pairs(d: int, forward: bool) -> range:
 def tt_eigh(matrix_cores: Sequence[torch.Tensor], *, max_rank: int | None = None,
             sweeps: int = 20, tol: float = 1e-10, eps: float = 1e-12, seed: int = 0,
             max_bond: int | None = None) -> EighResult:
-    """The lowest eigenpair of a symmetric TT-matrix by two-site DMRG sweeps.
+    """The lowest eigenpair of a symmetric (Hermitian) TT-matrix by two-site DMRG sweeps.
 
     Parameters
     ----------
     matrix_cores
-        ``(r_k, n_k, n_k, r_{k+1})`` cores of a real symmetric operator (``A = A^T`` is checked
-        in TT format), boundary ranks 1.
+        ``(r_k, n_k, n_k, r_{k+1})`` cores of a real symmetric or complex Hermitian operator
+        (``A = A^H`` is checked in TT format), boundary ranks 1. A complex operator gives a
+        complex eigenvector; the eigenvalue is real.
     max_rank
         Largest TT-rank (bond dimension) of the eigenvector; ``max_bond`` is read as an alias.
     sweeps
@@ -513,8 +560,8 @@ def tt_eigh(matrix_cores: Sequence[torch.Tensor], *, max_rank: int | None = None
     Raises
     ------
     DecompositionError
-        Bad cores (shape, non-square sites, non-finite entries), a non-symmetric operator,
-        bad options.
+        Bad cores (shape, non-square sites, non-finite entries), a non-symmetric
+        (non-Hermitian) operator, bad options.
 
     Examples
     --------
@@ -525,10 +572,13 @@ def tt_eigh(matrix_cores: Sequence[torch.Tensor], *, max_rank: int | None = None
     >>> result = tt_eigh(zz, max_rank=2)
     >>> result.eigenvalue, result.ranks
     (-1.0, (1, 1))
+    >>> y = torch.tensor([[0, -1j], [1j, 0]], dtype=torch.complex128).reshape(1, 2, 2, 1)
+    >>> round(tt_eigh([y, y.conj()], max_rank=2).eigenvalue, 12)    # Y (x) Y^T, Hermitian
+    -1.0
     """
     max_rank = _sweep_options("tt_eigh", max_rank, max_bond, sweeps, tol, eps, seed)
     operator = _operator(matrix_cores, square=True)
-    _check_symmetric(operator)
+    _check_hermitian(operator)
     with one_cpu_thread(operator[0].device):      # many small factorisations
         return _dmrg_eigh(operator, max_rank, sweeps, tol, eps, seed)
 
@@ -539,7 +589,7 @@ def _dmrg_eigh(operator: list[torch.Tensor], max_rank: int, sweeps: int, tol: fl
     shape = [int(c.shape[1]) for c in operator]
     d = len(shape)
     if d == 1:
-        values, vectors = torch.linalg.eigh(operator[0][0, :, :, 0])
+        values, vectors = torch.linalg.eigh(operator[0][0, :, :, 0].T)   # (n_out, n_in)
         return EighResult(float(values[0]), [vectors[:, 0].reshape(1, -1, 1)],
                           (float(values[0]),), True)
     x = _random_start(shape, min(max_rank, 4), seed, operator[0])
@@ -574,7 +624,7 @@ def _rayleigh_quotient(operator: list[torch.Tensor], vector: list[torch.Tensor])
     env = torch.ones(1, 1, 1, dtype=vector[0].dtype, device=vector[0].device)
     for op, core in zip(operator, vector):
         env = _left_env(env, core, op, core)
-    return float(env.reshape(()))
+    return float(env.reshape(()).real)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -584,18 +634,21 @@ def _rayleigh_quotient(operator: list[torch.Tensor], vector: list[torch.Tensor])
 def tt_solve(matrix_cores: Sequence[torch.Tensor], rhs_cores: Sequence[torch.Tensor], *,
              max_rank: int | None = None, sweeps: int = 20, tol: float = 1e-10,
              eps: float = 1e-12, seed: int = 0, max_bond: int | None = None) -> SolveResult:
-    """Solve ``A x = b`` for a symmetric positive definite TT-matrix ``A`` by two-site DMRG.
+    """Solve ``A x = b`` for a symmetric (Hermitian) positive definite TT-matrix ``A`` by
+    two-site DMRG.
 
-    Each two-site step minimises the energy ``x^T A x - 2 b^T x`` over the pair, i.e. solves
-    the local system (conjugate gradients from the current pair, or densely when small), and
-    splits the pair by a truncated SVD.
+    Each two-site step minimises the energy ``x^H A x - 2 Re(b^H x)`` over the pair, i.e.
+    solves the local system (conjugate gradients with Hermitian inner products from the current
+    pair, or Cholesky when small), and splits the pair by a truncated SVD.
 
     Parameters
     ----------
     matrix_cores
-        ``(r_k, n_k, n_k, r_{k+1})`` cores of a symmetric positive definite operator.
+        ``(r_k, n_k, n_k, r_{k+1})`` cores of a real symmetric or complex Hermitian positive
+        definite operator.
     rhs_cores
-        ``(s_k, n_k, s_{k+1})`` cores of ``b``.
+        ``(s_k, n_k, s_{k+1})`` cores of ``b``: the operator's dtype, or the real / complex
+        dtype of the same precision (then both are taken complex).
     max_rank
         Largest TT-rank of ``x``; ``max_bond`` is read as an alias.
     sweeps
@@ -617,7 +670,8 @@ def tt_solve(matrix_cores: Sequence[torch.Tensor], rhs_cores: Sequence[torch.Ten
     Raises
     ------
     DecompositionError
-        Bad cores or options, a non-symmetric operator, or one found not positive definite.
+        Bad cores or options, a non-symmetric (non-Hermitian) operator, or one found not
+        positive definite.
 
     Examples
     --------
@@ -637,7 +691,8 @@ def tt_solve(matrix_cores: Sequence[torch.Tensor], rhs_cores: Sequence[torch.Ten
     if len(rhs) != len(operator):
         raise DecompositionError(f"rhs_cores has {len(rhs)} cores but matrix_cores "
                                  f"{len(operator)}", "one core per site in both")
-    _check_symmetric(operator)
+    _check_hermitian(operator)
+    operator, rhs = _promote(operator, rhs)
     with one_cpu_thread(operator[0].device):      # many small factorisations
         return _dmrg_solve(operator, rhs, max_rank, sweeps, tol, eps, seed)
 
