@@ -203,6 +203,49 @@ def test_eigh_random_symmetric_matrix(shape: list[int], seed: int) -> None:
     assert float((dense @ v - value * v).norm()) < 1e-5 * abs(value)
 
 
+@pytest.mark.parametrize("local", ["dense", "lanczos"])
+@pytest.mark.parametrize(("dtype", "shape", "seed"), [
+    (F64, [2, 3, 2, 3, 2], 5), (C128, [2, 3, 2, 3, 2], 6), (C128, [2, 2, 2, 2, 2, 2], 7),
+    (torch.complex64, [3, 2, 2, 3], 8)])
+def test_eigh_random_hermitian_tt_matrix(dtype: torch.dtype, shape: list[int], seed: int,
+                                         local: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """B + B^H of bond 2-3 against eigvalsh of its dense matrix; the eigenvector's Rayleigh
+    quotient and residual. max_rank covers the exact ranks: the error is the sweeps'."""
+    from tngraph.decompose import solvers
+
+    if local == "lanczos":
+        monkeypatch.setattr(solvers, "DENSE_LIMIT", 0)        # every pair through Lanczos
+    single = dtype == torch.complex64
+    cores = random_hermitian_tt_matrix(shape, 2 + seed % 2, dtype, seed)
+    dense = tt_matrix_to_dense(cores).to(C128)                  # the oracle in double
+    assert torch.allclose(dense, dense.mH, atol=1e-5 if single else 1e-12)
+    exact = float(torch.linalg.eigvalsh(dense)[0])
+    result = tt_eigh(cores, max_rank=12, tol=1e-7 if single else 1e-12)
+    value, vector = result
+    assert isinstance(value, float) and vector[0].dtype == dtype
+    scale = float(torch.linalg.matrix_norm(dense, ord=2))
+    assert abs(value - exact) <= (1e-4 if single else 1e-10) * scale
+    v = tt_to_dense(vector).reshape(-1).to(dense.dtype)
+    assert float(v.norm()) == pytest.approx(1.0, abs=1e-5 if single else 1e-12)
+    rayleigh = torch.vdot(v, dense @ v)
+    assert abs(float(rayleigh.imag)) <= 1e-5 * scale and \
+        float(rayleigh.real) == pytest.approx(value, abs=(1e-4 if single else 1e-10) * scale)
+    assert float((dense @ v - value * v).norm()) <= (1e-2 if single else 1e-5) * scale
+
+
+def test_eigh_refuses_a_non_hermitian_complex_operator() -> None:
+    """A random complex operator, and a complex symmetric one (A = A^T, not A^H)."""
+    cores = random_hermitian_tt_matrix([2, 3, 2], 2, C128, 0)
+    for bad in (tt_matrix(torch.randn(12, 12, dtype=C128), [2, 3, 2], [2, 3, 2]),
+                [cores[0] * 1j, *cores[1:]]):
+        with pytest.raises(DecompositionError, match=r"the operator is not Hermitian: "
+                           r"\|\|A - A\^H\|\| / \|\|A\|\| = ") as info:
+            tt_eigh(bad, max_rank=4)
+        assert "transpose(1, 2).conj()" in info.value.hint
+    value, _ = tt_eigh(cores, max_rank=4)                    # the Hermitian one passes
+    assert math.isfinite(value)
+
+
 def test_eigh_max_bond_is_an_alias_and_the_seed_makes_it_reproducible() -> None:
     mpo = heisenberg_mpo(8)
     a = tt_eigh(mpo, max_rank=6, seed=3)
