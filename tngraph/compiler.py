@@ -455,8 +455,9 @@ class TNModule(nn.Module):
         The expanded, validated spec.
     plan : Plan
         The contraction plan (``plan.tree`` is cotengra's ContractionTree).
-    tensors : nn.ParameterDict
-        Node name -> parameter, axes in the node's declared leg order.
+    tensors : NodeTensors
+        Node name -> tensor, axes in the node's declared leg order (stored in execution
+        layout: a lone parameter, or a view of the stacked parameter that holds it).
     bias : nn.Parameter or None
         Added to the result when the network declares ``bias: true``.
     """
