@@ -307,6 +307,74 @@ def test_solve_poisson_against_a_dense_solve(d: int, n: int) -> None:
     assert residual == result.residuals[-1] and solution is result.solution
 
 
+@pytest.mark.parametrize("local", ["cholesky", "cg"])
+@pytest.mark.parametrize(("dtype", "rhs_dtype"), [
+    (C128, C128), (F64, C128), (C128, F64), (torch.complex64, torch.complex64)])
+def test_solve_hermitian_positive_definite_against_a_dense_solve(
+        dtype: torch.dtype, rhs_dtype: torch.dtype, local: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A = H + shift I (H = B + B^H of bond 2, shifted to eigenvalues >= 1) and a rank-2 b."""
+    from tngraph.decompose import solvers
+
+    if local == "cg":
+        monkeypatch.setattr(solvers, "DENSE_LIMIT", 0)        # every pair through CG
+    single = dtype == torch.complex64
+    shape = [2, 3, 2, 3, 2]
+    h = random_hermitian_tt_matrix(shape, 2, dtype, 9)
+    shift = 1.0 - float(torch.linalg.eigvalsh(tt_matrix_to_dense(h).to(C128))[0])
+    eye = [torch.eye(n, dtype=dtype).reshape(1, n, n, 1) for n in shape]
+    a = tt_add(h, [shift * eye[0], *eye[1:]])
+    gen = torch.Generator().manual_seed(10)
+    b = torch.randn(*shape, generator=gen, dtype=C128)
+    b = tt_svd((b if rhs_dtype.is_complex else b.real).to(rhs_dtype), max_rank=2)
+    result = tt_solve(a, b, max_rank=12, tol=1e-4 if single else 1e-11)
+    assert isinstance(result.residual, float) and result.solution[0].dtype == \
+        torch.promote_types(dtype, rhs_dtype)
+    dense_a = tt_matrix_to_dense(a).to(C128)
+    dense_b = tt_to_dense(b).reshape(-1).to(C128)
+    x = torch.linalg.solve(dense_a, dense_b)
+    got = tt_to_dense(result.solution).reshape(-1).to(C128)
+    assert result.converged and result.residual <= (1e-4 if single else 1e-11)
+    assert float((got - x).norm() / x.norm()) < (1e-3 if single else 1e-9)
+    dense_residual = float((dense_a @ got - dense_b).norm() / dense_b.norm())
+    assert result.residual == pytest.approx(dense_residual, rel=0.1, abs=2e-5 if single
+                                            else 1e-13)      # single: at the rounding floor
+
+
+def test_solve_magnetic_laplacian_in_several_sweeps() -> None:
+    """The Laplacian with a complex hopping phase (Hermitian positive definite, TT-rank 2) in
+    4 dimensions: local systems of 1296 unknowns (conjugate gradients), a rank-1 complex b."""
+    d, n = 4, 6
+    hop = torch.exp(torch.tensor(0.7j)) * torch.diag(torch.ones(n - 1, dtype=C128), 1)
+    lap = (2 * torch.eye(n, dtype=C128) - hop - hop.mH) * (n + 1) ** 2
+    eye, zero = torch.eye(n, dtype=C128), torch.zeros(n, n, dtype=C128)
+    t = lap.T                                                   # cores are (n_in, n_out)
+    a = [torch.stack([eye, t], -1)[None]] + \
+        [torch.stack([torch.stack([eye, t], -1), torch.stack([zero, eye], -1)])] * (d - 2) + \
+        [torch.stack([t, eye])[..., None]]
+    dense_a = tt_matrix_to_dense(a)
+    expected = sum(torch.kron(torch.kron(torch.eye(n ** k, dtype=C128), lap),
+                              torch.eye(n ** (d - k - 1), dtype=C128)) for k in range(d))
+    assert torch.allclose(dense_a, expected)
+    gen = torch.Generator().manual_seed(12)
+    rhs = [torch.randn(1, n, 1, generator=gen, dtype=C128) for _ in range(d)]
+    result = tt_solve(a, rhs, max_rank=16, tol=1e-10)
+    b = tt_to_dense(rhs).reshape(-1)
+    x = torch.linalg.solve(dense_a, b)
+    got = tt_to_dense(result.solution).reshape(-1)
+    assert result.converged and result.residual <= 1e-10 and result.sweeps >= 2
+    assert float((got - x).norm() / x.norm()) < 1e-9
+
+
+def test_solve_refuses_non_hermitian_and_indefinite_complex_operators() -> None:
+    h = random_hermitian_tt_matrix([2, 3, 2], 2, C128, 11)
+    b = [torch.ones(1, n, 1, dtype=C128) for n in (2, 3, 2)]
+    with pytest.raises(DecompositionError, match="the operator is not Hermitian"):
+        tt_solve([h[0] * 1j, *h[1:]], b, max_rank=4)
+    with pytest.raises(DecompositionError, match="the operator is not positive definite"):
+        tt_solve(h, b, max_rank=4)                        # B + B^H: eigenvalues of both signs
+
+
 def test_solve_stops_when_the_rank_cap_limits_the_residual() -> None:
     a = laplacian_mpo(5, 6)
     rhs = tt_svd(torch.randn(6, 6, 6, 6, 6, generator=torch.Generator().manual_seed(0),
