@@ -324,14 +324,17 @@ def test_bad_arguments(kwargs, message):
         tt_svd(torch.randn(3, 4), **kwargs)
 
 
-def test_scalar_rejected_and_complex_only_where_unsupported():
+def test_scalar_rejected_and_complex_decomposed_and_applied():
     with pytest.raises(DecompositionError, match="at least one axis"):
         tt_svd(torch.tensor(1.0))
-    cores = tt_svd(torch.randn(2, 2, dtype=torch.complex64))      # complex: decomposed
+    matrix = torch.randn(2, 2, dtype=torch.complex64)
+    cores = tt_svd(matrix)                                        # complex: decomposed
     assert cores[0].dtype == torch.complex64
-    with pytest.raises(DecompositionError, match="complex .* only real tensors are supported"):
-        tngraph.decompose.tt_matvec(tt_matrix(torch.eye(4, dtype=torch.complex64), [2, 2],
-                                              [2, 2]), cores)
+    operator = torch.eye(4, dtype=torch.complex64) * (1 + 2j)
+    applied = tngraph.decompose.tt_matvec(tt_matrix(operator, [2, 2], [2, 2]), cores)
+    assert applied[0].dtype == torch.complex64
+    torch.testing.assert_close(tngraph.decompose.tt_to_dense(applied).reshape(4),
+                               (1 + 2j) * matrix.reshape(4))
 
 
 # ---------------------------------------------------------------------------------------------
