@@ -44,3 +44,16 @@ def test_digits_models_runs(tmp_path, capsys: pytest.CaptureFixture[str]) -> Non
                         "--out", str(tmp_path)]) == 0
     (row,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("mlp")]
     assert "85,002" in row and "±" in row
+
+
+def test_tt_embedding_fit_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    spec = importlib.util.spec_from_file_location("tt_embedding_fit", ROOT / "examples" /
+                                                  "tt_embedding_fit.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main(["--quick"]) == 0
+    rows = {line[:46].strip(): line[46:].split() for line in capsys.readouterr().out.splitlines()}
+    params, _, _, held, clean = rows["TT embedding, rank 4"]
+    assert params == "640" and float(held) < 0.15 and float(clean) < 0.05  # down to the noise
+    assert rows["TT embedding, rank 2"][0] == "192"
+    assert float(rows["dense nn.Embedding"][3]) > 1.0        # unseen rows are never fitted
