@@ -636,8 +636,6 @@ def _idx_loader(name: str) -> Callable[[DataRequest], Dataset]:
 
 
 def _load_idx_folder(name: str, request: DataRequest) -> Dataset:
-    import torch
-
     folder = request.path
     assert folder is not None
     if not folder.exists():
@@ -668,6 +666,22 @@ def _load_idx_folder(name: str, request: DataRequest) -> Dataset:
     if x_all.shape[1:] != x_test.shape[1:]:
         raise DataError(f"{name}: {folder}: training images are {x_all.shape[1:]} but test "
                         f"images are {x_test.shape[1:]}; expected the same size")
+    return _image_dataset(name, request, (x_all, y_all), (x_test, y_test),
+                          tuple(str(k) for k in range(10)),
+                          f"IDX files in {folder}, pixels / 255, validation = stratified "
+                          f"{request.val_fraction:g} of the training files (seed "
+                          f"{request.seed}), test = t10k")
+
+
+def _image_dataset(name: str, request: DataRequest, training: tuple[np.ndarray, np.ndarray],
+                   test: tuple[np.ndarray, np.ndarray], class_names: tuple[str, ...],
+                   description: str) -> Dataset:
+    """A classification dataset of 8-bit images with an official test set: pixels / 255, the
+    training images split into training and a stratified validation part (the request's
+    fraction and seed)."""
+    import torch
+
+    x_all, y_all = training
     train, val, _ = split_indices(len(x_all), val_fraction=request.val_fraction,
                                   test_fraction=0.0, seed=request.seed, stratify=y_all)
 
@@ -677,13 +691,11 @@ def _load_idx_folder(name: str, request: DataRequest) -> Dataset:
 
     x_train, y_train = tensors(x_all[train], y_all[train])
     x_val, y_val = tensors(x_all[val], y_all[val])
-    x_t, y_t = tensors(x_test, y_test)
+    x_test, y_test = tensors(*test)
     return Dataset(name=name, task="classification", x_train=x_train, y_train=y_train,
-                   x_val=x_val, y_val=y_val, x_test=x_t, y_test=y_t, n_classes=10,
-                   feature_shape=x_all.shape[1:], class_names=tuple(str(k) for k in range(10)),
-                   description=f"IDX files in {folder}, pixels / 255, validation = stratified "
-                               f"{request.val_fraction:g} of the training files (seed "
-                               f"{request.seed}), test = t10k")
+                   x_val=x_val, y_val=y_val, x_test=x_test, y_test=y_test,
+                   n_classes=len(class_names), feature_shape=tuple(x_all.shape[1:]),
+                   class_names=class_names, description=description)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -823,8 +835,6 @@ def _cifar_files(folder: Path) -> tuple[list[Path], Callable[[Path], tuple[np.nd
 
 
 def _load_cifar10(request: DataRequest) -> Dataset:
-    import torch
-
     folder = request.path
     assert folder is not None
     if not folder.is_dir():
@@ -834,23 +844,10 @@ def _load_cifar10(request: DataRequest) -> Dataset:
     x_all = np.concatenate([images for images, _ in parts[:-1]])
     y_all = np.concatenate([labels for _, labels in parts[:-1]])
     x_test, y_test = parts[-1]
-    train, val, _ = split_indices(len(x_all), val_fraction=request.val_fraction,
-                                  test_fraction=0.0, seed=request.seed, stratify=y_all)
-
-    def tensors(x: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        return (torch.from_numpy(np.divide(x, 255, dtype=np.float32)),
-                torch.from_numpy(y.astype(np.int64)))
-
-    x_train, y_train = tensors(x_all[train], y_all[train])
-    x_val, y_val = tensors(x_all[val], y_all[val])
-    x_t, y_t = tensors(x_test, y_test)
-    return Dataset(name="cifar10", task="classification", x_train=x_train, y_train=y_train,
-                   x_val=x_val, y_val=y_val, x_test=x_t, y_test=y_t, n_classes=10,
-                   feature_shape=(3, 32, 32), class_names=CIFAR10_CLASSES,
-                   description=f"CIFAR-10 batches in {paths[0].parent}, pixels / 255 as "
-                               f"(3, 32, 32), validation = stratified {request.val_fraction:g} "
-                               f"of the training batches (seed {request.seed}), test = "
-                               "test_batch")
+    return _image_dataset("cifar10", request, (x_all, y_all), (x_test, y_test), CIFAR10_CLASSES,
+                          f"CIFAR-10 batches in {paths[0].parent}, pixels / 255 as (3, 32, 32), "
+                          f"validation = stratified {request.val_fraction:g} of the training "
+                          f"batches (seed {request.seed}), test = test_batch")
 
 
 # ---------------------------------------------------------------------------------------------
