@@ -145,19 +145,36 @@ def expand(o: MPSOptions) -> dict[str, Any]:
     for k in range(o.sites):
         nodes[f"A{k}"]["init"] = default_init(o, k)
     network: dict[str, Any] = {"nodes": nodes}
-    if o.input is not None:
-        port: dict[str, Any] = {"legs": {"p": o.phys_dim}, "stack": o.sites}
-        if o.feature_map is not None:
-            port["feature_map"] = o.feature_map
-        network["inputs"] = {o.input: port}
-        edges += [[f"{o.input}[{k}].p", f"A{k}.p"] for k in range(o.sites)]
-    else:
-        outputs += [f"A{k}.p" for k in range(o.sites)]
+    feed_sites(network, edges, outputs, "A", o.sites, o.phys_dim, o.input, o.feature_map)
     if site is not None:
         outputs.append(f"A{site}.o")
     network["edges"] = edges
     network["outputs"] = outputs
     return network
+
+
+def feed_sites(network: dict[str, Any], edges: list[list[str]], outputs: list[str],
+               prefix: str, sites: int, phys_dim: int, port: str | None,
+               feature_map: Any = None) -> None:
+    """Join leg ``p`` of the nodes ``{prefix}0 .. {prefix}{sites-1}`` to copy ``k`` of one
+    stacked data port ``port`` (through ``feature_map``), or, without a port, list them as
+    open ``outputs``: the physical legs of a chain or ring of sites.
+
+    >>> network, edges, outputs = {}, [], []
+    >>> feed_sites(network, edges, outputs, "A", 2, 2, "x", "multilinear")
+    >>> network["inputs"]
+    {'x': {'legs': {'p': 2}, 'stack': 2, 'feature_map': 'multilinear'}}
+    >>> edges
+    [['x[0].p', 'A0.p'], ['x[1].p', 'A1.p']]
+    """
+    if port is None:
+        outputs += [f"{prefix}{k}.p" for k in range(sites)]
+        return
+    spec: dict[str, Any] = {"legs": {"p": phys_dim}, "stack": sites}
+    if feature_map is not None:
+        spec["feature_map"] = feature_map
+    network["inputs"] = {port: spec}
+    edges += [[f"{port}[{k}].p", f"{prefix}{k}.p"] for k in range(sites)]
 
 
 TEMPLATE = Template("mps", MPSOptions, expand, "matrix product state / tensor train")

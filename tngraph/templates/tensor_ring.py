@@ -28,7 +28,7 @@ from pydantic import Field
 
 from tngraph.kinds import Template, TemplateError, TemplateOptions
 from tngraph.schema import MAX_SITES
-from tngraph.templates.mps import chain_nodes
+from tngraph.templates.mps import chain_nodes, feed_sites
 
 
 class TensorRingOptions(TemplateOptions):
@@ -62,14 +62,7 @@ def expand(o: TensorRingOptions) -> dict[str, Any]:
             node["init"] = o.init
     network: dict[str, Any] = {"nodes": nodes}
     outputs: list[str] = []
-    if o.input is not None:
-        port: dict[str, Any] = {"legs": {"p": o.phys_dim}, "stack": o.sites}
-        if o.feature_map is not None:
-            port["feature_map"] = o.feature_map
-        network["inputs"] = {o.input: port}
-        edges += [[f"{o.input}[{k}].p", f"R{k}.p"] for k in range(o.sites)]
-    else:
-        outputs += [f"R{k}.p" for k in range(o.sites)]
+    feed_sites(network, edges, outputs, "R", o.sites, o.phys_dim, o.input, o.feature_map)
     if site is not None:
         outputs.append(f"R{site}.o")
     network["edges"] = edges
