@@ -386,3 +386,113 @@ def test_same_as_problems_are_located_together() -> None:
         "node B1 has same_as 'B2', which itself reuses 'A2'",
         "node B2 (shape [3, 3]) has same_as 'A2' of shape [3, 2]; the shapes must be equal",
         "node B2 has same_as 'A2' and an init; it has no tensor of its own"])
+
+
+# ---------------------------------------------------------------------------------------------
+# torch.compile and pipelines
+
+
+@pytest.mark.parametrize(("sites", "dynamic"), [(4, False), (4, True), (16, False)],
+                         ids=["pairwise", "pairwise-dynamic", "fused-chain"])
+def test_torch_compile_of_a_complex_network_matches_eager(sites: int, dynamic: bool) -> None:
+    """Compiled whole (no graph break) at two batch sizes: complex outputs and the gradients of
+    a real loss equal eager ones (16 sites: the fused chain Function)."""
+    torch._dynamo.reset()
+    module = classifier(sites, optimize="greedy")
+    compiled = torch.compile(module, fullgraph=True, backend="aot_eager", dynamic=dynamic)
+    params = list(module.parameters())
+    for batch in (3, 5):
+        x = torch.rand(batch, sites, dtype=torch.float64,
+                       generator=torch.Generator().manual_seed(batch))
+        got, expected = compiled(x), module(x)
+        assert got.dtype == torch.complex128
+        torch.testing.assert_close(got, expected)
+        for a, b in zip(torch.autograd.grad((got.abs() ** 2).sum(), params),
+                        torch.autograd.grad((expected.abs() ** 2).sum(), params)):
+            assert a.is_complex() and float(a.abs().max()) > 0
+            torch.testing.assert_close(a, b)
+
+
+def test_torch_compile_of_a_bra_ket_network() -> None:
+    torch._dynamo.reset()
+    module = _compile(overlap(3))
+    got = torch.compile(module, fullgraph=True, backend="aot_eager")()
+    assert_matches(got, module())
+    assert abs(float(got.detach().imag)) < 1e-12 and float(got.detach().real) > 0  # <psi|psi>
+
+
+PIPELINE = """tngraph: 1
+name: complex_pipeline
+input_shape: [6]
+layers:
+  - {{type: linear, name: lin, out_features: {out}}}
+  - {{type: {middle}, name: mid}}
+  - type: network
+    name: mps
+    network: {{template: mps, sites: 4, phys_dim: 2, bond_dim: 3, input: x,
+               output_dim: 3{port}}}
+"""
+
+
+@pytest.mark.parametrize("first_network", [False, True], ids=["linear-first", "network-first"])
+def test_a_complex_pipeline_runs_and_trains(first_network: bool) -> None:
+    """Real data into a complex pipeline: up to the first layer with parameters they stay real
+    (a network's feature map maps them), then every layer computes in complex."""
+    if first_network:
+        source = ("tngraph: 1\nname: p\ninput_shape: [6]\nlayers:\n  - type: network\n"
+                  "    name: mps1\n    network: {template: mps, sites: 6, phys_dim: 2, bond_dim: 2,"
+                  " input: x, feature_map: multilinear, output_dim: 4}\n"
+                  "  - {type: tanh, name: act}\n  - {type: linear, name: lin, out_features: 3}\n")
+    else:
+        source = PIPELINE.format(middle="feature_map", port="", out=4).replace(
+            "type: feature_map, name: mid", "type: feature_map, name: mid, map: multilinear")
+    pipeline = tngraph.compile(source, dtype="complex128", cache=False, optimize="greedy")
+    assert all(p.dtype == torch.complex128 for p in pipeline.parameters())
+    x = torch.rand(5, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    out = pipeline(x)
+    assert out.shape == (5, 3) and out.dtype == torch.complex128
+    torch.testing.assert_close(torch.compile(pipeline, fullgraph=True, backend="aot_eager")(x),
+                               out)
+    opt = torch.optim.Adam(pipeline.parameters(), lr=0.05)
+    losses = []
+    for _ in range(20):
+        opt.zero_grad()
+        loss = (pipeline(x).abs() ** 2 - 1).pow(2).mean()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < losses[0]
+
+
+@pytest.mark.parametrize(("middle", "port", "expected"), [
+    ("relu", "", "layer 'mid' (relu) takes real values, but in a complex64 pipeline it receives "
+                 "the complex output of layer 'lin'"),
+    ("batchnorm", "", "layer 'mid' (batchnorm) takes real values"),
+    ("flatten", ", feature_map: multilinear", "network layer 'mps' maps its input x with a "
+                                              "feature map, which takes real values"),
+])
+def test_a_complex_pipeline_refuses_real_only_layers(middle: str, port: str,
+                                                     expected: str) -> None:
+    source = PIPELINE.format(middle=middle, port=port, out=4 if port else 8)
+    with pytest.raises(SpecError) as info:
+        tngraph.compile(source, dtype="complex64", cache=False, optimize="greedy")
+    (problem,) = info.value.problems
+    assert problem.message.startswith(expected)
+    assert problem.location is not None and problem.location.line == (6 if port == "" else 7)
+    assert "network (ports without feature_map), linear, conv2d" in problem.hint
+    with pytest.raises(SpecError):                      # the spec's own plan.dtype, at load
+        load_spec(source.replace("input_shape:", "plan: {dtype: complex128}\ninput_shape:"))
+    assert tngraph.compile(source, cache=False, optimize="greedy")   # real: no problem
+
+
+def test_the_cli_refuses_a_complex_pipeline_with_a_located_error(
+        tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tngraph.cli import main
+
+    path = tmp_path / "p.yaml"
+    path.write_text(PIPELINE.format(middle="relu", port="", out=8))
+    assert main(["train", str(path), "--dtype", "complex128", "--epochs", "1",
+                 "--optimize", "greedy", "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}:6:12: error: layer 'mid' (relu) takes real values" in err
+    assert "Traceback" not in err

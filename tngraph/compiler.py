@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from tngraph.errors import CompileError, PlanError
+from tngraph.errors import CompileError, PlanError, SpecError
 from tngraph.executor import (
     NodeValues,
     Placement,
@@ -49,6 +49,7 @@ from tngraph.plan import Plan, equation, make_plan, plan_spec
 from tngraph.report import format_pipeline_report, format_report
 from tngraph.schema import ParamValue, Spec
 from tngraph.spec import load_spec
+from tngraph.validate import complex_layer_problems
 
 __all__ = ["Compiled", "FeatureMapLayer", "Permute", "Pipeline", "Reshape", "TNModule",
            "compile", "compile_pipeline", "frozen"]
@@ -801,9 +802,14 @@ class Pipeline(nn.Module):
             if x.device != ref.device:
                 raise CompileError(f"input is on {x.device} but the pipeline is on "
                                    f"{ref.device}; move one with .to(...)")
-            x = x.to(ref.dtype)
+            # complex pipelines: real data stay real up to the first layer with (complex)
+            # parameters; networks map real data themselves (validate.complex_layer_problems)
+            x = x.to(ref.real.dtype if ref.is_complex() and not x.is_complex() else ref.dtype)
         x = x.reshape(x.shape[0], *self.input_shape)
         for layer in self.layers.values():
+            if not x.is_complex() and not isinstance(layer, TNModule) and any(
+                    p.is_complex() for p in layer.parameters()):
+                x = x.to(next(p for p in layer.parameters() if p.is_complex()).dtype)
             x = layer(x)
         return x
 
@@ -863,7 +869,11 @@ def compile_pipeline(spec: Spec, *, cache_dir: str | Path | None = None, seed: i
     summaries = summarize_layers(spec)
     shapes = {s.name: s.shape for s in summaries}
     shape = tuple(spec.input_shape or ())
-    dtype = _DTYPES[plan_options.get("dtype") or spec.plan.dtype]
+    dtype_name = plan_options.get("dtype") or spec.plan.dtype
+    dtype = _DTYPES[dtype_name]
+    problems = complex_layer_problems(spec, dtype_name, spec.source)   # (--dtype, with_plan)
+    if problems:
+        raise SpecError(problems)
     for k, (layer, summary) in enumerate(zip(spec.layers, summaries)):
         layer_seed = (base + k) % (MAX_SEED + 1)     # (seeds wrap around at the top)
         if layer.type == NETWORK:

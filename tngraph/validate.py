@@ -43,8 +43,8 @@ from tngraph.schema import (
 )
 from tngraph.yamlio import DocPath, Document
 
-__all__ = ["check_distiller", "check_named", "check_optimizer", "leg_table", "validate_layers",
-           "validate_network"]
+__all__ = ["REAL_ONLY_LAYERS", "check_distiller", "check_named", "check_optimizer",
+           "complex_layer_problems", "leg_table", "validate_layers", "validate_network"]
 
 
 def validate_network(network: NetworkSpec, doc: Document | None = None,
@@ -350,6 +350,59 @@ def validate_layers(spec: Spec, doc: Document | None = None) -> list[Problem]:
             except LayerError as exc:
                 problems.append(Problem(f"{label}: {exc}", at(path), exc.hint))
                 shape = None
+    return problems + complex_layer_problems(spec, spec.plan.dtype, doc)
+
+
+#: built-in layers whose torch kernels take real values only
+REAL_ONLY_LAYERS = ("avgpool", "batchnorm", "dropout", "gelu", "log_softmax", "maxpool", "relu",
+                    "softmax")
+#: built-in layers without parameters that pass complex values through
+_COMPLEX_PASS = ("feature_map", "flatten", "permute", "reshape", "sigmoid", "tanh")
+
+
+def complex_layer_problems(spec: Spec, dtype: str, doc: Document | None = None) -> list[Problem]:
+    """The layers of a pipeline computed in a complex ``dtype`` that cannot take its values.
+
+    The data enter real and stay real through layers without parameters; the first network
+    layer, or layer with parameters (``linear``, ``conv2d``, a plugin's), outputs complex
+    values. After it, :data:`REAL_ONLY_LAYERS` (``relu``, ``batchnorm``, pooling, softmax, ...)
+    and network layers whose data ports have a feature map (which maps real values) are
+    problems, located at the layer.
+
+    Examples
+    --------
+    >>> from tngraph.spec import load_spec
+    >>> spec = load_spec("tngraph: 1\\nname: p\\ninput_shape: [6]\\n"
+    ...                  "layers: [relu, {type: linear, out_features: 3}, relu]\\n")
+    >>> [p.message.split(",")[0] for p in complex_layer_problems(spec, "complex64")]
+    ["layer 'relu2' (relu) takes real values"]
+    """
+    if not dtype.startswith("complex") or not spec.layers:
+        return []
+    problems: list[Problem] = []
+    hint = (f"after the first network or layer with parameters use layers that take complex "
+            f"values: network (ports without feature_map), linear, conv2d, "
+            f"{', '.join(_COMPLEX_PASS)}; or compute in a real dtype (plan.dtype, --dtype)")
+    source: str | None = None          # the first layer whose output is complex
+    for i, layer in enumerate(spec.layers):
+        at = doc.locate(("layers", i, "type")) if doc is not None else None
+        if layer.type == NETWORK:
+            maps = [name for name, port in (layer.network.inputs.items() if layer.network
+                                            else ()) if port.feature_map is not None]
+            if source is not None and maps:
+                problems.append(Problem(
+                    f"network layer '{layer.name}' maps its input {maps[0]} with a feature map, "
+                    f"which takes real values, but in a {dtype} pipeline it receives the complex "
+                    f"output of layer '{source}'", at,
+                    "put a feature_map layer before it and remove the port's feature_map; "
+                    + hint))
+            source = source or layer.name
+        elif source is not None and layer.type in REAL_ONLY_LAYERS:
+            problems.append(Problem(
+                f"layer '{layer.name}' ({layer.type}) takes real values, but in a {dtype} "
+                f"pipeline it receives the complex output of layer '{source}'", at, hint))
+        elif source is None and layer.type not in REAL_ONLY_LAYERS + _COMPLEX_PASS:
+            source = layer.name
     return problems
 
 
