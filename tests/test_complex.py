@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import pickle
+from pathlib import Path
 
 import pytest
 import torch
@@ -496,3 +497,34 @@ def test_the_cli_refuses_a_complex_pipeline_with_a_located_error(
     err = capsys.readouterr().err
     assert f"{path}:6:12: error: layer 'mid' (relu) takes real values" in err
     assert "Traceback" not in err
+
+
+# ---------------------------------------------------------------------------------------------
+# complex networks through tngraph train / eval / --resume
+
+
+def test_a_complex_classifier_trains_saves_resumes_and_evaluates_from_the_cli(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Class scores by the Born rule (log |out|^2); weights written as real pairs (safetensors
+    has no complex dtype) and read back complex; a complex regression is refused."""
+    from tngraph.cli import main
+    from tngraph.train import read_weights
+
+    spec = tmp_path / "born.yaml"
+    spec.write_text("tngraph: 1\nname: born\nnetwork: {template: mps, sites: 64, phys_dim: 2, "
+                    "bond_dim: 2, input: x, feature_map: multilinear, output_dim: 10}\n"
+                    "plan: {dtype: complex64, optimize: greedy}\n")
+    run = tmp_path / "run"
+    fast = ["--batch-size", "512"]
+    assert main(["train", str(spec), "--epochs", "1", "--out", str(run), *fast]) == 0
+    weights = read_weights(run / "model.safetensors")
+    assert {t.dtype for t in weights.values()} == {torch.complex64}
+    module = tngraph.compile(spec, cache=False)
+    module.load_state_dict(weights)
+    assert main(["eval", str(run)]) == 0
+    assert main(["train", "--resume", str(run), "--epochs", "2"]) == 0   # (its recorded options)
+    assert "accuracy" in capsys.readouterr().out
+    code = main(["train", str(spec), "--data", "synthetic-regression?n_features=64",
+                 "--out", str(tmp_path / "reg")])
+    assert code == 2
+    assert "is a regression of real targets" in capsys.readouterr().err

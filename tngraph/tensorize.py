@@ -62,6 +62,7 @@ from tngraph.train import (
     save_weights,
     tested_weights,
 )
+from tngraph.train import read_weights as read_run_weights
 from tngraph.yamlio import dump_yaml
 
 #: number of cores of an automatically chosen factorisation (fewer when both sizes have fewer
@@ -651,17 +652,14 @@ class TrainedModel:
 
 
 def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
-    """The tensors of a ``model.safetensors`` (a missing or damaged file is a user error)."""
-    from safetensors.torch import load_file
-
+    """The tensors of a ``model.safetensors`` (complex entries as complex tensors; a missing
+    or damaged file is a user error)."""
     path = _path_arg(path, "the weights file")
-    if not path.is_file():
-        raise TensorizeError(f"no weights at {path}",
-                             "give the model.safetensors written by tngraph train")
     try:
-        return dict(load_file(str(path)))
-    except Exception as exc:  # noqa: BLE001 - a damaged file is a user error
-        raise TensorizeError(f"cannot read weights {path}: {exc}") from None
+        return read_run_weights(path)
+    except TrainingError as exc:
+        raise TensorizeError(str(exc), "give the model.safetensors written by tngraph train") \
+            from None
 
 
 def load_model(model: str | Path, checkpoint: str | Path | None = None,

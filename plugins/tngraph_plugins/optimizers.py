@@ -20,8 +20,10 @@ __all__ = ["ADAM", "SGD", "AdamOptions", "SGDOptions", "create_adam", "create_sg
 
 
 def _fused(params: list[Any]) -> bool | None:
-    # one kernel for all cores: a network keeps many small tensors
-    return True if all(p.device.type in ("cpu", "cuda") for p in params) else None
+    # one kernel for all tensors where torch has it (real floating tensors on the CPU or CUDA;
+    # complex ones take the default, foreach, implementation)
+    return True if all(p.device.type in ("cpu", "cuda") and p.is_floating_point()
+                       for p in params) else None
 
 
 def create_adam(module: Any, options: AdamOptions, context: OptimizerContext) -> TorchStepper:

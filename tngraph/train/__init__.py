@@ -40,7 +40,7 @@ from tngraph.train.distributed import (
     resolve_device,
     shard_batches,
 )
-from tngraph.train.evaluation import Objective, batch_loss, check_fit, evaluate
+from tngraph.train.evaluation import Objective, batch_loss, check_fit, class_scores, evaluate
 from tngraph.train.loop import (
     check_arguments,
     check_split,
@@ -69,6 +69,7 @@ from tngraph.train.rundir import (
     read_config,
     read_manifest,
     read_state,
+    read_weights,
     recorded_data,
     recover,
     restore_random_state,
@@ -100,6 +101,7 @@ __all__ = [
     "batch_loss",
     "best_epoch",
     "check_fit",
+    "class_scores",
     "check_out_dir",
     "check_arguments",
     "check_split",
@@ -114,6 +116,7 @@ __all__ = [
     "read_config",
     "read_manifest",
     "read_state",
+    "read_weights",
     "recorded_data",
     "recover",
     "resolve_device",

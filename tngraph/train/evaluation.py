@@ -46,6 +46,7 @@ class Objective:
 
 def check_fit(module: Compiled, dataset: Dataset) -> None:
     """Raise TrainingError unless ``module`` maps one example of ``dataset`` to a prediction."""
+    _check_real_outputs(module, dataset)
     spec = module.spec
     if isinstance(module, Pipeline):
         per_sample = math.prod(module.input_shape)
@@ -75,6 +76,16 @@ def check_fit(module: Compiled, dataset: Dataset) -> None:
     _check_outputs(spec.name, math.prod(module._out_legs_shape), dataset)
 
 
+def _check_real_outputs(module: Compiled, dataset: Dataset) -> None:
+    ref = next(module.parameters(), None)
+    if dataset.task == "regression" and ref is not None and ref.is_complex():
+        raise TrainingError(
+            f"network '{module.spec.name}' is complex ({ref.dtype}) but dataset "
+            f"'{dataset.name}' is a regression of real targets; train a real network "
+            "(plan.dtype float32 / float64), or a classification, whose complex outputs are "
+            "scored by the Born rule (log |out|^2)")
+
+
 def _check_outputs(name: str, outputs: int, dataset: Dataset) -> None:
     if dataset.task == "classification" and outputs != dataset.n_classes:
         raise TrainingError(
@@ -96,11 +107,26 @@ def _flat(out: torch.Tensor) -> torch.Tensor:
     return out.reshape(out.shape[0], -1)
 
 
+def class_scores(out: torch.Tensor) -> torch.Tensor:
+    """The class scores (logits) of a batch of outputs ``(batch, classes)``: the outputs of a
+    real network as they are; of a complex one, by the Born rule, ``log |out_c|^2`` (the class
+    probabilities are then ``|out_c|^2`` normalised).
+
+    >>> class_scores(torch.tensor([[1 + 1j, 0.5j]])).exp()
+    tensor([[2.0000, 0.2500]])
+    """
+    if not out.is_complex():
+        return out
+    tiny = torch.finfo(out.real.dtype).tiny
+    return torch.log(out.real.square() + out.imag.square() + tiny)
+
+
 def batch_loss(out: torch.Tensor, y: torch.Tensor, task: str) -> torch.Tensor:
-    """Cross-entropy (classification) or mean squared error (regression) of one batch."""
+    """Cross-entropy (classification: of :func:`class_scores`) or mean squared error
+    (regression) of one batch."""
     out = _flat(out)
     if task == "classification":
-        return F.cross_entropy(out, y)
+        return F.cross_entropy(class_scores(out), y)
     return F.mse_loss(out, y.reshape(out.shape))
 
 
@@ -178,7 +204,7 @@ def evaluate(module: Compiled, dataset: Dataset, split: str = "test",
         total += float(batch_loss(out, yb, dataset.task)) * xb.shape[0]
         count += xb.shape[0]
         if dataset.task == "classification":
-            correct += int((out.argmax(1) == yb).sum())
+            correct += int((class_scores(out).argmax(1) == yb).sum())
         else:
             outs.append(out.float().cpu())
     module.train(was_training)

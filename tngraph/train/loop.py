@@ -58,6 +58,7 @@ from tngraph.train.evaluation import (
     _flat,
     batch_loss,
     check_fit,
+    class_scores,
     evaluate,
 )
 from tngraph.train.plots import _fact, plot_curves, summary_table
@@ -517,7 +518,7 @@ def _run(spec: Spec, train_options: TrainOptions, device: torch.device, run: Pat
                 total += loss.item() * xb.shape[0]
                 seen += xb.shape[0]
                 if dataset.task == "classification":
-                    correct += int((out.detach().argmax(1) == yb).sum())
+                    correct += int((class_scores(out.detach()).argmax(1) == yb).sum())
                 else:
                     fit.add(out.detach(), yb)
                 if progress is not None:

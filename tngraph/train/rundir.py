@@ -81,13 +81,47 @@ def is_leftover(name: str) -> bool:
 # weights and checkpoints
 
 
+#: the header key listing the entries stored as (..., 2) real pairs: safetensors has no complex
+#: dtype, so a complex tensor is written as ``torch.view_as_real`` and read back as complex
+COMPLEX_KEY = "tngraph_complex"
+
+
 def weights_bytes(module: Compiled, **metadata: str) -> bytes:
     """``module.state_dict()`` as a safetensors file's bytes, the expanded spec (and
-    ``metadata``) in its header."""
+    ``metadata``) in its header; complex entries as real pairs (:data:`COMPLEX_KEY`)."""
     from safetensors.torch import save
 
     tensors = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
-    return save(tensors, metadata={"tngraph_spec": dump_yaml(module.spec.to_raw()), **metadata})
+    pairs = sorted(k for k, v in tensors.items() if v.is_complex())
+    tensors.update((k, torch.view_as_real(tensors[k]).contiguous()) for k in pairs)
+    header = {"tngraph_spec": dump_yaml(module.spec.to_raw()), **metadata}
+    if pairs:
+        header[COMPLEX_KEY] = json.dumps(pairs)
+    return save(tensors, metadata=header)
+
+
+def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of a weights file tngraph wrote, complex entries as complex tensors.
+
+    Raises
+    ------
+    TrainingError
+        No such file, or not a readable safetensors file (naming the cause).
+    """
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise TrainingError(f"no checkpoint at {path}; expected a model.safetensors file "
+                            "written by tngraph train")
+    try:
+        tensors = load_file(str(path))
+        pairs = json.loads(weights_metadata(path).get(COMPLEX_KEY, "[]"))
+        for key in pairs:
+            tensors[key] = torch.view_as_complex(tensors[key].contiguous())
+    except Exception as exc:  # noqa: BLE001 - a damaged file is a user error
+        raise TrainingError(f"cannot read checkpoint {path}: {exc}") from None
+    return tensors
 
 
 def save_weights(module: Compiled, path: Path, **metadata: str) -> None:
@@ -471,16 +505,8 @@ def restore_random_state(state: Mapping[str, Any], device: torch.device) -> None
 
 def load_weights(module: Compiled, path: str | Path) -> None:
     """Load a ``model.safetensors`` written by tngraph into ``module`` (shapes checked)."""
-    from safetensors.torch import load_file
-
     path = Path(path)
-    if not path.is_file():
-        raise TrainingError(f"no checkpoint at {path}; expected a model.safetensors file "
-                            "written by tngraph train")
-    try:
-        tensors = load_file(str(path))
-    except Exception as exc:  # noqa: BLE001 - a damaged file is a user error
-        raise TrainingError(f"cannot read checkpoint {path}: {exc}") from None
+    tensors = read_weights(path)
     own = module.state_dict()
     missing = sorted(set(own) - set(tensors))
     unexpected = sorted(set(tensors) - set(own))
