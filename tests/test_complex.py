@@ -486,14 +486,17 @@ def test_a_complex_pipeline_refuses_real_only_layers(middle: str, port: str,
     assert tngraph.compile(source, cache=False, optimize="greedy")   # real: no problem
 
 
+@pytest.mark.parametrize("command", [["train", "--epochs", "1"], ["compile"]],
+                         ids=["train", "compile"])
 def test_the_cli_refuses_a_complex_pipeline_with_a_located_error(
-        tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+        tmp_path, capsys: pytest.CaptureFixture[str], command: list[str]) -> None:
     from tngraph.cli import main
 
     path = tmp_path / "p.yaml"
     path.write_text(PIPELINE.format(middle="relu", port="", out=8))
-    assert main(["train", str(path), "--dtype", "complex128", "--epochs", "1",
-                 "--optimize", "greedy", "--out", str(tmp_path / "run")]) == 2
+    out = ["--out", str(tmp_path / "run")] if command[0] == "train" else []
+    assert main([command[0], str(path), *command[1:], "--dtype", "complex128",
+                 "--optimize", "greedy", *out]) == 2
     err = capsys.readouterr().err
     assert f"{path}:6:12: error: layer 'mid' (relu) takes real values" in err
     assert "Traceback" not in err

@@ -26,6 +26,7 @@ from tngraph.graph import parameter_count
 from tngraph.layers import summarize_layers
 from tngraph.spec import load_spec, parse_override
 from tngraph.templates import TEMPLATES
+from tngraph.validate import complex_layer_problems
 from tngraph.yamlio import dump_yaml
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USER = 0, 1, 2
@@ -276,6 +277,10 @@ def _cmd_compile(args: argparse.Namespace) -> int:
 
     spec = load_spec(Path(args.spec), _overrides(args.overrides))
     if spec.is_pipeline:
+        if args.dtype:                      # layers that take real values after a complex one
+            problems = complex_layer_problems(spec, args.dtype, spec.source)
+            if problems:
+                raise SpecError(problems)
         plans = {layer.name: plan_spec(spec.network_spec(layer.name), cache_dir=args.cache_dir,
                                        **_plan_kwargs(args))
                  for layer in spec.layers or () if layer.network is not None}
