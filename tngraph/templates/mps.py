@@ -129,16 +129,7 @@ def expand(o: MPSOptions) -> dict[str, Any]:
     periodic = o.boundary == "periodic"
     nodes, edges = chain_nodes("A", o.sites, o.bond_dim, periodic, {"p": o.phys_dim})
     outputs: list[str] = []
-    site = None
-    if o.output_dim is not None:
-        site = o.sites // 2 if o.output_site is None else o.output_site
-        if not 0 <= site < o.sites:
-            raise TemplateError(f"output_site {site} is outside the chain (0..{o.sites - 1})",
-                                "output_site")
-        nodes[f"A{site}"]["legs"]["o"] = o.output_dim
-    elif o.output_site is not None:
-        raise TemplateError("output_site needs output_dim", "output_site",
-                            "set output_dim, e.g. the number of classes")
+    site = label_site(nodes, "A", o.sites, o.output_dim, o.output_site, "chain")
     if o.feature_map is not None and o.input is None:
         raise TemplateError("feature_map needs input (the data port it applies to)",
                             "feature_map", "add input: x")
@@ -151,6 +142,29 @@ def expand(o: MPSOptions) -> dict[str, Any]:
     network["edges"] = edges
     network["outputs"] = outputs
     return network
+
+
+def label_site(nodes: dict[str, Any], prefix: str, sites: int, output_dim: int | None,
+               output_site: int | None, shape: str) -> int | None:
+    """Give node ``{prefix}{site}`` the label leg ``o`` of ``output_dim`` (the middle site
+    unless ``output_site`` says which) and return the site; None without ``output_dim``.
+
+    Raises
+    ------
+    TemplateError
+        ``output_site`` outside the ``shape`` (chain, ring), or given without ``output_dim``.
+    """
+    if output_dim is None:
+        if output_site is not None:
+            raise TemplateError("output_site needs output_dim", "output_site",
+                                "set output_dim, e.g. the number of classes")
+        return None
+    site = sites // 2 if output_site is None else output_site
+    if not 0 <= site < sites:
+        raise TemplateError(f"output_site {site} is outside the {shape} (0..{sites - 1})",
+                            "output_site")
+    nodes[f"{prefix}{site}"]["legs"]["o"] = output_dim
+    return site
 
 
 def feed_sites(network: dict[str, Any], edges: list[list[str]], outputs: list[str],

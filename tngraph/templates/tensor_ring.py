@@ -28,7 +28,7 @@ from pydantic import Field
 
 from tngraph.kinds import Template, TemplateError, TemplateOptions
 from tngraph.schema import MAX_SITES
-from tngraph.templates.mps import chain_nodes, feed_sites
+from tngraph.templates.mps import chain_nodes, feed_sites, label_site
 
 
 class TensorRingOptions(TemplateOptions):
@@ -47,16 +47,7 @@ def expand(o: TensorRingOptions) -> dict[str, Any]:
         raise TemplateError("feature_map needs input (the data port it applies to)",
                             "feature_map", "add input: x")
     nodes, edges = chain_nodes("R", o.sites, o.bond_dim, True, {"p": o.phys_dim})
-    site = None
-    if o.output_dim is not None:
-        site = o.sites // 2 if o.output_site is None else o.output_site
-        if not 0 <= site < o.sites:
-            raise TemplateError(f"output_site {site} is outside the ring (0..{o.sites - 1})",
-                                "output_site")
-        nodes[f"R{site}"]["legs"]["o"] = o.output_dim
-    elif o.output_site is not None:
-        raise TemplateError("output_site needs output_dim", "output_site",
-                            "set output_dim, e.g. the number of classes")
+    site = label_site(nodes, "R", o.sites, o.output_dim, o.output_site, "ring")
     if o.init is not None:
         for node in nodes.values():
             node["init"] = o.init
