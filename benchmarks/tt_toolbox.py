@@ -43,7 +43,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script or imported
 from common import print_environment, progress, set_threads, show, verdict  # noqa: E402
 
-from tngraph.decompose import tt_cross, tt_eigh, tt_values  # noqa: E402
+from tngraph.decompose import heisenberg_mpo, tt_cross, tt_eigh, tt_values  # noqa: E402
 
 F64 = torch.float64
 
@@ -151,18 +151,6 @@ def cross_section(quick: bool, threads: int | None) -> list[bool]:
 
 # ---------------------------------------------------------------------------------------------
 # part 2: DMRG
-
-
-def heisenberg_mpo(n: int) -> list[torch.Tensor]:
-    """``sum_i S_i . S_{i+1}`` (open chain) as TT-matrix cores ``(r, n_in, n_out, r')``."""
-    up = torch.tensor([[0.0, 1.0], [0.0, 0.0]], dtype=F64)
-    down, sz = up.T, torch.diag(torch.tensor([0.5, -0.5], dtype=F64))
-    eye, zero = torch.eye(2, dtype=F64), torch.zeros(2, 2, dtype=F64)
-    w = [[eye, zero, zero, zero, zero], [up, zero, zero, zero, zero],
-         [down, zero, zero, zero, zero], [sz, zero, zero, zero, zero],
-         [zero, down / 2, up / 2, sz, eye]]
-    core = torch.stack([torch.stack([w[a][b].T for b in range(5)], -1) for a in range(5)])
-    return [core[4:5]] + [core] * (n - 2) + [core[..., 0:1]]
 
 
 def dmrg_section(quick: bool, threads: int | None, repeats: int) -> list[bool]:

@@ -24,6 +24,8 @@ from collections.abc import Callable
 import torch
 
 from tngraph.decompose import (
+    heisenberg_mpo,
+    laplacian_mpo,
     tt_cross,
     tt_eigh,
     tt_matrix_to_dense,
@@ -87,24 +89,6 @@ def cross_table(d: int, n: int, eps: float, max_rank: int) -> list[str]:
 # 2. Heisenberg chain
 
 
-def heisenberg_mpo(n: int, coupling: float = 1.0) -> list[torch.Tensor]:
-    """``H = J sum_i S_i . S_{i+1}`` (open chain) as TT-matrix cores ``(r, n_in, n_out, r')``.
-
-    ``S.S = (S+ S- + S- S+) / 2 + Sz Sz``; the operator-valued 5 x 5 core is lower triangular:
-    row 4 starts a term, column 0 ends it, and ``core[a, i, o, b] = W[a][b][o, i]``.
-    """
-    up = torch.tensor([[0.0, 1.0], [0.0, 0.0]], dtype=F64)
-    down, sz = up.T, torch.diag(torch.tensor([0.5, -0.5], dtype=F64))
-    eye, zero = torch.eye(2, dtype=F64), torch.zeros(2, 2, dtype=F64)
-    w = [[eye, zero, zero, zero, zero],
-         [up, zero, zero, zero, zero],
-         [down, zero, zero, zero, zero],
-         [sz, zero, zero, zero, zero],
-         [zero, coupling / 2 * down, coupling / 2 * up, coupling * sz, eye]]
-    core = torch.stack([torch.stack([w[a][b].T for b in range(5)], -1) for a in range(5)])
-    return [core[4:5]] + [core] * (n - 2) + [core[..., 0:1]]
-
-
 def heisenberg_lines(sizes: list[int], max_rank: int) -> list[str]:
     lines = [f"Heisenberg chain, ground energy by tt_eigh (two-site DMRG, max_rank={max_rank})",
              f"{'spins':>5s} {'energy':>18s} {'per spin':>10s} {'exact (dense)':>18s} "
@@ -123,19 +107,6 @@ def heisenberg_lines(sizes: list[int], max_rank: int) -> list[str]:
 
 # ---------------------------------------------------------------------------------------------
 # 3. Poisson
-
-
-def laplacian_mpo(d: int, n: int) -> list[torch.Tensor]:
-    """``-Laplace`` on ``n`` interior points per axis of the unit cube: ``sum_k I x .. L_k .. x
-    I`` as a TT-matrix of rank 2 (state 0: no ``L`` yet, state 1: ``L`` placed)."""
-    h = 1.0 / (n + 1)
-    lap = (2 * torch.eye(n, dtype=F64) - torch.diag(torch.ones(n - 1, dtype=F64), 1)
-           - torch.diag(torch.ones(n - 1, dtype=F64), -1)) / h ** 2
-    eye, zero = torch.eye(n, dtype=F64), torch.zeros(n, n, dtype=F64)
-    first = torch.stack([eye, lap], -1)[None]
-    middle = torch.stack([torch.stack([eye, lap], -1), torch.stack([zero, eye], -1)])
-    last = torch.stack([lap, eye])[..., None]
-    return [first] + [middle] * (d - 2) + [last]
 
 
 def poisson_lines(cases: list[tuple[int, int]], max_rank: int) -> list[str]:

@@ -12,6 +12,8 @@ import torch
 
 from tngraph.decompose import (
     DecompositionError,
+    heisenberg_mpo,
+    laplacian_mpo,
     tt_add,
     tt_eigh,
     tt_matrix,
@@ -26,6 +28,26 @@ from tngraph.decompose import (
 F64 = torch.float64
 
 
+def test_laplacian_mpo_is_the_kronecker_sum_of_second_differences() -> None:
+    n, h = 4, 1.0 / 5
+    lap = (2 * torch.eye(n, dtype=F64) - torch.diag(torch.ones(n - 1, dtype=F64), 1)
+           - torch.diag(torch.ones(n - 1, dtype=F64), -1)) / h ** 2
+    eye = torch.eye(n, dtype=F64)
+    expected = (torch.kron(torch.kron(lap, eye), eye) + torch.kron(torch.kron(eye, lap), eye)
+                + torch.kron(torch.kron(eye, eye), lap))
+    torch.testing.assert_close(tt_matrix_to_dense(laplacian_mpo(3, n)), expected)
+
+
+@pytest.mark.parametrize(("call", "message"), [
+    (lambda: heisenberg_mpo(1), r"n \(the number of spins\) must be an integer >= 2, got 1"),
+    (lambda: laplacian_mpo(1, 4), r"d \(the number of axes\) must be an integer >= 2"),
+    (lambda: laplacian_mpo(3, 0), r"n \(the interior points per axis\) must be an integer >= 1"),
+])
+def test_operator_sizes_are_checked(call, message: str) -> None:
+    with pytest.raises(DecompositionError, match=message):
+        call()
+
+
 @pytest.fixture(autouse=True)
 def one_thread():
     """The dense oracles (eigvalsh of 1024 x 1024, ...) on one thread: on a shared 2-core
@@ -34,18 +56,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def heisenberg_mpo(n: int, coupling: float = 1.0) -> list[torch.Tensor]:
-    """H = J sum_i S_i . S_{i+1} (open chain, spin 1/2) as TT-matrix cores (r, in, out, r')."""
-    up = torch.tensor([[0.0, 1.0], [0.0, 0.0]], dtype=F64)
-    down, sz = up.T, torch.diag(torch.tensor([0.5, -0.5], dtype=F64))
-    eye, zero = torch.eye(2, dtype=F64), torch.zeros(2, 2, dtype=F64)
-    w = [[eye, zero, zero, zero, zero], [up, zero, zero, zero, zero],
-         [down, zero, zero, zero, zero], [sz, zero, zero, zero, zero],
-         [zero, coupling / 2 * down, coupling / 2 * up, coupling * sz, eye]]
-    core = torch.stack([torch.stack([w[a][b].T for b in range(5)], -1) for a in range(5)])
-    return [core[4:5]] + [core] * (n - 2) + [core[..., 0:1]]
 
 
 def heisenberg_sparse(n: int) -> sp.csr_matrix:
@@ -62,18 +72,6 @@ def heisenberg_sparse(n: int) -> sp.csr_matrix:
         h = h + at(sx, i) @ at(sx, i + 1) - at(sy_sq, i) @ at(sy_sq, i + 1) \
             + at(sz, i) @ at(sz, i + 1)
     return h.tocsr()
-
-
-def laplacian_mpo(d: int, n: int) -> list[torch.Tensor]:
-    """The d-dimensional Dirichlet Laplacian (n interior points a side), TT-rank 2."""
-    h = 1.0 / (n + 1)
-    lap = (2 * torch.eye(n, dtype=F64) - torch.diag(torch.ones(n - 1, dtype=F64), 1)
-           - torch.diag(torch.ones(n - 1, dtype=F64), -1)) / h ** 2
-    eye, zero = torch.eye(n, dtype=F64), torch.zeros(n, n, dtype=F64)
-    first = torch.stack([eye, lap], -1)[None]
-    middle = torch.stack([torch.stack([eye, lap], -1), torch.stack([zero, eye], -1)])
-    last = torch.stack([lap, eye])[..., None]
-    return [first] + [middle] * (d - 2) + [last]
 
 
 def random_symmetric_tt_matrix(shape: list[int], seed: int) -> tuple[list[torch.Tensor],
@@ -441,8 +439,6 @@ def test_seed002_toolbox_example_runs(capsys: pytest.CaptureFixture[str]) -> Non
         assert name in out
     poisson = out.splitlines()[-2].split()           # d n unknowns residual vs-dense ...
     assert float(poisson[3]) < 1e-10 and float(poisson[4]) < 1e-9
-    assert torch.allclose(tt_matrix_to_dense(module.heisenberg_mpo(6)),
-                          tt_matrix_to_dense(heisenberg_mpo(6)))
 
 
 def test_tt_toolbox_benchmark_skips_a_missing_peer(monkeypatch: pytest.MonkeyPatch,

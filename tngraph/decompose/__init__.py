@@ -8,7 +8,9 @@ Layer L4. Every name is importable from ``tngraph.decompose``; the modules are:
 * :mod:`~tngraph.decompose.maxvol` -- maximum-volume rows (``maxvol``, ``rect_maxvol``);
 * :mod:`~tngraph.decompose.cross` -- TT-cross of a black-box function (``tt_cross``);
 * :mod:`~tngraph.decompose.solvers` -- TT-matrix times TT (``tt_matvec``), the lowest eigenpair
-  (``tt_eigh``, two-site DMRG) and SPD linear systems (``tt_solve``).
+  (``tt_eigh``, two-site DMRG) and SPD linear systems (``tt_solve``);
+* :mod:`~tngraph.decompose.operators` -- classic operators as TT-matrices (``heisenberg_mpo``,
+  ``laplacian_mpo``).
 
 See docs/decompose.md.
 
@@ -23,6 +25,7 @@ Examples
 
 from tngraph.decompose.cross import CrossResult, tt_cross
 from tngraph.decompose.maxvol import maxvol, rect_maxvol
+from tngraph.decompose.operators import heisenberg_mpo, laplacian_mpo
 from tngraph.decompose.solvers import EighResult, SolveResult, tt_eigh, tt_matvec, tt_solve
 from tngraph.decompose.tt import (
     DecompositionError,
@@ -57,6 +60,8 @@ __all__ = [
     "SolveResult",
     "bond_spectra",
     "entanglement_entropy",
+    "heisenberg_mpo",
+    "laplacian_mpo",
     "left_orthogonalize",
     "max_ranks",
     "mps_spec",
