@@ -304,7 +304,7 @@ class NodeTensors(nn.Module):
         (its gradient, say); None where a source is missing or None. Default: the parameters.
         """
         if sources is None:
-            values: Sequence[Any] = self.values_for_call()
+            values = self.values_for_call()
         else:
             lone = self._lone_list(sources)          # derived nodes stay None: not their own
             stacks = [sources.get(k) for k in self._stack_keys]
@@ -312,8 +312,7 @@ class NodeTensors(nn.Module):
         out: dict[str, Any] = {}
         for i, name in enumerate(self._names):
             stacked = self.placement.stacked[i]
-            missing = (stacked is not None and values.stacks[stacked[0]] is None) if \
-                isinstance(values, NodeValues) else False
+            missing = stacked is not None and values.stacks[stacked[0]] is None
             out[name] = None if missing else values[i]
         return out
 
