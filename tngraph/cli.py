@@ -24,14 +24,13 @@ from tngraph import __version__, kinds
 from tngraph.errors import Problem, SpecError, TNGraphError
 from tngraph.graph import parameter_count
 from tngraph.layers import summarize_layers
+from tngraph.schema import MAX_SEED
 from tngraph.spec import load_spec, parse_override
 from tngraph.templates import TEMPLATES
 from tngraph.validate import complex_layer_problems
 from tngraph.yamlio import dump_yaml
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USER = 0, 1, 2
-#: the largest ``--seed`` (as ``train.seed``: torch's generators take 0 .. 2**63 - 1)
-MAX_SEED = 2**63 - 1
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:

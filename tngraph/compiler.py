@@ -47,7 +47,7 @@ from tngraph.layer_modules import FeatureMapLayer, Permute, Reshape
 from tngraph.layers import summarize_layers
 from tngraph.plan import Plan, equation, make_plan, plan_spec
 from tngraph.report import format_pipeline_report, format_report
-from tngraph.schema import ParamValue, Spec
+from tngraph.schema import MAX_SEED, ParamValue, Spec
 from tngraph.spec import load_spec
 from tngraph.validate import complex_layer_problems
 
@@ -59,8 +59,6 @@ _DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.
            "complex128": torch.complex128}
 
 
-#: the largest seed (as ``train.seed``: torch's generators take 0 .. 2**63 - 1)
-MAX_SEED = 2**63 - 1
 
 
 def _check_seed(seed: Any) -> int | None:

@@ -37,6 +37,9 @@ from tngraph.yamlio import DocPath, Document
 FORMAT_VERSION = 1
 #: Largest dimension of a single leg.
 MAX_DIM = 2**31 - 1
+#: the largest seed: torch's generators take 0 .. 2**63 - 1 (``train.seed``, ``--seed``,
+#: ``compile(seed=)``)
+MAX_SEED = 2**63 - 1
 #: the most sites (nodes) a template builds: beyond it, expanding would exhaust the memory
 MAX_SITES = 100_000
 
@@ -252,7 +255,7 @@ class TrainOptions(_Model):
     schedule: Literal["cosine", "constant"] = "cosine"
     weight_decay: float = Field(default=0.0, ge=0, allow_inf_nan=False)
     #: of the weights, the data split and the batch order (torch's generators take 0 .. 2^63-1)
-    seed: int = Field(default=0, ge=0, lt=2**63)
+    seed: int = Field(default=0, ge=0, lt=MAX_SEED + 1)
     #: ``cpu``, ``cuda`` (``cuda:N``), ``mps`` or ``xpu``; checked for availability when a run
     #: starts (:func:`tngraph.train.resolve_device`)
     device: Device = "cpu"
