@@ -212,6 +212,9 @@ def test_an_optimizer_state_of_another_layout_is_refused_with_the_fix() -> None:
     _run(stepper, model, 1)
     state = copy.deepcopy(stepper.state_dict())
     state["optimizer"]["param_groups"][0]["params"] = list(range(12))
-    with pytest.raises(OptimizerStateError, match=r"saved for 12 parameter tensor\(s\), but this "
-                                                  r"module has 4: .*--init RUN/model\.safetensors"):
+    held = len(list(model.parameters()))
+    assert held < 12                      # the cores of stacked kernels are stored together
+    want = (rf"saved for 12 parameter tensor\(s\), but this module has {held}: "
+            r".*--init RUN/model\.safetensors")
+    with pytest.raises(OptimizerStateError, match=want):
         stepper.load_state_dict(state)

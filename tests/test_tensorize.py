@@ -132,7 +132,10 @@ def test_exact_tt_rank_round_trip(small: tuple) -> None:
     assert row.rel_error < 1e-6
     assert row.params_before == 64 * 36 + 36
     assert row.params_after == 8 * 3 + 9 * 8 + 9 * 6 + 3 * 6 + 36
-    assert row.flops_before == 2 * 64 * 36 and 0 < row.flops_after < row.flops_before
+    # the TT-layer's FLOPs per example are its plan's; at this size the plan (minimize: combo)
+    # trades a few FLOPs for fewer entries written, so they are near the dense layer's
+    assert row.flops_before == 2 * 64 * 36
+    assert 0.5 * row.flops_before < row.flops_after < 1.1 * row.flops_before
     x = torch.randn(32, 64, generator=torch.Generator().manual_seed(1))
     want, got = outputs(spec, state, x), outputs(new_spec, new_state, x)
     assert float((got - want).norm() / want.norm()) < 1e-5

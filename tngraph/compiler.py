@@ -233,7 +233,7 @@ class NodeTensors(nn.Module):
     Examples
     --------
     >>> import tngraph
-    >>> m = tngraph.compile("tngraph: 1\\nname: t\\nnetwork: {template: mps, sites: 8, "
+    >>> m = tngraph.compile("tngraph: 1\\nname: t\\nnetwork: {template: mps, sites: 16, "
     ...                     "phys_dim: 2, bond_dim: 3, input: x, feature_map: multilinear}\\n",
     ...                     cache=False)
     >>> tuple(m.tensors["A3"].shape), len(list(m.parameters())) < len(m.tensors)

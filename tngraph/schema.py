@@ -203,7 +203,7 @@ class PlanOptions(_Model):
     optimize: Optimize = "auto"
     max_repeats: Count = 128
     max_time: float | None = Field(default=30.0, gt=0)
-    minimize: Literal["flops", "size", "write", "combo"] = "flops"
+    minimize: Literal["flops", "size", "write", "combo"] = "combo"
     batch_size: Count = 256
     memory_limit: int | str = "4GiB"
     #: the longest estimated time of one contraction (one batch) a plan may need: seconds or
