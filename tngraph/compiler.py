@@ -133,10 +133,29 @@ DENSE_MAX_ENTRIES = 1 << 26
 #: what the execution choice (``auto``) counts for one kernel call, in floating-point
 #: operations: a few microseconds of dispatch at a few GFLOP/s
 KERNEL_COST = 50_000
-#: how many times slower a FLOP of the network's pairwise steps (batched, permuted, smaller)
-#: runs than one of the single large matmul of the ``dense`` execution: measured 4-6x on a
-#: 1024 x 1024 TT-layer, rank 8, batch 512 (CPU); the choice counts network FLOPs this many times
-STEP_FLOP_COST = 4.0
+#: what the execution choice counts for one FLOP of the pairwise steps (of the network, or of
+#: building the dense weight), in FLOPs of one large matmul: batched, permuted, smaller
+#: products run at about half its rate ...
+STEP_FLOP_COST = 2.0
+#: ... and for each entry a step writes: a step that writes much and computes little is bound
+#: by memory. Fitted on TT-layers (1024 -> 1024 and 4096 -> 4096, ranks 4-16, batch 64/256,
+#: one CPU thread): the modelled costs order network and dense as their measured times do,
+#: e.g. 1024 -> 1024 rank 8, batch 64: network 1.04 ms, dense 2.03 ms (the model before,
+#: 4 per FLOP and nothing per entry, chose dense there)
+STEP_WRITE_COST = 64.0
+
+
+def steps_cost(flops: float, written: float, kernels: int) -> float:
+    """The execution choice's cost of pairwise steps, in FLOPs of one large matmul: their
+    FLOPs (:data:`STEP_FLOP_COST` each), the entries they write (:data:`STEP_WRITE_COST` each)
+    and :data:`KERNEL_COST` per kernel.
+
+    Examples
+    --------
+    >>> steps_cost(1e6, 1e4, 2) == 2 * 1e6 + 64 * 1e4 + 2 * 50_000
+    True
+    """
+    return STEP_FLOP_COST * flops + STEP_WRITE_COST * written + KERNEL_COST * kernels
 
 
 class _DenseWeight:
@@ -192,10 +211,11 @@ class _DenseWeight:
         self.program = build_program(self.plan)
 
     def cost(self, batch: int) -> float:
-        """The execution choice's cost of one call at ``batch``: building ``W`` (pairwise steps,
-        :data:`STEP_FLOP_COST` per FLOP), the matmul, and :data:`KERNEL_COST` per kernel."""
-        return (STEP_FLOP_COST * self.plan.flops + 2.0 * batch * self.rows * self.cols
-                + KERNEL_COST * (len(self.plan.steps) + 1))
+        """The execution choice's cost of one call at ``batch``: building ``W`` (pairwise
+        steps, :func:`steps_cost`), then the matmul (its FLOPs, one kernel)."""
+        build = steps_cost(self.plan.flops, sum(s.size for s in self.plan.steps),
+                           len(self.plan.steps))
+        return build + 2.0 * batch * self.rows * self.cols + KERNEL_COST
 
     def __call__(self, tensors: list[torch.Tensor], data: torch.Tensor,
                  bias: torch.Tensor | None, frozen: dict[Any, Any] | None = None
@@ -518,16 +538,16 @@ class TNModule(nn.Module):
         self._frozen: dict[Any, Any] | None = None
 
     def _choose_execution(self) -> str:
-        """``auto``: ``dense`` when one weight and one matmul cost less than the network's
-        steps at the plan's batch size: FLOPs (those of pairwise steps :data:`STEP_FLOP_COST`
-        times), plus :data:`KERNEL_COST` per kernel."""
+        """``auto``: ``dense`` when building one weight and one matmul cost less than the
+        network's steps at the plan's batch size (:func:`steps_cost`)."""
         chosen = self.plan.options.execution
         if chosen != "auto":
             return chosen
         if self._dense is None:
             return "network"
         executed = self.plan.executed()
-        network = STEP_FLOP_COST * executed.flops + KERNEL_COST * len(executed.steps)
+        network = steps_cost(executed.flops, sum(s.size for s in executed.steps),
+                             len(executed.steps))
         return "dense" if self._dense.cost(self.plan.batch_size or 1) < network else "network"
 
     def __getstate__(self) -> dict[str, Any]:
