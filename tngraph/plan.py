@@ -151,7 +151,7 @@ class Plan:
 
     def executed(self) -> Plan:
         """The plan whose steps the ``network`` execution runs: ``self``, or the same plan
-        with the port-fused steps (and their FLOPs) in place of the lowest-FLOP ones."""
+        with the port-fused steps (and their FLOPs) in place of the planned ones."""
         if not self.runs_fused:
             return self
         assert self.fused_steps is not None and self.fused_flops is not None

@@ -195,7 +195,7 @@ def _text(d: dict[str, Any], width: int) -> str:
             if str(d["dtype"]).startswith("complex") else "")),
         *([("FLOPs (executed path)",
             f"{_sci(d['executed_flops'])}, {d['executed_flops'] / d['flops']:.2f}x: the "
-            f"port-fused path runs (plan.run_path: 'min-flops' runs the lowest-FLOP one)")]
+            f"port-fused path runs (plan.run_path: 'min-flops' runs the planned one)")]
           if d["executed_flops"] != d["flops"] else []),
         ("FLOPs (naive single einsum)", _sci(d["naive_flops"])),
         ("speed-up over naive", _sci(d["speedup"]) + "x"),

@@ -220,11 +220,12 @@ class PlanOptions(_Model):
     #: (decided from the plan's costs when the module is compiled: never timed)
     execution: Literal["auto", "network", "dense"] = Field(
         default="auto", validation_alias=AliasChoices("execution", "strategy"))
-    #: which contraction path the ``network`` execution runs: ``min-flops`` (the lowest-FLOP
-    #: path found), ``fused`` (the path of the search over tensors with their data ports folded
-    #: in, before local refinement: every port enters right after its tensor, so repeated
-    #: structure runs as few, large kernels), or ``auto`` (``fused`` when it costs at most
-    #: :data:`tngraph.plan.FUSED_TOLERANCE` times the lowest FLOPs, else ``min-flops``)
+    #: which contraction path the ``network`` execution runs: ``min-flops`` (the planned path,
+    #: the cheapest found under ``minimize``), ``fused`` (the path of the search over tensors
+    #: with their data ports folded in, before local refinement: every port enters right after
+    #: its tensor, so repeated structure runs as few, large kernels), or ``auto`` (``fused``
+    #: when it costs at most :data:`tngraph.plan.FUSED_TOLERANCE` times the planned path's
+    #: FLOPs, else ``min-flops``)
     run_path: Literal["auto", "min-flops", "fused"] = "auto"
 
     def updated(self, changes: Mapping[str, Any]) -> PlanOptions:
