@@ -539,7 +539,8 @@ def mps_section(quick: bool) -> list[list[str]]:
          summary,
          ["ratios of medians; '(fastest)' = ratio of the fastest samples, less sensitive to "
           "other processes.",
-          "planned / executed = FLOPs per forward of the lowest-FLOP path and of the path that "
+          "planned / executed = FLOPs per forward of the planned path (minimize: combo) and of "
+          "the path that "
           "runs (plan.run_path auto: port-fused);",
           "f+b = forward + backward without the Adam step (tngraph: the half-chains' cores "
           "stored stacked in execution layout, 4 parameter tensors; the reference: 6).",
