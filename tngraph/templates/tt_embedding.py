@@ -35,6 +35,7 @@ from pydantic import Field
 
 from tngraph.errors import CompileError
 from tngraph.kinds import Template, TemplateError, TemplateOptions
+from tngraph.templates.tt_linear import check_factor_shapes
 
 
 class TTEmbeddingOptions(TemplateOptions):
@@ -46,13 +47,7 @@ class TTEmbeddingOptions(TemplateOptions):
 
 
 def expand(o: TTEmbeddingOptions) -> dict[str, Any]:
-    d = len(o.voc_shape)
-    if len(o.dim_shape) != d:
-        raise TemplateError(f"voc_shape has {d} factors but dim_shape has {len(o.dim_shape)}",
-                            "dim_shape", "factor both sizes into the same number of factors")
-    for key, shape in (("voc_shape", o.voc_shape), ("dim_shape", o.dim_shape)):
-        if any(n <= 0 for n in shape):
-            raise TemplateError(f"{key} factors must be positive, got {shape}", key)
+    d = check_factor_shapes(("voc_shape", o.voc_shape), ("dim_shape", o.dim_shape))
     ranks = [o.ranks] * (d - 1) if isinstance(o.ranks, int) else list(o.ranks)
     if len(ranks) != d - 1 or any(r <= 0 for r in ranks):
         raise TemplateError(f"ranks needs {d - 1} positive values (one per bond), got "

@@ -28,14 +28,30 @@ class TTLinearOptions(TemplateOptions):
     init: str | dict[str, Any] | None = None
 
 
-def expand(o: TTLinearOptions) -> dict[str, Any]:
-    d = len(o.in_shape)
-    if len(o.out_shape) != d:
-        raise TemplateError(f"in_shape has {d} factors but out_shape has {len(o.out_shape)}",
-                            "out_shape", "factor both sizes into the same number of factors")
-    for key, shape in (("in_shape", o.in_shape), ("out_shape", o.out_shape)):
+def check_factor_shapes(first: tuple[str, list[int]], second: tuple[str, list[int]]) -> int:
+    """The number of factors ``d`` of a TT-matrix's two factored sizes, given as ``(option
+    name, factors)``; raises TemplateError (naming the option) unless both have ``d`` positive
+    factors. Shared by ``tt_linear`` and ``tt_embedding``.
+
+    Examples
+    --------
+    >>> check_factor_shapes(("in_shape", [4, 8]), ("out_shape", [2, 2]))
+    2
+    """
+    (first_key, first_shape), (second_key, second_shape) = first, second
+    d = len(first_shape)
+    if len(second_shape) != d:
+        raise TemplateError(f"{first_key} has {d} factors but {second_key} has "
+                            f"{len(second_shape)}", second_key,
+                            "factor both sizes into the same number of factors")
+    for key, shape in (first, second):
         if any(n <= 0 for n in shape):
             raise TemplateError(f"{key} factors must be positive, got {shape}", key)
+    return d
+
+
+def expand(o: TTLinearOptions) -> dict[str, Any]:
+    d = check_factor_shapes(("in_shape", o.in_shape), ("out_shape", o.out_shape))
     ranks = [o.ranks] * (d - 1) if isinstance(o.ranks, int) else list(o.ranks)
     if len(ranks) != d - 1:
         raise TemplateError(f"ranks needs {d - 1} values (one per bond), got {len(ranks)}",
