@@ -145,17 +145,24 @@ STEP_FLOP_COST = 2.0
 STEP_WRITE_COST = 64.0
 
 
-def steps_cost(flops: float, written: float, kernels: int) -> float:
-    """The execution choice's cost of pairwise steps, in FLOPs of one large matmul: their
-    FLOPs (:data:`STEP_FLOP_COST` each), the entries they write (:data:`STEP_WRITE_COST` each)
-    and :data:`KERNEL_COST` per kernel.
+def steps_cost(plan: Plan) -> float:
+    """The execution choice's cost of a plan's pairwise steps, in FLOPs of one large matmul:
+    their FLOPs (:data:`STEP_FLOP_COST` each), the entries they write (:data:`STEP_WRITE_COST`
+    each) and :data:`KERNEL_COST` per kernel.
 
     Examples
     --------
-    >>> steps_cost(1e6, 1e4, 2) == 2 * 1e6 + 64 * 1e4 + 2 * 50_000
+    >>> import tngraph
+    >>> plan = tngraph.compile("tngraph: 1\\nname: t\\nnetwork: {template: tt_linear, "
+    ...                        "in_shape: [4, 4], out_shape: [4, 4], ranks: 2}\\n",
+    ...                        cache=False).plan
+    >>> steps_cost(plan) == (2 * plan.flops + 64 * sum(s.size for s in plan.steps)
+    ...                      + 50_000 * len(plan.steps))
     True
     """
-    return STEP_FLOP_COST * flops + STEP_WRITE_COST * written + KERNEL_COST * kernels
+    written = sum(step.size for step in plan.steps)
+    return STEP_FLOP_COST * plan.flops + STEP_WRITE_COST * written \
+        + KERNEL_COST * len(plan.steps)
 
 
 class _DenseWeight:
@@ -213,9 +220,7 @@ class _DenseWeight:
     def cost(self, batch: int) -> float:
         """The execution choice's cost of one call at ``batch``: building ``W`` (pairwise
         steps, :func:`steps_cost`), then the matmul (its FLOPs, one kernel)."""
-        build = steps_cost(self.plan.flops, sum(s.size for s in self.plan.steps),
-                           len(self.plan.steps))
-        return build + 2.0 * batch * self.rows * self.cols + KERNEL_COST
+        return steps_cost(self.plan) + 2.0 * batch * self.rows * self.cols + KERNEL_COST
 
     def __call__(self, tensors: list[torch.Tensor], data: torch.Tensor,
                  bias: torch.Tensor | None, frozen: dict[Any, Any] | None = None
@@ -545,9 +550,7 @@ class TNModule(nn.Module):
             return chosen
         if self._dense is None:
             return "network"
-        executed = self.plan.executed()
-        network = steps_cost(executed.flops, sum(s.size for s in executed.steps),
-                             len(executed.steps))
+        network = steps_cost(self.plan.executed())
         return "dense" if self._dense.cost(self.plan.batch_size or 1) < network else "network"
 
     def __getstate__(self) -> dict[str, Any]:

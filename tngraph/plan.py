@@ -53,6 +53,7 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # "couldn't import kahypar/optuna": optional extras
     import cotengra as ctg
     from cotengra.interface import _PRESETS_PATH
+    from cotengra.pathfinders.path_basic import OptimalOptimizer
     from cotengra.presets import estimate_optimal_hardness
 
 CACHE_VERSION = 7
@@ -763,8 +764,6 @@ def _search(leaves: Sequence[tuple[str, ...]], output: tuple[str, ...], sizes: d
     if method in EXACT_PATH_FINDERS:
         # cotengra's presets of the exact search minimise FLOPs alone: ask it for the plan's
         # objective (what the preset names stand for, with ``minimize``)
-        from cotengra.pathfinders.path_basic import OptimalOptimizer
-
         exact = OptimalOptimizer(minimize=_cotengra_objective(options.minimize),
                                  search_outer=method == "optimal-outer")
         return ctg.array_contract_tree(leaves, output, sizes, optimize=exact,
