@@ -54,6 +54,68 @@ def test_kernel_modes(left: tuple[str, ...], right: tuple[str, ...], kept: set[s
     torch.testing.assert_close(run_kernel(kernel, a, b), expected)
 
 
+_BROADCAST_SIZES = {"b": 3, "k1": 8, "k2": 8, "m": 32, "n": 16}
+
+
+@pytest.mark.parametrize("grad", [False, True])
+def test_a_broadcast_kernel_reads_its_operand_in_place(grad: bool) -> None:
+    """``(b, k1, k2, m)`` against ``(k1, k2, n)``: no view of the left operand puts its free
+    indices in one block, so it would be copied; the 'bcast' kernel runs one matmul per ``b``
+    with the right operand broadcast (without autograd), or copies for one ``mm`` (under
+    autograd, where the broadcast operand's gradient would cost more). Both give the einsum."""
+    from tngraph.executor import run_kernel
+    from tngraph.plan import equation
+
+    left, right = ("b", "k1", "k2", "m"), ("k1", "k2", "n")
+    sizes = _BROADCAST_SIZES
+    kernel = design_kernel(0, 1, 2, left, right, {"b", "m", "n"}, sizes, lead="b")
+    assert kernel.mode == "bcast" and kernel.out_layout == ("b", "m", "n")
+    assert kernel.a.perm is None and kernel.a.shape3 == (3, 64, 32) and kernel.a.transposed
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(*(sizes[i] for i in left), dtype=torch.float64, generator=gen)
+    b = torch.randn(*(sizes[i] for i in right), dtype=torch.float64, generator=gen)
+    expected = torch.einsum(equation([left, right], kernel.out_layout), a, b)
+    with torch.set_grad_enabled(grad):
+        torch.testing.assert_close(run_kernel(kernel, a, b), expected)
+    if grad:
+        a.requires_grad_()
+        b.requires_grad_()
+        assert torch.autograd.gradcheck(lambda x, y: run_kernel(kernel, x, y), (a, b),
+                                        fast_mode=True)
+
+
+@pytest.mark.parametrize(("sizes", "why"), [
+    ({**_BROADCAST_SIZES, "m": 16}, "each matmul under BROADCAST_MIN_MACS"),
+    ({**_BROADCAST_SIZES, "n": 64}, "the broadcast gradient larger than the operand"),
+    ({**_BROADCAST_SIZES, "b": 1}, "a batch of one"),
+])
+def test_a_broadcast_kernel_is_used_only_where_it_pays(sizes: dict[str, int],
+                                                        why: str) -> None:
+    kernel = design_kernel(0, 1, 2, ("b", "k1", "k2", "m"), ("k1", "k2", "n"),
+                           {"b", "m", "n"}, sizes, lead="b")
+    assert kernel.mode != "bcast", why
+
+
+def test_a_tt_layer_reads_its_half_train_product_in_place_without_autograd() -> None:
+    """4096 -> 4096 as [8, 8, 8, 8], rank 4: the data meets one pair of cores, and the result
+    ``(b, i0, i1, r, o2, o3)`` meets the other pair. Without autograd that step is one matmul
+    per sample with the pair broadcast; under autograd the result is copied for one ``mm``.
+    Outputs agree, and the gradients are the network's."""
+    text = ("tngraph: 1\nname: tt\nnetwork: {template: tt_linear, in_shape: [8, 8, 8, 8], "
+            "out_shape: [8, 8, 8, 8], ranks: 4}\n")
+    module = tngraph.compile(text, dtype="float64", cache=False, strategy="network")
+    randomize(module, seed=1, scale=0.3)
+    x = torch.randn(4, 4096, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    program = module._program(4)
+    assert ".expand(" in program.workspace_source and program._generated_ws is not None
+    assert ".expand(" not in program.source_code
+    with torch.no_grad():
+        inferred = module(x)
+    trained = module(x)
+    torch.testing.assert_close(inferred, trained.detach())
+    assert_matches(inferred, dense_oracle(module, {"x": x}))
+
+
 def test_small_inner_is_unrolled_only_for_tiny_contractions() -> None:
     sizes = {"b": 8, "p": SMALL_INNER + 1, "r": 3}
     kernel = design_kernel(0, 1, 2, ("b", "p", "r"), ("b", "p"), {"b", "r"}, sizes)

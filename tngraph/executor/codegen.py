@@ -47,10 +47,13 @@ def _operand_source(expr: str, op: Operand, matrix: bool = False,
 
 
 def _lone_source(kernel: Kernel, left: str, right: str, const: Any,
-                 shapes: dict[str, tuple[int, ...]] | None = None) -> str:
+                 shapes: dict[str, tuple[int, ...]] | None = None,
+                 recorded: bool = True) -> str:
     """Source of one kernel that runs alone: what :func:`run_kernel` does, written out (the
     generic call costs microseconds of Python per step, as much as a small matmul).
-    ``shapes``: the known shapes of operand expressions (see :func:`_operand_source`)."""
+    ``shapes``: the known shapes of operand expressions (see :func:`_operand_source`);
+    ``recorded``: the code may run under autograd (a 'bcast' kernel then copies its operand
+    for one ``mm``, see :func:`~tngraph.executor.kernels._broadcast`)."""
     if kernel.mode == "select":
         return f"run_kernel({const(kernel, 'K')}, {left}, {right})"
     x, y = (right, left) if kernel.swap else (left, right)
@@ -65,6 +68,11 @@ def _lone_source(kernel: Kernel, left: str, right: str, const: Any,
             _operand_source(y, kernel.b, shape=known.get(y)))
     if kernel.mode == "bmm":
         return f"torch.bmm({a}, {b}).reshape({out})"
+    if kernel.mode == "bcast":
+        n, m, k = _logical(kernel.a)
+        if recorded:
+            return f"torch.mm({a}.reshape({(n * m, k)}), {b}[0]).reshape({out})"
+        return f"torch.bmm({a}, {b}.expand({n}, -1, -1)).reshape({out})"
     if kernel.mode == "outer":
         return f"({a} * {b}).reshape({out})"
     return f"{const(_kernel_function(kernel), 'F')}({a}, {b}).reshape({out})"
@@ -343,7 +351,8 @@ class _SourceWriter:
     def lone(self, k: Kernel) -> None:
         """Write a kernel that runs alone."""
         left, right = self.use(k.left), self.use(k.right)
-        self.lines.append(f"    s{k.out} = {_lone_source(k, left, right, self.const, self.shapes)}")
+        source = _lone_source(k, left, right, self.const, self.shapes, not self.workspace)
+        self.lines.append(f"    s{k.out} = {source}")
         self.names[k.out] = f"s{k.out}"
         self.shapes[f"s{k.out}"] = tuple(k.out_shape)
 

@@ -172,7 +172,11 @@ class Program:
             self.workspace_source = self._generate_source(workspace=True)
             size = sum(math.prod(spec.shape) for spec in self._ws_specs
                        if isinstance(spec, WsEmpty))
-            if self._ws_specs and size <= min(WORKSPACE_LIMIT, self.memory_limit or size):
+            # (also without workspace entries where a 'bcast' kernel reads its operand in place,
+            # which it does only without autograd)
+            broadcast = any(k.mode == "bcast" for group in self.groups for k in group.kernels)
+            if (self._ws_specs or broadcast) and size <= min(WORKSPACE_LIMIT,
+                                                             self.memory_limit or size):
                 self._generated_ws = self._compiled(self.workspace_source,
                                                     "<tngraph program (workspace)>")
 

@@ -182,7 +182,8 @@ def _schedule(plan: Any, ones: set[int], batch_size: int | None, grouping: bool)
                                           layouts[s.right], set(s.out_inds), sizes, ones,
                                           problem.batch, target)
         def key_of(kernel: Kernel, pos: int) -> tuple[Any, ...]:
-            if grouping and kernel.stack_size <= STACK_LIMIT and kernel.mode != "select":
+            if grouping and kernel.stack_size <= STACK_LIMIT and kernel.mode not in (
+                    "select", "bcast"):
                 return kernel.signature
             return ("solo", pos)
 
