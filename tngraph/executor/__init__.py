@@ -19,6 +19,10 @@ and which kernel runs it:
             the middle of its layout (e.g. a label core's ``(batch, l, p, o)`` result): its
             slices along that axis are weighted in place (strided views) instead of copying
             the operand into ``(batch, rows, inner)`` order first.
+``bcast``   no shared batch index, and an operand whose rows are split by the contracted
+            indices (a TT-layer's ``(b, i0, i1, r, o2, o3)`` against ``(i0, i1, r, o0, o1)``):
+            without autograd, one GEMM per leading index with the other operand broadcast,
+            reading the operand in place; under autograd, the operand copied for one ``mm``.
 
 Each intermediate keeps the layout its kernel produced (``batch, rows, cols``); the next step
 adapts to it, and the last result is permuted (a view) into the output order.
