@@ -499,6 +499,53 @@ def test_chain_run_gradcheck_including_the_data() -> None:
     assert torch.autograd.gradcheck(lambda data: module(data), (x,), fast_mode=True)
 
 
+def test_a_chain_run_reads_its_cores_as_one_stacked_tensor() -> None:
+    """The lockstep run of a 16-site classifier takes the half-chains' stacked cores whole,
+    through its last step (whose result splits into the two environments), so its backward
+    writes all core gradients into one tensor instead of stacking per-step ones."""
+    module = _classifier(bond=3, sites=16)
+    source = module._program(5).source_code
+    (run,) = [line for line in source.splitlines() if "_ChainRun.apply" in line]
+    assert "fetched[('stacked', " in run and "'b')]" not in run     # no per-step cores
+    program = module._program(5)
+    assert [len(p) for p in program._stacked_cores.values()] == [
+        len(reqs) for n, reqs in enumerate(program._param_gathers.values())
+        if n in program._stacked_cores]
+
+
+def test_a_chain_run_over_part_of_a_stacked_tensor_leaves_the_rest_zero(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Cores read from a stacked tensor that also holds cores of other steps: their gradient
+    is zero, the run's cores get what recorded autograd gives."""
+    from tngraph.executor import _ChainRun
+    from tngraph.executor.chain import chain_forward
+
+    module = _classifier(bond=3, sites=16)
+    randomize(module, seed=3, scale=0.5)
+    x = random_inputs(module, 5, seed=8)["x"]
+    calls: list[tuple] = []
+
+    class Recorder:
+        @staticmethod
+        def apply(*args: object) -> object:
+            calls.append(args)
+            return _ChainRun.apply(*args)
+
+    monkeypatch.setitem(module._program(5)._generated.__globals__, "_ChainRun", Recorder)
+    module(x).sum().backward()
+    steps, env, stacked, *weights = calls[0]
+    assert steps[0].core is not None and stacked.dim() == 4
+    wider = torch.cat([stacked.detach(), torch.randn_like(stacked[:1])])
+    grads = []
+    for run in (lambda *t: _ChainRun.apply(*t)[0], lambda s, e, *t: chain_forward(s, e, t)):
+        cores = wider.clone().requires_grad_()
+        e = env.detach().clone().requires_grad_()
+        out = run(steps, e, cores, *weights)
+        grads.append(torch.autograd.grad(out.square().sum(), (e, cores)))
+    torch.testing.assert_close(grads[0], grads[1])
+    assert torch.count_nonzero(grads[0][1][-1]) == 0
+
+
 @pytest.mark.parametrize("seed", range(6))
 def test_merged_permutation_equals_the_plain_permute(seed: int) -> None:
     gen = torch.Generator().manual_seed(seed)

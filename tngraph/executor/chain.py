@@ -10,6 +10,7 @@ products) the backward recomputes the run from its inputs with recorded torch op
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +27,8 @@ class ChainStep:
     operand; ``result``: the matmul's ``(batch, rows, cols)``; ``terms_size``/``terms_dim``: how
     that result is viewed and split into the ``terms`` feature slices; ``ones``: the first
     slice's weight is the constant 1; ``weights``: the step's ``(start, stop)`` among the run's
-    weight tensors.
+    weight tensors; ``core``: where the run reads its cores from one stacked tensor (see
+    :func:`run_cores`), the step's position in it, else None.
     """
 
     a_size: tuple[int, ...]
@@ -37,6 +39,18 @@ class ChainStep:
     terms: int
     ones: bool
     weights: tuple[int, int]
+    core: int | None = None
+
+
+def run_cores(steps: Sequence[ChainStep], tensors: Sequence[torch.Tensor]
+              ) -> tuple[list[torch.Tensor], Sequence[torch.Tensor]]:
+    """The cores of a run of ``steps`` and its weight tensors, from the run's ``tensors``: one
+    tensor per step then the weights, or (steps with a ``core`` position) one stacked tensor
+    ``(positions, batch, rows, cols)`` that holds every step's core, then the weights."""
+    if steps and steps[0].core is not None:
+        stacked = tensors[0]
+        return [stacked[step.core] for step in steps], tensors[1:]
+    return list(tensors[:len(steps)]), tensors[len(steps):]
 
 
 def _result_buffer(buffers: dict[ChainStep, tuple[torch.Tensor, tuple[torch.Tensor, ...]]],
@@ -54,7 +68,7 @@ def _result_buffer(buffers: dict[ChainStep, tuple[torch.Tensor, tuple[torch.Tens
 def chain_forward(steps: tuple[ChainStep, ...], env: torch.Tensor,
                   tensors: tuple[torch.Tensor, ...]) -> torch.Tensor:
     """The run of ``steps`` as plain, recorded torch ops (what :class:`_ChainRun` computes)."""
-    cores, weights = tensors[:len(steps)], tensors[len(steps):]
+    cores, weights = run_cores(steps, tensors)
     for step, core in zip(steps, cores):
         a = env.view(step.a_size)
         if step.a_transposed:
@@ -84,7 +98,7 @@ class _ChainRun(torch.autograd.Function):
                 ) -> tuple[torch.Tensor, list[Any]]:
         """The run's result, and what its backward needs of each step (a list, passed on to
         :meth:`setup_context`: no gradient flows through it)."""
-        cores, weights = tensors[:len(steps)], tensors[len(steps):]
+        cores, weights = run_cores(steps, tensors)
         keep_terms = any(w.requires_grad for w in weights)
         buffers: dict[Any, tuple[torch.Tensor, tuple[torch.Tensor, ...]]] = {}
         records = []
@@ -154,10 +168,23 @@ class _ChainRun(torch.autograd.Function):
     def _fast_backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         records = ctx.records
         n = len(records)
-        ctx.saved_tensors                          # noqa: B018 - checks for in-place changes
-        need_env, need_cores = ctx.needs_input_grad[1], ctx.needs_input_grad[2:2 + n]
-        need_weights = ctx.needs_input_grad[2 + n:]
+        saved = ctx.saved_tensors                  # (also checks for in-place changes)
+        stacked = ctx.steps[0].core is not None
+        n_cores = 1 if stacked else n
+        need_env = ctx.needs_input_grad[1]
+        need_cores = ctx.needs_input_grad[2:2 + n_cores]
+        need_weights = ctx.needs_input_grad[2 + n_cores:]
         grad_cores: list[torch.Tensor | None] = [None] * n
+        grad_stacked = None
+        if stacked:
+            if need_cores[0]:
+                # every step's core gradient written in place into one tensor (zeros where the
+                # stacked tensor holds cores of other steps)
+                positions = {step.core for step in ctx.steps}
+                grad_stacked = (torch.empty_like(saved[1])
+                                if len(positions) == saved[1].shape[0]
+                                else torch.zeros_like(saved[1]))
+            need_cores = (need_cores[0],) * n
         grad_weights: list[torch.Tensor | None] = [None] * len(need_weights)
         buffers: dict[Any, tuple[torch.Tensor, tuple[torch.Tensor, ...]]] = {}
         grad = grad.contiguous()
@@ -179,10 +206,14 @@ class _ChainRun(torch.autograd.Function):
             else:
                 for target, weight in zip(slices, w):
                     torch.mul(grad, weight, out=target)
-            if need_cores[k]:
+            if grad_stacked is not None:
+                torch.bmm(a_t, grad_r, out=grad_stacked[step.core])
+            elif need_cores[k]:
                 grad_cores[k] = torch.bmm(a_t, grad_r)
             if k == 0 and not need_env:
                 break
             grad_a = torch.bmm(grad_r, core_t)
             grad = (grad_a.transpose(1, 2) if step.a_transposed else grad_a).reshape(shape)
+        if stacked:
+            return (None, grad if need_env else None, grad_stacked, *grad_weights)
         return (None, grad if need_env else None, *grad_cores, *grad_weights)

@@ -10,6 +10,7 @@ writes the ``contract`` function, and for the inference variant the workspace it
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import re
 from collections.abc import Mapping, Sequence
@@ -174,13 +175,16 @@ class GeneratedSource:
 
     ``constants``: the values its names are bound to; ``ws_specs``: how to build the
     workspace it refers to as ``ws[i]`` (empty unless generated for the workspace);
-    ``inlined``: the groups whose split weights it reads from the gathered columns directly.
+    ``inlined``: the groups whose split weights it reads from the gathered columns directly;
+    ``stacked_cores``: per parameter gather whose stacked operand a chain run reads whole (as
+    ``fetched[("stacked", number)]``), the positions of the operands it reads there.
     """
 
     text: str
     constants: dict[str, Any]
     ws_specs: tuple[WsSpec, ...]
     inlined: frozenset[int]
+    stacked_cores: Mapping[int, frozenset[int]] = dataclasses.field(default_factory=dict)
 
 
 def group_ops(groups: Sequence[Group], split_weights: set[int]) -> list[GroupOp]:
@@ -226,18 +230,24 @@ def _is_chain_matmul(op: GroupOp) -> bool:
 
 
 def _is_chain_feature(op: GroupOp, matmul: int,
-                      weight_slots: Mapping[tuple[int, str], tuple[int, int]]) -> bool:
+                      weight_slots: Mapping[tuple[int, str], tuple[int, int]],
+                      last: bool = False) -> bool:
+    """Whether ``op`` is the fused feature step after chain matmul ``matmul``: its stacked
+    result is the next step's operand, or (``last``) is split into the members' results."""
     if not isinstance(op, StackedOp):
         return False
+    ends = op.need_parts and not op.keep_stacked if last else (
+        op.keep_stacked and not op.need_parts)
     return (_is_split_small(op) and isinstance(op.a, Reused) and op.a.group == matmul
-            and op.keep_stacked and not op.need_parts
-            and isinstance(op.b, Fetched) and op.b.key in weight_slots)
+            and ends and isinstance(op.b, Fetched) and op.b.key in weight_slots)
 
 
 def chain_runs(ops: Sequence[GroupOp], weight_slots: Mapping[tuple[int, str], tuple[int, int]]
                ) -> dict[int, list[int]]:
     """Runs of at least two consecutive (stacked matmul, fused feature) group pairs in
     which each matmul takes the previous pair's result: first group -> the run's groups.
+    The last pair's result may be split into its members' results (the two half-chains of an
+    MPS, each going on to its own step).
 
     ``weight_slots`` maps a group's split weights to their (gather number, position)."""
     runs: dict[int, list[int]] = {}
@@ -246,10 +256,15 @@ def chain_runs(ops: Sequence[GroupOp], weight_slots: Mapping[tuple[int, str], tu
         run: list[int] = []
         h = g
         while (h + 1 < len(ops) and _is_chain_matmul(ops[h])
-               and _is_chain_feature(ops[h + 1], h, weight_slots)
                and (not run or ops[h].a.group == run[-1])):
-            run += [h, h + 1]
-            h += 2
+            if _is_chain_feature(ops[h + 1], h, weight_slots):
+                run += [h, h + 1]
+                h += 2
+                continue
+            if run and _is_chain_feature(ops[h + 1], h, weight_slots, last=True):
+                run += [h, h + 1]
+                h += 2
+            break
         if len(run) >= 4:
             runs[g] = run
             g = h
@@ -279,12 +294,15 @@ class _SourceWriter:
     def __init__(self, ops: Sequence[GroupOp], sources: Mapping[int, LeafSource],
                  leaf_equations: Sequence[str | None], sliced: bool,
                  weight_slots: Mapping[tuple[int, str], tuple[int, int]],
-                 workspace: bool) -> None:
+                 workspace: bool,
+                 core_slots: Mapping[tuple[int, str], tuple[int, int]] | None = None) -> None:
         self.ops = ops
         self.sources = sources
         self.leaf_equations = leaf_equations
         self.sliced = sliced
         self.weight_slots = weight_slots
+        self.core_slots = core_slots or {}
+        self.stacked_cores: dict[int, set[int]] = {}
         self.workspace = workspace
         self.lines = ["def contract(tensors, ports, fetched, leaves"
                       + (", ws):" if workspace else "):")]
@@ -407,14 +425,33 @@ class _SourceWriter:
             steps.append(ChainStep(a_source.size, a_source.transposed, result, s_source.size,
                                    1 if s_source.transposed else 2, terms, first.ones_b,
                                    (len(weights), len(weights) + count)))
-            cores.append(f"fetched[{b_source.key!r}]")
+            cores.append(b_source.key)
             n, i = self.weight_slots[w_source.key]
-            self.inlined.add(feature)
+            if not feature_op.need_parts:   # (a last step split into parts is written as a
+                self.inlined.add(feature)   # group where no run is: it reads its own weights)
             weights += [f"fetched[('columns', {n})][{j}][{i}]"
                         for j in range(1 if first.ones_b else 0, terms)]
         start = self.ops[run[0]].a.group
-        return (f"    g{run[-1]} = _ChainRun.apply({self.const(tuple(steps), 'C')}, g{start}, "
-                f"{', '.join(cores + weights)})[0]")
+        slots = [self.core_slots.get(key) for key in cores]
+        if all(slots) and len({slot[0] for slot in slots}) == 1:  # one gather: read it whole
+            number = slots[0][0]
+            steps = [dataclasses.replace(step, core=position)
+                     for step, (_, position) in zip(steps, slots)]
+            self.stacked_cores.setdefault(number, set()).update(p for _, p in slots)
+            args = [f"fetched[('stacked', {number})]"]
+        else:
+            args = [f"fetched[{key!r}]" for key in cores]
+        line = (f"    g{run[-1]} = _ChainRun.apply({self.const(tuple(steps), 'C')}, g{start}, "
+                f"{', '.join(args + weights)})[0]")
+        last = self.ops[run[-1]]
+        if isinstance(last, StackedOp) and last.need_parts:   # split into the members' results
+            g = run[-1]
+            line += f"\n    p{g} = g{g}.reshape({len(last.kernels)}, -1).unbind(0)"
+            for i, k in enumerate(last.kernels):
+                line += f"\n    s{k.out} = p{g}[{i}].reshape({k.out_shape})"
+                self.names[k.out] = f"s{k.out}"
+                self.shapes[f"s{k.out}"] = tuple(k.out_shape)
+        return line
 
     def inline_small(self, g: int, op: StackedOp) -> bool:
         """Write a 'small' group whose weights come split from the gather, and whose other
@@ -468,7 +505,9 @@ def generate_source(ops: Sequence[GroupOp], sources: Mapping[int, LeafSource],
                     final_perm: tuple[int, ...] | None,
                     final_merged: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]] | None,
                     weight_slots: Mapping[tuple[int, str], tuple[int, int]],
-                    runs: Mapping[int, list[int]], workspace: bool = False) -> GeneratedSource:
+                    runs: Mapping[int, list[int]], workspace: bool = False,
+                    core_slots: Mapping[tuple[int, str], tuple[int, int]] | None = None
+                    ) -> GeneratedSource:
     """Straight-line Python for the whole contraction (one line per tensor operation).
 
     With ``workspace``: the variant for inference (no autograd), ``contract(..., ws)``,
@@ -483,9 +522,13 @@ def generate_source(ops: Sequence[GroupOp], sources: Mapping[int, LeafSource],
     what a 64-site chain spends most of its time on at small bond dimensions; generated
     code leaves only the torch calls. Constants (kernels, operand layouts, functions) are
     bound by name (the result's ``constants``). ``runs`` (see :func:`chain_runs`) are written
-    as one ``_ChainRun`` each.
+    as one ``_ChainRun`` each; ``core_slots`` maps gathered parameter operands to their
+    ``(gather number, position)``: a run whose cores all come from one gather reads its stacked
+    tensor whole, and its backward writes their gradients into one tensor (no stacking of
+    per-step gradients).
     """
-    writer = _SourceWriter(ops, sources, leaf_equations, sliced, weight_slots, workspace)
+    writer = _SourceWriter(ops, sources, leaf_equations, sliced, weight_slots, workspace,
+                           core_slots)
     lines = writer.lines
     skip: set[int] = set()
     for g, op in enumerate(ops):
@@ -493,7 +536,7 @@ def generate_source(ops: Sequence[GroupOp], sources: Mapping[int, LeafSource],
             continue
         if g in runs:
             skip.update(runs[g])
-            lines.append(writer.chain(runs[g]))
+            lines.extend(writer.chain(runs[g]).split("\n"))
             continue
         if isinstance(op, LoneOp):
             writer.lone(op.kernel)
@@ -509,7 +552,8 @@ def generate_source(ops: Sequence[GroupOp], sources: Mapping[int, LeafSource],
         result = f"{result}.permute({final_perm})"
     lines.append(f"    return {result}")
     return GeneratedSource("\n".join(free_after_last_use(lines)) + "\n", writer.constants,
-                           tuple(writer.specs), frozenset(writer.inlined))
+                           tuple(writer.specs), frozenset(writer.inlined),
+                           {n: frozenset(p) for n, p in writer.stacked_cores.items()})
 
 
 #: the variables generated code assigns (``s<slot>``, ``r<group>``, ``g<group>``, ...)

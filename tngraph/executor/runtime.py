@@ -148,6 +148,11 @@ class Program:
         self._weight_slots = {req: (n, i) for n, (key, reqs) in
                               enumerate(self._port_gathers.items()) if key.split
                               for i, req in enumerate(reqs)}
+        # parameter operands: (gather number, position); per gather the positions that chain
+        # runs read from its stacked tensor whole (see codegen.generate_source)
+        self._core_slots = {req: (n, i) for n, reqs in enumerate(self._param_gathers.values())
+                            for i, req in enumerate(reqs)}
+        self._stacked_cores: dict[int, frozenset[int]] = {}
         self._inlined: set[int] = set()
         self._port_idx_tensor: dict[tuple[Any, ...], torch.Tensor] = {}
         self._gather_plans: dict[tuple[Any, ...], ParamGather] = {}
@@ -199,10 +204,13 @@ class Program:
             self._ops, self.sources, self.leaf_equations, sliced=bool(self.sliced),
             result_slot=self.result_slot, final_perm=self.final_perm,
             final_merged=self.final_merged, weight_slots=self._weight_slots,
-            runs=self._chain_runs() if fused and not workspace else {}, workspace=workspace)
+            runs=self._chain_runs() if fused and not workspace else {}, workspace=workspace,
+            core_slots=self._core_slots)
         if workspace:
             self._ws_specs = list(generated.ws_specs)
         self._inlined |= generated.inlined
+        for number, positions in generated.stacked_cores.items():
+            self._stacked_cores[number] = self._stacked_cores.get(number, frozenset()) | positions
         self._constants = generated.constants
         return generated.text
 
@@ -286,13 +294,20 @@ class Program:
             out.update(kept)
         else:
             stacks = self._bound_stacks(tensors)
-            for key, reqs in self._param_gathers.items():
+            # under autograd the fused program reads the cores of chain runs as one stacked
+            # tensor; a gather that only they read is not also split into its operands (the
+            # split's backward would stack their gradients again)
+            fused = torch.is_grad_enabled() and not traced() and frozen is None
+            for number, (key, reqs) in enumerate(self._param_gathers.items()):
                 size, (nb, x, y) = key
+                whole = self._stacked_cores.get(number)
                 k = self._stack_of.get(key) if stacks is not None else None
                 if k is not None:          # stored as it is read: no copy, no scatter
                     shape = (len(reqs), size * nb, x, y)
                     if not torch.is_grad_enabled() and not traced():
                         out.update(zip(reqs, self._stored_views(key, stacks[k], shape)))
+                        if whole is not None:
+                            out[("stacked", number)] = stacks[k].view(shape)
                         continue
                     gathered = stacks[k]
                 else:
@@ -301,8 +316,12 @@ class Program:
                         plan = self._gather_plans[key] = plan_param_gather(
                             [tuple(t.shape) for t in tensors], self._gather_members[key])
                     gathered = gather_params(tensors, plan)           # (n * size, nb, x, y)
-                chunks = gathered.view(len(reqs), size * nb, x, y).unbind(0)
-                out.update(zip(reqs, chunks))
+                stacked = gathered.view(len(reqs), size * nb, x, y)
+                if whole is not None:
+                    out[("stacked", number)] = stacked
+                    if fused and len(whole) == len(reqs):
+                        continue
+                out.update(zip(reqs, stacked.unbind(0)))
             if frozen is not None:
                 frozen["gathers"] = dict(out)
         for number, (key, reqs) in enumerate(self._port_gathers.items()):
