@@ -22,7 +22,7 @@ import math
 import numbers
 import os
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -163,6 +163,17 @@ def steps_cost(plan: Plan) -> float:
     written = sum(step.size for step in plan.steps)
     return STEP_FLOP_COST * plan.flops + STEP_WRITE_COST * written \
         + KERNEL_COST * len(plan.steps)
+
+
+def _first_tensor(tensors: Sequence[Any]) -> torch.Tensor | None:
+    """A tensor of the network for one call (its dtype and device): the first stacked storage
+    or lone parameter of a :class:`NodeValues`, the first of a plain list; None if it has none.
+    (Cheaper than ``next(module.parameters())``, which walks the module tree.)"""
+    if isinstance(tensors, NodeValues):
+        candidates: Iterable[Any] = (*tensors.stacks, *tensors.lone)
+    else:
+        candidates = tensors
+    return next((t for t in candidates if t is not None), None)
 
 
 class _DenseWeight:
@@ -624,11 +635,14 @@ class TNModule(nn.Module):
                                f"'{self.spec.name}'")
         return given
 
-    def _port_data(self, name: str, port: Any, x: Any) -> torch.Tensor:
+    def _port_data(self, name: str, port: Any, x: Any, ref: torch.Tensor | None = None
+                   ) -> torch.Tensor:
         """Check, cast and shape one data port's value, applying its feature map: a stacked port
         becomes ``(N, batch, *legs)`` (copy-major, as the executor gathers copies), another
-        ``(batch, *legs)``."""
-        ref = next(self.tensors.parameters(), None)
+        ``(batch, *legs)``. ``ref``: a tensor of the network (dtype and device), by default its
+        first parameter."""
+        if ref is None:
+            ref = next(self.tensors.parameters(), None)
         dtype = ref.dtype if ref is not None else _DTYPES[self.plan.options.dtype]
         x = _as_data(x, dtype, f"input '{name}'")
         if ref is not None and x.device != ref.device:
@@ -682,8 +696,9 @@ class TNModule(nn.Module):
             tensors = list(tensors)          # (a plain list for the einsum program)
         ports: list[torch.Tensor] = []
         batch = None
+        ref = _first_tensor(tensors) if self._ports else None
         for name, port in self._ports:
-            data = self._port_data(name, port, given[name])
+            data = self._port_data(name, port, given[name], ref)
             size = data.shape[1] if port.stack else data.shape[0]
             if batch is None:
                 batch = size

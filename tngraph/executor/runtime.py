@@ -153,6 +153,10 @@ class Program:
         self._core_slots = {req: (n, i) for n, reqs in enumerate(self._param_gathers.values())
                             for i, req in enumerate(reqs)}
         self._stacked_cores: dict[int, frozenset[int]] = {}
+        #: per port gather of split weights, the (position, request) of the groups that read
+        #: their weights as a tuple of their own (filled at the first call, once the sources,
+        #: and so ``_inlined``, are all generated)
+        self._split_reads: dict[int, list[tuple[int, tuple[int, str]]]] = {}
         self._inlined: set[int] = set()
         self._port_idx_tensor: dict[tuple[Any, ...], torch.Tensor] = {}
         self._gather_plans: dict[tuple[Any, ...], ParamGather] = {}
@@ -341,8 +345,12 @@ class Program:
                     column = table.select(2, j).index_select(0, idx)          # (n * size, nb)
                     columns.append(column.view(len(reqs), size * nb, 1).unbind(0))
                 out[("columns", number)] = columns
+                wanted = self._split_reads.get(number)
+                if wanted is None:   # the groups not written inline read their own tuples
+                    wanted = self._split_reads[number] = [
+                        (i, req) for i, req in enumerate(reqs) if req[0] not in self._inlined]
                 out.update((req, tuple(c if c is None else c[i] for c in columns))
-                           for i, req in enumerate(reqs) if req[0] not in self._inlined)
+                           for i, req in wanted)
                 continue
             gathered = data.index_select(0, idx)   # (n * size, batch, *legs)
             gathered = gathered.view(len(reqs), size * nb, x, y)
