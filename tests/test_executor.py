@@ -499,6 +499,26 @@ def test_chain_run_gradcheck_including_the_data() -> None:
     assert torch.autograd.gradcheck(lambda data: module(data), (x,), fast_mode=True)
 
 
+def _chain_run_calls(module: tngraph.TNModule, x: torch.Tensor,
+                     monkeypatch: pytest.MonkeyPatch) -> list[tuple]:
+    """The arguments of every ``_ChainRun.apply`` in one forward and backward of ``module``
+    on ``x`` (batch 5)."""
+    from tngraph.executor import _ChainRun
+
+    calls: list[tuple] = []
+
+    class Recorder:
+        @staticmethod
+        def apply(*args: object) -> object:
+            calls.append(args)
+            return _ChainRun.apply(*args)
+
+    monkeypatch.setitem(module._program(5)._generated.__globals__, "_ChainRun", Recorder)
+    module(x).sum().backward()
+    monkeypatch.undo()
+    return calls
+
+
 def test_a_chain_run_reads_its_cores_as_one_stacked_tensor() -> None:
     """The lockstep run of a 16-site classifier takes the half-chains' stacked cores whole,
     through its last step (whose result splits into the two environments), so its backward
@@ -522,18 +542,8 @@ def test_a_chain_run_over_part_of_a_stacked_tensor_leaves_the_rest_zero(
 
     module = _classifier(bond=3, sites=16)
     randomize(module, seed=3, scale=0.5)
-    x = random_inputs(module, 5, seed=8)["x"]
-    calls: list[tuple] = []
-
-    class Recorder:
-        @staticmethod
-        def apply(*args: object) -> object:
-            calls.append(args)
-            return _ChainRun.apply(*args)
-
-    monkeypatch.setitem(module._program(5)._generated.__globals__, "_ChainRun", Recorder)
-    module(x).sum().backward()
-    steps, env, stacked, *weights = calls[0]
+    (call,) = _chain_run_calls(module, random_inputs(module, 5, seed=8)["x"], monkeypatch)
+    steps, env, stacked, *weights = call
     assert steps[0].core is not None and stacked.dim() == 4
     wider = torch.cat([stacked.detach(), torch.randn_like(stacked[:1])])
     grads = []
@@ -612,20 +622,8 @@ def test_a_chain_run_is_vmapped_by_its_rule_and_matches_its_recorded_ops(
     from tngraph.executor.chain import chain_forward
 
     module = _classifier(bond=3, sites=16)
-    x = random_inputs(module, 5, seed=8)["x"]
-    calls: list[tuple] = []
-
-    class Recorder:
-        @staticmethod
-        def apply(*args: object) -> object:
-            calls.append(args)
-            return _ChainRun.apply(*args)
-
-    namespace = module._program(5)._generated.__globals__
-    monkeypatch.setitem(namespace, "_ChainRun", Recorder)
-    module(x).sum().backward()
-    assert len(calls) == 1
-    steps, env, *tensors = calls[0]
+    (call,) = _chain_run_calls(module, random_inputs(module, 5, seed=8)["x"], monkeypatch)
+    steps, env, *tensors = call
     envs = torch.stack([env.detach(), 0.5 * env.detach(), -env.detach()])
 
     def fused(e: torch.Tensor) -> torch.Tensor:
