@@ -473,16 +473,14 @@ def linear_section(quick: bool) -> tuple[list[list[str]], dict[str, list[bool]]]
                          f"{fwd[name].spread * 100:.0f}%", fmt_ratio(_ratio(fwd[name], base_f)),
                          fmt_ms(train[name].median), f"{train[name].spread * 100:.0f}%",
                          fmt_ratio(_ratio(train[name], base_t))])
-        auto = layers["tngraph-auto"]
-        choice = getattr(auto, "execution_choice", {})
-        choices = {grad: c for (_, grad), c in choice.items()}
+        chosen = getattr(layers["tngraph-auto"], "execution", "?")
         ranks = tt_ranks(cores)
         notes = [] if tltorch is not None else [tl_info]
         notes += [f"TT ranks {list(ranks)} for every TT candidate (tltorch checked equal); "
                  f"params include the bias ({n_out}).",
-                 f"tngraph-auto chose: forward {choices.get(False, '?')}, forward+backward "
-                 f"{choices.get(True, '?')}; x/tltorch = ratio to tltorch's time (< 1: "
-                 "faster than tltorch)."]
+                 f"tngraph-auto chose: {chosen} (one choice per module, from the plan's cost "
+                 "model, for training and inference); x/tltorch = ratio to tltorch's time "
+                 "(< 1: faster than tltorch)."]
         show(f"tt_linear {cfg.label}: ms per call (median of {opts['rounds']} interleaved "
              "rounds), CPU float32",
              ["candidate", "params", "fwd ms", "iqr", "x/tltorch", "fwd+bwd ms", "iqr",
