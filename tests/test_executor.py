@@ -96,11 +96,12 @@ def test_a_broadcast_kernel_is_used_only_where_it_pays(sizes: dict[str, int],
     assert kernel.mode != "bcast", why
 
 
-def test_a_tt_layer_reads_its_half_train_product_in_place_without_autograd() -> None:
+def test_a_tt_layer_reads_its_half_train_product_in_place() -> None:
     """4096 -> 4096 as [8, 8, 8, 8], rank 4: the data meets one pair of cores, and the result
-    ``(b, i0, i1, r, o2, o3)`` meets the other pair. Without autograd that step is one matmul
-    per sample with the pair broadcast; under autograd the result is copied for one ``mm``.
-    Outputs agree, and the gradients are the network's."""
+    ``(b, i0, i1, r, o2, o3)`` meets the other pair. That step is one matmul per sample with
+    the pair broadcast: without autograd a plain ``bmm``, in the training program
+    ``_BroadcastMatmul``; the recorded-ops program (torch.func, torch.compile) copies the
+    result for one ``mm``. Outputs and gradients agree with the recorded ops and the oracle."""
     text = ("tngraph: 1\nname: tt\nnetwork: {template: tt_linear, in_shape: [8, 8, 8, 8], "
             "out_shape: [8, 8, 8, 8], ranks: 4}\n")
     module = tngraph.compile(text, dtype="float64", cache=False, strategy="network")
@@ -108,12 +109,44 @@ def test_a_tt_layer_reads_its_half_train_product_in_place_without_autograd() -> 
     x = torch.randn(4, 4096, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     program = module._program(4)
     assert ".expand(" in program.workspace_source and program._generated_ws is not None
-    assert ".expand(" not in program.source_code
+    assert "_BroadcastMatmul.apply" in program.source_code
+    assert "_BroadcastMatmul" not in program.plain_source
     with torch.no_grad():
         inferred = module(x)
-    trained = module(x)
-    torch.testing.assert_close(inferred, trained.detach())
     assert_matches(inferred, dense_oracle(module, {"x": x}))
+    grads = []
+    for generated in (program._generated, program._generated_plain):
+        program._generated = generated
+        module.zero_grad()
+        out = module(x)
+        torch.testing.assert_close(out.detach(), inferred)
+        (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view(out.shape)).sum(
+            ).backward()
+        grads.append([p.grad.clone() for p in module.parameters()])
+    for got, want in zip(*grads):
+        torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+def test_the_broadcast_matmul_is_twice_differentiable_and_vmaps(transposed: bool) -> None:
+    """``_BroadcastMatmul`` (a 'bcast' kernel under autograd): gradcheck and gradgradcheck
+    for an operand stored either way, and ``vmap`` gives the loop over the mapped axis."""
+    from tngraph.executor.kernels import _BroadcastMatmul
+
+    gen = torch.Generator().manual_seed(5)
+    a = torch.randn(3, 4, 5, dtype=torch.float64, generator=gen)     # (n, k, m) or (n, m, k)
+    b = torch.randn(5 if not transposed else 4, 2, dtype=torch.float64, generator=gen)
+    a.requires_grad_()
+    b.requires_grad_()
+
+    def run(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return _BroadcastMatmul.apply(x.transpose(1, 2) if transposed else x, y)
+
+    assert torch.autograd.gradcheck(run, (a, b))
+    assert torch.autograd.gradgradcheck(run, (a, b))
+    stack = torch.randn(2, *a.shape, dtype=torch.float64, generator=gen)
+    mapped = torch.vmap(run, in_dims=(0, None))(stack, b)
+    torch.testing.assert_close(mapped, torch.stack([run(s, b) for s in stack]))
 
 
 def test_small_inner_is_unrolled_only_for_tiny_contractions() -> None:

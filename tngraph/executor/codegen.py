@@ -49,12 +49,14 @@ def _operand_source(expr: str, op: Operand, matrix: bool = False,
 
 def _lone_source(kernel: Kernel, left: str, right: str, const: Any,
                  shapes: dict[str, tuple[int, ...]] | None = None,
-                 recorded: bool = True) -> str:
+                 variant: str = "plain") -> str:
     """Source of one kernel that runs alone: what :func:`run_kernel` does, written out (the
     generic call costs microseconds of Python per step, as much as a small matmul).
     ``shapes``: the known shapes of operand expressions (see :func:`_operand_source`);
-    ``recorded``: the code may run under autograd (a 'bcast' kernel then copies its operand
-    for one ``mm``, see :func:`~tngraph.executor.kernels._broadcast`)."""
+    ``variant``: which program the line is for, which matters to a 'bcast' kernel: ``plain``
+    (recorded torch ops only: the operand copied for one ``mm``), ``fused`` (the training
+    program: :class:`~tngraph.executor.kernels._BroadcastMatmul`) or ``inference`` (one
+    batched matmul with the other operand broadcast)."""
     if kernel.mode == "select":
         return f"run_kernel({const(kernel, 'K')}, {left}, {right})"
     x, y = (right, left) if kernel.swap else (left, right)
@@ -71,9 +73,11 @@ def _lone_source(kernel: Kernel, left: str, right: str, const: Any,
         return f"torch.bmm({a}, {b}).reshape({out})"
     if kernel.mode == "bcast":
         n, m, k = _logical(kernel.a)
-        if recorded:
+        if variant == "plain":
             return f"torch.mm({a}.reshape({(n * m, k)}), {b}[0]).reshape({out})"
-        return f"torch.bmm({a}, {b}.expand({n}, -1, -1)).reshape({out})"
+        if variant == "fused":
+            return f"_BroadcastMatmul.apply({a}, {b}[0]).reshape({out})"
+        return f"torch.bmm({a}, {b}.contiguous().expand({n}, -1, -1)).reshape({out})"
     if kernel.mode == "outer":
         return f"({a} * {b}).reshape({out})"
     return f"{const(_kernel_function(kernel), 'F')}({a}, {b}).reshape({out})"
@@ -295,7 +299,8 @@ class _SourceWriter:
                  leaf_equations: Sequence[str | None], sliced: bool,
                  weight_slots: Mapping[tuple[int, str], tuple[int, int]],
                  workspace: bool,
-                 core_slots: Mapping[tuple[int, str], tuple[int, int]] | None = None) -> None:
+                 core_slots: Mapping[tuple[int, str], tuple[int, int]] | None = None,
+                 fused: bool = False) -> None:
         self.ops = ops
         self.sources = sources
         self.leaf_equations = leaf_equations
@@ -304,6 +309,7 @@ class _SourceWriter:
         self.core_slots = core_slots or {}
         self.stacked_cores: dict[int, set[int]] = {}
         self.workspace = workspace
+        self.fused = fused
         self.lines = ["def contract(tensors, ports, fetched, leaves"
                       + (", ws):" if workspace else "):")]
         self.constants: dict[str, Any] = {}
@@ -369,7 +375,8 @@ class _SourceWriter:
     def lone(self, k: Kernel) -> None:
         """Write a kernel that runs alone."""
         left, right = self.use(k.left), self.use(k.right)
-        source = _lone_source(k, left, right, self.const, self.shapes, not self.workspace)
+        variant = "inference" if self.workspace else "fused" if self.fused else "plain"
+        source = _lone_source(k, left, right, self.const, self.shapes, variant)
         self.lines.append(f"    s{k.out} = {source}")
         self.names[k.out] = f"s{k.out}"
         self.shapes[f"s{k.out}"] = tuple(k.out_shape)
@@ -506,8 +513,8 @@ def generate_source(ops: Sequence[GroupOp], sources: Mapping[int, LeafSource],
                     final_merged: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]] | None,
                     weight_slots: Mapping[tuple[int, str], tuple[int, int]],
                     runs: Mapping[int, list[int]], workspace: bool = False,
-                    core_slots: Mapping[tuple[int, str], tuple[int, int]] | None = None
-                    ) -> GeneratedSource:
+                    core_slots: Mapping[tuple[int, str], tuple[int, int]] | None = None,
+                    fused: bool = False) -> GeneratedSource:
     """Straight-line Python for the whole contraction (one line per tensor operation).
 
     With ``workspace``: the variant for inference (no autograd), ``contract(..., ws)``,
@@ -525,10 +532,12 @@ def generate_source(ops: Sequence[GroupOp], sources: Mapping[int, LeafSource],
     as one ``_ChainRun`` each; ``core_slots`` maps gathered parameter operands to their
     ``(gather number, position)``: a run whose cores all come from one gather reads its stacked
     tensor whole, and its backward writes their gradients into one tensor (no stacking of
-    per-step gradients).
+    per-step gradients). ``fused``: the training program, where 'bcast' kernels run as
+    :class:`~tngraph.executor.kernels._BroadcastMatmul` (else, outside the workspace variant,
+    as recorded torch ops).
     """
     writer = _SourceWriter(ops, sources, leaf_equations, sliced, weight_slots, workspace,
-                           core_slots)
+                           core_slots, fused)
     lines = writer.lines
     skip: set[int] = set()
     for g, op in enumerate(ops):

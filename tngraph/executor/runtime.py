@@ -30,7 +30,14 @@ from tngraph.executor.codegen import (
     generate_source,
     group_ops,
 )
-from tngraph.executor.kernels import Operand, _as3, _logical, _role_slot, run_kernel
+from tngraph.executor.kernels import (
+    Operand,
+    _as3,
+    _BroadcastMatmul,
+    _logical,
+    _role_slot,
+    run_kernel,
+)
 from tngraph.executor.schedule import (
     Group,
     LeafSource,
@@ -170,7 +177,8 @@ class Program:
         # torch.compile trace (a custom Function with a hand-written backward is opaque to them)
         self.plain_source = self.source_code
         self._generated_plain = self._generated
-        if self._chain_runs():
+        broadcast = any(k.mode == "bcast" for group in self.groups for k in group.kernels)
+        if self._chain_runs() or broadcast:
             self.plain_source = self._generate_source(fused=False)
             self._generated_plain = self._compiled(self.plain_source,
                                                    "<tngraph program (plain)>")
@@ -183,7 +191,6 @@ class Program:
                        if isinstance(spec, WsEmpty))
             # (also without workspace entries where a 'bcast' kernel reads its operand in place,
             # which it does only without autograd)
-            broadcast = any(k.mode == "bcast" for group in self.groups for k in group.kernels)
             if (self._ws_specs or broadcast) and size <= min(WORKSPACE_LIMIT,
                                                              self.memory_limit or size):
                 self._generated_ws = self._compiled(self.workspace_source,
@@ -192,7 +199,8 @@ class Program:
     def _compiled(self, source: str, name: str) -> Any:
         """The ``contract`` function of generated ``source`` (with the constants it binds)."""
         namespace = {"torch": torch, "run_kernel": run_kernel, "_as3": _as3,
-                     "_ChainRun": _ChainRun, **self._constants}
+                     "_ChainRun": _ChainRun, "_BroadcastMatmul": _BroadcastMatmul,
+                     **self._constants}
         exec(compile(source, name, "exec"), namespace)  # noqa: S102 - our own generated code
         return namespace["contract"]
 
@@ -209,7 +217,7 @@ class Program:
             result_slot=self.result_slot, final_perm=self.final_perm,
             final_merged=self.final_merged, weight_slots=self._weight_slots,
             runs=self._chain_runs() if fused and not workspace else {}, workspace=workspace,
-            core_slots=self._core_slots)
+            core_slots=self._core_slots, fused=fused and not workspace)
         if workspace:
             self._ws_specs = list(generated.ws_specs)
         self._inlined |= generated.inlined
