@@ -21,8 +21,10 @@ and which kernel runs it:
             the operand into ``(batch, rows, inner)`` order first.
 ``bcast``   no shared batch index, and an operand whose rows are split by the contracted
             indices (a TT-layer's ``(b, i0, i1, r, o2, o3)`` against ``(i0, i1, r, o0, o1)``):
-            without autograd, one GEMM per leading index with the other operand broadcast,
-            reading the operand in place; under autograd, the operand copied for one ``mm``.
+            one GEMM per leading index with the other operand broadcast, reading the
+            operand in place (under autograd as ``_BroadcastMatmul``, whose backward keeps
+            the operand's layout; as recorded ops, for ``torch.func`` and ``torch.compile``,
+            the operand is copied for one ``mm``).
 
 Each intermediate keeps the layout its kernel produced (``batch, rows, cols``); the next step
 adapts to it, and the last result is permuted (a view) into the output order.

@@ -388,11 +388,11 @@ def _broadcast(a: torch.Tensor, b: torch.Tensor, recorded: bool) -> torch.Tensor
     """A 'bcast' kernel: ``a`` ``(n, m, k)`` times ``b`` ``(1, k, cols)`` for every ``n``.
 
     Without autograd, as one batched matmul with ``b`` broadcast (``a`` read in place). Under
-    autograd (``recorded``), ``a`` is copied into ``(n * m, k)`` for one ``mm``: the gradient
-    of a broadcast ``b`` is a batch of ``n`` products that autograd then sums, which costs
-    more than the copy (measured on one thread, TT-layer 1024 -> 1024 rank 8, batch 256:
-    forward + backward 14.7 ms against 11.6 ms with the copy; the forward alone 2.5 against
-    3.1 ms)."""
+    autograd (``recorded``), ``a`` is copied into ``(n * m, k)`` for one ``mm``: plain
+    recorded ops, as :func:`run_kernel` may run inside ``torch.func`` transforms (generated
+    training programs use :class:`_BroadcastMatmul` instead; autograd's own gradient of the
+    broadcast, measured on TT-layer 1024 -> 1024 rank 8, batch 256, made forward + backward
+    14.7 ms against 11.6 ms with the copy)."""
     if recorded:
         return torch.mm(a.reshape(-1, a.shape[2]), b[0]).view(a.shape[0], a.shape[1], -1)
     return torch.bmm(a, b.contiguous().expand(a.shape[0], -1, -1))
