@@ -127,15 +127,18 @@ def test_a_tt_layer_reads_its_half_train_product_in_place() -> None:
         torch.testing.assert_close(got, want)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.complex128])
 @pytest.mark.parametrize("transposed", [False, True])
-def test_the_broadcast_matmul_is_twice_differentiable_and_vmaps(transposed: bool) -> None:
+def test_the_broadcast_matmul_is_twice_differentiable_and_vmaps(transposed: bool,
+                                                                 dtype: torch.dtype) -> None:
     """``_BroadcastMatmul`` (a 'bcast' kernel under autograd): gradcheck and gradgradcheck
-    for an operand stored either way, and ``vmap`` gives the loop over the mapped axis."""
+    for an operand stored either way (complex: conjugate-Wirtinger gradients), and ``vmap``
+    gives the loop over the mapped axis."""
     from tngraph.executor.kernels import _BroadcastMatmul
 
     gen = torch.Generator().manual_seed(5)
-    a = torch.randn(3, 4, 5, dtype=torch.float64, generator=gen)     # (n, k, m) or (n, m, k)
-    b = torch.randn(5 if not transposed else 4, 2, dtype=torch.float64, generator=gen)
+    a = torch.randn(3, 4, 5, dtype=dtype, generator=gen)     # (n, k, m) or (n, m, k)
+    b = torch.randn(5 if not transposed else 4, 2, dtype=dtype, generator=gen)
     a.requires_grad_()
     b.requires_grad_()
 
@@ -144,7 +147,7 @@ def test_the_broadcast_matmul_is_twice_differentiable_and_vmaps(transposed: bool
 
     assert torch.autograd.gradcheck(run, (a, b))
     assert torch.autograd.gradgradcheck(run, (a, b))
-    stack = torch.randn(2, *a.shape, dtype=torch.float64, generator=gen)
+    stack = torch.randn(2, *a.shape, dtype=dtype, generator=gen)
     mapped = torch.vmap(run, in_dims=(0, None))(stack, b)
     torch.testing.assert_close(mapped, torch.stack([run(s, b) for s in stack]))
 
