@@ -431,6 +431,8 @@ class _BroadcastMatmul(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         a, b = ctx.saved_tensors
+        if 0 in grad.stride():     # a broadcast gradient (``out.sum().backward()``): batched
+            grad = grad.contiguous()   # matmuls take a slow per-matrix path on it
         grad_a = grad_b = None
         if ctx.needs_input_grad[0]:
             n = a.shape[0]
