@@ -7,9 +7,12 @@ from the index symbols of ``module.plan.problem``.
 
 from __future__ import annotations
 
+import importlib.util
 import random
+import sys
 from collections.abc import Mapping
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -19,6 +22,17 @@ import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def load_script(path: str, name: str) -> ModuleType:
+    """The example or benchmark script at ``path`` (relative to the repository root), imported
+    as module ``name`` (registered in ``sys.modules``, as its dataclasses need)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 MODELS = sorted((ROOT / "models").glob("*.yaml"))
 
 #: marks a parameter that needs a CUDA device

@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
-from helpers import ROOT
+from helpers import load_script
 
 
 def test_seed004_regression_runs(capsys: pytest.CaptureFixture[str]) -> None:
-    spec = importlib.util.spec_from_file_location("seed004", ROOT / "examples" /
-                                                  "seed004_regression.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("examples/seed004_regression.py", "seed004")
     assert module.main(["--epochs", "3"]) == 0
     out = capsys.readouterr().out
     assert "dense least squares" in out and "TT-SVD of the LS weight" in out
@@ -21,10 +16,7 @@ def test_seed004_regression_runs(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_seed000_distillation_runs(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
-    spec = importlib.util.spec_from_file_location("seed000", ROOT / "examples" /
-                                                  "seed000_distillation.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("examples/seed000_distillation.py", "seed000")
     args = ["--bonds", "2", "--seeds", "0", "--epochs", "1", "--teacher-epochs", "1",
             "--out", str(tmp_path)]
     assert module.main(args) == 0
@@ -36,10 +28,7 @@ def test_seed000_distillation_runs(tmp_path, capsys: pytest.CaptureFixture[str])
 
 
 def test_digits_models_runs(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
-    spec = importlib.util.spec_from_file_location("digits_models", ROOT / "examples" /
-                                                  "digits_models.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("examples/digits_models.py", "digits_models")
     assert module.main(["--models", "mlp", "--seeds", "0", "--epochs", "1",
                         "--out", str(tmp_path)]) == 0
     (row,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("mlp")]
@@ -47,10 +36,7 @@ def test_digits_models_runs(tmp_path, capsys: pytest.CaptureFixture[str]) -> Non
 
 
 def test_tt_embedding_fit_runs(capsys: pytest.CaptureFixture[str]) -> None:
-    spec = importlib.util.spec_from_file_location("tt_embedding_fit", ROOT / "examples" /
-                                                  "tt_embedding_fit.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("examples/tt_embedding_fit.py", "tt_embedding_fit")
     assert module.main(["--quick"]) == 0
     rows = {line[:46].strip(): line[46:].split() for line in capsys.readouterr().out.splitlines()}
     params, _, _, held, clean = rows["TT embedding, rank 4"]

@@ -424,14 +424,9 @@ def test_solve_refuses_an_indefinite_operator_in_a_large_local_system() -> None:
 
 def test_seed002_toolbox_example_runs(capsys: pytest.CaptureFixture[str]) -> None:
     """examples/seed002_toolbox.py --quick: every table printed, the dense checks agree."""
-    import importlib.util
+    from helpers import load_script
 
-    from helpers import ROOT
-
-    spec = importlib.util.spec_from_file_location("seed002", ROOT / "examples" /
-                                                  "seed002_toolbox.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("examples/seed002_toolbox.py", "seed002")
     assert module.main(["--quick"]) == 0
     out = capsys.readouterr().out
     for name in ("sum of sines", "Gaussian", "1/(1+sum x)", "Rosenbrock", "Ackley",
@@ -444,17 +439,13 @@ def test_seed002_toolbox_example_runs(capsys: pytest.CaptureFixture[str]) -> Non
 def test_tt_toolbox_benchmark_skips_a_missing_peer(monkeypatch: pytest.MonkeyPatch,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
     """benchmarks/tt_toolbox.py without teneva and quimb: their rows say so, tngraph's run."""
-    import importlib.util
     import sys
 
-    from helpers import ROOT
+    from helpers import load_script
 
     for name in ("teneva", "quimb", "quimb.tensor"):
         monkeypatch.setitem(sys.modules, name, None)        # makes the import fail
-    spec = importlib.util.spec_from_file_location("bench_tt_toolbox_nopeers", ROOT /
-                                                  "benchmarks" / "tt_toolbox.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("benchmarks/tt_toolbox.py", "bench_tt_toolbox_nopeers")
     assert module.main(["--quick", "--threads", "1"]) == 0       # the fixture restores them
     out = capsys.readouterr().out
     assert "teneva not installed: skipped" in out and "quimb not installed: skipped" in out
