@@ -59,8 +59,6 @@ _DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.
            "complex128": torch.complex128}
 
 
-
-
 def _check_seed(seed: Any) -> int | None:
     """``seed`` if it is ``None`` or an integer in ``0 .. 2**63 - 1``, else a CompileError."""
     if seed is None:

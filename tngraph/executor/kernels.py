@@ -175,11 +175,7 @@ def design_kernel(left: int, right: int, out: int, left_layout: Sequence[str],
                                           ones_b=slot_b in ones)
                 if selected is not None:
                     kernel, cost = selected
-                    out_size = math.prod(kernel.out_shape)
-                    misplaced = lead is not None and lead in kernel.out_layout and \
-                        kernel.out_layout[0] != lead
-                    penalty = (out_size if misplaced else 0) + (
-                        out_size * (_runs(kernel.out_layout, target) - 1) // 4 if target else 0)
+                    penalty = _layout_penalty(kernel.out_layout, sizes, lead, target)
                     score = (cost + penalty, 0, 2 * swap + rank)
                     if best is None or score < best[:3]:
                         best = (*score, kernel)
@@ -201,12 +197,7 @@ def design_kernel(left: int, right: int, out: int, left_layout: Sequence[str],
                             layouts=(tuple(la), tuple(lb)))
             # among equally cheap layouts prefer rows >= cols: a canonical orientation lets
             # mirror-image steps (e.g. the two half-chains of an MPS) share one signature
-            out_layout = (*bt, *fa, *fb)
-            misplaced = lead is not None and lead in out_layout and out_layout[0] != lead
-            out_size = math.prod(sizes[i] for i in out_layout)
-            penalty = out_size if misplaced else 0
-            if target:
-                penalty += out_size * (_runs(out_layout, target) - 1) // 4
+            penalty = _layout_penalty(kernel.out_layout, sizes, lead, target)
             score = (cost_a + cost_b + penalty, int(slow_gemv) * 2 + int(m < n),
                      2 * swap + rank)
             if best is None or score < best[:3]:

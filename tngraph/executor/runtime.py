@@ -309,14 +309,15 @@ class Program:
             # under autograd the fused program reads the cores of chain runs as one stacked
             # tensor; a gather that only they read is not also split into its operands (the
             # split's backward would stack their gradients again)
-            fused = torch.is_grad_enabled() and not traced() and frozen is None
+            grad, in_trace = torch.is_grad_enabled(), traced()
+            fused = grad and not in_trace and frozen is None
             for number, (key, reqs) in enumerate(self._param_gathers.items()):
                 size, (nb, x, y) = key
                 whole = self._stacked_cores.get(number)
                 k = self._stack_of.get(key) if stacks is not None else None
                 if k is not None:          # stored as it is read: no copy, no scatter
                     shape = (len(reqs), size * nb, x, y)
-                    if not torch.is_grad_enabled() and not traced():
+                    if not grad and not in_trace:
                         out.update(zip(reqs, self._stored_views(key, stacks[k], shape)))
                         if whole is not None:
                             out[("stacked", number)] = stacks[k].view(shape)
