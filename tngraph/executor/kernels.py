@@ -174,21 +174,13 @@ def design_kernel(left: int, right: int, out: int, left_layout: Sequence[str],
                 selected = _select_kernel(left, right, out, swap, la, lb, ct[0], batch, sizes,
                                           ones_b=slot_b in ones)
                 if selected is not None:
-                    kernel, cost = selected
-                    penalty = _layout_penalty(kernel.out_layout, sizes, lead, target)
-                    score = (cost + penalty, 0, 2 * swap + rank)
-                    if best is None or score < best[:3]:
-                        best = (*score, kernel)
+                    best = _cheaper(best, *selected, 0, 2 * swap + rank, sizes, lead, target)
                     continue
             if cost_a and not bt:
                 broadcast = _broadcast_kernel(left, right, out, swap, la, lb, fa, fb, ct,
                                               sizes)
                 if broadcast is not None:
-                    kernel, cost = broadcast
-                    penalty = _layout_penalty(kernel.out_layout, sizes, lead, target)
-                    score = (cost + penalty, 0, 2 * swap + rank)
-                    if best is None or score < best[:3]:
-                        best = (*score, kernel)
+                    best = _cheaper(best, *broadcast, 0, 2 * swap + rank, sizes, lead, target)
             kernel = Kernel(left, right, out, swap, mode, a, b,
                             tuple(sizes[i] for i in (*bt, *fa, *fb)), (*bt, *fa, *fb),
                             ones_a=mode == "small" and slot_a in ones and len(ct) == 1,
@@ -197,13 +189,19 @@ def design_kernel(left: int, right: int, out: int, left_layout: Sequence[str],
                             layouts=(tuple(la), tuple(lb)))
             # among equally cheap layouts prefer rows >= cols: a canonical orientation lets
             # mirror-image steps (e.g. the two half-chains of an MPS) share one signature
-            penalty = _layout_penalty(kernel.out_layout, sizes, lead, target)
-            score = (cost_a + cost_b + penalty, int(slow_gemv) * 2 + int(m < n),
-                     2 * swap + rank)
-            if best is None or score < best[:3]:
-                best = (*score, kernel)
+            best = _cheaper(best, kernel, cost_a + cost_b, int(slow_gemv) * 2 + int(m < n),
+                            2 * swap + rank, sizes, lead, target)
     assert best is not None
     return best[3]
+
+
+def _cheaper(best: tuple[int, int, int, Kernel] | None, kernel: Kernel, cost: int, tie: int,
+             order: int, sizes: dict[str, int], lead: str | None,
+             target: dict[str, int] | None) -> tuple[int, int, int, Kernel]:
+    """The better of ``best`` and ``kernel`` for :func:`design_kernel`: ``(copy cost plus
+    layout penalty, tie-break, candidate order, kernel)``, lowest first."""
+    score = (cost + _layout_penalty(kernel.out_layout, sizes, lead, target), tie, order)
+    return (*score, kernel) if best is None or score < best[:3] else best
 
 
 def _layout_penalty(out_layout: Sequence[str], sizes: dict[str, int], lead: str | None,
