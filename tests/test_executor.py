@@ -111,20 +111,77 @@ def test_a_tt_layer_reads_its_half_train_product_in_place() -> None:
     assert ".expand(" in program.workspace_source and program._generated_ws is not None
     assert "_BroadcastMatmul.apply" in program.source_code
     assert "_BroadcastMatmul" not in program.plain_source
+    assert program._adjoint is not None
     with torch.no_grad():
         inferred = module(x)
     assert_matches(inferred, dense_oracle(module, {"x": x}))
     grads = []
-    for generated in (program._generated, program._generated_plain):
-        program._generated = generated
+    adjoint = program._adjoint
+    for generated in (program._generated, program._generated, program._generated_plain):
+        # the generated backward (adjoint), the fused source, the recorded ops
+        program._generated, program._adjoint = generated, adjoint if not grads else None
         module.zero_grad()
         out = module(x)
         torch.testing.assert_close(out.detach(), inferred)
         (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view(out.shape)).sum(
             ).backward()
         grads.append([p.grad.clone() for p in module.parameters()])
-    for got, want in zip(*grads):
-        torch.testing.assert_close(got, want)
+    for other in grads[1:]:
+        for got, want in zip(grads[0], other):
+            torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("flip", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.complex128])
+def test_a_flipped_broadcast_kernel_writes_its_result_transposed(flip: bool,
+                                                                  dtype: torch.dtype) -> None:
+    """A flipped 'bcast' kernel gives ``(n, cols, m)``: the transposed products, in all three
+    programs' forms (recorded, autograd Function, inference), with right gradients."""
+    from tngraph.executor.kernels import _broadcast, _BroadcastMatmul
+
+    gen = torch.Generator().manual_seed(4)
+    a = torch.randn(3, 5, 4, dtype=dtype, generator=gen).transpose(1, 2)   # (n, m, k) view
+    b = torch.randn(5, 2, dtype=dtype, generator=gen)
+    want = torch.einsum("nmk,kc->nmc", a, b)
+    want = want.transpose(1, 2) if flip else want
+    for recorded in (False, True):
+        torch.testing.assert_close(_broadcast(a, b[None], recorded, flip), want)
+    a_leaf, b_leaf = a.detach().requires_grad_(), b.detach().requires_grad_()
+    torch.testing.assert_close(_BroadcastMatmul.apply(a_leaf, b_leaf, None, flip), want)
+    assert torch.autograd.gradcheck(
+        lambda x, y: _BroadcastMatmul.apply(x, y, None, flip), (a_leaf, b_leaf))
+
+
+def test_the_last_tt_step_writes_the_output_order() -> None:
+    """At a TT-layer's last step the flipped kernel's result is already in output order: no
+    permute follows it."""
+    text = ("tngraph: 1\nname: tt\nnetwork: {template: tt_linear, in_shape: [4, 8, 8, 4], "
+            "out_shape: [4, 8, 8, 4], ranks: 8}\n")
+    program = tngraph.compile(text, cache=False, strategy="network")._program(64)
+    last = program._ops[-1].kernel
+    assert last.mode == "bcast" and last.flip
+    assert program.final_perm is None and program.final_merged is None
+
+
+@pytest.mark.parametrize("regime", ["one bmm", "chunks", "loop"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.complex128])
+def test_summed_batched_products_in_every_regime(regime: str, dtype: torch.dtype,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """``sum_n a[n] @ b[n]``: one bmm and a sum, chunks accumulated with baddbmm (a ragged
+    last chunk included), or one addmm_ per n; from pooled buffers or not, conjugate views."""
+    from tngraph.executor import kernels
+    from tngraph.executor.pool import BufferPool
+
+    chunk_entries, loop_macs = {"one bmm": (1 << 30, 1 << 40), "chunks": (3 * 6 * 4, 1 << 40),
+                                "loop": (1, 1)}[regime]
+    monkeypatch.setattr(kernels, "SUMMED_CHUNK_ENTRIES", chunk_entries)
+    monkeypatch.setattr(kernels, "SUMMED_LOOP_MACS", loop_macs)
+    gen = torch.Generator().manual_seed(6)
+    a = torch.randn(7, 5, 6, dtype=dtype, generator=gen).mT.conj()
+    b = torch.randn(7, 5, 4, dtype=dtype, generator=gen)
+    want = torch.einsum("nik,nkj->ij", a, b)
+    for pool in (None, BufferPool()):
+        torch.testing.assert_close(kernels._summed_bmm(a, b, pool), want)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.complex128])

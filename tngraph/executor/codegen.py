@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from tngraph.executor.kernels import (
     _role_slot,
     _small_weighted,
 )
+from tngraph.executor.pool import POOL_MIN_BYTES
 from tngraph.executor.schedule import Group, LeafSource
 
 
@@ -56,28 +58,45 @@ def _lone_source(kernel: Kernel, left: str, right: str, const: Any,
     ``variant``: which program the line is for, which matters to a 'bcast' kernel: ``plain``
     (recorded torch ops only: the operand copied for one ``mm``), ``fused`` (the training
     program: :class:`~tngraph.executor.kernels._BroadcastMatmul`) or ``inference`` (one
-    batched matmul with the other operand broadcast)."""
+    batched matmul with the other operand broadcast). In the training program an ``mm`` step
+    whose result may be large runs, under autograd, as
+    :class:`~tngraph.executor.kernels._PooledMatmul`, and both Functions take the program's
+    buffer pool (``pool``) for their large results."""
     if kernel.mode == "select":
         return f"run_kernel({const(kernel, 'K')}, {left}, {right})"
     x, y = (right, left) if kernel.swap else (left, right)
     known = shapes or {}
     out = kernel.out_shape
     if kernel.mode == "mm":
+        pooled = variant == "fused" and math.prod(out) * 8 >= POOL_MIN_BYTES
+        # (_PooledMatmul's backward writes both gradients row-major itself: no copies needed)
+        materialise = (False, False) if pooled else _mm_materialise(kernel)
         a, b = (_operand_source(expr, op, True, known.get(expr)) + (".contiguous()" if flag
                                                                      else "")
-                for expr, op, flag in zip((x, y), (kernel.a, kernel.b), _mm_materialise(kernel)))
+                for expr, op, flag in zip((x, y), (kernel.a, kernel.b), materialise))
+        if pooled:
+            return f"_pooled_mm({a}, {b}, pool).reshape({out})"
         return f"torch.mm({a}, {b}).reshape({out})"
+    if kernel.mode == "bcast":      # (b is broadcast: read as a matrix)
+        a = _operand_source(x, kernel.a, shape=known.get(x))
+        b = _operand_source(y, kernel.b, True, known.get(y))
+        n, m, k = _logical(kernel.a)
+        if variant == "plain":
+            flat = f"torch.mm({a}.reshape({(n * m, k)}), {b})"
+            if kernel.flip:
+                return f"{flat}.reshape({(n, m, -1)}).transpose(1, 2).reshape({out})"
+            return f"{flat}.reshape({out})"
+        if variant == "fused":
+            flip = ", True" if kernel.flip else ""
+            return f"_BroadcastMatmul.apply({a}, {b}, pool{flip}).reshape({out})"
+        if kernel.flip:
+            return (f"torch.bmm({b}.mT.contiguous().expand({n}, -1, -1), "
+                    f"{a}.transpose(1, 2)).reshape({out})")
+        return f"torch.bmm({a}, {b}.contiguous().expand({n}, -1, -1)).reshape({out})"
     a, b = (_operand_source(x, kernel.a, shape=known.get(x)),
             _operand_source(y, kernel.b, shape=known.get(y)))
     if kernel.mode == "bmm":
         return f"torch.bmm({a}, {b}).reshape({out})"
-    if kernel.mode == "bcast":
-        n, m, k = _logical(kernel.a)
-        if variant == "plain":
-            return f"torch.mm({a}.reshape({(n * m, k)}), {b}[0]).reshape({out})"
-        if variant == "fused":
-            return f"_BroadcastMatmul.apply({a}, {b}[0]).reshape({out})"
-        return f"torch.bmm({a}, {b}.contiguous().expand({n}, -1, -1)).reshape({out})"
     if kernel.mode == "outer":
         return f"({a} * {b}).reshape({out})"
     return f"{const(_kernel_function(kernel), 'F')}({a}, {b}).reshape({out})"

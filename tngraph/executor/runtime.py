@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 import torch
 import torch.utils.checkpoint
 
+from tngraph.executor.adjoint import AdjointProgram, adjoint_eligible, generate_adjoint
 from tngraph.executor.chain import _ChainRun
 from tngraph.executor.codegen import (
     GroupOp,
@@ -35,9 +36,12 @@ from tngraph.executor.kernels import (
     _as3,
     _BroadcastMatmul,
     _logical,
+    _pooled_mm,
     _role_slot,
+    _transforms_active,
     run_kernel,
 )
+from tngraph.executor.pool import POOL_SHARE_OF_LIMIT, BufferPool
 from tngraph.executor.schedule import (
     Group,
     LeafSource,
@@ -54,10 +58,6 @@ def traced() -> bool:
     ``grad``, ``jacrev``, ``jvp``, ...): then programs run as recorded torch ops only, without
     the fused chain Function and the inference workspace (``out=`` into kept buffers)."""
     return torch.compiler.is_compiling() or _transforms_active()
-
-
-#: torch's own test for an active torch.func transform (private; absent: assume none)
-_transforms_active = getattr(torch._C, "_are_functorch_transforms_active", lambda: False)
 
 
 #: one inference call at a time uses its program's workspace; a concurrent one (another
@@ -170,6 +170,9 @@ class Program:
         # per group, what to do, decided once (see codegen.group_ops)
         self._ops: list[GroupOp] = group_ops(self.groups, split_weights)
         self._ws_specs: list[WsSpec] = []
+        #: the training program's large intermediates, kept between calls (CPU only)
+        self._pool = BufferPool(None if self.memory_limit is None
+                                else self.memory_limit * 4 // POOL_SHARE_OF_LIMIT)
 
         self.source_code = self._generate_source()
         self._generated = self._compiled(self.source_code, "<tngraph program>")
@@ -178,10 +181,18 @@ class Program:
         self.plain_source = self.source_code
         self._generated_plain = self._generated
         broadcast = any(k.mode == "bcast" for group in self.groups for k in group.kernels)
-        if self._chain_runs() or broadcast:
+        if self._chain_runs() or broadcast or "_pooled_mm(" in self.source_code:
             self.plain_source = self._generate_source(fused=False)
             self._generated_plain = self._compiled(self.plain_source,
                                                    "<tngraph program (plain)>")
+        # training: a program of lone matmul steps runs as one autograd node, forward and
+        # backward both generated (see adjoint.py)
+        self._adjoint: AdjointProgram | None = None
+        if adjoint_eligible(self._ops, self.sources, self.leaf_equations, bool(self.sliced)):
+            self.adjoint_source = generate_adjoint(
+                self._ops, self.sources, result_slot=self.result_slot,
+                final_perm=self.final_perm, final_merged=self.final_merged)
+            self._adjoint = AdjointProgram(self.adjoint_source, self._run_plain, self._pool)
         # inference variant: stacked results written into a workspace kept between calls
         self._workspaces: dict[tuple[Any, ...], tuple[list[Any], set[int]]] = {}
         self._generated_ws = None
@@ -196,11 +207,16 @@ class Program:
                 self._generated_ws = self._compiled(self.workspace_source,
                                                     "<tngraph program (workspace)>")
 
+    def _run_plain(self, tensors: Sequence[torch.Tensor], ports: Sequence[torch.Tensor]
+                   ) -> torch.Tensor:
+        """The recorded program (no prefetched operands: for lone-step programs only)."""
+        return self._generated_plain(tensors, ports, {}, None)
+
     def _compiled(self, source: str, name: str) -> Any:
         """The ``contract`` function of generated ``source`` (with the constants it binds)."""
         namespace = {"torch": torch, "run_kernel": run_kernel, "_as3": _as3,
                      "_ChainRun": _ChainRun, "_BroadcastMatmul": _BroadcastMatmul,
-                     **self._constants}
+                     "_pooled_mm": _pooled_mm, "pool": self._pool, **self._constants}
         exec(compile(source, name, "exec"), namespace)  # noqa: S102 - our own generated code
         return namespace["contract"]
 
@@ -387,6 +403,8 @@ class Program:
                     return result
                 finally:
                     _WORKSPACE_LOCK.release()
+            if self._adjoint is not None and torch.is_grad_enabled():
+                return self._adjoint.run(list(tensors), ports)
             return self._generated(tensors, ports, fetched, None)
         leaves = [self._leaf(k, tensors, ports) for k in range(self.n_leaves)]
         # under autograd each slice is checkpointed: its intermediates are recomputed in the

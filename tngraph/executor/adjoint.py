@@ -1,0 +1,319 @@
+"""Whole-program training runs: a generated forward and its generated backward, one autograd node.
+
+A program made only of lone matmul steps (``mm``, ``bmm`` and ``bcast`` kernels: TT-layers,
+trees, small grids) costs autograd about five recorded nodes per step: views, transposes,
+permuted copies and the matmul. On a 1024 -> 1024 TT-layer at batch 64 that bookkeeping was a
+third of a training step. Here the compiler writes the step's backward too, as straight-line
+code next to the forward (:func:`generate_adjoint`), and :class:`_ProgramRun` runs the pair as
+one autograd node:
+
+- the forward runs without recording and keeps each step's two operand views (what the
+  matmul gradients read); large results go into the program's
+  :class:`~tngraph.executor.pool.BufferPool`;
+- the backward walks the steps in reverse: per step the one or two matmuls of its gradients,
+  each written in the memory order of the operand it belongs to (a transposed view gets its
+  gradient transposed, so no copy follows), then the inverse of the operand's view or permute;
+  nothing is computed for a subtree whose leaves need no gradient;
+- under ``create_graph=True`` the backward instead recomputes the program from its inputs with
+  recorded torch ops and differentiates that, so gradients of any order are right; under
+  ``torch.vmap`` the recorded program runs batched by torch's own rules.
+
+Programs with stacked groups, chain runs, feature-map kernels, sliced indices or leaf einsums
+run as before (:func:`adjoint_eligible` says which).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from tngraph.executor.codegen import GroupOp, LoneOp, free_after_last_use
+from tngraph.executor.kernels import Kernel, Operand, _logical, _pooled, _summed_bmm
+from tngraph.executor.pool import BufferPool
+from tngraph.executor.schedule import LeafSource
+
+#: the kernel modes whose backward :func:`generate_adjoint` writes
+ADJOINT_MODES = frozenset({"mm", "bmm", "bcast"})
+
+
+def adjoint_eligible(ops: Sequence[GroupOp], sources: Mapping[int, LeafSource],
+                     leaf_equations: Sequence[str | None], sliced: bool) -> bool:
+    """Whether a program can run as one :class:`_ProgramRun`: lone ``mm`` / ``bmm`` / ``bcast``
+    steps only, leaves read as they are (no einsum, no copy of a stacked port), not sliced."""
+    if sliced or not ops:
+        return False
+    if any(eq is not None for eq in leaf_equations):
+        return False
+    if any(source.kind == "port" and source.copy is not None for source in sources.values()):
+        return False
+    return all(isinstance(op, LoneOp) and op.kernel.mode in ADJOINT_MODES for op in ops)
+
+
+@dataclass(frozen=True)
+class AdjointSource:
+    """The generated pair: ``forward(tensors, ports, pool)`` returns ``(result, saved)``;
+    ``backward(grad, tensors, ports, saved, need_t, need_p, pool)`` returns the gradients of
+    ``tensors`` and ``ports`` (lists, None where not needed)."""
+
+    forward: str
+    backward: str
+    constants: dict[str, Any]
+
+
+def _inverse(perm: Sequence[int]) -> tuple[int, ...]:
+    out = [0] * len(perm)
+    for i, p in enumerate(perm):
+        out[p] = i
+    return tuple(out)
+
+
+def _unview(grad: torch.Tensor, shape: Sequence[int], perm: Sequence[int] | None
+            ) -> torch.Tensor:
+    """The gradient of a value of ``shape`` from that of its operand view (before any
+    transpose): undo the reshape, and the permute where ``perm`` is given.
+
+    Examples
+    --------
+    >>> v = torch.arange(24.).reshape(2, 3, 4)
+    >>> view = v.permute(2, 0, 1).contiguous().reshape(4, 6)
+    >>> torch.equal(_unview(view, v.shape, (2, 0, 1)), v)
+    True
+    """
+    if perm is None:
+        return grad.reshape(shape)
+    return grad.reshape([shape[p] for p in perm]).permute(_inverse(perm))
+
+
+class _Writer:
+    """The state of one adjoint generation."""
+
+    def __init__(self, sources: Mapping[int, LeafSource]) -> None:
+        self.sources = sources
+        self.constants: dict[str, Any] = {}
+        self.forward = ["def forward(tensors, ports, pool):"]
+        self.backward: list[str] = []
+        self.saved: list[str] = []
+        self.leaves: dict[int, set[tuple[str, int]]] = {}   # slot -> leaf inputs below it
+        self.shapes: dict[int, tuple[int, ...]] = {}        # intermediate slot -> its shape
+
+    def value(self, slot: int) -> str:
+        """The forward expression of ``slot``'s value."""
+        source = self.sources.get(slot)
+        if source is None:
+            return f"s{slot}"
+        return f"tensors[{source.index}]" if source.kind == "tensor" else \
+            f"ports[{source.index}]"
+
+    def below(self, slot: int) -> set[tuple[str, int]]:
+        source = self.sources.get(slot)
+        if source is None:
+            return self.leaves[slot]
+        return {("t" if source.kind == "tensor" else "p", source.index)}
+
+    def shape_of(self, slot: int) -> str:
+        """The backward expression of ``slot``'s value shape."""
+        source = self.sources.get(slot)
+        if source is None:
+            return repr(self.shapes[slot])
+        return f"{self.value(slot)}.shape"
+
+    def need(self, slot: int) -> str:
+        return " or ".join(sorted(f"need_{kind}[{index}]" for kind, index in self.below(slot)))
+
+    def operand(self, slot: int, op: Operand, matrix: bool) -> str:
+        """The operand view of ``slot`` (as :func:`~tngraph.executor.codegen._operand_source`)."""
+        expr = self.value(slot)
+        target = tuple(op.shape3[1:] if matrix else op.shape3)
+        if op.perm is not None:
+            expr = f"{expr}.permute({op.perm}).contiguous()"
+        expr = f"{expr}.reshape({target})"
+        if op.transposed:
+            expr += ".t()" if matrix else ".transpose(1, 2)"
+        return expr
+
+    def step(self, kernel: Kernel) -> None:
+        x, y = (kernel.right, kernel.left) if kernel.swap else (kernel.left, kernel.right)
+        o = kernel.out
+        a_name, b_name = f"a{o}", f"b{o}"
+        mode = kernel.mode
+        matrix_a = mode == "mm"
+        matrix_b = mode in ("mm", "bcast")
+        self.forward.append(f"    {a_name} = {self.operand(x, kernel.a, matrix_a)}")
+        self.forward.append(f"    {b_name} = {self.operand(y, kernel.b, matrix_b)}")
+        if mode == "mm":
+            call = f"_pooled(torch.mm, {a_name}, {b_name}, pool)"
+        elif mode == "bmm":
+            call = f"_pooled(torch.bmm, {a_name}, {b_name}, pool)"
+        elif kernel.flip:
+            n = _logical(kernel.a)[0]
+            call = (f"_pooled(torch.bmm, {b_name}.mT.contiguous().expand({n}, -1, -1), "
+                    f"{a_name}.transpose(1, 2), pool)")
+        else:
+            n = _logical(kernel.a)[0]
+            call = f"_pooled(torch.bmm, {a_name}, {b_name}.contiguous().expand({n}, -1, -1), pool)"
+        self.forward.append(f"    s{o} = {call}.reshape({tuple(kernel.out_shape)})")
+        self.saved += [a_name, b_name]
+        self.leaves[o] = self.below(x) | self.below(y)
+        self.shapes[o] = tuple(kernel.out_shape)
+        # backward, written in reverse order later
+        nb, m, _ = _logical(kernel.a)
+        cols = _logical(kernel.b)[2]
+        result = (m, cols) if mode == "mm" else (nb, m, cols)
+        grad = (f"d{o}.reshape({(nb, cols, m)}).transpose(1, 2)" if kernel.flip
+                else f"d{o}.reshape({result})")
+        lines = [f"    if {self.need(o)}:", f"        G = {grad}", f"        del d{o}"]
+        t = ".t()" if mode == "mm" else ".transpose(1, 2)"
+        mat = "torch.mm" if mode == "mm" else "torch.bmm"
+        # gradient of a, in the layout of a's stored view (before its transpose)
+        if mode == "bcast":
+            if kernel.a.transposed:
+                ga = (f"_pooled(torch.bmm, {b_name}.conj().contiguous().expand({nb}, -1, -1), "
+                      f"G.transpose(1, 2), pool)")
+            else:
+                ga = f"_pooled(torch.bmm, G, {b_name}.mH.contiguous().expand({nb}, -1, -1), pool)"
+            gb = f"_summed_bmm({a_name}.mT.conj(), G, pool)"
+            gb = f"{gb}.t()" if kernel.b.transposed else gb
+        else:
+            # (as torch's own matmul backward: a GEMM reading the result gradient transposed
+            # runs several times slower here; a transposed operand's gradient comes out as
+            # a transposed view)
+            ga = f"_pooled({mat}, G, {b_name}.mH, pool){t if kernel.a.transposed else ''}"
+            gb = f"_pooled({mat}, {a_name}.mH, G, pool){t if kernel.b.transposed else ''}"
+        for slot, op, grad in ((x, kernel.a, ga), (y, kernel.b, gb)):
+            perm = self.const(op.perm, "P") if op.perm is not None else "None"
+            lines.append(f"        if {self.need(slot)}:")
+            lines.append(f"            d{slot} = _unview({grad}, {self.shape_of(slot)}, {perm})")
+        lines.append("        del G")
+        self.backward[:0] = lines
+
+    def const(self, value: Any, prefix: str) -> str:
+        name = f"{prefix}{len(self.constants)}"
+        self.constants[name] = value
+        return name
+
+
+def generate_adjoint(ops: Sequence[GroupOp], sources: Mapping[int, LeafSource], *,
+                     result_slot: int, final_perm: tuple[int, ...] | None,
+                     final_merged: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]
+                     | None) -> AdjointSource:
+    """The forward and backward source of an :func:`adjoint_eligible` program.
+
+    The backward holds, per step in reverse, the step's result gradient ``d<slot>`` viewed as
+    the matmul's result ``G``, then for each operand whose leaves need a gradient one matmul
+    and the inverse view, giving the operand slot's ``d<slot>``; the leaves' gradients are
+    returned per parameter tensor and data port (summed where a tensor is read twice).
+    """
+    writer = _Writer(sources)
+    for op in ops:
+        assert isinstance(op, LoneOp)
+        writer.step(op.kernel)
+    result = f"s{result_slot}"
+    shape = writer.shapes[result_slot]
+    if final_merged is not None:
+        merged, perm, out = final_merged
+        result = f"{result}.reshape({merged}).permute({perm}).contiguous().view({out})"
+        permuted = tuple(merged[p] for p in perm)
+        unfinal = (f"grad.reshape({permuted}).permute({_inverse(perm)}).reshape({shape})")
+    elif final_perm is not None:
+        result = f"{result}.permute({final_perm})"
+        unfinal = f"grad.permute({_inverse(final_perm)})"
+    else:
+        unfinal = "grad"
+    saved = ", ".join(writer.saved)
+    forward = writer.forward + [f"    return {result}, [{saved}]"]
+    # per leaf input, the slots that read it: gradients summed where a tensor is read twice
+    reads: dict[tuple[str, int], list[int]] = {}
+    for slot, source in sources.items():
+        reads.setdefault(("t" if source.kind == "tensor" else "p", source.index), []).append(slot)
+    back = ["def backward(grad, tensors, ports, saved, need_t, need_p, pool):",
+            f"    [{saved}] = saved",
+            f"    d{result_slot} = {unfinal}",
+            *writer.backward,
+            "    grad_t = [None] * len(tensors)",
+            "    grad_p = [None] * len(ports)"]
+    for (kind, index), slots in sorted(reads.items()):
+        target = f"grad_{kind}[{index}]"
+        back.append(f"    if need_{kind}[{index}]:")
+        back.append(f"        {target} = {' + '.join(f'd{slot}' for slot in slots)}")
+    back.append("    return grad_t, grad_p")
+    return AdjointSource("\n".join(free_after_last_use(forward)) + "\n",
+                         "\n".join(back) + "\n", writer.constants)
+
+
+class AdjointProgram:
+    """An eligible program's generated forward and backward, and its recorded form (for
+    ``create_graph`` and ``torch.vmap``), with the program's buffer pool."""
+
+    def __init__(self, source: AdjointSource, plain: Any, pool: BufferPool) -> None:
+        self.source = source
+        namespace: dict[str, Any] = {"torch": torch, "_pooled": _pooled, "_unview": _unview,
+                                     "_summed_bmm": _summed_bmm, **source.constants}
+        exec(compile(source.forward, "<tngraph program (adjoint forward)>", "exec"),  # noqa: S102
+             namespace)
+        exec(compile(source.backward, "<tngraph program (adjoint backward)>", "exec"),  # noqa: S102
+             namespace)
+        self.forward = namespace["forward"]
+        self.backward = namespace["backward"]
+        self.plain = plain
+        self.pool = pool
+
+    def run(self, tensors: Sequence[torch.Tensor], ports: Sequence[torch.Tensor]
+            ) -> torch.Tensor:
+        """The program's result, as one autograd node."""
+        return _ProgramRun.apply(self, len(tensors), *tensors, *ports)[0]
+
+
+class _ProgramRun(torch.autograd.Function):
+    """A whole lone-step program as one autograd node (see the module docstring).
+
+    Examples
+    --------
+    ``tests/test_executor.py`` checks it against the recorded program: values, gradients,
+    ``gradcheck`` and ``gradgradcheck`` in real and complex dtypes, ``vmap``.
+    """
+
+    @staticmethod
+    def forward(program: AdjointProgram, n_tensors: int, *inputs: torch.Tensor
+                ) -> tuple[torch.Tensor, list[Any]]:
+        return program.forward(inputs[:n_tensors], inputs[n_tensors:], program.pool)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Any, ...]) -> None:
+        program, n_tensors, *tensors = inputs
+        ctx.program, ctx.n_tensors = program, n_tensors
+        ctx.operands = output[1]
+        ctx.save_for_backward(*tensors)
+
+    @staticmethod
+    def vmap(info: Any, in_dims: tuple[Any, ...], program: AdjointProgram, n_tensors: int,
+             *inputs: torch.Tensor) -> tuple[Any, Any]:
+        """Under ``torch.vmap``: the recorded program, batched by torch's own rules."""
+        def run(*xs: torch.Tensor) -> torch.Tensor:
+            return program.plain(xs[:n_tensors], xs[n_tensors:])
+        out = torch.vmap(run, in_dims=in_dims[2:], randomness=info.randomness)(*inputs)
+        return (out, None), (0, None)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor, _operands: Any = None
+                 ) -> tuple[torch.Tensor | None, ...]:
+        inputs = ctx.saved_tensors                 # (also checks for in-place changes)
+        needs = ctx.needs_input_grad[2:]
+        n = ctx.n_tensors
+        if torch.is_grad_enabled():          # create_graph=True: a differentiable backward
+            with torch.enable_grad():
+                leaves = [t if t.requires_grad else t.detach().requires_grad_(need)
+                          for t, need in zip(inputs, needs)]
+                out = ctx.program.plain(leaves[:n], leaves[n:])
+                wanted = [t for t, need in zip(leaves, needs) if need]
+                found = iter(torch.autograd.grad(out, wanted, grad, create_graph=True,
+                                                 allow_unused=True))
+            return (None, None, *(next(found) if need else None for need in needs))
+        if 0 in grad.stride():     # a broadcast gradient (``out.sum().backward()``): batched
+            grad = grad.contiguous()   # matmuls take a slow per-matrix path on it
+        with torch.no_grad():
+            grad_t, grad_p = ctx.program.backward(grad, inputs[:n], inputs[n:], ctx.operands,
+                                                  needs[:n], needs[n:], ctx.program.pool)
+        return (None, None, *grad_t, *grad_p)
