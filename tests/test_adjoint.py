@@ -75,6 +75,8 @@ def test_a_tt_layer_trains_as_one_autograd_node(ins: list[int], outs: list[int],
     assert program._adjoint is not None
     nodes = _nodes(module(x))
     assert nodes.count("_ProgramRunBackward") == 1
+    assert "AddBackward0" not in nodes                   # the bias is added inside the node
+    assert "(bias.reshape(1" in program.adjoint_source.forward   # ... in its last matmul
     assert not {"MmBackward0", "BmmBackward0", "_BroadcastMatmulBackward"} & set(nodes)
 
 

@@ -590,10 +590,12 @@ class TNModule(nn.Module):
             result = self._traceable.run(tensors, ports)
         else:
             frozen = self._frozen_cache()
-            # one store per batch size: each size has its own program and gathers
-            result = self._program(batch).run(
-                tensors, ports, None if frozen is None else frozen.setdefault(("program", batch),
-                                                                              {}))
+            store = None if frozen is None else frozen.setdefault(("program", batch), {})
+            # one store per batch size: each size has its own program and gathers; with a
+            # batch axis the bias goes in (a training run adds it in its last matmul)
+            if batch is not None:
+                return self._program(batch).run(tensors, ports, store, self.bias)
+            result = self._program(batch).run(tensors, ports, store)
         return result if self.bias is None else result + self.bias
 
     def _execute(self, tensors: list[torch.Tensor], ports: list[torch.Tensor],

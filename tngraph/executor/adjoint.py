@@ -24,6 +24,7 @@ run as before (:func:`adjoint_eligible` says which).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -98,6 +99,7 @@ class _Writer:
         self.saved: list[str] = []
         self.leaves: dict[int, set[tuple[str, int]]] = {}   # slot -> leaf inputs below it
         self.shapes: dict[int, tuple[int, ...]] = {}        # intermediate slot -> its shape
+        self.calls: dict[int, tuple[Kernel, str, str]] = {}  # slot -> its step's kernel, operands
 
     def value(self, slot: int) -> str:
         """The forward expression of ``slot``'s value."""
@@ -155,6 +157,7 @@ class _Writer:
             n = _logical(kernel.a)[0]
             call = f"_pooled(torch.bmm, {a_name}, {b_name}.contiguous().expand({n}, -1, -1), pool)"
         self.forward.append(f"    s{o} = {call}.reshape({tuple(kernel.out_shape)})")
+        self.calls[o] = (kernel, a_name, b_name)
         self.saved += [a_name, b_name]
         self.leaves[o] = self.below(x) | self.below(y)
         self.shapes[o] = tuple(kernel.out_shape)
@@ -212,6 +215,19 @@ def generate_adjoint(ops: Sequence[GroupOp], sources: Mapping[int, LeafSource], 
         writer.step(op.kernel)
     result = f"s{result_slot}"
     shape = writer.shapes[result_slot]
+    # the result is handed out: not a pool buffer; the bias (added over the leading batch axis)
+    # goes into the last matmul where its result is (batch, outputs), else is added after it
+    line = next(k for k, text in enumerate(writer.forward) if text.startswith(f"    {result} ="))
+    writer.forward[line] = writer.forward[line].replace("_pooled(torch.mm, ", "torch.mm(") \
+        .replace("_pooled(torch.bmm, ", "torch.bmm(").replace(", pool).reshape(", ").reshape(")
+    fused = _bias_call(*writer.calls[result_slot]) if final_merged is None \
+        and final_perm is None else None
+    if fused is not None:
+        call, entries = fused
+        writer.forward[line:line + 1] = [
+            f"    if bias is not None and bias.numel() == {entries}:",
+            f"        {result} = {call}.reshape({shape})",
+            "        bias = None", "    else:", "    " + writer.forward[line]]
     if final_merged is not None:
         merged, perm, out = final_merged
         result = f"{result}.reshape({merged}).permute({perm}).contiguous().view({out})"
@@ -223,7 +239,9 @@ def generate_adjoint(ops: Sequence[GroupOp], sources: Mapping[int, LeafSource], 
     else:
         unfinal = "grad"
     saved = ", ".join(writer.saved)
-    forward = writer.forward + [f"    return {result}, [{saved}]"]
+    writer.forward[0] = "def forward(tensors, ports, pool, bias):"
+    writer.forward.append(f"    out = {result} if bias is None else {result} + bias")
+    forward = writer.forward + [f"    return out, [{saved}]"]
     # per leaf input, the slots that read it: gradients summed where a tensor is read twice
     reads: dict[tuple[str, int], list[int]] = {}
     for slot, source in sources.items():
@@ -243,6 +261,32 @@ def generate_adjoint(ops: Sequence[GroupOp], sources: Mapping[int, LeafSource], 
                          "\n".join(back) + "\n", writer.constants)
 
 
+def _bias_call(kernel: Kernel, a_name: str, b_name: str) -> tuple[str, int] | None:
+    """The last step's matmul with the bias added in it (``addmm`` / ``baddbmm``), and the
+    bias entries it takes, where its result is ``(batch, outputs)`` with the batch its leading
+    axis; else None."""
+    nb, m, _ = _logical(kernel.a)
+    cols = _logical(kernel.b)[2]
+    out = kernel.out_shape
+    if not out:
+        return None
+    if kernel.mode == "mm":
+        if out[0] != m or math.prod(out[1:]) != cols:
+            return None
+        return f"torch.addmm(bias.reshape(1, {cols}), {a_name}, {b_name})", cols
+    rows, last = (cols, m) if kernel.flip else (m, cols)
+    if out[0] != nb or math.prod(out[1:]) != rows * last:
+        return None
+    bias = f"bias.reshape(1, {rows}, {last})"
+    if kernel.mode == "bmm":
+        return f"torch.baddbmm({bias}, {a_name}, {b_name})", rows * last
+    if kernel.flip:
+        return (f"torch.baddbmm({bias}, {b_name}.mT.contiguous().expand({nb}, -1, -1), "
+                f"{a_name}.transpose(1, 2))"), rows * last
+    return (f"torch.baddbmm({bias}, {a_name}, {b_name}.contiguous().expand({nb}, -1, -1))",
+            rows * last)
+
+
 class AdjointProgram:
     """An eligible program's generated forward and backward, and its recorded form (for
     ``create_graph`` and ``torch.vmap``), with the program's buffer pool."""
@@ -260,10 +304,18 @@ class AdjointProgram:
         self.plain = plain
         self.pool = pool
 
-    def run(self, tensors: Sequence[torch.Tensor], ports: Sequence[torch.Tensor]
-            ) -> torch.Tensor:
-        """The program's result, as one autograd node."""
-        return _ProgramRun.apply(self, len(tensors), *tensors, *ports)[0]
+    def run(self, tensors: Sequence[torch.Tensor], ports: Sequence[torch.Tensor],
+            bias: torch.Tensor | None = None) -> torch.Tensor:
+        """The program's result, as one autograd node; ``bias`` (``outputs``-shaped, for a
+        result ``(batch, *outputs)``) is added to it."""
+        extra = () if bias is None else (bias,)
+        return _ProgramRun.apply(self, len(tensors), len(ports), *tensors, *ports, *extra)[0]
+
+    def recorded(self, tensors: Sequence[torch.Tensor], ports: Sequence[torch.Tensor],
+                 bias: torch.Tensor | None) -> torch.Tensor:
+        """The same result from the recorded program (autograd records every op)."""
+        out = self.plain(tensors, ports)
+        return out if bias is None else out + bias
 
 
 class _ProgramRun(torch.autograd.Function):
@@ -276,44 +328,57 @@ class _ProgramRun(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(program: AdjointProgram, n_tensors: int, *inputs: torch.Tensor
+    def forward(program: AdjointProgram, n_tensors: int, n_ports: int, *inputs: torch.Tensor
                 ) -> tuple[torch.Tensor, list[Any]]:
-        return program.forward(inputs[:n_tensors], inputs[n_tensors:], program.pool)
+        tensors, ports, rest = _split(inputs, n_tensors, n_ports)
+        return program.forward(tensors, ports, program.pool, rest[0] if rest else None)
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Any, ...]) -> None:
-        program, n_tensors, *tensors = inputs
-        ctx.program, ctx.n_tensors = program, n_tensors
+        program, n_tensors, n_ports, *tensors = inputs
+        ctx.program, ctx.n_tensors, ctx.n_ports = program, n_tensors, n_ports
         ctx.operands = output[1]
         ctx.save_for_backward(*tensors)
 
     @staticmethod
     def vmap(info: Any, in_dims: tuple[Any, ...], program: AdjointProgram, n_tensors: int,
-             *inputs: torch.Tensor) -> tuple[Any, Any]:
+             n_ports: int, *inputs: torch.Tensor) -> tuple[Any, Any]:
         """Under ``torch.vmap``: the recorded program, batched by torch's own rules."""
         def run(*xs: torch.Tensor) -> torch.Tensor:
-            return program.plain(xs[:n_tensors], xs[n_tensors:])
-        out = torch.vmap(run, in_dims=in_dims[2:], randomness=info.randomness)(*inputs)
+            tensors, ports, rest = _split(xs, n_tensors, n_ports)
+            return program.recorded(tensors, ports, rest[0] if rest else None)
+        out = torch.vmap(run, in_dims=in_dims[3:], randomness=info.randomness)(*inputs)
         return (out, None), (0, None)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor, _operands: Any = None
                  ) -> tuple[torch.Tensor | None, ...]:
         inputs = ctx.saved_tensors                 # (also checks for in-place changes)
-        needs = ctx.needs_input_grad[2:]
-        n = ctx.n_tensors
+        needs = ctx.needs_input_grad[3:]
+        n, n_ports = ctx.n_tensors, ctx.n_ports
         if torch.is_grad_enabled():          # create_graph=True: a differentiable backward
             with torch.enable_grad():
                 leaves = [t if t.requires_grad else t.detach().requires_grad_(need)
                           for t, need in zip(inputs, needs)]
-                out = ctx.program.plain(leaves[:n], leaves[n:])
+                tensors, ports, rest = _split(leaves, n, n_ports)
+                out = ctx.program.recorded(tensors, ports, rest[0] if rest else None)
                 wanted = [t for t, need in zip(leaves, needs) if need]
                 found = iter(torch.autograd.grad(out, wanted, grad, create_graph=True,
                                                  allow_unused=True))
-            return (None, None, *(next(found) if need else None for need in needs))
+            return (None, None, None, *(next(found) if need else None for need in needs))
         if 0 in grad.stride():     # a broadcast gradient (``out.sum().backward()``): batched
             grad = grad.contiguous()   # matmuls take a slow per-matrix path on it
+        tensors, ports, rest = _split(inputs, n, n_ports)
         with torch.no_grad():
-            grad_t, grad_p = ctx.program.backward(grad, inputs[:n], inputs[n:], ctx.operands,
-                                                  needs[:n], needs[n:], ctx.program.pool)
-        return (None, None, *grad_t, *grad_p)
+            grad_t, grad_p = ctx.program.backward(grad, tensors, ports, ctx.operands,
+                                                  needs[:n], needs[n:n + n_ports],
+                                                  ctx.program.pool)
+            grad_bias = [grad.sum_to_size(rest[0].shape) if needs[-1] else None] if rest else []
+        return (None, None, None, *grad_t, *grad_p, *grad_bias)
+
+
+def _split(inputs: Sequence[Any], n_tensors: int, n_ports: int
+           ) -> tuple[Sequence[Any], Sequence[Any], Sequence[Any]]:
+    """``inputs`` as (parameter tensors, data ports, the bias if any)."""
+    return (inputs[:n_tensors], inputs[n_tensors:n_tensors + n_ports],
+            inputs[n_tensors + n_ports:])

@@ -386,9 +386,19 @@ class Program:
 
     # -- running ----------------------------------------------------------------------------
     def run(self, tensors: Sequence[torch.Tensor], ports: Sequence[torch.Tensor],
-            frozen: dict[Any, Any] | None = None) -> torch.Tensor:
+            frozen: dict[Any, Any] | None = None, bias: torch.Tensor | None = None
+            ) -> torch.Tensor:
         """Contract the network for these parameters and data ports (``frozen``: this program's
-        store for the gathered parameters, inside ``tngraph.frozen``)."""
+        store for the gathered parameters, inside ``tngraph.frozen``), plus ``bias`` where
+        given (its shape the outputs', added over the result's leading batch axis)."""
+        if self._adjoint is not None and torch.is_grad_enabled() and not traced():
+            # (a training run: one autograd node, the bias added in its last matmul)
+            return self._adjoint.run(list(tensors), ports, bias)
+        result = self._run(tensors, ports, frozen)
+        return result if bias is None else result + bias
+
+    def _run(self, tensors: Sequence[torch.Tensor], ports: Sequence[torch.Tensor],
+             frozen: dict[Any, Any] | None) -> torch.Tensor:
         if not self.sliced:
             fetched = self._prefetch(tensors, ports, frozen)
             if traced():
@@ -403,8 +413,6 @@ class Program:
                     return result
                 finally:
                     _WORKSPACE_LOCK.release()
-            if self._adjoint is not None and torch.is_grad_enabled():
-                return self._adjoint.run(list(tensors), ports)
             return self._generated(tensors, ports, fetched, None)
         leaves = [self._leaf(k, tensors, ports) for k in range(self.n_leaves)]
         # under autograd each slice is checkpointed: its intermediates are recomputed in the
