@@ -24,7 +24,8 @@ and which kernel runs it:
             one GEMM per leading index with the other operand broadcast, reading the
             operand in place (under autograd as ``_BroadcastMatmul``, whose backward keeps
             the operand's layout; as recorded ops, for ``torch.func`` and ``torch.compile``,
-            the operand is copied for one ``mm``).
+            the operand is copied for one ``mm``). Flipped, it writes each product transposed:
+            the order a TT-layer's output wants, with no permuted copy after it.
 
 Each intermediate keeps the layout its kernel produced (``batch, rows, cols``); the next step
 adapts to it, and the last result is permuted (a view) into the output order.
@@ -40,13 +41,18 @@ a second variant runs: stacked results are written (``out=``) into a workspace o
 between calls, with every view of them made once when the workspace is built, so a chain step
 costs two torch calls and no allocation (the result handed back never shares its memory).
 With autograd, runs of such chain steps execute as one autograd node (:class:`_ChainRun`) with a
-hand-written backward, instead of about ten recorded nodes per step.
+hand-written backward, instead of about ten recorded nodes per step. A program made only of lone
+matmul steps (a TT-layer) trains as one autograd node too, whose backward is generated next to
+its forward (:mod:`~tngraph.executor.adjoint`); its large intermediates come from buffers kept
+between calls (:mod:`~tngraph.executor.pool`), not from pages fresh from the operating system.
 
 The package is layered; each module imports only from the ones named before it:
+:mod:`~tngraph.executor.pool` (buffers kept between training calls),
 :mod:`~tngraph.executor.kernels` (kernel design and execution),
 :mod:`~tngraph.executor.schedule` (waves, stacked groups, parameter gathering),
 :mod:`~tngraph.executor.chain` (fused chain runs), :mod:`~tngraph.executor.codegen` (the
-generated source), :mod:`~tngraph.executor.storage` (parameters stored in execution layout),
+generated source), :mod:`~tngraph.executor.adjoint` (generated backward passes),
+:mod:`~tngraph.executor.storage` (parameters stored in execution layout),
 :mod:`~tngraph.executor.runtime` (:class:`Program`, :func:`build_program`)
 and :mod:`~tngraph.executor.traced` (the plan as batch-agnostic einsums, for ``torch.compile``).
 Under ``torch.func`` transforms and ``torch.compile`` programs run as recorded torch ops only
