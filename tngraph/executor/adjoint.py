@@ -32,7 +32,15 @@ from typing import Any
 import torch
 
 from tngraph.executor.codegen import GroupOp, LoneOp, free_after_last_use
-from tngraph.executor.kernels import Kernel, Operand, _logical, _pooled, _summed_bmm
+from tngraph.executor.kernels import (
+    Kernel,
+    Operand,
+    _broadcast_grads,
+    _broadcast_operands,
+    _logical,
+    _matmul_grads,
+    _pooled,
+)
 from tngraph.executor.pool import BufferPool
 from tngraph.executor.schedule import LeafSource
 
@@ -145,17 +153,10 @@ class _Writer:
         matrix_b = mode in ("mm", "bcast")
         self.forward.append(f"    {a_name} = {self.operand(x, kernel.a, matrix_a)}")
         self.forward.append(f"    {b_name} = {self.operand(y, kernel.b, matrix_b)}")
-        if mode == "mm":
-            call = f"_pooled(torch.mm, {a_name}, {b_name}, pool)"
-        elif mode == "bmm":
-            call = f"_pooled(torch.bmm, {a_name}, {b_name}, pool)"
-        elif kernel.flip:
-            n = _logical(kernel.a)[0]
-            call = (f"_pooled(torch.bmm, {b_name}.mT.contiguous().expand({n}, -1, -1), "
-                    f"{a_name}.transpose(1, 2), pool)")
-        else:
-            n = _logical(kernel.a)[0]
-            call = f"_pooled(torch.bmm, {a_name}, {b_name}.contiguous().expand({n}, -1, -1), pool)"
+        mat = "torch.mm" if mode == "mm" else "torch.bmm"
+        operands = (f"*_broadcast_operands({a_name}, {b_name}, {kernel.flip})"
+                    if mode == "bcast" else f"{a_name}, {b_name}")
+        call = f"_pooled({mat}, {operands}, pool)"
         self.forward.append(f"    s{o} = {call}.reshape({tuple(kernel.out_shape)})")
         self.calls[o] = (kernel, a_name, b_name)
         self.saved += [a_name, b_name]
@@ -167,29 +168,20 @@ class _Writer:
         result = (m, cols) if mode == "mm" else (nb, m, cols)
         grad = (f"d{o}.reshape({(nb, cols, m)}).transpose(1, 2)" if kernel.flip
                 else f"d{o}.reshape({result})")
-        lines = [f"    if {self.need(o)}:", f"        G = {grad}", f"        del d{o}"]
-        t = ".t()" if mode == "mm" else ".transpose(1, 2)"
-        mat = "torch.mm" if mode == "mm" else "torch.bmm"
-        # gradient of a, in the layout of a's stored view (before its transpose)
-        if mode == "bcast":
-            if kernel.a.transposed:
-                ga = (f"_pooled(torch.bmm, {b_name}.conj().contiguous().expand({nb}, -1, -1), "
-                      f"G.transpose(1, 2), pool)")
-            else:
-                ga = f"_pooled(torch.bmm, G, {b_name}.mH.contiguous().expand({nb}, -1, -1), pool)"
-            gb = f"_summed_bmm({a_name}.mT.conj(), G, pool)"
-            gb = f"{gb}.t()" if kernel.b.transposed else gb
-        else:
-            # (as torch's own matmul backward: a GEMM reading the result gradient transposed
-            # runs several times slower here; a transposed operand's gradient comes out as
-            # a transposed view)
-            ga = f"_pooled({mat}, G, {b_name}.mH, pool){t if kernel.a.transposed else ''}"
-            gb = f"_pooled({mat}, {a_name}.mH, G, pool){t if kernel.b.transposed else ''}"
-        for slot, op, grad in ((x, kernel.a, ga), (y, kernel.b, gb)):
+        grads = (f"_broadcast_grads({a_name}, {b_name}, G, pool" if mode == "bcast"
+                 else f"_matmul_grads({mat}, {a_name}, {b_name}, G, pool")
+        lines = [f"    if {self.need(o)}:", f"        G = {grad}", f"        del d{o}",
+                 f"        ga, gb = {grads}, {self.need(x)}, {self.need(y)})",
+                 "        del G"]
+        # each gradient is of the operand view: transposed back to its stored layout (for a
+        # 'bcast' operand a contiguous tensor, else a view), then the reshape and permute undone
+        for slot, op, name in ((x, kernel.a, "ga"), (y, kernel.b, "gb")):
+            matrix = mode == "mm" or (mode == "bcast" and name == "gb")
+            t = (".t()" if matrix else ".transpose(1, 2)") if op.transposed else ""
             perm = self.const(op.perm, "P") if op.perm is not None else "None"
             lines.append(f"        if {self.need(slot)}:")
-            lines.append(f"            d{slot} = _unview({grad}, {self.shape_of(slot)}, {perm})")
-        lines.append("        del G")
+            lines.append(f"            d{slot} = _unview({name}{t}, {self.shape_of(slot)}, {perm})")
+        lines.append("        del ga, gb")
         self.backward[:0] = lines
 
     def const(self, value: Any, prefix: str) -> str:
@@ -277,14 +269,9 @@ def _bias_call(kernel: Kernel, a_name: str, b_name: str) -> tuple[str, int] | No
     rows, last = (cols, m) if kernel.flip else (m, cols)
     if out[0] != nb or math.prod(out[1:]) != rows * last:
         return None
-    bias = f"bias.reshape(1, {rows}, {last})"
-    if kernel.mode == "bmm":
-        return f"torch.baddbmm({bias}, {a_name}, {b_name})", rows * last
-    if kernel.flip:
-        return (f"torch.baddbmm({bias}, {b_name}.mT.contiguous().expand({nb}, -1, -1), "
-                f"{a_name}.transpose(1, 2))"), rows * last
-    return (f"torch.baddbmm({bias}, {a_name}, {b_name}.contiguous().expand({nb}, -1, -1))",
-            rows * last)
+    operands = (f"*_broadcast_operands({a_name}, {b_name}, {kernel.flip})"
+                if kernel.mode == "bcast" else f"{a_name}, {b_name}")
+    return f"torch.baddbmm(bias.reshape(1, {rows}, {last}), {operands})", rows * last
 
 
 class AdjointProgram:
@@ -294,7 +281,9 @@ class AdjointProgram:
     def __init__(self, source: AdjointSource, plain: Any, pool: BufferPool) -> None:
         self.source = source
         namespace: dict[str, Any] = {"torch": torch, "_pooled": _pooled, "_unview": _unview,
-                                     "_summed_bmm": _summed_bmm, **source.constants}
+                                     "_broadcast_operands": _broadcast_operands,
+                                     "_broadcast_grads": _broadcast_grads,
+                                     "_matmul_grads": _matmul_grads, **source.constants}
         exec(compile(source.forward, "<tngraph program (adjoint forward)>", "exec"),  # noqa: S102
              namespace)
         exec(compile(source.backward, "<tngraph program (adjoint backward)>", "exec"),  # noqa: S102

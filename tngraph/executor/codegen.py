@@ -89,10 +89,7 @@ def _lone_source(kernel: Kernel, left: str, right: str, const: Any,
         if variant == "fused":
             flip = ", True" if kernel.flip else ""
             return f"_BroadcastMatmul.apply({a}, {b}, pool{flip}).reshape({out})"
-        if kernel.flip:
-            return (f"torch.bmm({b}.mT.contiguous().expand({n}, -1, -1), "
-                    f"{a}.transpose(1, 2)).reshape({out})")
-        return f"torch.bmm({a}, {b}.contiguous().expand({n}, -1, -1)).reshape({out})"
+        return f"torch.bmm(*_broadcast_operands({a}, {b}, {kernel.flip})).reshape({out})"
     a, b = (_operand_source(x, kernel.a, shape=known.get(x)),
             _operand_source(y, kernel.b, shape=known.get(y)))
     if kernel.mode == "bmm":

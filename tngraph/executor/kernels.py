@@ -402,19 +402,67 @@ def _broadcast(a: torch.Tensor, b: torch.Tensor, recorded: bool, flip: bool = Fa
     if recorded:
         out = torch.mm(a.reshape(-1, a.shape[2]), b[0]).view(a.shape[0], a.shape[1], -1)
         return out.transpose(1, 2) if flip else out
+    return torch.bmm(*_broadcast_operands(a, b[0], flip))
+
+
+def _broadcast_operands(a: torch.Tensor, b: torch.Tensor, flip: bool
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two operands of the batched matmul that a 'bcast' kernel runs: ``a`` ``(n, m, k)``
+    and ``b`` ``(k, cols)`` broadcast over ``n``; flipped, ``b^T`` broadcast and ``a^T``, for
+    the transposed products ``(n, cols, m)``. (``b`` is small and made contiguous first: a
+    transposed view of it, broadcast, would make ``bmm`` copy it ``n`` times.)
+
+    Examples
+    --------
+    >>> a, b = torch.randn(3, 2, 4), torch.randn(4, 5)
+    >>> torch.bmm(*_broadcast_operands(a, b, True)).shape
+    torch.Size([3, 5, 2])
+    """
+    n = a.shape[0]
     if flip:
-        return torch.bmm(b[0].mT.contiguous().expand(a.shape[0], -1, -1), a.transpose(1, 2))
-    return torch.bmm(a, b.contiguous().expand(a.shape[0], -1, -1))
+        return b.mT.contiguous().expand(n, -1, -1), a.transpose(1, 2)
+    return a, b.contiguous().expand(n, -1, -1)
+
+
+def _broadcast_grads(a: torch.Tensor, b: torch.Tensor, grad: torch.Tensor,
+                     pool: BufferPool | None, need_a: bool, need_b: bool
+                     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The gradients of ``a`` ``(n, m, k)`` and of the broadcast ``b`` ``(k, cols)`` from that
+    of their products ``grad`` ``(n, m, cols)`` (None where not needed).
+
+    ``a``'s is computed in the memory order of ``a`` itself (for the usual transposed view of a
+    ``(n, k, m)`` tensor: ``b @ grad^T``, written ``(n, k, m)``), so no copy is needed to hand
+    it back; ``b``'s is the batched products summed over ``n`` (:func:`_summed_bmm`)."""
+    grad_a = grad_b = None
+    if need_a:
+        n = a.shape[0]
+        if a.transpose(1, 2).is_contiguous():    # a transposed view: answer in its order
+            grad_a = _pooled(torch.bmm, b.conj().contiguous().expand(n, -1, -1),
+                             grad.transpose(1, 2), pool).transpose(1, 2)
+        else:
+            grad_a = _pooled(torch.bmm, grad, b.mT.conj().contiguous().expand(n, -1, -1), pool)
+    if need_b:
+        grad_b = _summed_bmm(a.mT.conj(), grad, pool)
+    return grad_a, grad_b
+
+
+def _matmul_grads(matmul: Any, a: torch.Tensor, b: torch.Tensor, grad: torch.Tensor,
+                  pool: BufferPool | None, need_a: bool, need_b: bool
+                  ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The gradients of ``a`` and ``b`` from that of ``matmul(a, b)`` (``torch.mm`` or
+    ``torch.bmm``), None where not needed: torch's own matmul backward (a GEMM reading the
+    result gradient transposed runs several times slower here), large ones into ``pool``."""
+    return (_pooled(matmul, grad, b.mH, pool) if need_a else None,
+            _pooled(matmul, a.mH, grad, pool) if need_b else None)
 
 
 class _BroadcastMatmul(torch.autograd.Function):
     """A 'bcast' kernel under autograd: ``a`` ``(n, m, k)`` times ``b`` ``(k, cols)`` for every
     ``n``, ``b`` broadcast, with a backward that keeps ``a``'s layout.
 
-    ``a``'s gradient is computed in the memory order of ``a`` itself (for the usual transposed
-    view of a ``(n, k, m)`` result: ``b @ grad^T``, written ``(n, k, m)``), so no copy is
-    needed to hand it back; ``b``'s is one batched product summed over ``n``. Written in
-    differentiable torch ops, so gradients of any order are right. Measured on one thread for
+    The gradients are :func:`_broadcast_grads`'s: ``a``'s in ``a``'s own memory order, ``b``'s
+    the batched products summed over ``n``. Written in differentiable torch ops, so gradients
+    of any order are right. Measured on one thread for
     TT-layer steps ``(n, k, m, cols)``, forward + backward against copying ``a`` for one
     ``mm``: (64, 256, 32, 32) 1.23 against 1.70 ms; (256, 256, 64, 64) 17.9 against 28.0 ms.
 
@@ -431,10 +479,7 @@ class _BroadcastMatmul(torch.autograd.Function):
     @staticmethod
     def forward(a: torch.Tensor, b: torch.Tensor, pool: BufferPool | None = None,
                 flip: bool = False) -> torch.Tensor:
-        # (b is small: a transposed view of it, broadcast, would make bmm copy it n times)
-        if flip:
-            return torch.bmm(b.mT.contiguous().expand(a.shape[0], -1, -1), a.transpose(1, 2))
-        return torch.bmm(a, b.contiguous().expand(a.shape[0], -1, -1))
+        return torch.bmm(*_broadcast_operands(a, b, flip))
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
@@ -449,18 +494,7 @@ class _BroadcastMatmul(torch.autograd.Function):
             grad = grad.contiguous()   # matmuls take a slow per-matrix path on it
         if ctx.flip:
             grad = grad.transpose(1, 2)
-        grad_a = grad_b = None
-        if ctx.needs_input_grad[0]:
-            n = a.shape[0]
-            if a.transpose(1, 2).is_contiguous():    # a transposed view: answer in its order
-                grad_a = _pooled(torch.bmm, b.conj().contiguous().expand(n, -1, -1),
-                                 grad.transpose(1, 2), ctx.pool).transpose(1, 2)
-            else:
-                grad_a = _pooled(torch.bmm, grad, b.mT.conj().contiguous().expand(n, -1, -1),
-                                 ctx.pool)
-        if ctx.needs_input_grad[1]:
-            grad_b = _summed_bmm(a.mT.conj(), grad, ctx.pool)
-        return grad_a, grad_b, None, None
+        return (*_broadcast_grads(a, b, grad, ctx.pool, *ctx.needs_input_grad[:2]), None, None)
 
 
 class _PooledMatmul(torch.autograd.Function):
@@ -492,19 +526,15 @@ class _PooledMatmul(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         a, b = ctx.saved_tensors
-        grad_a = grad_b = None
-        if ctx.needs_input_grad[0]:
-            grad_a = _pooled(torch.mm, grad, b.mH, ctx.pool)
-        if ctx.needs_input_grad[1]:
-            grad_b = _pooled(torch.mm, a.mH, grad, ctx.pool)
-        return grad_a, grad_b, None
+        return (*_matmul_grads(torch.mm, a, b, grad, ctx.pool, *ctx.needs_input_grad[:2]),
+                None)
 
 
 def _pooled_mm(a: torch.Tensor, b: torch.Tensor, pool: BufferPool | None) -> torch.Tensor:
     """``torch.mm(a, b)``; under autograd as :class:`_PooledMatmul` (the training program's
     large ``mm`` steps: without autograd nothing is kept for a backward, and no buffer is
     held between calls)."""
-    if torch.is_grad_enabled() and (a.requires_grad or b.requires_grad):
+    if _recording(a, b):
         return _PooledMatmul.apply(a, b, pool)
     return torch.mm(a, b)
 

@@ -34,6 +34,7 @@ from tngraph.executor.codegen import (
 from tngraph.executor.kernels import (
     Operand,
     _as3,
+    _broadcast_operands,
     _BroadcastMatmul,
     _logical,
     _pooled_mm,
@@ -178,13 +179,11 @@ class Program:
         self._generated = self._compiled(self.source_code, "<tngraph program>")
         # recorded torch ops only (no fused chain runs): what torch.func transforms and
         # torch.compile trace (a custom Function with a hand-written backward is opaque to them)
-        self.plain_source = self.source_code
-        self._generated_plain = self._generated
+        # (the same code unless the fused one has chain runs, 'bcast' or pooled steps)
+        self.plain_source = self._generate_source(fused=False)
+        self._generated_plain = self._generated if self.plain_source == self.source_code \
+            else self._compiled(self.plain_source, "<tngraph program (plain)>")
         broadcast = any(k.mode == "bcast" for group in self.groups for k in group.kernels)
-        if self._chain_runs() or broadcast or "_pooled_mm(" in self.source_code:
-            self.plain_source = self._generate_source(fused=False)
-            self._generated_plain = self._compiled(self.plain_source,
-                                                   "<tngraph program (plain)>")
         # training: a program of lone matmul steps runs as one autograd node, forward and
         # backward both generated (see adjoint.py)
         self._adjoint: AdjointProgram | None = None
@@ -216,6 +215,7 @@ class Program:
         """The ``contract`` function of generated ``source`` (with the constants it binds)."""
         namespace = {"torch": torch, "run_kernel": run_kernel, "_as3": _as3,
                      "_ChainRun": _ChainRun, "_BroadcastMatmul": _BroadcastMatmul,
+                     "_broadcast_operands": _broadcast_operands,
                      "_pooled_mm": _pooled_mm, "pool": self._pool, **self._constants}
         exec(compile(source, name, "exec"), namespace)  # noqa: S102 - our own generated code
         return namespace["contract"]
