@@ -148,9 +148,9 @@ def test_resize_and_rebuild_with_zero_padded_bonds_compute_the_same(text: str) -
 
 
 def test_rebuild_runs_the_order_that_ran_before() -> None:
-    """A classifier whose plan runs the port-fused order (within 1.25x of the lowest FLOPs)
+    """A classifier whose plan runs the port-fused order (within 1.3x of the lowest FLOPs)
     keeps running it after a rebuild, not the lowest-FLOP order."""
-    module = tngraph.compile(ROOT / "models" / "mps_classifier.yaml", {"bond_dim": 6},
+    module = tngraph.compile(ROOT / "models" / "mps_classifier.yaml", {"bond_dim": 16},
                              batch_size=64, cache=False)
     assert module.plan.runs_fused
     chain = find_chain(module.spec)

@@ -424,14 +424,19 @@ class _SourceWriter:
             lines.append(f"    g{g} = r{g}" if kernel_fn is torch.bmm else
                          f"    g{g} = r{g} if r{g}.is_contiguous() else r{g}.contiguous()")
         if op.need_parts:
-            lines.append(f"    p{g} = r{g}.reshape({len(kernels)}, -1).unbind(0)")
-            for i, k in enumerate(kernels):
-                lines.append(f"    s{k.out} = p{g}[{i}].reshape({k.out_shape})")
-                self.names[k.out] = f"s{k.out}"
-                self.shapes[f"s{k.out}"] = tuple(k.out_shape)
+            self.split(g, op, f"r{g}")
 
-    def chain(self, run: list[int]) -> str:
-        """The line running ``run`` (see :func:`chain_runs`) as one ``_ChainRun``."""
+    def split(self, g: int, op: StackedOp, stacked: str) -> None:
+        """Write the split of group ``g``'s stacked result (the expression ``stacked``) into its
+        members' results ``s<slot>``."""
+        self.lines.append(f"    p{g} = {stacked}.reshape({len(op.kernels)}, -1).unbind(0)")
+        for i, k in enumerate(op.kernels):
+            self.lines.append(f"    s{k.out} = p{g}[{i}].reshape({k.out_shape})")
+            self.names[k.out] = f"s{k.out}"
+            self.shapes[f"s{k.out}"] = tuple(k.out_shape)
+
+    def chain(self, run: list[int]) -> None:
+        """Write ``run`` (see :func:`chain_runs`) as one ``_ChainRun``."""
         steps, cores, weights = [], [], []
         for matmul, feature in zip(run[0::2], run[1::2]):
             matmul_op, feature_op = self.ops[matmul], self.ops[feature]
@@ -466,15 +471,10 @@ class _SourceWriter:
             args = [f"fetched[{key!r}]" for key in cores]
         line = (f"    g{run[-1]} = _ChainRun.apply({self.const(tuple(steps), 'C')}, g{start}, "
                 f"{', '.join(args + weights)})[0]")
+        self.lines.append(line)
         last = self.ops[run[-1]]
         if isinstance(last, StackedOp) and last.need_parts:   # split into the members' results
-            g = run[-1]
-            line += f"\n    p{g} = g{g}.reshape({len(last.kernels)}, -1).unbind(0)"
-            for i, k in enumerate(last.kernels):
-                line += f"\n    s{k.out} = p{g}[{i}].reshape({k.out_shape})"
-                self.names[k.out] = f"s{k.out}"
-                self.shapes[f"s{k.out}"] = tuple(k.out_shape)
-        return line
+            self.split(run[-1], last, f"g{run[-1]}")
 
     def inline_small(self, g: int, op: StackedOp) -> bool:
         """Write a 'small' group whose weights come split from the gather, and whose other
@@ -482,24 +482,30 @@ class _SourceWriter:
         feature map). Returns False for any other group.
 
         In the workspace variant, slices of a workspace result are taken from the workspace,
-        and the sum is written into a workspace tensor of its own."""
+        and the sum is written into a workspace tensor of its own; there a group whose members'
+        results are read one by one (the last step of an MPS's lockstep half-chains) is written
+        so too, then split."""
         first, lines = op.kernels[0], self.lines
         a_source, b_source = op.a, op.b
-        if not (_is_split_small(op) and isinstance(a_source, Reused) and not op.need_parts):
+        k = _logical(first.a)[2]
+        first_term = 1 if first.ones_b else 0
+        in_workspace = self.workspace and k - first_term >= 1
+        if not (_is_split_small(op) and isinstance(a_source, Reused)
+                and (in_workspace or not op.need_parts)):
             return False
         assert isinstance(b_source, Fetched)
         key, size = a_source.group, a_source.size
-        k = _logical(first.a)[2]
         dim = 1 if a_source.transposed else 2   # transposed: (G*nb, k, m) stored, rows are terms
         if self.workspace and key in self.buffers:
             lines.append(f"    t{g} = {self.ws_entry(WsUnbind(self.buffers[key], size, dim))}")
         else:
             lines.append(f"    t{g} = g{key}.view({size}).unbind({dim})")
         n, i = self.weight_slots[b_source.key]
-        self.inlined.add(g)
+        if not op.need_parts:
+            # (the other variants write a split group as a group, which reads its own weights)
+            self.inlined.add(g)
         lines.append(f"    w{g} = fetched[('columns', {n})]")
-        first_term = 1 if first.ones_b else 0
-        if self.workspace and k - first_term >= 1:
+        if in_workspace:
             rows = size[0]
             cols = size[2] if dim == 1 else size[1]
             out = self.new_buffer((rows, cols), g)
@@ -512,6 +518,8 @@ class _SourceWriter:
                 lines.append(f"    r{g}.addcmul_(t{g}[{j}], w{g}[{j}][{i}])")
             if op.keep_stacked:
                 lines.append(f"    g{g} = r{g}")
+            if op.need_parts:
+                self.split(g, op, f"r{g}")
             return True
         lines.append(f"    r{g} = t{g}[0]" if first.ones_b else
                      f"    r{g} = t{g}[0] * w{g}[0][{i}]")
@@ -561,7 +569,7 @@ def generate_source(ops: Sequence[GroupOp], sources: Mapping[int, LeafSource],
             continue
         if g in runs:
             skip.update(runs[g])
-            lines.extend(writer.chain(runs[g]).split("\n"))
+            writer.chain(runs[g])
             continue
         if isinstance(op, LoneOp):
             writer.lone(op.kernel)

@@ -198,8 +198,12 @@ def design_kernel(left: int, right: int, out: int, left_layout: Sequence[str],
                             groups=(tuple(bt), tuple(ct), tuple(fa), tuple(fb)),
                             layouts=(tuple(la), tuple(lb)))
             # among equally cheap layouts prefer rows >= cols: a canonical orientation lets
-            # mirror-image steps (e.g. the two half-chains of an MPS) share one signature
-            best = _cheaper(best, kernel, cost_a + cost_b, int(slow_gemv) * 2 + int(m < n),
+            # mirror-image steps (e.g. the two half-chains of an MPS) share one signature;
+            # an outer product the other way round, its longer side innermost (a broadcast
+            # multiply with a short inner run is slow: (256, 40, 1) * (256, 1, 2) took 31 us,
+            # (256, 2, 1) * (256, 1, 40) 10 us)
+            wide = int(m > n) if mode == "outer" else int(m < n)
+            best = _cheaper(best, kernel, cost_a + cost_b, int(slow_gemv) * 2 + wide,
                             2 * swap + rank, sizes, lead, target)
     assert best is not None
     return best[3]
