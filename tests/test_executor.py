@@ -505,7 +505,7 @@ def test_inference_runs_in_a_workspace_kept_between_calls() -> None:
     program = module._program(6)
     assert program._generated_ws is not None
     assert "out=ws[" in program.workspace_source
-    (entries, pointers), = program._workspaces.values()
+    (entries, pointers, store), = program._workspaces.values()
     assert pointers and out.untyped_storage().data_ptr() not in pointers
     assert_matches(out, dense_oracle(module, {"x": x}))
     with torch.no_grad():
@@ -514,6 +514,28 @@ def test_inference_runs_in_a_workspace_kept_between_calls() -> None:
     with torch.inference_mode():                  # inference tensors: a workspace of their own
         assert_matches(module(x), dense_oracle(module, {"x": x}))
     assert len(program._workspaces) == 2
+
+
+def test_inference_gathers_the_ports_into_the_workspace() -> None:
+    """The data ports' gathers (the feature weights of every chain step) are written into
+    tensors kept in the workspace, split into views once; each call rewrites them, so a new
+    input gives its own result, and they are never handed out."""
+    module, x = _program_and_inputs()
+    other = torch.rand_like(x)
+    with torch.no_grad():
+        first = module(x)
+    program = module._program(6)
+    (_, pointers, store), = program._workspaces.values()
+    kept = {key: value for key, value in store.items() if key != "pointers"}
+    assert kept and all(buffer.untyped_storage().data_ptr() in pointers
+                        for buffer, _ in kept.values())
+    with torch.no_grad():
+        second = module(other)
+        again = module(x)
+    assert all(store[key][1] is views for key, (_, views) in kept.items())   # views made once
+    assert_matches(second, dense_oracle(module, {"x": other}))
+    torch.testing.assert_close(again, first, rtol=0, atol=0)
+    assert not torch.allclose(second, first)
 
 
 def test_workspace_in_use_elsewhere_falls_back_to_allocating() -> None:

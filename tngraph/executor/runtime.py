@@ -193,7 +193,7 @@ class Program:
                 final_perm=self.final_perm, final_merged=self.final_merged)
             self._adjoint = AdjointProgram(self.adjoint_source, self._run_plain, self._pool)
         # inference variant: stacked results written into a workspace kept between calls
-        self._workspaces: dict[tuple[Any, ...], tuple[list[Any], set[int]]] = {}
+        self._workspaces: dict[tuple[Any, ...], tuple[list[Any], set[int], dict[Any, Any]]] = {}
         self._generated_ws = None
         if not self.sliced:
             self.workspace_source = self._generate_source(workspace=True)
@@ -248,9 +248,10 @@ class Program:
         return chain_runs(self._ops, self._weight_slots)
 
     def _workspace(self, tensors: Sequence[torch.Tensor], ports: Sequence[torch.Tensor]
-                   ) -> tuple[list[Any], set[int]]:
+                   ) -> tuple[list[Any], set[int], dict[Any, Any]]:
         """The workspace for this dtype and device (built at first use): its entries as the
-        workspace source refers to them, and the data pointers of its tensors."""
+        workspace source refers to them, the data pointers of its tensors, and where the data
+        ports' gathers are kept (see :meth:`_port_gathered`; their pointers join the others)."""
         ref = tensors[0] if tensors else ports[0]
         key = (ref.dtype, ref.device, torch.is_inference_mode_enabled())
         found = self._workspaces.get(key)
@@ -266,7 +267,7 @@ class Program:
                     entries.append(entries[spec.base].view(spec.size).unbind(spec.dim))
             pointers = {e.untyped_storage().data_ptr() for e, spec in zip(entries, self._ws_specs)
                         if isinstance(spec, WsEmpty)}
-            found = self._workspaces[key] = (entries, pointers)
+            found = self._workspaces[key] = (entries, pointers, {"pointers": pointers})
         return found
 
     # -- leaves -----------------------------------------------------------------------------
@@ -314,8 +315,30 @@ class Program:
             found = self._views[key] = (mark, storage.view(shape).unbind(0))
         return found[1]
 
+    def _port_gathered(self, store: dict[Any, Any] | None, key: Any, source: torch.Tensor,
+                       idx: torch.Tensor, split: Any) -> Any:
+        """``split(source.index_select(0, idx))``; with a workspace ``store`` (inference holding
+        the workspace), the gather is written into a tensor kept there and split into views
+        once: a 64-site classifier's per-step feature weights are otherwise 30 fresh views per
+        call."""
+        if store is None:
+            return split(source.index_select(0, idx))
+        found = store.get(key)
+        if found is None or found[0].shape[1:] != source.shape[1:]:
+            buffer = source.new_empty((len(idx), *source.shape[1:]))
+            found = store[key] = (buffer, split(buffer))
+            store["pointers"].add(buffer.untyped_storage().data_ptr())
+        torch.index_select(source, 0, idx, out=found[0])
+        return found[1]
+
     def _prefetch(self, tensors: Sequence[torch.Tensor], ports: Sequence[torch.Tensor],
-                  frozen: dict[Any, Any] | None = None) -> dict[tuple[int, str], torch.Tensor]:
+                  frozen: dict[Any, Any] | None = None, store: dict[Any, Any] | None = None
+                  ) -> dict[tuple[int, str], torch.Tensor]:
+        """The gathered operands of the stacked groups: parameters (views of their stacked
+        storage where it is laid out as read) and data ports. ``frozen``: inside
+        ``tngraph.frozen``, the store of the parameters gathered once; ``store``: the
+        workspace's store for the ports' gathers (for the workspace variant, which reads no
+        stacked core tensors whole)."""
         out: dict[tuple[int, str], torch.Tensor] = {}
         kept = frozen.get("gathers") if frozen is not None else None
         if kept is not None:                  # inside tngraph.frozen: gathered once
@@ -335,7 +358,7 @@ class Program:
                     shape = (len(reqs), size * nb, x, y)
                     if not grad and not in_trace:
                         out.update(zip(reqs, self._stored_views(key, stacks[k], shape)))
-                        if whole is not None:
+                        if whole is not None and store is None:
                             out[("stacked", number)] = stacks[k].view(shape)
                         continue
                     gathered = stacks[k]
@@ -366,9 +389,11 @@ class Program:
                 # weights slow the multiply-adds down): one gather per column, for all groups
                 table = data.reshape(data.shape[0], nb, x)                    # (N, nb, k)
                 columns: list[Any] = [None] if skip else []
+                shape = (len(reqs), size * nb, 1)
                 for j in range(1 if skip else 0, x):
-                    column = table.select(2, j).index_select(0, idx)          # (n * size, nb)
-                    columns.append(column.view(len(reqs), size * nb, 1).unbind(0))
+                    columns.append(self._port_gathered(                      # (n * size, nb)
+                        store, (number, j), table.select(2, j), idx,
+                        lambda column, shape=shape: column.view(shape).unbind(0)))
                 out[("columns", number)] = columns
                 wanted = self._split_reads.get(number)
                 if wanted is None:   # the groups not written inline read their own tuples
@@ -377,11 +402,11 @@ class Program:
                 out.update((req, tuple(c if c is None else c[i] for c in columns))
                            for i, req in wanted)
                 continue
-            gathered = data.index_select(0, idx)   # (n * size, batch, *legs)
-            gathered = gathered.view(len(reqs), size * nb, x, y)
-            if op.transposed:
-                gathered = gathered.transpose(2, 3)
-            out.update(zip(reqs, gathered.unbind(0)))
+            def split(gathered: torch.Tensor, shape: tuple[int, ...] = (len(reqs), size * nb, x, y),
+                      transposed: bool = op.transposed) -> tuple[torch.Tensor, ...]:
+                gathered = gathered.view(shape)             # (n * size, batch, *legs) before
+                return (gathered.transpose(2, 3) if transposed else gathered).unbind(0)
+            out.update(zip(reqs, self._port_gathered(store, (number,), data, idx, split)))
         return out
 
     # -- running ----------------------------------------------------------------------------
@@ -400,20 +425,21 @@ class Program:
     def _run(self, tensors: Sequence[torch.Tensor], ports: Sequence[torch.Tensor],
              frozen: dict[Any, Any] | None) -> torch.Tensor:
         if not self.sliced:
-            fetched = self._prefetch(tensors, ports, frozen)
             if traced():
-                return self._generated_plain(tensors, ports, fetched, None)
+                return self._generated_plain(tensors, ports,
+                                             self._prefetch(tensors, ports, frozen), None)
             if self._generated_ws is not None and not torch.is_grad_enabled() \
                     and _WORKSPACE_LOCK.acquire(blocking=False):
                 try:
-                    ws, pointers = self._workspace(tensors, ports)
+                    ws, pointers, store = self._workspace(tensors, ports)
+                    fetched = self._prefetch(tensors, ports, frozen, store)
                     result = self._generated_ws(tensors, ports, fetched, None, ws)
                     if result.untyped_storage().data_ptr() in pointers:
                         result = result.clone()    # never hand out workspace memory
                     return result
                 finally:
                     _WORKSPACE_LOCK.release()
-            return self._generated(tensors, ports, fetched, None)
+            return self._generated(tensors, ports, self._prefetch(tensors, ports, frozen), None)
         leaves = [self._leaf(k, tensors, ports) for k in range(self.n_leaves)]
         # under autograd each slice is checkpointed: its intermediates are recomputed in the
         # backward pass instead of kept, so a sliced run holds one slice's graph, not all
