@@ -211,6 +211,40 @@ def test_frozen_builds_derived_values_once_and_keeps_nothing_after(
     assert module._frozen is None
 
 
+def test_node_views_are_kept_only_without_autograd() -> None:
+    """Without autograd the stacked nodes' views are kept between calls (made once while the
+    storage stays the same memory); under autograd each call makes its own, with a graph; a
+    re-seated storage gets new views; pickling and deepcopy keep none."""
+    import copy
+
+    module = classifier(16)
+    placement = module.tensors.placement
+    stacked = [i for i, where in enumerate(placement.stacked) if where is not None]
+    with torch.no_grad():
+        first = module.tensors.values_for_call()
+        views = {i: first[i] for i in stacked}
+        again = module.tensors.values_for_call()
+        assert all(again[i] is v for i, v in views.items())
+    assert len(module.tensors._kept_views) == len(stacked) > 0
+    graph = module.tensors.values_for_call()
+    assert all(graph[i] is not v and graph[i].requires_grad for i, v in views.items())
+    layout = placement.stacked[stacked[0]][0]
+    storage = module.tensors.get_parameter(f"stack:{layout}")
+    storage.data = storage.data.clone()              # re-seated: its members' views anew
+    with torch.no_grad():
+        moved = module.tensors.values_for_call()
+        for i, v in views.items():
+            same = placement.stacked[i][0] != layout
+            assert (moved[i] is v) == same
+            assert (moved[i].data_ptr() == v.data_ptr()) == same
+    x = torch.rand(3, 16, dtype=torch.float64)
+    for other in (pickle.loads(pickle.dumps(module)), copy.deepcopy(module)):
+        assert not other.tensors._kept_views
+        with torch.no_grad():
+            torch.testing.assert_close(other(x), module(x))
+        assert other.tensors._kept_views
+
+
 def test_a_dtype_move_is_seen_under_no_grad() -> None:
     module = small(MODELS[0].parent / "tt_linear.yaml", execution="dense")
     x = random_inputs(module, 3)

@@ -302,6 +302,19 @@ class NodeTensors(nn.Module):
         #: stacked nodes' tensors set by name (``torch.func.functional_call(module,
         #: {"tensors.A3": t}, ...)`` sets the attribute ``A3`` for the call): node -> tensor
         self._overrides: dict[str, torch.Tensor] = {}
+        #: stacked nodes' views kept between calls without autograd (see NodeValues)
+        self._kept_views: dict[int, tuple[Any, torch.Tensor]] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        """What pickling and ``copy.deepcopy`` keep: everything but the views kept between
+        calls (made anew from the copy's own storages)."""
+        state = dict(self.__dict__)
+        state["_kept_views"] = {}
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self.__dict__.setdefault("_kept_views", {})
 
     # -- the tensors ---------------------------------------------------------------------------
     def values_for_call(self) -> NodeValues:
@@ -317,7 +330,11 @@ class NodeTensors(nn.Module):
                     members = [self._overrides.get(name, current[i])
                                for name, (i, _) in zip(names, layout.members)]
                     stacks[k] = pack(members, _renumbered(layout))
-        return self._resolved(NodeValues(self.placement, self._lone_list(params), stacks))
+        # without autograd, the stacked nodes' views are kept between calls (see NodeValues)
+        kept = None if (torch.is_grad_enabled() or self._overrides
+                        or torch.compiler.is_compiling()) else self._kept_views
+        return self._resolved(NodeValues(self.placement, self._lone_list(params), stacks,
+                                         kept))
 
     def _lone_list(self, sources: Mapping[str, Any]) -> list[Any]:
         """The lone tensors in placement order, from ``sources`` by parameter name (None where

@@ -34,6 +34,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -132,16 +133,26 @@ class Placement:
 class NodeValues(Sequence[torch.Tensor]):
     """The network's tensors for one call: ``values[i]`` is tensor ``i`` (legs in declared
     order), a lone parameter as it is or a view of its storage made at first use; ``stacks``
-    are the storages, ``stacks[k]`` of ``placement.layouts[k]``."""
+    are the storages, ``stacks[k]`` of ``placement.layouts[k]``.
 
-    __slots__ = ("placement", "lone", "stacks", "_views")
+    ``kept``: where views are kept between calls (without autograd: a view made there carries
+    no graph), each with its storage's address and layout, and taken again while the storage is
+    the same memory in the same layout. A view aliases its storage, so it sees every in-place
+    change; a storage re-seated or replaced (``p.data = t``, ``to()``, ``load_state_dict(...,
+    assign=True)``) has another address or layout, and its views are made anew. (A kept view
+    holds its memory, so no new tensor takes that address meanwhile.)
+    """
+
+    __slots__ = ("placement", "lone", "stacks", "_views", "_kept")
 
     def __init__(self, placement: Placement, lone: Sequence[torch.Tensor],
-                 stacks: Sequence[torch.Tensor]):
+                 stacks: Sequence[torch.Tensor],
+                 kept: dict[int, tuple[Any, torch.Tensor]] | None = None):
         self.placement = placement
         self.lone = lone
         self.stacks = stacks
         self._views: dict[int, torch.Tensor] = {}
+        self._kept = kept
 
     def __len__(self) -> int:
         return len(self.placement.lone)
@@ -153,8 +164,20 @@ class NodeValues(Sequence[torch.Tensor]):
         view = self._views.get(index)
         if view is None:
             k, member = self.placement.stacked[index]   # type: ignore[misc]
+            storage = self.stacks[k]
+            mark = None
+            if self._kept is not None:
+                mark = (storage.data_ptr(), storage.storage_offset(), storage.shape,
+                        storage.stride(), storage.dtype, storage.device,
+                        torch.is_inference_mode_enabled())
+                found = self._kept.get(index)
+                if found is not None and found[0] == mark:
+                    self._views[index] = found[1]
+                    return found[1]
             view = self._views[index] = member_view(
-                self.stacks[k], self.placement.layouts[k], member, self.placement.shapes[index])
+                storage, self.placement.layouts[k], member, self.placement.shapes[index])
+            if self._kept is not None:
+                self._kept[index] = (mark, view)
         return view
 
     def __iter__(self) -> Iterator[torch.Tensor]:
