@@ -10,6 +10,7 @@ products) the backward recomputes the run from its inputs with recorded torch op
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -41,6 +42,12 @@ class ChainStep:
     weights: tuple[int, int]
     core: int | None = None
 
+    @functools.cached_property
+    def buffer_key(self) -> str:
+        """What steps whose matmul results can share one buffer have in common (a string: its
+        hash is computed once, where a tuple's is at every lookup)."""
+        return repr((self.result, self.terms_size, self.terms_dim))
+
 
 def run_cores(steps: Sequence[ChainStep], tensors: Sequence[torch.Tensor]
               ) -> tuple[list[torch.Tensor], Sequence[torch.Tensor]]:
@@ -53,11 +60,11 @@ def run_cores(steps: Sequence[ChainStep], tensors: Sequence[torch.Tensor]
     return list(tensors[:len(steps)]), tensors[len(steps):]
 
 
-def _result_buffer(buffers: dict[ChainStep, tuple[torch.Tensor, tuple[torch.Tensor, ...]]],
+def _result_buffer(buffers: dict[Any, tuple[torch.Tensor, tuple[torch.Tensor, ...]]],
                    step: ChainStep, like: torch.Tensor
                    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
     """A reusable tensor in the layout of ``step``'s matmul result, and its feature slices."""
-    key = (step.result, step.terms_size, step.terms_dim)
+    key = step.buffer_key
     found = buffers.get(key)
     if found is None:
         buffer = like.new_empty(step.result)
@@ -100,6 +107,7 @@ class _ChainRun(torch.autograd.Function):
         :meth:`setup_context`: no gradient flows through it)."""
         cores, weights = run_cores(steps, tensors)
         keep_terms = any(w.requires_grad for w in weights)
+        complex_ = env.is_complex() or any(t.is_complex() for t in tensors)
         buffers: dict[Any, tuple[torch.Tensor, tuple[torch.Tensor, ...]]] = {}
         records = []
         for step, core in zip(steps, cores):
@@ -113,13 +121,19 @@ class _ChainRun(torch.autograd.Function):
                 buffer, terms = _result_buffer(buffers, step, env)
                 torch.bmm(a, core, out=buffer)
             w = weights[step.weights[0]:step.weights[1]]
-            env = _weighted_sum(terms, (None, *w) if step.ones else w, step.ones)
-            if step.ones and step.terms == 1:
-                env = env.clone()         # not a view of the reused matmul buffer
-            # the backward's adjoints: conjugate transposes (plain ones for real tensors, where
-            # conj() is the tensor itself), as torch's conjugate-Wirtinger gradients need
-            records.append((step, a.transpose(1, 2).conj(), core.transpose(1, 2).conj(),
-                            [t.conj() for t in w], shape, terms if keep_terms else None))
+            if step.ones and step.terms == 2:       # [1, x]: one multiply-add
+                env = torch.addcmul(terms[0], terms[1], w[0])
+            else:
+                env = _weighted_sum(terms, (None, *w) if step.ones else w, step.ones)
+                if step.ones and step.terms == 1:
+                    env = env.clone()     # not a view of the reused matmul buffer
+            # the backward's adjoints: conjugate transposes, as torch's conjugate-Wirtinger
+            # gradients need (plain transposes for real tensors)
+            if complex_:
+                records.append((step, a.transpose(1, 2).conj(), core.transpose(1, 2).conj(),
+                                [t.conj() for t in w], shape, terms if keep_terms else None))
+            else:
+                records.append((step, a.mT, core.mT, w, shape, terms if keep_terms else None))
         return env, records
 
     @staticmethod
@@ -184,6 +198,7 @@ class _ChainRun(torch.autograd.Function):
                 grad_stacked = (torch.empty_like(saved[1])
                                 if len(positions) == saved[1].shape[0]
                                 else torch.zeros_like(saved[1]))
+                grad_parts = grad_stacked.unbind(0)
             need_cores = (need_cores[0],) * n
         grad_weights: list[torch.Tensor | None] = [None] * len(need_weights)
         buffers: dict[Any, tuple[torch.Tensor, tuple[torch.Tensor, ...]]] = {}
@@ -207,7 +222,7 @@ class _ChainRun(torch.autograd.Function):
                 for target, weight in zip(slices, w):
                     torch.mul(grad, weight, out=target)
             if grad_stacked is not None:
-                torch.bmm(a_t, grad_r, out=grad_stacked[step.core])
+                torch.bmm(a_t, grad_r, out=grad_parts[step.core])
             elif need_cores[k]:
                 grad_cores[k] = torch.bmm(a_t, grad_r)
             if k == 0 and not need_env:
