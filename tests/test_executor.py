@@ -57,6 +57,23 @@ def test_kernel_modes(left: tuple[str, ...], right: tuple[str, ...], kept: set[s
 _BROADCAST_SIZES = {"b": 3, "k1": 8, "k2": 8, "m": 32, "n": 16}
 
 
+@pytest.mark.parametrize(("left", "right"), [(("b", "l"), ("b", "p")), (("b", "p"), ("b", "l"))])
+def test_an_outer_product_puts_its_longer_side_innermost(left: tuple[str, ...],
+                                                          right: tuple[str, ...]) -> None:
+    """``(b, l) x (b, p)`` with ``l`` 40 and ``p`` 2, either way round, is written
+    ``(b, p, l)``: a broadcast multiply with a short inner run is several times slower."""
+    from tngraph.executor import run_kernel
+
+    sizes = {"b": 8, "l": 40, "p": 2}
+    kernel = design_kernel(0, 1, 2, left, right, {"b", "l", "p"}, sizes, lead="b")
+    assert kernel.mode == "outer" and kernel.out_layout == ("b", "p", "l")
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(*(sizes[i] for i in left), dtype=torch.float64, generator=gen)
+    y = torch.randn(*(sizes[i] for i in right), dtype=torch.float64, generator=gen)
+    expected = torch.einsum(f"{''.join(left)},{''.join(right)}->bpl", x, y)
+    torch.testing.assert_close(run_kernel(kernel, x, y), expected)
+
+
 @pytest.mark.parametrize("grad", [False, True])
 def test_a_broadcast_kernel_reads_its_operand_in_place(grad: bool) -> None:
     """``(b, k1, k2, m)`` against ``(k1, k2, n)``: no view of the left operand puts its free
@@ -514,6 +531,21 @@ def test_inference_runs_in_a_workspace_kept_between_calls() -> None:
     with torch.inference_mode():                  # inference tensors: a workspace of their own
         assert_matches(module(x), dense_oracle(module, {"x": x}))
     assert len(program._workspaces) == 2
+
+
+def test_the_split_lockstep_step_runs_fused_in_the_workspace() -> None:
+    """The last lockstep step, whose result splits into the two half-chains' environments, is
+    one multiply-add into a workspace tensor (not a generic kernel into fresh memory)."""
+    import re
+
+    module, x = _program_and_inputs()
+    with torch.no_grad():
+        out = module(x)
+    source = module._program(6).workspace_source
+    split = re.search(r"    r(\d+) = torch\.addcmul\([^\n]*out=ws\[\d+\]\)\n"
+                      r"(?:    del [^\n]*\n)*    p\1 = r\1\.reshape\(2, -1\)\.unbind\(0\)", source)
+    assert split is not None, source
+    assert_matches(out, dense_oracle(module, {"x": x}))
 
 
 def test_inference_gathers_the_ports_into_the_workspace() -> None:

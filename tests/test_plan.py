@@ -401,6 +401,46 @@ def test_fused_path_runs_when_close_to_the_lowest_flops(
     assert data_steps(executed.steps) == 0
 
 
+def test_the_label_core_meets_its_pixel_first_and_the_chain_steps_stay_fused() -> None:
+    """Ports first where fusing would write a node out much larger: the label core (l, p, r, o)
+    meets the outer product of an environment and its own pixel; every other core meets its
+    environment before its pixel, the fused order of a chain. Both orders compute the same."""
+    text = LONG_CLASSIFIER.replace("output_dim: 3", "output_dim: 10")
+    plan = plan_spec(load_spec(text), cache=False, max_repeats=16, batch_size=64).executed()
+    terms = plan.problem.terms
+    made_from: dict[int, set[int]] = {k: {k} for k in range(len(terms))}
+    for step in plan.steps:
+        made_from[step.out] = made_from[step.left] | made_from[step.right]
+    pixel_first, node_first = [], []
+    for k, term in enumerate(terms):
+        if term.kind != "input":
+            continue
+        node = next(j for j, t in enumerate(terms) if t.name == f"A{term.copy}")
+        step = next(s for s in plan.steps if k in (s.left, s.right))
+        (pixel_first if node not in made_from[step.left] | made_from[step.right]
+         else node_first).append(term.copy)
+    assert pixel_first == [12]                     # the label core's site (24 sites: 12)
+    assert len(node_first) == 23
+    module = tngraph.compile(text, cache=False, dtype="float64", max_repeats=16)
+    inputs = random_inputs(module, 3, seed=4)
+    assert_matches(module(**inputs), dense_oracle(module, inputs))
+
+
+@pytest.mark.parametrize("margin", [plan_mod.PORTS_FIRST_MARGIN, 1e9])
+def test_ports_first_only_beyond_the_margin(monkeypatch: pytest.MonkeyPatch,
+                                            margin: float) -> None:
+    """With an unreachable margin every port follows its node (the plain port-fused path)."""
+    monkeypatch.setattr(plan_mod, "PORTS_FIRST_MARGIN", margin)
+    text = LONG_CLASSIFIER.replace("output_dim: 3", "output_dim: 10")
+    plan = plan_spec(load_spec(text), cache=False, max_repeats=16, batch_size=64).executed()
+    label = next(k for k, t in enumerate(plan.problem.terms) if t.name == "A12")
+    pixel = next(k for k, t in enumerate(plan.problem.terms) if t.name == "x[12]")
+    step = next(s for s in plan.steps if label in (s.left, s.right))
+    ports_first = step.left != pixel and step.right != pixel and any(
+        pixel in (s.left, s.right) and s.out in (step.left, step.right) for s in plan.steps)
+    assert ports_first == (margin < 1e9)
+
+
 @pytest.mark.parametrize("run_path", ["auto", "min-flops", "fused"])
 def test_every_run_path_computes_the_network(run_path: str) -> None:
     module = tngraph.compile(LONG_CLASSIFIER, cache=False, dtype="float64", max_repeats=16,
