@@ -609,7 +609,7 @@ def _pair(bond: int = 3, sites: int = 16, monkeypatch: pytest.MonkeyPatch | None
 
 def test_chain_runs_are_one_autograd_node(monkeypatch: pytest.MonkeyPatch) -> None:
     fused, plain = _pair(monkeypatch=monkeypatch)
-    assert "_ChainRun.apply" in fused._program(5).source_code
+    assert "apply_positional(_ChainRun, " in fused._program(5).source_code
     assert "_ChainRun" not in plain._program(5).source_code
 
 
@@ -641,26 +641,26 @@ def test_chain_run_gradients_match_op_by_op_autograd(monkeypatch: pytest.MonkeyP
 def test_chain_run_gradcheck_including_the_data() -> None:
     module = _classifier(bond=3, sites=16)
     randomize(module, seed=0, scale=0.5)
-    assert "_ChainRun.apply" in module._program(3).source_code
+    assert "apply_positional(_ChainRun, " in module._program(3).source_code
     x = random_inputs(module, 3, seed=5)["x"].clone().requires_grad_()
     assert torch.autograd.gradcheck(lambda data: module(data), (x,), fast_mode=True)
 
 
 def _chain_run_calls(module: tngraph.TNModule, x: torch.Tensor,
                      monkeypatch: pytest.MonkeyPatch) -> list[tuple]:
-    """The arguments of every ``_ChainRun.apply`` in one forward and backward of ``module``
-    on ``x`` (batch 5)."""
+    """The arguments of every chain run (``apply_positional(_ChainRun, ...)``) in one forward
+    and backward of ``module`` on ``x`` (batch 5)."""
     from tngraph.executor import _ChainRun
+    from tngraph.executor.kernels import apply_positional
 
     calls: list[tuple] = []
 
-    class Recorder:
-        @staticmethod
-        def apply(*args: object) -> object:
-            calls.append(args)
-            return _ChainRun.apply(*args)
+    def recorder(function: type, *args: object) -> object:
+        assert function is _ChainRun
+        calls.append(args)
+        return apply_positional(function, *args)
 
-    monkeypatch.setitem(module._program(5)._generated.__globals__, "_ChainRun", Recorder)
+    monkeypatch.setitem(module._program(5)._generated.__globals__, "apply_positional", recorder)
     module(x).sum().backward()
     monkeypatch.undo()
     return calls
@@ -672,7 +672,7 @@ def test_a_chain_run_reads_its_cores_as_one_stacked_tensor() -> None:
     writes all core gradients into one tensor instead of stacking per-step ones."""
     module = _classifier(bond=3, sites=16)
     source = module._program(5).source_code
-    (run,) = [line for line in source.splitlines() if "_ChainRun.apply" in line]
+    (run,) = [line for line in source.splitlines() if "apply_positional(_ChainRun, " in line]
     assert "fetched[('stacked', " in run and "'b')]" not in run     # no per-step cores
     program = module._program(5)
     assert [len(p) for p in program._stacked_cores.values()] == [

@@ -40,6 +40,7 @@ from tngraph.executor.kernels import (
     _logical,
     _matmul_grads,
     _pooled,
+    apply_positional,
 )
 from tngraph.executor.pool import BufferPool
 from tngraph.executor.schedule import LeafSource
@@ -298,7 +299,8 @@ class AdjointProgram:
         """The program's result, as one autograd node; ``bias`` (``outputs``-shaped, for a
         result ``(batch, *outputs)``) is added to it."""
         extra = () if bias is None else (bias,)
-        return _ProgramRun.apply(self, len(tensors), len(ports), *tensors, *ports, *extra)[0]
+        return apply_positional(_ProgramRun, self, len(tensors), len(ports), *tensors,
+                                *ports, *extra)[0]
 
     def recorded(self, tensors: Sequence[torch.Tensor], ports: Sequence[torch.Tensor],
                  bias: torch.Tensor | None) -> torch.Tensor:

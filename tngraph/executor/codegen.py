@@ -469,7 +469,8 @@ class _SourceWriter:
             args = [f"fetched[('stacked', {number})]"]
         else:
             args = [f"fetched[{key!r}]" for key in cores]
-        line = (f"    g{run[-1]} = _ChainRun.apply({self.const(tuple(steps), 'C')}, g{start}, "
+        line = (f"    g{run[-1]} = apply_positional(_ChainRun, {self.const(tuple(steps), 'C')}, "
+                f"g{start}, "
                 f"{', '.join(args + weights)})[0]")
         self.lines.append(line)
         last = self.ops[run[-1]]

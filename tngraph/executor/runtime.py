@@ -40,6 +40,7 @@ from tngraph.executor.kernels import (
     _pooled_mm,
     _role_slot,
     _transforms_active,
+    apply_positional,
     run_kernel,
 )
 from tngraph.executor.pool import POOL_SHARE_OF_LIMIT, BufferPool
@@ -216,7 +217,8 @@ class Program:
         namespace = {"torch": torch, "run_kernel": run_kernel, "_as3": _as3,
                      "_ChainRun": _ChainRun, "_BroadcastMatmul": _BroadcastMatmul,
                      "_broadcast_operands": _broadcast_operands,
-                     "_pooled_mm": _pooled_mm, "pool": self._pool, **self._constants}
+                     "_pooled_mm": _pooled_mm, "apply_positional": apply_positional,
+                     "pool": self._pool, **self._constants}
         exec(compile(source, name, "exec"), namespace)  # noqa: S102 - our own generated code
         return namespace["contract"]
 
