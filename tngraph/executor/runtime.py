@@ -194,7 +194,7 @@ class Program:
                 final_perm=self.final_perm, final_merged=self.final_merged)
             self._adjoint = AdjointProgram(self.adjoint_source, self._run_plain, self._pool)
         # inference variant: stacked results written into a workspace kept between calls
-        self._workspaces: dict[tuple[Any, ...], tuple[list[Any], set[int], dict[Any, Any]]] = {}
+        self._workspaces: dict[tuple[Any, ...], tuple[list[Any], set[int], GatherStore]] = {}
         self._generated_ws = None
         if not self.sliced:
             self.workspace_source = self._generate_source(workspace=True)
@@ -250,7 +250,7 @@ class Program:
         return chain_runs(self._ops, self._weight_slots)
 
     def _workspace(self, tensors: Sequence[torch.Tensor], ports: Sequence[torch.Tensor]
-                   ) -> tuple[list[Any], set[int], dict[Any, Any]]:
+                   ) -> tuple[list[Any], set[int], GatherStore]:
         """The workspace for this dtype and device (built at first use): its entries as the
         workspace source refers to them, the data pointers of its tensors, and where the data
         ports' gathers are kept (see :meth:`_port_gathered`; their pointers join the others)."""
@@ -269,7 +269,7 @@ class Program:
                     entries.append(entries[spec.base].view(spec.size).unbind(spec.dim))
             pointers = {e.untyped_storage().data_ptr() for e, spec in zip(entries, self._ws_specs)
                         if isinstance(spec, WsEmpty)}
-            found = self._workspaces[key] = (entries, pointers, {"pointers": pointers})
+            found = self._workspaces[key] = (entries, pointers, GatherStore(pointers))
         return found
 
     # -- leaves -----------------------------------------------------------------------------
@@ -317,24 +317,25 @@ class Program:
             found = self._views[key] = (mark, storage.view(shape).unbind(0))
         return found[1]
 
-    def _port_gathered(self, store: dict[Any, Any] | None, key: Any, source: torch.Tensor,
+    def _port_gathered(self, store: GatherStore | None, key: Any, source: torch.Tensor,
                        idx: torch.Tensor, split: Any) -> Any:
-        """``split(source.index_select(0, idx))``; with a workspace ``store`` (inference holding
-        the workspace), the gather is written into a tensor kept there and split into views
-        once: a 64-site classifier's per-step feature weights are otherwise 30 fresh views per
-        call."""
+        """``split(source.index_select(0, idx))``; with a workspace's ``store`` (inference,
+        holding the workspace), the gather is written into a tensor kept there and split into
+        views once: a 64-site classifier's per-step feature weights are otherwise 30 fresh
+        views per call."""
         if store is None:
             return split(source.index_select(0, idx))
-        found = store.get(key)
-        if found is None or found[0].shape[1:] != source.shape[1:]:
+        found = store.kept.get(key)
+        if found is None or found[0].shape[1:] != source.shape[1:] \
+                or found[0].dtype != source.dtype or found[0].device != source.device:
             buffer = source.new_empty((len(idx), *source.shape[1:]))
-            found = store[key] = (buffer, split(buffer))
-            store["pointers"].add(buffer.untyped_storage().data_ptr())
+            found = store.kept[key] = (buffer, split(buffer))
+            store.pointers.add(buffer.untyped_storage().data_ptr())
         torch.index_select(source, 0, idx, out=found[0])
         return found[1]
 
     def _prefetch(self, tensors: Sequence[torch.Tensor], ports: Sequence[torch.Tensor],
-                  frozen: dict[Any, Any] | None = None, store: dict[Any, Any] | None = None
+                  frozen: dict[Any, Any] | None = None, store: GatherStore | None = None
                   ) -> dict[tuple[int, str], torch.Tensor]:
         """The gathered operands of the stacked groups: parameters (views of their stacked
         storage where it is laid out as read) and data ports. ``frozen``: inside
@@ -467,6 +468,16 @@ class Program:
             del part, parts
         assert total is not None
         return total
+
+
+@dataclass
+class GatherStore:
+    """Where an inference workspace keeps the data ports' gathers: per gather its tensor and
+    that tensor's views (``kept``), and the workspace's data pointers (``pointers``, which the
+    kept tensors join: no result that is one of them is handed out)."""
+
+    pointers: set[int]
+    kept: dict[Any, tuple[torch.Tensor, Any]] = field(default_factory=dict)
 
 
 def tensor_gathers(groups: Sequence[Group], sources: dict[int, LeafSource]
