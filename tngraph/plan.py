@@ -477,7 +477,7 @@ def _combine_pairs(kind: str, g: tuple[int, ...], h: int | tuple[int, ...]
 
     ``fuse``: h (materialised if it has ports) x g's node, then x each of g's ports;
     ``stage``: g materialised, then x h; ``both``: both materialised, then joined;
-    ``pre``: h (materialised) x each of g's ports, then x g's node.
+    ``ports_first``: h (materialised) x each of g's ports, then x g's node.
     """
     pairs: list[tuple[int, int]] = []
 
@@ -495,7 +495,7 @@ def _combine_pairs(kind: str, g: tuple[int, ...], h: int | tuple[int, ...]
         pairs.append((current, g[0]))
         for port in g[1:]:
             pairs.append((-len(pairs), port))
-    elif kind == "pre":
+    elif kind == "ports_first":
         current = materialise(h)
         for port in g[1:]:
             pairs.append((current, port))
@@ -629,9 +629,10 @@ def expand_path(absorption: Absorption, merged_path: Sequence[Sequence[int]],
             if not (isinstance(sa, tuple) and isinstance(sb, tuple)):
                 # the ports first where fusing writes much more: a core with a wide free leg
                 # (an MPS classifier's label core) would be written whole per example
-                early = _combine_pairs("pre", group, other)
-                if cost(early, written=True) * PORTS_FIRST_MARGIN < cost(pairs, written=True):
-                    pairs = early
+                ports_first = _combine_pairs("ports_first", group, other)
+                if cost(ports_first, written=True) * PORTS_FIRST_MARGIN < cost(pairs,
+                                                                            written=True):
+                    pairs = ports_first
             results: list[int] = []          # the step list costed above, emitted for real
             for x, y in pairs:
                 results.append(emit(results[-1 - x] if x < 0 else x,
