@@ -19,9 +19,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch._functorch.utils import unwrap_dead_wrappers
 
 from tngraph.executor.pool import BufferPool
+
+try:   # what Function.apply does to its arguments outside transforms (see apply_positional)
+    from torch._functorch.utils import unwrap_dead_wrappers as _unwrap_dead
+except ImportError:                   # (a torch without it: the plain apply runs)
+    _unwrap_dead = None
 
 #: contractions over at most this many inner entries run as unrolled multiply-adds
 #: (``small`` / ``select`` kernels)
@@ -375,9 +379,9 @@ def apply_positional(function: Any, *args: Any) -> Any:
     >>> x.grad
     tensor([2., 2.])
     """
-    if torch._C._are_functorch_transforms_active():
+    if _unwrap_dead is None or _transforms_active():
         return function.apply(*args)
-    return super(torch.autograd.Function, function).apply(*unwrap_dead_wrappers(args))
+    return super(torch.autograd.Function, function).apply(*_unwrap_dead(args))
 
 
 def _as3(t: torch.Tensor, op: Operand) -> torch.Tensor:
