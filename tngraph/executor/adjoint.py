@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from tngraph.executor.codegen import GroupOp, LoneOp, free_after_last_use
+from tngraph.executor.codegen import GroupOp, LoneOp, _operand_source, free_after_last_use
 from tngraph.executor.kernels import (
     Kernel,
     Operand,
@@ -41,6 +41,7 @@ from tngraph.executor.kernels import (
     _matmul_grads,
     _pooled,
     apply_positional,
+    inverse_permutation,
 )
 from tngraph.executor.pool import BufferPool
 from tngraph.executor.schedule import LeafSource
@@ -73,13 +74,6 @@ class AdjointSource:
     constants: dict[str, Any]
 
 
-def _inverse(perm: Sequence[int]) -> tuple[int, ...]:
-    out = [0] * len(perm)
-    for i, p in enumerate(perm):
-        out[p] = i
-    return tuple(out)
-
-
 def _unview(grad: torch.Tensor, shape: Sequence[int], perm: Sequence[int] | None
             ) -> torch.Tensor:
     """The gradient of a value of ``shape`` from that of its operand view (before any
@@ -94,7 +88,7 @@ def _unview(grad: torch.Tensor, shape: Sequence[int], perm: Sequence[int] | None
     """
     if perm is None:
         return grad.reshape(shape)
-    return grad.reshape([shape[p] for p in perm]).permute(_inverse(perm))
+    return grad.reshape([shape[p] for p in perm]).permute(inverse_permutation(perm))
 
 
 class _Writer:
@@ -135,15 +129,8 @@ class _Writer:
         return " or ".join(sorted(f"need_{kind}[{index}]" for kind, index in self.below(slot)))
 
     def operand(self, slot: int, op: Operand, matrix: bool) -> str:
-        """The operand view of ``slot`` (as :func:`~tngraph.executor.codegen._operand_source`)."""
-        expr = self.value(slot)
-        target = tuple(op.shape3[1:] if matrix else op.shape3)
-        if op.perm is not None:
-            expr = f"{expr}.permute({op.perm}).contiguous()"
-        expr = f"{expr}.reshape({target})"
-        if op.transposed:
-            expr += ".t()" if matrix else ".transpose(1, 2)"
-        return expr
+        """The operand view of ``slot``'s value."""
+        return _operand_source(self.value(slot), op, matrix)
 
     def step(self, kernel: Kernel) -> None:
         x, y = (kernel.right, kernel.left) if kernel.swap else (kernel.left, kernel.right)
@@ -225,10 +212,11 @@ def generate_adjoint(ops: Sequence[GroupOp], sources: Mapping[int, LeafSource], 
         merged, perm, out = final_merged
         result = f"{result}.reshape({merged}).permute({perm}).contiguous().view({out})"
         permuted = tuple(merged[p] for p in perm)
-        unfinal = (f"grad.reshape({permuted}).permute({_inverse(perm)}).reshape({shape})")
+        unfinal = (f"grad.reshape({permuted}).permute({inverse_permutation(perm)})"
+                   f".reshape({shape})")
     elif final_perm is not None:
         result = f"{result}.permute({final_perm})"
-        unfinal = f"grad.permute({_inverse(final_perm)})"
+        unfinal = f"grad.permute({inverse_permutation(final_perm)})"
     else:
         unfinal = "grad"
     saved = ", ".join(writer.saved)

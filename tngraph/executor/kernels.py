@@ -351,6 +351,20 @@ def conform(kernel: Kernel, target: Kernel, sizes: dict[str, int]) -> Kernel:
     return kernel
 
 
+def inverse_permutation(perm: Sequence[int]) -> tuple[int, ...]:
+    """The permutation that undoes ``perm``: ``t.permute(perm).permute(inverse)`` is ``t``.
+
+    Examples
+    --------
+    >>> inverse_permutation((2, 0, 1))
+    (1, 2, 0)
+    """
+    inverse = [0] * len(perm)
+    for axis, source in enumerate(perm):
+        inverse[source] = axis
+    return tuple(inverse)
+
+
 def apply_positional(function: Any, *args: Any) -> Any:
     """``function.apply(*args)`` for an ``autograd.Function`` in the ``setup_context`` form
     called with positional arguments only, for every parameter of its ``forward``.

@@ -21,6 +21,7 @@ from tngraph.executor.kernels import (
     _role_slot,
     conform,
     design_kernel,
+    inverse_permutation,
     larger_inside,
 )
 from tngraph.plan import equation
@@ -362,10 +363,7 @@ def plan_param_gather(shapes: Sequence[tuple[int, ...]], members: Sequence[tuple
     if n % q == 0 and all(order[j * (n // q) + i] == i * q + j
                           for j in range(q) for i in range(n // q)):
         return ParamGather(tuple(parts), "stack")
-    inverse = [0] * len(order)
-    for place, position in enumerate(order):
-        inverse[position] = place
-    return ParamGather(tuple(parts), "index", tuple(inverse))
+    return ParamGather(tuple(parts), "index", inverse_permutation(order))
 
 
 def gather_params(tensors: Sequence[torch.Tensor], gather: ParamGather) -> torch.Tensor:

@@ -38,7 +38,7 @@ from typing import Any
 
 import torch
 
-from tngraph.executor.kernels import Operand, _logical
+from tngraph.executor.kernels import Operand, _logical, inverse_permutation
 
 
 @dataclass(frozen=True)
@@ -85,12 +85,7 @@ def member_view(storage: torch.Tensor, layout: StackLayout, position: int,
         block = block.transpose(1, 2)
     permuted = [shape[d] for d in op.perm] if op.perm is not None else list(shape)
     view = block.view(permuted)          # splits the (nb, x, y) axes only: always a view
-    if op.perm is None:
-        return view
-    inverse = [0] * len(op.perm)
-    for axis, source in enumerate(op.perm):
-        inverse[source] = axis
-    return view.permute(inverse)
+    return view if op.perm is None else view.permute(inverse_permutation(op.perm))
 
 
 @dataclass(frozen=True)
