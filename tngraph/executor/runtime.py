@@ -52,7 +52,7 @@ from tngraph.executor.schedule import (
     plan_param_gather,
     plan_schedule,
 )
-from tngraph.executor.storage import NodeValues, Placement, StackLayout
+from tngraph.executor.storage import NodeValues, Placement, StackLayout, storage_mark
 
 
 def traced() -> bool:
@@ -310,8 +310,7 @@ class Program:
         (``p.data = t``, ``load_state_dict(assign=True)``, another dtype or device) has another
         address or layout, and the views are made anew. (The views kept hold the old memory,
         so no new tensor can take its address meanwhile.)"""
-        mark = (storage.data_ptr(), storage.storage_offset(), storage.shape, storage.stride(),
-                storage.dtype, storage.device, torch.is_inference_mode_enabled())
+        mark = storage_mark(storage)
         found = self._views.get(key)
         if found is None or found[0] != mark:
             found = self._views[key] = (mark, storage.view(shape).unbind(0))

@@ -88,6 +88,15 @@ def member_view(storage: torch.Tensor, layout: StackLayout, position: int,
     return view if op.perm is None else view.permute(inverse_permutation(op.perm))
 
 
+def storage_mark(storage: torch.Tensor) -> tuple[Any, ...]:
+    """What views of ``storage`` kept between calls depend on: its memory's address, its
+    layout, dtype and device, and whether inference mode is on (views made there are inference
+    tensors). Equal marks: the same memory in the same layout, so a kept view still aliases it
+    (a kept view holds the memory, so no other tensor can take its address meanwhile)."""
+    return (storage.data_ptr(), storage.storage_offset(), storage.shape, storage.stride(),
+            storage.dtype, storage.device, torch.is_inference_mode_enabled())
+
+
 @dataclass(frozen=True)
 class Placement:
     """Where every tensor of a network is stored: ``lone[i]`` is the position of tensor ``i``
@@ -162,9 +171,7 @@ class NodeValues(Sequence[torch.Tensor]):
             storage = self.stacks[k]
             mark = None
             if self._kept is not None:
-                mark = (storage.data_ptr(), storage.storage_offset(), storage.shape,
-                        storage.stride(), storage.dtype, storage.device,
-                        torch.is_inference_mode_enabled())
+                mark = storage_mark(storage)
                 found = self._kept.get(index)
                 if found is not None and found[0] == mark:
                     self._views[index] = found[1]
