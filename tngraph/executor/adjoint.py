@@ -42,6 +42,7 @@ from tngraph.executor.kernels import (
     _pooled,
     apply_positional,
     inverse_permutation,
+    recomputed_grads,
 )
 from tngraph.executor.pool import BufferPool
 from tngraph.executor.schedule import LeafSource
@@ -336,15 +337,12 @@ class _ProgramRun(torch.autograd.Function):
         needs = ctx.needs_input_grad[3:]
         n, n_ports = ctx.n_tensors, ctx.n_ports
         if torch.is_grad_enabled():          # create_graph=True: a differentiable backward
-            with torch.enable_grad():
-                leaves = [t if t.requires_grad else t.detach().requires_grad_(need)
-                          for t, need in zip(inputs, needs)]
+            program = ctx.program
+
+            def run(leaves: Sequence[torch.Tensor]) -> torch.Tensor:
                 tensors, ports, rest = _split(leaves, n, n_ports)
-                out = ctx.program.recorded(tensors, ports, rest[0] if rest else None)
-                wanted = [t for t, need in zip(leaves, needs) if need]
-                found = iter(torch.autograd.grad(out, wanted, grad, create_graph=True,
-                                                 allow_unused=True))
-            return (None, None, None, *(next(found) if need else None for need in needs))
+                return program.recorded(tensors, ports, rest[0] if rest else None)
+            return (None, None, None, *recomputed_grads(run, inputs, needs, grad))
         if 0 in grad.stride():     # a broadcast gradient (``out.sum().backward()``): batched
             grad = grad.contiguous()   # matmuls take a slow per-matrix path on it
         tensors, ports, rest = _split(inputs, n, n_ports)

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from tngraph.executor.kernels import _weighted_sum
+from tngraph.executor.kernels import _weighted_sum, recomputed_grads
 
 
 @dataclass(frozen=True)
@@ -166,16 +166,9 @@ class _ChainRun(torch.autograd.Function):
         """Recompute the run from its saved inputs with recorded ops and differentiate it with
         ``create_graph``, so that the gradients have a graph back to the inputs (the fast
         backward's saved intermediates have none)."""
-        saved = ctx.saved_tensors
-        needs = ctx.needs_input_grad[1:]
-        with torch.enable_grad():
-            inputs = [t if t.requires_grad else t.detach().requires_grad_(need)
-                      for t, need in zip(saved, needs)]
-            out = chain_forward(ctx.steps, inputs[0], tuple(inputs[1:]))
-            wanted = [t for t, need in zip(inputs, needs) if need]
-            found = iter(torch.autograd.grad(out, wanted, grad, create_graph=True,
-                                             allow_unused=True))
-        grads = [next(found) if need else None for need in needs]
+        steps = ctx.steps
+        grads = recomputed_grads(lambda t: chain_forward(steps, t[0], tuple(t[1:])),
+                                 ctx.saved_tensors, ctx.needs_input_grad[1:], grad)
         return (None, *grads)
 
     @staticmethod

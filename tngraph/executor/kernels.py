@@ -365,6 +365,33 @@ def inverse_permutation(perm: Sequence[int]) -> tuple[int, ...]:
     return tuple(inverse)
 
 
+def recomputed_grads(run: Any, inputs: Sequence[torch.Tensor], needs: Sequence[bool],
+                     grad: torch.Tensor) -> list[torch.Tensor | None]:
+    """The gradients of ``run(inputs)`` with respect to the ``inputs`` whose ``needs`` is set
+    (None for the others), from the output's gradient ``grad``, with a graph back to the inputs.
+
+    The double-backward path of a Function whose fast backward reads saved intermediates that
+    carry no graph (:class:`~tngraph.executor.chain._ChainRun`,
+    :class:`~tngraph.executor.adjoint._ProgramRun`): called under ``create_graph=True``, it
+    recomputes ``run`` from the saved inputs with recorded torch ops and differentiates that.
+
+    Examples
+    --------
+    >>> x = torch.tensor([3.0], requires_grad=True)
+    >>> (g,) = recomputed_grads(lambda t: t[0] ** 3, [x], [True], torch.ones(1))
+    >>> g.detach(), torch.autograd.grad(g.sum(), x)[0]      # d/dx x^3, then its derivative
+    (tensor([27.]), tensor([18.]))
+    """
+    with torch.enable_grad():
+        leaves = [t if t.requires_grad else t.detach().requires_grad_(need)
+                  for t, need in zip(inputs, needs)]
+        out = run(leaves)
+        wanted = [t for t, need in zip(leaves, needs) if need]
+        found = iter(torch.autograd.grad(out, wanted, grad, create_graph=True,
+                                         allow_unused=True))
+    return [next(found) if need else None for need in needs]
+
+
 def apply_positional(function: Any, *args: Any) -> Any:
     """``function.apply(*args)`` for an ``autograd.Function`` in the ``setup_context`` form
     called with positional arguments only, for every parameter of its ``forward``.
