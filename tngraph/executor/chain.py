@@ -121,12 +121,9 @@ class _ChainRun(torch.autograd.Function):
                 buffer, terms = _result_buffer(buffers, step, env)
                 torch.bmm(a, core, out=buffer)
             w = weights[step.weights[0]:step.weights[1]]
-            if step.ones and step.terms == 2:       # [1, x]: one multiply-add
-                env = torch.addcmul(terms[0], terms[1], w[0])
-            else:
-                env = _weighted_sum(terms, (None, *w) if step.ones else w, step.ones)
-                if step.ones and step.terms == 1:
-                    env = env.clone()     # not a view of the reused matmul buffer
+            env = _weighted_sum(terms, (None, *w) if step.ones else w, step.ones)
+            if step.ones and step.terms == 1:
+                env = env.clone()         # not a view of the reused matmul buffer
             # the backward's adjoints: conjugate transposes, as torch's conjugate-Wirtinger
             # gradients need (plain transposes for real tensors)
             if complex_:
