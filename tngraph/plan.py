@@ -619,14 +619,14 @@ def expand_path(absorption: Absorption, merged_path: Sequence[Sequence[int]],
     for a, b in merged_path:
         sa, sb = state.pop(a), state.pop(b)
         if isinstance(sa, tuple) or isinstance(sb, tuple):
-            options = []
-            if isinstance(sa, tuple) and isinstance(sb, tuple):
+            both = isinstance(sa, tuple) and isinstance(sb, tuple)
+            if both:
                 options = [("fuse", sb, sa), ("fuse", sa, sb), ("both", sa, sb)]
             else:
                 group, other = (sa, sb) if isinstance(sa, tuple) else (sb, sa)
                 options = [("fuse", group, other), ("stage", group, other)]
             pairs = min((_combine_pairs(*o) for o in options), key=cost)
-            if not (isinstance(sa, tuple) and isinstance(sb, tuple)):
+            if not both:
                 # the ports first where fusing writes much more: a core with a wide free leg
                 # (an MPS classifier's label core) would be written whole per example
                 ports_first = _combine_pairs("ports_first", group, other)
