@@ -427,6 +427,33 @@ def _train_fn(layer: nn.Module, x: torch.Tensor) -> Callable[[], Any]:
     return run
 
 
+def adam(params: Sequence[torch.Tensor]) -> torch.optim.Optimizer:
+    """``torch.optim.Adam`` at its fastest documented setting on this torch: ``fused=True``
+    (CPU support since torch 2.4), else ``foreach=True``. Every candidate gets the same."""
+    params = list(params)
+    try:
+        return torch.optim.Adam(params, lr=1e-4, fused=True)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.Adam(params, lr=1e-4, foreach=True)
+
+
+def _adam_setting() -> str:
+    return "fused" if adam([torch.zeros(1, requires_grad=True)]).defaults.get("fused") \
+        else "foreach"
+
+
+def _step_fn(layer: nn.Module, x: torch.Tensor) -> Callable[[], Any]:
+    """One training step as a user's loop runs it: ``zero_grad``, forward, backward and a
+    plain Adam step over ``layer.parameters()`` (:func:`adam`)."""
+    optimizer = adam(layer.parameters())
+
+    def run() -> Any:
+        optimizer.zero_grad(set_to_none=True)
+        layer(x).sum().backward()
+        optimizer.step()
+    return run
+
+
 def _ratio(a: Timing | None, b: Timing | None) -> float:
     return a.median / b.median if a is not None and b is not None else math.nan
 
@@ -438,7 +465,9 @@ def linear_section(quick: bool) -> tuple[list[list[str]], dict[str, list[bool]]]
     print()
     opts = _rounds(quick, 9)
     summary: list[list[str]] = []
-    verdicts: dict[str, list[bool]] = {"fwd auto": [], "fwd net": [], "fwd+bwd auto": []}
+    verdicts: dict[str, list[bool]] = {"fwd auto": [], "fwd net": [], "fwd+bwd auto": [],
+                                       "step auto": [], "step Linear": [],
+                                       "fwd+bwd Linear": []}
     for cfg in linear_configs(quick):
         progress(f"tt_linear {cfg.label}")
         cores = random_tt_matrix(cfg)
@@ -462,17 +491,24 @@ def linear_section(quick: bool) -> tuple[list[list[str]], dict[str, list[bool]]]
                 _check_close(name, layer(x), want)
         fwd = interleaved({n: _forward_fn(m, x) for n, m in live.items()}, **opts)
         train = interleaved({n: _train_fn(m, x) for n, m in live.items()}, **opts)
-        base_f, base_t = fwd.get("tltorch"), train.get("tltorch")
+        step = interleaved({n: _step_fn(m, x) for n, m in live.items()}, **opts)
+        base_f, base_t, base_s = fwd.get("tltorch"), train.get("tltorch"), step.get("tltorch")
+        # the TT-layer's forward FLOPs against nn.Linear's (2 * batch * in * out)
+        fewer_flops = (layers["tngraph-auto"].plan.executed().flops  # type: ignore[union-attr]
+                       < 2 * cfg.batch * math.prod(cfg.in_shape) * n_out)
         rows = []
         for name, layer in layers.items():
             if layer is None:
-                rows.append([name, "-", "skipped", "", "", "skipped", "", ""])
+                rows.append([name, "-", "skipped", "", "", "skipped", "", "", "skipped", "",
+                             ""])
                 continue
             params = sum(p.numel() for p in layer.parameters())
             rows.append([name, f"{params:,}", fmt_ms(fwd[name].median),
                          f"{fwd[name].spread * 100:.0f}%", fmt_ratio(_ratio(fwd[name], base_f)),
                          fmt_ms(train[name].median), f"{train[name].spread * 100:.0f}%",
-                         fmt_ratio(_ratio(train[name], base_t))])
+                         fmt_ratio(_ratio(train[name], base_t)), fmt_ms(step[name].median),
+                         f"{step[name].spread * 100:.0f}%",
+                         fmt_ratio(_ratio(step[name], base_s))])
         chosen = getattr(layers["tngraph-auto"], "execution", "?")
         ranks = tt_ranks(cores)
         notes = [] if tltorch is not None else [tl_info]
@@ -480,12 +516,14 @@ def linear_section(quick: bool) -> tuple[list[list[str]], dict[str, list[bool]]]
                  f"params include the bias ({n_out}).",
                  f"tngraph-auto chose: {chosen} (one choice per module, from the plan's cost "
                  "model, for training and inference); x/tltorch = ratio to tltorch's time "
-                 "(< 1: faster than tltorch)."]
+                 "(< 1: faster than tltorch).",
+                 "step: zero_grad + forward + backward + torch.optim.Adam step over "
+                 f"parameters() ({_adam_setting()}, the same for every candidate)."]
         show(f"tt_linear {cfg.label}: ms per call (median of {opts['rounds']} interleaved "
              "rounds), CPU float32",
              ["candidate", "params", "fwd ms", "iqr", "x/tltorch", "fwd+bwd ms", "iqr",
-              "x/tltorch"], rows, notes)
-        for mode, ts in (("fwd", fwd), ("fwd+bwd", train)):
+              "x/tltorch", "step ms", "iqr", "x/tltorch"], rows, notes)
+        for mode, ts in (("fwd", fwd), ("fwd+bwd", train), ("step", step)):
             tl_best = min((ts[n] for n in ("tltorch", "tltorch-rec") if n in ts),
                           key=lambda t: t.median, default=None)
             r_net = _ratio(ts["tngraph-net"], ts.get("tltorch"))
@@ -495,13 +533,16 @@ def linear_section(quick: bool) -> tuple[list[list[str]], dict[str, list[bool]]]
                 verdicts[f"{mode} auto"].append(r_auto <= LINEAR_TARGET)
                 if mode == "fwd":
                     verdicts["fwd net"].append(r_net <= LINEAR_TARGET)
+            r_linear = _ratio(ts["tngraph-auto"], ts["Linear"])
+            if mode != "fwd" and fewer_flops:
+                verdicts[f"{mode} Linear"].append(r_linear <= LINEAR_TARGET)
             summary.append([
                 cfg.label, mode, fmt_ms(ts["tngraph-net"].median),
                 fmt_ms(ts["tngraph-auto"].median),
                 fmt_ms(ts["tltorch"].median) if "tltorch" in ts else "skipped",
                 fmt_ms(ts["tltorch-rec"].median) if "tltorch-rec" in ts else "skipped",
                 fmt_ms(ts["Linear"].median), fmt_ratio(r_net), fmt_ratio(r_auto), ok,
-                fmt_ratio(_ratio(ts["tngraph-auto"], ts["Linear"]))])
+                fmt_ratio(r_linear) + ("" if fewer_flops else " (more FLOPs)")])
     return summary, verdicts
 
 
@@ -514,15 +555,22 @@ def linear_summary(summary: list[list[str]], verdicts: dict[str, list[bool]]) ->
           "auto/best-tl: tngraph's default strategy against the faster of tltorch's two "
           "implementations (the target, forward rows);",
           "under no_grad 'auto' may keep the dense weight between calls (one matmul, like "
-          "nn.Linear); tltorch-rec rebuilds W every call."])
+          "nn.Linear); tltorch-rec rebuilds W every call;",
+          "step: a whole training step (zero_grad, forward, backward, Adam step); auto/Linear "
+          "marks where the TT-layer does more FLOPs than nn.Linear (outside the target)."])
     labels = {"fwd auto": "forward, tngraph (strategy auto) <= the faster tltorch",
               "fwd net": "forward, tngraph (strategy network) <= tltorch 'factorized'",
-              "fwd+bwd auto": "forward+backward, tngraph (auto) <= the faster tltorch "
-                              "(not a target, for information)"}
+              "fwd+bwd auto": "forward+backward, tngraph (auto) <= the faster tltorch",
+              "step auto": "training step, tngraph (auto) <= the faster tltorch",
+              "step Linear": "training step, tngraph (auto) <= nn.Linear where the TT-layer "
+                             "does fewer FLOPs",
+              "fwd+bwd Linear": "forward+backward alone, tngraph (auto) <= nn.Linear where "
+                                "the TT-layer does fewer FLOPs (for information)"}
     for key, label in labels.items():
         oks = verdicts[key]
         if not oks:
-            print(f"{label}: tltorch not installed: skipped")
+            print(f"{label}: {'tltorch not installed: ' if 'tltorch' in label else ''}"
+                  "skipped")
         else:
             print(f"{label}: {verdict(all(oks))} ({sum(oks)}/{len(oks)} configurations)")
     print()

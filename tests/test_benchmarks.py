@@ -20,7 +20,7 @@ def _load(name: str):
      ["MPS classifier", "reference", "tngraph stepper", "infer GFLOP/s"]),
     ("decompose", ["--quick", "--threads", "1"],
      ["TT-SVD: tt_svd", "TT-rounding against the rank", "re-decomposing the dense tensor",
-      "tt_linear summary", "tngraph-auto"]),
+      "tt_linear summary", "tngraph-auto", "training step, tngraph (auto) <= nn.Linear"]),
     ("compile", ["--quick", "--backend", "aot_eager", "--threads", "1"],
      ["eager vs torch.compile", "train step", "eager/compiled"]),
     ("tt_toolbox", ["--quick", "--threads", "1"],
