@@ -665,39 +665,46 @@ class TNModule(nn.Module):
         if ref is None:
             ref = next(self.tensors.parameters(), None)
         dtype = ref.dtype if ref is not None else _DTYPES[self.plan.options.dtype]
-        x = _as_data(x, dtype, f"input '{name}'")
+        fmap_spec = port.feature_map
+        # a tensor of the network's real dtype needs no conversion and has no complex values
+        # to refuse (the common call: checked in a few attribute reads)
+        if not (isinstance(x, torch.Tensor) and x.dtype == dtype and not dtype.is_complex):
+            x = _as_data(x, dtype, f"input '{name}'")
+            if x.is_complex() and fmap_spec is not None:
+                raise CompileError(f"input '{name}' is complex ({x.dtype}), but its feature "
+                                   f"map '{fmap_spec.name}' takes real values; pass x.real, "
+                                   "or feed the port without a feature map")
+            x = x.to(dtype)
         if ref is not None and x.device != ref.device:
             raise CompileError(f"input '{name}' is on {x.device} but the network is on "
                                f"{ref.device}; move one with .to(...)")
-        if x.is_complex() and port.feature_map is not None:
-            raise CompileError(f"input '{name}' is complex ({x.dtype}), but its feature map "
-                               f"'{port.feature_map.name}' takes real values; pass x.real, "
-                               "or feed the port without a feature map")
-        x = x.to(dtype)
-        legs = port.shape
+        shape = x.shape
         n = port.stack
-        if x.dim() < 1:
+        if not shape:
             raise CompileError(f"input '{name}' needs a leading batch axis, got a scalar")
-        batch = x.shape[0]
+        batch = shape[0]
         if batch == 0:
-            raise CompileError(f"input '{name}' has an empty batch (shape {tuple(x.shape)}); "
+            raise CompileError(f"input '{name}' has an empty batch (shape {tuple(shape)}); "
                                "pass at least one example")
-        per_copy = 1 if port.feature_map is not None else math.prod(legs)
-        expected = per_copy * (n or 1)
-        if math.prod(x.shape[1:]) != expected:
+        legs = port.shape
+        expected = (1 if fmap_spec is not None else math.prod(legs)) * (n or 1)
+        if math.prod(shape[1:]) != expected:
             want = (["batch"] + ([str(n)] if n else [])
-                    + ([] if port.feature_map is not None else [str(d) for d in legs]))
+                    + ([] if fmap_spec is not None else [str(d) for d in legs]))
             raise CompileError(
                 f"input '{name}' expects shape ({', '.join(want)}) or any shape with "
-                f"{expected} entries per sample, got {tuple(x.shape)}")
-        if port.feature_map is not None:
-            fmap = get_feature_map(port.feature_map.name)
+                f"{expected} entries per sample, got {tuple(shape)}")
+        if fmap_spec is not None:
+            fmap = get_feature_map(fmap_spec.name)
             # copy-major: map (n, batch) values to (n, batch, dim) in one contiguous tensor
-            x = x.reshape(batch, n).t() if n else x.reshape(batch)
+            if n:
+                x = (x if len(shape) == 2 else x.reshape(batch, n)).t()
+            else:
+                x = x if len(shape) == 1 else x.reshape(batch)
             if not dtype.is_complex:
-                return fmap.apply(x, port.feature_map.options)
+                return fmap.apply(x, fmap_spec.options)
             # a complex network maps real values, then takes the vectors as complex
-            return fmap.apply(x.real, port.feature_map.options).to(dtype)
+            return fmap.apply(x.real, fmap_spec.options).to(dtype)
         if n:
             return x.reshape(batch, n, *legs).transpose(0, 1)
         return x.reshape(batch, *legs)
