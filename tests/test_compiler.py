@@ -252,6 +252,74 @@ def test_mps_feature_maps_match_oracle(feature_map: str, phys_dim: int) -> None:
     assert_matches(out, dense_oracle(module, inputs))
 
 
+_MAPS = ["multilinear", "trig", "{name: poly, degree: 3}", "{name: multilinear, scale: true}",
+         "{name: trig, scale: true}"]
+
+
+@pytest.mark.parametrize("feature_map", _MAPS)
+def test_apply_into_writes_what_apply_returns(feature_map: str) -> None:
+    """A kept features tensor rewritten by ``apply_into`` for new values equals ``apply``'s."""
+    import yaml
+
+    from tngraph.kinds import get_feature_map
+
+    named = yaml.safe_load(feature_map)
+    named = {"name": named} if isinstance(named, str) else named
+    fmap, options = get_feature_map(named.pop("name")), named
+    x, y = torch.rand(2, 7, 5, dtype=torch.float64) * 2 - 0.5
+    out = fmap.apply(x, options)
+    fmap.apply_into(y.t(), options, out.transpose(0, 1))          # into a strided view too
+    torch.testing.assert_close(out, fmap.apply(y, options), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("feature_map", _MAPS)
+def test_inference_keeps_the_features_between_calls(feature_map: str) -> None:
+    """Without autograd, a port's features are written into one tensor kept by the module:
+    each call's result is its own input's; autograd calls, calls while another holds the
+    features (another thread) and copies of the module keep none."""
+    import copy
+    import pickle
+
+    from tngraph.compiler import _FEATURES_LOCK
+
+    phys = 4 if "poly" in feature_map else 2
+    module = tngraph.compile(_mps(feature_map, phys), dtype="float64", cache=False)
+    randomize(module, seed=1, scale=0.5)
+    xs = [torch.rand(4, 5, dtype=torch.float64) * 2 - 0.5 for _ in range(3)]
+    with torch.no_grad():
+        outs = [module(x) for x in xs]
+        (kept,) = module._kept_features.values()
+        assert module(xs[0]) is not kept
+        (again,) = module._kept_features.values()
+        assert again is kept                                          # the same tensor reused
+        for x, out in zip(xs, outs):
+            assert_matches(out, dense_oracle(module, {"x": x}))
+        with _FEATURES_LOCK:                                          # held: allocates
+            torch.testing.assert_close(module(xs[1]), outs[1], rtol=0, atol=0)
+        with torch.inference_mode():                                  # a tensor of its own
+            torch.testing.assert_close(module(xs[2]), outs[2], rtol=0, atol=0)
+        assert len(module._kept_features) == 2
+    assert not copy.deepcopy(module)._kept_features
+    assert not pickle.loads(pickle.dumps(module))._kept_features
+    fresh = tngraph.compile(_mps(feature_map, phys), dtype="float64", cache=False)
+    fresh(xs[0]).sum().backward()
+    assert not fresh._kept_features
+
+
+def test_a_result_on_the_kept_features_is_copied(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A result that shares memory with the kept features is handed out as a copy (the next
+    call rewrites them)."""
+    module = tngraph.compile(_mps("multilinear"), dtype="float64", cache=False)
+    monkeypatch.setattr(module, "_execute", lambda tensors, ports, batch: ports[0])
+    x = torch.rand(4, 5, dtype=torch.float64)
+    with torch.no_grad():
+        first = module(x)
+        module(x + 1)
+    (kept,) = module._kept_features.values()
+    assert first.untyped_storage().data_ptr() != kept.untyped_storage().data_ptr()
+    torch.testing.assert_close(first[..., 1], x.t())
+
+
 def test_feature_map_is_applied() -> None:
     """multilinear vs trig on the same weights give different results (the map matters)."""
     a = tngraph.compile(_mps("multilinear"), dtype="float64", cache=False)

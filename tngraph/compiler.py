@@ -21,6 +21,7 @@ import contextlib
 import math
 import numbers
 import os
+import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -39,6 +40,7 @@ from tngraph.executor import (
     member_view,
     pack,
     stack_layouts,
+    traced,
 )
 from tngraph.graph import EinsumProblem, chain_sites, einsum_problem, parameter_count
 from tngraph.initializers import initial_value, node_initializer
@@ -125,6 +127,12 @@ def _as_data(x: Any, dtype: torch.dtype, what: str) -> torch.Tensor:
                            "x.real or x.abs()")
     return x
 
+
+#: one call at a time keeps its data ports' features between calls (see TNModule._port_data);
+#: a concurrent one (another thread, a module called inside another's call) allocates them
+_FEATURES_LOCK = threading.Lock()
+#: most feature tensors a module keeps (one per port, input shape, dtype, device and mode)
+KEPT_FEATURES = 8
 
 #: largest dense weight (entries) the ``dense`` execution may build
 DENSE_MAX_ENTRIES = 1 << 26
@@ -571,6 +579,8 @@ class TNModule(nn.Module):
         self._traceable = einsum_program(plan)
         #: values derived from the parameters, kept only inside ``tngraph.frozen(...)``
         self._frozen: dict[Any, Any] | None = None
+        #: the data ports' features kept between calls without autograd (see _port_data)
+        self._kept_features: dict[Any, torch.Tensor] = {}
 
     def _choose_execution(self) -> str:
         """``auto``: ``dense`` when building one weight and one matmul cost less than the
@@ -584,10 +594,12 @@ class TNModule(nn.Module):
         return "dense" if self._dense.cost(self.plan.batch_size or 1) < network else "network"
 
     def __getstate__(self) -> dict[str, Any]:
-        """What pickling keeps: everything but the generated programs (rebuilt on use)."""
+        """What pickling keeps: everything but the generated programs (rebuilt on use) and the
+        features kept between calls."""
         state = dict(self.__dict__)
         state["_programs"] = {}
         state["_frozen"] = None
+        state["_kept_features"] = {}
         return state
 
     # -- call ------------------------------------------------------------------------------
@@ -656,12 +668,13 @@ class TNModule(nn.Module):
                                f"'{self.spec.name}'")
         return given
 
-    def _port_data(self, name: str, port: Any, x: Any, ref: torch.Tensor | None = None
-                   ) -> torch.Tensor:
+    def _port_data(self, name: str, port: Any, x: Any, ref: torch.Tensor | None = None,
+                   kept: dict[Any, torch.Tensor] | None = None) -> torch.Tensor:
         """Check, cast and shape one data port's value, applying its feature map: a stacked port
         becomes ``(N, batch, *legs)`` (copy-major, as the executor gathers copies), another
         ``(batch, *legs)``. ``ref``: a tensor of the network (dtype and device), by default its
-        first parameter."""
+        first parameter. ``kept``: where a feature map with ``apply_into`` keeps its features
+        between calls (a call without autograd; the caller holds ``_FEATURES_LOCK``)."""
         if ref is None:
             ref = next(self.tensors.parameters(), None)
         dtype = ref.dtype if ref is not None else _DTYPES[self.plan.options.dtype]
@@ -702,7 +715,17 @@ class TNModule(nn.Module):
             else:
                 x = x if len(shape) == 1 else x.reshape(batch)
             if not dtype.is_complex:
-                return fmap.apply(x, fmap_spec.options)
+                if kept is None or fmap.apply_into is None:
+                    return fmap.apply(x, fmap_spec.options)
+                key = (name, x.shape, dtype, x.device, torch.is_inference_mode_enabled())
+                features = kept.get(key)
+                if features is None:
+                    if len(kept) >= KEPT_FEATURES:
+                        kept.clear()
+                    features = kept[key] = fmap.apply(x, fmap_spec.options)
+                else:
+                    fmap.apply_into(x, fmap_spec.options, features)
+                return features
             # a complex network maps real values, then takes the vectors as complex
             return fmap.apply(x.real, fmap_spec.options).to(dtype)
         if n:
@@ -725,16 +748,29 @@ class TNModule(nn.Module):
         ports: list[torch.Tensor] = []
         batch = None
         ref = _first_tensor(tensors) if self._ports else None
-        for name, port in self._ports:
-            data = self._port_data(name, port, given[name], ref)
-            size = data.shape[1] if port.stack else data.shape[0]
-            if batch is None:
-                batch = size
-            elif size != batch:
-                raise CompileError(f"inputs have different batch sizes ({batch} and "
-                                   f"{size} for '{name}')")
-            ports.append(data)
-        result = self._execute(tensors, ports, batch)
+        # without autograd, the features of a batch go into tensors kept between calls (see
+        # _port_data), one call at a time: another thread meanwhile allocates as before
+        keep = (bool(self._ports) and not torch.compiler.is_compiling()
+                and not torch.is_grad_enabled() and not traced()
+                and _FEATURES_LOCK.acquire(blocking=False))
+        try:
+            kept = self._kept_features if keep else None
+            for name, port in self._ports:
+                data = self._port_data(name, port, given[name], ref, kept)
+                size = data.shape[1] if port.stack else data.shape[0]
+                if batch is None:
+                    batch = size
+                elif size != batch:
+                    raise CompileError(f"inputs have different batch sizes ({batch} and "
+                                       f"{size} for '{name}')")
+                ports.append(data)
+            result = self._execute(tensors, ports, batch)
+            if kept and any(result.untyped_storage().data_ptr()
+                            == t.untyped_storage().data_ptr() for t in kept.values()):
+                result = result.clone()           # never hand out a kept tensor's memory
+        finally:
+            if keep:
+                _FEATURES_LOCK.release()
         if self.spec.network.flatten_outputs:
             result = result.reshape(result.shape[0], -1) if batch is not None \
                 else result.reshape(-1)

@@ -55,11 +55,23 @@ def _multilinear(x: Any, options: Mapping[str, Any]) -> Any:
     return torch.nn.functional.pad(x.unsqueeze(-1), (1, 0), value=1.0)
 
 
+def _multilinear_into(x: Any, options: Mapping[str, Any], out: Any) -> None:
+    out.select(-1, 1).copy_(_prepare(x, options))      # (the ones stay from the first call)
+
+
 def _trig(x: Any, options: Mapping[str, Any]) -> Any:
     import torch
 
     x = _prepare(x, options) * (math.pi / 2)
     return torch.stack([torch.cos(x), torch.sin(x)], dim=-1)
+
+
+def _trig_into(x: Any, options: Mapping[str, Any], out: Any) -> None:
+    import torch
+
+    x = _prepare(x, options) * (math.pi / 2)
+    torch.cos(x, out=out.select(-1, 0))
+    torch.sin(x, out=out.select(-1, 1))
 
 
 def _poly_degree(options: Mapping[str, Any]) -> int:
@@ -79,9 +91,19 @@ def _poly(x: Any, options: Mapping[str, Any]) -> Any:
     return torch.stack(powers, dim=-1)
 
 
+def _poly_into(x: Any, options: Mapping[str, Any], out: Any) -> None:
+    import torch
+
+    x = _prepare(x, options)
+    out.select(-1, 1).copy_(x)                       # (the ones stay from the first call)
+    for k in range(2, _poly_degree(options) + 1):
+        torch.mul(out.select(-1, k - 1), x, out=out.select(-1, k))
+
+
 MULTILINEAR = FeatureMap("multilinear", lambda o: 2, _multilinear, description="[1, x]",
-                         leading_one=True)
+                         leading_one=True, apply_into=_multilinear_into)
 TRIG = FeatureMap("trig", lambda o: 2, _trig, description="[cos(pi x/2), sin(pi x/2)]",
-                  unit_norm=True)
+                  unit_norm=True, apply_into=_trig_into)
 POLY = FeatureMap("poly", lambda o: _poly_degree(o) + 1, _poly, options=("scale", "degree"),
-                  description="[1, x, ..., x^degree]", leading_one=True)
+                  description="[1, x, ..., x^degree]", leading_one=True,
+                  apply_into=_poly_into)

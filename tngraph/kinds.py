@@ -115,6 +115,12 @@ class FeatureMap:
         ``|phi(x)| = 1`` for every input ``x`` (true for ``trig``; not for ``multilinear`` or
         ``poly``, whose norm ``sqrt(1 + x^2 + ...)`` grows with ``x``). Lets the ``mps`` template
         start the chain as a product of rotations, which preserves norms at any length.
+    apply_into : callable, optional
+        ``(x, options, out) -> None``: write ``phi(x)`` into ``out``, a tensor that ``apply``
+        returned for an input of ``x``'s shape, dtype and device and that nothing else has
+        written since (so constant components need not be written again). Lets inference
+        keep the features of a batch in one tensor between calls instead of allocating it;
+        a map without it is applied with ``apply``.
 
     Examples
     --------
@@ -131,6 +137,8 @@ class FeatureMap:
     leading_one: bool = False
     #: the feature vector has Euclidean norm 1 for every input value
     unit_norm: bool = False
+    #: ``(x, options, out)``: ``phi(x)`` written into a tensor ``apply`` made earlier
+    apply_into: Callable[[Any, Mapping[str, Any], Any], None] | None = None
 
     def __reduce__(self) -> tuple[Any, ...]:
         # pickled by its registered name (its functions may be lambdas): a module holding it

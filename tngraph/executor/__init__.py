@@ -59,6 +59,7 @@ Under ``torch.func`` transforms and ``torch.compile`` programs run as recorded t
 (:func:`traced`).
 """
 
+from tngraph.executor import runtime
 from tngraph.executor.chain import ChainStep, _ChainRun, _result_buffer
 from tngraph.executor.codegen import (
     Fetched,
@@ -106,7 +107,6 @@ from tngraph.executor.runtime import (
     Program,
     build_program,
     stack_layouts,
-    traced,
 )
 from tngraph.executor.schedule import (
     MERGED_PERMUTE_MIN,
@@ -128,6 +128,10 @@ from tngraph.executor.storage import (
     pack,
 )
 from tngraph.executor.traced import EinsumProgram, einsum_program
+
+# importing the submodule ``traced`` (just above) bound the package's name ``traced`` to it:
+# the name means the function
+traced = runtime.traced
 
 __all__ = [
     "EinsumProgram",
