@@ -157,6 +157,23 @@ def test_two_forwards_before_one_backward_keep_their_own_intermediates() -> None
     assert module._program(64)._pool.nbytes > 0
 
 
+def test_a_broadcast_gradient_is_copied_into_the_pool() -> None:
+    """``out.sum().backward()`` hands the program a broadcast gradient (stride 0), which its
+    matmuls cannot read: it is copied once, into the pool (a fresh tensor of 1 MB faults its
+    pages at every step), and the gradients equal those of a dense gradient of ones."""
+    module = _tt([4, 8, 8, 4], [4, 8, 8, 4], 8, "float32")
+    x = torch.randn(256, 1024, generator=torch.Generator().manual_seed(0))
+    module(x).sum().backward()
+    broadcast = [p.grad.clone() for p in module.parameters()]
+    module.zero_grad()
+    out = module(x)
+    out.backward(torch.ones_like(out))
+    for got, want in zip(broadcast, [p.grad for p in module.parameters()]):
+        torch.testing.assert_close(got, want)
+    pool = module._program(256)._pool
+    assert ((256, 4, 8, 8, 4), torch.float32) in set(pool._free)
+
+
 def test_a_retained_graph_gives_the_same_gradients_twice() -> None:
     module = _tt([4, 4, 4], [2, 3, 4], 3)
     out = module(torch.randn(5, 64, dtype=torch.float64)).sum()
