@@ -73,6 +73,22 @@ def test_regression_response_uses_squared_errors() -> None:
         0.75 * 1.0 + 0.25 * 4.0)
 
 
+def test_complex_outputs_are_scored_by_the_born_rule() -> None:
+    """A complex student's (or teacher's) outputs enter the classification loss as their
+    Born-rule class scores, log |out|^2, as in training (not as complex logits)."""
+    from tngraph.train import class_scores
+
+    gen = torch.Generator().manual_seed(1)
+    s = torch.randn(5, 4, dtype=torch.complex128, generator=gen)
+    t = torch.randn(5, 4, dtype=torch.complex128, generator=gen)
+    y = torch.tensor([0, 3, 1, 1, 2])
+    for teacher in (t, class_scores(t)):                   # a complex or a real teacher
+        got = response_loss(s, teacher, y, temperature=2.0, alpha=0.3)
+        want = response_loss(class_scores(s), class_scores(t), y, temperature=2.0, alpha=0.3)
+        assert not got.is_complex()
+        torch.testing.assert_close(got, want)
+
+
 # -- registry and spec ------------------------------------------------------------------------
 
 
@@ -138,6 +154,18 @@ def test_distilled_loss_decreases(teacher_run: Path, student_file: Path, tmp_pat
     losses = [h.train_loss for h in result.history]
     assert losses[-1] < losses[0]
     assert all(math.isfinite(v) for v in losses)
+
+
+def test_a_complex_student_is_distilled(teacher_run: Path, tmp_path: Path) -> None:
+    """A complex MPS student learns from a real teacher (its outputs scored by the Born rule;
+    complex logits once ended the run with an internal error)."""
+    path = tmp_path / "complex.yaml"
+    path.write_text(STUDENT + "plan: {dtype: complex64}\n")
+    result = distill(path, teacher_run, run_dir=tmp_path / "r", echo=None, epochs=3,
+                     strategy={"name": "response", "temperature": 2.0, "alpha": 0.0})
+    losses = [h.train_loss for h in result.history]
+    assert all(math.isfinite(v) for v in losses) and losses[-1] < losses[0]
+    assert math.isfinite(result.test["loss"])
 
 
 def test_a_teacher_spec_is_trained_first(student_file: Path, tmp_path: Path) -> None:
@@ -217,15 +245,36 @@ train: {epochs: 1, batch_size: 128, lr: 0.005}
 """
 
 
-def test_layer_strategy_fits_the_student_part_first(teacher_run: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_layer_strategy_fits_the_student_part_first(teacher_run: Path, tmp_path: Path,
+                                                    dtype: str) -> None:
+    """The student's part is fitted in its own dtype (a float64 student once met a float32
+    projection: an internal error)."""
     path = tmp_path / "layered.yaml"
-    path.write_text(LAYERED_STUDENT)
+    path.write_text(LAYERED_STUDENT + f"plan: {{dtype: {dtype}}}\n")
     lines: list[str] = []
     strategy = {"name": "layer", "student_layer": "mps1", "teacher_layer": "act2", "epochs": 2}
     result = distill(path, teacher_run, strategy=strategy, run_dir=tmp_path / "r",
                      echo=lines.append, epochs=1)
     fits = [line for line in lines if line.startswith("layer fit")]
     assert len(fits) == 2 and "(4 -> 16, projected)" in fits[0]
+    first, second = (float(line.rsplit("mse ", 1)[1]) for line in fits)
+    assert second < first
+    assert math.isfinite(result.test["loss"])
+
+
+def test_layer_strategy_fits_a_complex_part_by_its_real_and_imaginary_parts(
+        teacher_run: Path, tmp_path: Path) -> None:
+    path = tmp_path / "complex.yaml"
+    path.write_text(LAYERED_STUDENT.replace(
+        "  - {type: batchnorm, name: norm}\n  - {type: linear, name: head, out_features: 10}\n",
+        "").replace("output_dim: 4", "output_dim: 10") + "plan: {dtype: complex64}\n")
+    lines: list[str] = []
+    strategy = {"name": "layer", "student_layer": "mps1", "teacher_layer": "act2", "epochs": 2}
+    result = distill(path, teacher_run, strategy=strategy, run_dir=tmp_path / "r",
+                     echo=lines.append, epochs=1)
+    fits = [line for line in lines if line.startswith("layer fit")]
+    assert len(fits) == 2 and "(20 -> 16, projected)" in fits[0]      # 10 complex values
     first, second = (float(line.rsplit("mse ", 1)[1]) for line in fits)
     assert second < first
     assert math.isfinite(result.test["loss"])

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from tngraph.compiler import Pipeline
 from tngraph.distill import DistillError, teacher_outputs
 from tngraph.errors import did_you_mean
-from tngraph.train import Objective
+from tngraph.train import Objective, class_scores
 from tngraph_plugins.strategies import LAYER, RESPONSE, LayerOptions, ResponseOptions
 
 __all__ = ["LAYER", "RESPONSE", "LayerOptions", "ResponseOptions", "layer_objective",
@@ -44,17 +44,22 @@ def response_loss(student: Any, teacher: Any, labels: Any, *, temperature: float
     """The response-distillation loss of one batch (see the module docstring).
 
     ``labels`` of an integer dtype mean classification (logits in, KL + cross-entropy), others
-    regression (squared errors).
+    regression (squared errors). In classification a complex network's outputs give their
+    class scores by the Born rule, ``log |out_c|^2`` (:func:`tngraph.train.class_scores`, as
+    its training does).
     """
     s = student.reshape(student.shape[0], -1)
-    t = teacher.reshape(teacher.shape[0], -1).to(s.dtype)
+    t = teacher.reshape(teacher.shape[0], -1)
     if not labels.dtype.is_floating_point:
+        s = class_scores(s)
+        t = class_scores(t).to(s.dtype)
         log_p_teacher = F.log_softmax(t / temperature, dim=1)
         log_p_student = F.log_softmax(s / temperature, dim=1)
         kl = F.kl_div(log_p_student, log_p_teacher, log_target=True, reduction="batchmean")
         soft = kl * temperature ** 2
         hard = F.cross_entropy(s, labels) if alpha else s.new_zeros(())
     else:
+        t = t.to(s.dtype)
         soft = F.mse_loss(s, t)
         hard = F.mse_loss(s, labels.reshape(s.shape).to(s.dtype)) if alpha else 0.0
     return (1 - alpha) * soft + alpha * hard
@@ -80,10 +85,14 @@ def _layers_until(model: Any, name: str, role: str) -> list[Any]:
 
 
 def _prefix(model: Any, layers: list[Any]) -> Callable[[Any], Any]:
+    """The model's layers up to one, on flat inputs, giving flat real features (a complex
+    layer's values as (real, imaginary) pairs)."""
     def run(x: Any) -> Any:
         h = x.reshape(x.shape[0], *model.input_shape)
         for layer in layers:
             h = layer(h)
+        if h.is_complex():
+            h = torch.view_as_real(h)
         return h.reshape(h.shape[0], -1)
     return run
 
@@ -103,9 +112,10 @@ def layer_objective(student: Any, teacher: Any, options: LayerOptions) -> Any:
         device = next(module.parameters()).device
         probe = x[:2].to(device)
         with torch.no_grad():
-            s_size = run_student(probe).shape[1]
+            features = run_student(probe)
             t_size = teacher_part(probe).shape[1]
-        project = (torch.nn.Linear(s_size, t_size).to(device)
+        s_size, dtype = features.shape[1], features.dtype     # (the student's real dtype)
+        project = (torch.nn.Linear(s_size, t_size, dtype=dtype).to(device)
                    if options.projection or s_size != t_size else torch.nn.Identity())
         params = [p for layer in student_part for p in layer.parameters()]
         params += list(project.parameters())
@@ -119,7 +129,7 @@ def layer_objective(student: Any, teacher: Any, options: LayerOptions) -> Any:
                 xb = x[index].to(device)
                 with torch.no_grad():
                     target = teacher_part(xb)
-                loss = F.mse_loss(project(run_student(xb)), target.to(xb.dtype))
+                loss = F.mse_loss(project(run_student(xb)), target.to(dtype))
                 if not torch.isfinite(loss):
                     raise DistillError(f"the layer fit diverged (loss {loss.item()}) at epoch "
                                        f"{epoch}; lower distill.strategy.lr")
