@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 
 import tngraph
 from tngraph import cli
-from tngraph.attribution import ExplainError, explain, similarity
+from tngraph.attribution import ExplainError, explain, resolve_target, similarity
 
 Capture = pytest.CaptureFixture[str]
 
@@ -95,6 +95,26 @@ def test_integrated_gradients_completeness_shrinks_with_steps(mps: tngraph.TNMod
     gap = float((attr.sum(1) - delta).abs().max())
     scale = float(delta.abs().max())
     assert gap <= 0.5 * scale / steps ** 2, (gap, scale)
+
+
+def test_a_complex_network_is_explained_by_its_born_rule_scores() -> None:
+    """A complex classifier's class score is log |out_c|^2 (what it trains on): the predicted
+    class is its argmax, and the gradient is that score's (complex outputs once ended the
+    explanation with an internal error)."""
+    module = tngraph.compile(_mps(6, 3, 3), dtype="complex128", cache=False, seed=2)
+    x = torch.rand(4, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        scores = module(x).abs().square().log()
+    predicted = resolve_target(module, x, "predicted")
+    assert torch.equal(predicted, scores.argmax(1))
+    rows = []
+    for row, k in zip(x, predicted):
+        row = row.clone().requires_grad_(True)
+        module(row[None])[0, k].abs().square().log().backward()
+        rows.append(row.grad)
+    got = explain(module, x)
+    assert not got.is_complex()
+    torch.testing.assert_close(got, torch.stack(rows))
 
 
 def test_smoothgrad_without_noise_is_the_gradient(cnn: tngraph.Pipeline) -> None:

@@ -56,6 +56,7 @@ from tngraph.compiler import Pipeline, TNModule
 from tngraph.errors import TNGraphError, did_you_mean
 from tngraph.files import atomic_write
 from tngraph.inspect_run import LoadedRun, load_run
+from tngraph.train import class_scores
 
 __all__ = ["METHODS", "ExplainError", "conv_layers", "explain", "explain_run",
            "plot_attributions", "similarity"]
@@ -134,8 +135,14 @@ def _layer(module: nn.Module, name: str | None, where: str = "") -> tuple[str, n
 # scores and gradients
 
 
+def _outputs(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The model's outputs ``(batch, outputs)`` as real scores: a complex network's by the
+    Born rule, ``log |out|^2`` (:func:`tngraph.train.class_scores`, what it was trained on)."""
+    return class_scores(module(x).reshape(x.shape[0], -1))
+
+
 def _scores(module: nn.Module, x: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
-    out = module(x).reshape(x.shape[0], -1)
+    out = _outputs(module, x)
     if target is None:
         return out[:, 0]
     return out.gather(1, target[:, None])[:, 0]
@@ -155,8 +162,8 @@ def resolve_target(module: nn.Module, x: torch.Tensor, target: object,
         ids = target.to(torch.long).reshape(-1)
     elif target == "predicted":
         with torch.no_grad():
-            ids = torch.cat([module(x[k:k + 256]).reshape(min(256, x.shape[0] - k), -1)
-                             .argmax(1) for k in range(0, x.shape[0], 256)])
+            ids = torch.cat([_outputs(module, x[k:k + 256]).argmax(1)
+                             for k in range(0, x.shape[0], 256)])
     elif target == "true":
         if y is None:
             raise ExplainError("target 'true' needs the labels y", "pass y=labels, or "
@@ -581,7 +588,7 @@ def explain_run(run: str | Path, *, method: str = "gradient", layer: str | None 
                                         baseline=_run_baseline(baseline, other), **options)
     attributions = maps[loaded.path.name]
     with torch.no_grad():
-        outputs = loaded.module(x.to(attributions.device)).reshape(x.shape[0], -1)
+        outputs = _outputs(loaded.module, x.to(attributions.device))
     ids = resolve_target(loaded.module, x.to(attributions.device), wanted, options["y"])
     summary: dict[str, Any] = {
         "run": str(loaded.path), "checkpoint": str(loaded.checkpoint), "method": name,
@@ -603,8 +610,7 @@ def explain_run(run: str | Path, *, method: str = "gradient", layer: str | None 
         base = _baseline(_run_baseline(baseline, loaded), x)
         with torch.no_grad():
             def score(v: torch.Tensor) -> torch.Tensor:
-                out = loaded.module(v.to(attributions.device)).reshape(v.shape[0], -1)
-                return out[:, 0] if ids is None else out.gather(1, ids[:, None])[:, 0]
+                return _scores(loaded.module, v.to(attributions.device), ids)
             gap = attributions.reshape(x.shape[0], -1).sum(1) - (
                 score(x) - score(base.expand_as(x)))
         summary["completeness_gap"] = float(gap.abs().max())
