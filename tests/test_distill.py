@@ -280,6 +280,26 @@ def test_layer_strategy_fits_a_complex_part_by_its_real_and_imaginary_parts(
     assert math.isfinite(result.test["loss"])
 
 
+def test_a_complex_teacher_teaches_by_its_born_rule_and_its_amplitudes(
+        tmp_path: Path) -> None:
+    """A complex teacher's outputs are scored by the Born rule in the response loss, and fitted
+    as (real, imaginary) pairs by the layer strategy (they were cast to real before, silently
+    dropping the imaginary parts)."""
+    teacher_spec = tmp_path / "teacher.yaml"
+    teacher_spec.write_text(STUDENT + "plan: {dtype: complex64}\n")
+    teacher = tmp_path / "teacher"
+    train(teacher_spec, run_dir=teacher, echo=None, epochs=1)
+    path = tmp_path / "layered.yaml"
+    path.write_text(LAYERED_STUDENT)
+    lines: list[str] = []
+    strategy = {"name": "layer", "student_layer": "mps1", "teacher_layer": "output",
+                "epochs": 1}
+    result = distill(path, teacher, strategy=strategy, run_dir=tmp_path / "r",
+                     echo=lines.append, epochs=1)
+    assert any("(4 -> 20, projected)" in line for line in lines)     # 10 complex outputs
+    assert math.isfinite(result.test["loss"])
+
+
 @pytest.mark.parametrize(("strategy", "message"), [
     ({"name": "layer", "student_layer": "mps9", "teacher_layer": "act2"},
      "the student has no layer 'mps9'; did you mean 'mps1'"),

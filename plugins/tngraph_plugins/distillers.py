@@ -91,17 +91,22 @@ def _prefix(model: Any, layers: list[Any]) -> Callable[[Any], Any]:
         h = x.reshape(x.shape[0], *model.input_shape)
         for layer in layers:
             h = layer(h)
-        if h.is_complex():
-            h = torch.view_as_real(h)
-        return h.reshape(h.shape[0], -1)
+        return _real_features(h)
     return run
+
+
+def _real_features(h: Any) -> Any:
+    """``h`` flattened per example, complex values as (real, imaginary) pairs."""
+    if h.is_complex():
+        h = torch.view_as_real(h)
+    return h.reshape(h.shape[0], -1)
 
 
 def layer_objective(student: Any, teacher: Any, options: LayerOptions) -> Any:
     student_part = _layers_until(student, options.student_layer, "student")
     if options.teacher_layer == "output":
         def teacher_part(x: Any) -> Any:
-            return teacher_outputs(teacher, x)
+            return _real_features(teacher_outputs(teacher, x))
     else:
         teacher_part = _prefix(teacher, _layers_until(teacher, options.teacher_layer, "teacher"))
 
