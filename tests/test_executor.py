@@ -510,33 +510,6 @@ def test_stacked_chain_keeps_the_bond_innermost(bond: int) -> None:
 
 
 
-@pytest.mark.parametrize("ones", [False, True], ids=["weights", "leading-one"])
-@pytest.mark.parametrize("weights_from", ["a", "b"])
-def test_small_kernels_of_two_terms_are_written_out(weights_from: str, ones: bool) -> None:
-    """A 'small' kernel with an inner dimension of 2 runs as one written-out multiply-add of
-    the two slices, equal to the generic ``_small`` for either operand holding the weights."""
-    from tngraph.executor.codegen import _lone_source
-    from tngraph.executor.kernels import Kernel, _small
-
-    gen = torch.Generator().manual_seed(3)
-    nb, n = 5, 7
-    if weights_from == "a":                          # (nb, 1, 2) x (nb, 2, n)
-        a, b = torch.rand(nb, 1, 2, generator=gen), torch.rand(nb, 2, n, generator=gen)
-        flags = {"ones_a": ones}
-    else:                                            # (nb, n, 2) x (nb, 2, 1)
-        a, b = torch.rand(nb, n, 2, generator=gen), torch.rand(nb, 2, 1, generator=gen)
-        flags = {"ones_b": ones}
-    if ones:                                         # the weights' first entry is 1
-        (a if weights_from == "a" else b).select(1 + (weights_from == "a"), 0).fill_(1.0)
-    kernel = Kernel(0, 1, 2, False, "small", Operand(None, tuple(a.shape), False),
-                    Operand(None, tuple(b.shape), False), (nb, n), ("b", "j"), **flags)
-    source = _lone_source(kernel, "A", "B", lambda value, prefix: "UNUSED")
-    assert source.startswith("torch.addcmul(") and "UNUSED" not in source
-    got = eval(source, {"torch": torch, "A": a, "B": b})
-    want = _small(a, b, ones_a=flags.get("ones_a", False), ones_b=flags.get("ones_b", False))
-    torch.testing.assert_close(got, want.reshape(nb, n))
-
-
 def _program_and_inputs(bond: int = 4, sites: int = 24) -> tuple[tngraph.TNModule, torch.Tensor]:
     module = _classifier(bond=bond, sites=sites)
     randomize(module, seed=bond, scale=0.5)

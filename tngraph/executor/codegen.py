@@ -96,27 +96,7 @@ def _lone_source(kernel: Kernel, left: str, right: str, const: Any,
         return f"torch.bmm({a}, {b}).reshape({out})"
     if kernel.mode == "outer":
         return f"({a} * {b}).reshape({out})"
-    if kernel.mode == "small" and _logical(kernel.a)[2] == 2 and kernel.a.perm is None \
-            and kernel.b.perm is None:
-        return f"{_pair_sum_source(kernel, a, b)}.reshape({out})"
     return f"{const(_kernel_function(kernel), 'F')}({a}, {b}).reshape({out})"
-
-
-def _pair_sum_source(kernel: Kernel, a: str, b: str) -> str:
-    """Source of a 'small' kernel with an inner dimension of 2, written out: one fused
-    multiply-add of the two slices (``_small``'s generic call unbinds both operands, several
-    microseconds of views per step). ``a`` and ``b`` are view expressions (no copy), so each
-    may be read twice."""
-    if _logical(kernel.a)[1] == 1:     # weights from a (nb, 1, 2) on the rows of b (nb, 2, n)
-        terms = [f"{b}.select(1, {j})" for j in (0, 1)]
-        weights = [f"{a}.select(2, {j})" for j in (0, 1)]
-        skip = kernel.ones_a
-    else:                              # weights from b (nb, 2, 1) on the columns of a
-        terms = [f"{a}.select(2, {j})" for j in (0, 1)]
-        weights = [f"{b}.select(1, {j})" for j in (0, 1)]
-        skip = kernel.ones_b
-    first = terms[0] if skip else f"({terms[0]} * {weights[0]})"
-    return f"torch.addcmul({first}, {terms[1]}, {weights[1]})"
 
 
 # -- what each group does -------------------------------------------------------------------
