@@ -750,8 +750,7 @@ class TNModule(nn.Module):
         ref = _first_tensor(tensors) if self._ports else None
         # without autograd, the features of a batch go into tensors kept between calls (see
         # _port_data), one call at a time: another thread meanwhile allocates as before
-        keep = (bool(self._ports) and not torch.compiler.is_compiling()
-                and not torch.is_grad_enabled() and not traced()
+        keep = (bool(self._ports) and not torch.is_grad_enabled() and not traced()
                 and _FEATURES_LOCK.acquire(blocking=False))
         try:
             kept = self._kept_features if keep else None
